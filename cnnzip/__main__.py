@@ -1,0 +1,3 @@
+from cnnzip.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,38 @@
+"""``cnnzip`` command line: one thin module per subcommand, each calling ``cnnzip.api``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from cnnzip import __version__
+from cnnzip.cli import env, eval as eval_cmd, inspect as inspect_cmd, train
+from cnnzip.errors import CnnzipError
+
+COMMANDS = (train, eval_cmd, inspect_cmd, env)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cnnzip",
+        description="Compress trained convolutional networks into small, fast artifacts.",
+        epilog="Run `cnnzip COMMAND --help` for a command's options.")
+    parser.add_argument("--version", action="version", version=f"cnnzip {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for command in COMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 success, 1 a user error, 130 interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except CnnzipError as exc:
+        print(f"cnnzip {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"cnnzip {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,51 @@
+"""``cnnzip inspect``: per-layer table of a model file or a zoo model."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+from rich.table import Table
+
+from cnnzip import api
+from cnnzip.cli.common import MODEL_HELP, print_json
+from cnnzip.data.datasets import DATASETS, SYNTHETIC
+from cnnzip.errors import CnnzipError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("inspect", help="per-layer table: shape, params, non-zeros, MACs",
+                       description="Show a model's layers with shape, parameters, non-zero "
+                                   "parameters and MACs (counted from a real forward pass).")
+    p.add_argument("file", metavar="FILE", nargs="?", help="a checkpoint written by cnnzip")
+    p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
+    p.add_argument("--dataset", default="fashion-mnist", choices=(*DATASETS, "synthetic"),
+                   help="input shape for --model (default fashion-mnist: 1×28×28)")
+    p.add_argument("--width", type=float, help="width multiplier for --model")
+    p.add_argument("--json", action="store_true",
+                   help='print {"params", "macs", "layers", ...} as JSON on stdout')
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.model is None):
+        raise CnnzipError("give either FILE or --model NAME")
+    if args.file:
+        result = api.inspect_file(args.file)
+    else:
+        info = DATASETS[args.dataset].info if args.dataset in DATASETS else SYNTHETIC
+        result = api.inspect_name(args.model, info.in_shape, info.num_classes, args.width)
+    if args.json:
+        print_json(result)
+        return 0
+    table = Table(title=f"{result['model']}  (input {'×'.join(map(str, result['in_shape']))})")
+    for col in ("layer", "type", "shape", "params", "non-zero", "MACs"):
+        table.add_column(col, justify="left" if col in ("layer", "type", "shape") else "right")
+    for row in result["layers"]:
+        table.add_row(row["name"], row["type"], "×".join(map(str, row["shape"])),
+                      f"{row['params']:,}", f"{row['nonzero']:,}", f"{row['macs']:,}")
+    table.add_section()
+    table.add_row("total", "", "", f"{result['params']:,}", f"{result['nonzero_params']:,}",
+                  f"{result['macs']:,}")
+    Console().print(table)
+    return 0

@@ -1,0 +1,57 @@
+"""``cnnzip train``: fit a zoo or user model from scratch and save a safetensors checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from cnnzip import api
+from cnnzip.cli.common import MODEL_HELP, add_data_args, print_json
+from cnnzip.train import TrainConfig
+
+_D = TrainConfig()
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a model and save a checkpoint",
+                       description="Train a model from scratch (SGD, one-cycle schedule, "
+                                   "translation and flip augmentation), report validation and "
+                                   "test accuracy, and save a .safetensors checkpoint with the "
+                                   "architecture in its metadata. --epochs 0 saves the "
+                                   "untrained model.")
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    add_data_args(p)
+    p.add_argument("--width", type=float, help="width multiplier for alexnet, vgg16, resnet*, "
+                                               "mobilenetv2 (default: the zoo's)")
+    p.add_argument("--epochs", type=int, default=_D.epochs, help=f"default {_D.epochs}")
+    p.add_argument("--batch-size", type=int, default=_D.batch_size,
+                   help=f"default {_D.batch_size}")
+    p.add_argument("--lr", type=float, default=_D.lr, help=f"peak learning rate, default {_D.lr}")
+    p.add_argument("--weight-decay", type=float, default=_D.weight_decay,
+                   help=f"default {_D.weight_decay}")
+    p.add_argument("--augment-pad", type=int, default=_D.augment_pad,
+                   help=f"random translation in pixels, 0 for none (default {_D.augment_pad})")
+    p.add_argument("--seed", type=int, default=_D.seed, help=f"default {_D.seed}")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, augment_pad=args.augment_pad,
+                         seed=args.seed)
+    command = "cnnzip " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
+                                 width=args.width, config=config, quiet=args.quiet,
+                                 command=command)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['model']} on {summary['dataset']}: test accuracy "
+              f"{summary['test_accuracy']:.4f}, validation {summary['val_accuracy']:.4f}, "
+              f"{summary['epochs']} epochs in {summary['train_seconds']:.0f} s → {args.out}",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,114 @@
+"""Counting and timing: parameters, non-zeros, MACs from a real forward pass, bytes, throughput."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+_COUNTED = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One weight layer as seen in a forward pass of one sample."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    params: int
+    nonzero: int
+    macs: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "shape": list(self.shape)}
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (trainable or not; buffers excluded)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_nonzero(model: nn.Module) -> int:
+    """Number of parameters that are not exactly zero."""
+    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+
+
+def fp32_bytes(model: nn.Module) -> int:
+    """Bytes of the parameters stored densely as float32."""
+    return 4 * count_params(model)
+
+
+def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+    if isinstance(module, nn.Linear):
+        return output.numel() // output.shape[-1] * module.in_features * module.out_features
+    # Conv: every output element takes (C_in / groups) · prod(kernel) MACs.
+    kernel = int(torch.tensor(module.kernel_size).prod())
+    return output.numel() * (module.in_channels // module.groups) * kernel
+
+
+def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]:
+    """Per-layer statistics for convolution and linear layers, in execution order.
+
+    MACs are counted from a forward pass of one zero sample of ``in_shape`` (C, H, W), so
+    they follow the model's real spatial sizes, strides and groups. Bias adds are not counted.
+    """
+    names = {m: n for n, m in model.named_modules()}
+    seen: list[LayerStats] = []
+
+    def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        w = module.weight
+        params = sum(p.numel() for p in module.parameters(recurse=False))
+        nonzero = sum(int(torch.count_nonzero(p)) for p in module.parameters(recurse=False))
+        seen.append(LayerStats(names[module], type(module).__name__, tuple(w.shape), params,
+                               nonzero, _layer_macs(module, output[:1])))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass of one sample (conv and linear layers)."""
+    return sum(s.macs for s in layer_stats(model, in_shape))
+
+
+def summarize(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Whole-model counts plus the per-layer table, as plain JSON-able data."""
+    layers = layer_stats(model, in_shape)
+    return {"params": count_params(model), "nonzero_params": count_nonzero(model),
+            "macs": sum(s.macs for s in layers), "bytes_fp32": fp32_bytes(model),
+            "layers": [s.to_dict() for s in layers]}
+
+
+def throughput(model: nn.Module, in_shape: tuple[int, ...], *, batch_size: int = 256,
+               warmup: int = 2, min_seconds: float = 1.0, min_runs: int = 5) -> float:
+    """Images per second of ``model`` in eval mode on a fixed random batch, timed in-process.
+
+    Runs ``warmup`` untimed passes, then at least ``min_runs`` passes and ``min_seconds``; the
+    figure is the median per-pass time, which resists the odd slow pass.
+    """
+    x = torch.randn(batch_size, *in_shape, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    times: list[float] = []
+    with torch.inference_mode():
+        for _ in range(warmup):
+            model(x)
+        start = time.perf_counter()
+        while len(times) < min_runs or time.perf_counter() - start < min_seconds:
+            t0 = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return batch_size / times[len(times) // 2]

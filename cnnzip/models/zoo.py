@@ -1,0 +1,129 @@
+"""The model zoo by name, user models by ``package.module:factory``, and the spec that rebuilds
+either from a file's metadata."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any, Callable
+
+from torch import nn
+
+from cnnzip.errors import ModelError
+from cnnzip.models.alexnet import AlexNet
+from cnnzip.models.lenet import LeNet5, LeNet5Caffe, LeNet300
+from cnnzip.models.mobilenet import MobileNetV2
+from cnnzip.models.resnet import CifarResNet
+from cnnzip.models.vgg import VGG16
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A zoo model: its factory and, for the bigger nets, the default width multiplier (chosen so
+    the model trains on a 2-core CPU in minutes, not hours)."""
+
+    factory: Callable[..., nn.Module]
+    default_width: float | None
+    summary: str
+
+
+ZOO: dict[str, ZooEntry] = {
+    "lenet300": ZooEntry(LeNet300, None, "LeNet-300-100 MLP"),
+    "lenet5": ZooEntry(LeNet5, None, "LeNet-5, conv 6-16, fc 120-84"),
+    "lenet5-caffe": ZooEntry(LeNet5Caffe, None, "Caffe LeNet-5, conv 20-50, fc 500"),
+    "alexnet": ZooEntry(AlexNet, 0.5, "AlexNet-style, 5 conv + 3 fc"),
+    "vgg16": ZooEntry(VGG16, 0.25, "VGG-16 with BatchNorm"),
+    "resnet20": ZooEntry(partial(CifarResNet, 20), 0.5, "CIFAR ResNet-20"),
+    "resnet56": ZooEntry(partial(CifarResNet, 56), 0.5, "CIFAR ResNet-56"),
+    "mobilenetv2": ZooEntry(MobileNetV2, 0.5, "MobileNetV2, depthwise separable"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model's architecture; stored in file metadata.
+
+    Attributes:
+        name: a zoo name or ``package.module:factory``.
+        in_shape: input (C, H, W).
+        num_classes: outputs of the classifier.
+        width: width multiplier for zoo models that take one (None: not applicable).
+    """
+
+    name: str
+    in_shape: tuple[int, int, int] = (1, 28, 28)
+    num_classes: int = 10
+    width: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        try:
+            return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
+                       num_classes=int(data["num_classes"]),
+                       width=None if data.get("width") is None else float(data["width"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"malformed model spec {data!r}: {exc}") from None
+
+
+def resolve_spec(name: str, in_shape: tuple[int, int, int], num_classes: int,
+                 width: float | None = None) -> ModelSpec:
+    """Fill in the zoo's default width; reject a width for models that take none."""
+    entry = ZOO.get(name)
+    if entry is not None:
+        if width is not None and entry.default_width is None:
+            raise ModelError(f"model {name!r} has a fixed width; drop --width")
+        width = entry.default_width if width is None else width
+    if width is not None and width <= 0:
+        raise ModelError(f"width must be positive, got {width}")
+    return ModelSpec(name, tuple(in_shape), num_classes, width)
+
+
+def _user_factory(target: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = target.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"unknown model {target!r}; choose one of {', '.join(ZOO)} "
+                         "or give package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ModelError(f"cannot import {module_name!r} for model {target!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r} (model {target!r})")
+    return factory
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build a freshly initialised model from its spec.
+
+    A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
+    signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
+    """
+    entry = ZOO.get(spec.name)
+    kwargs: dict[str, Any] = {"in_shape": spec.in_shape, "num_classes": spec.num_classes}
+    if entry is not None:
+        if spec.width is not None:
+            kwargs["width"] = spec.width
+        return entry.factory(**kwargs)
+    factory = _user_factory(spec.name)
+    if spec.width is not None:
+        kwargs["width"] = spec.width
+    try:
+        params = inspect.signature(factory).parameters
+        takes_all = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        kwargs = {k: v for k, v in kwargs.items() if takes_all or k in params}
+    except (TypeError, ValueError):
+        kwargs = {}
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # a user's code: report it as their model's failure
+        raise ModelError(f"model factory {spec.name!r} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"model factory {spec.name!r} returned {type(model).__name__}, "
+                         "not a torch.nn.Module")
+    return model
