@@ -1,0 +1,78 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cnnzip.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def trained(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    code, out, _ = run(capsys, "train", "--model", "lenet5", "--dataset", "synthetic",
+                       "--epochs", "1", "--quiet", "--json", "--out", str(path))
+    assert code == 0 and json.loads(out)["epochs"] == 1
+    return path
+
+
+def test_train_eval_inspect(trained, capsys):
+    code, out, _ = run(capsys, "eval", str(trained), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["samples"] == 256 and 0 <= result["accuracy"] <= 1
+    assert result["dataset"] == "synthetic"  # recorded in the file
+    code, out, _ = run(capsys, "inspect", str(trained), "--json")
+    table = json.loads(out)
+    assert table["params"] == 61_706 and table["macs"] == 416_520
+    assert [layer["name"] for layer in table["layers"]][0] == "features.0"
+
+
+def test_epochs_zero_writes_an_untrained_checkpoint(tmp_path, capsys):
+    path = tmp_path / "u.safetensors"
+    code, _, _ = run(capsys, "train", "--model", "lenet300", "--dataset",
+                     "synthetic", "--epochs", "0", "--quiet", "--out", str(path))
+    assert code == 0 and path.is_file()
+
+
+def test_inspect_by_model_name(capsys):
+    code, out, _ = run(capsys, "inspect", "--model", "resnet20", "--json")
+    assert code == 0 and json.loads(out)["layers"][0]["type"] == "Conv2d"
+    code, out, _ = run(capsys, "inspect", "--model", "lenet5")
+    assert code == 0 and "416,520" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["eval", "missing.safetensors"], "missing.safetensors: file not found"),
+    (["inspect", "--model", "nope"], "unknown model 'nope'"),
+    (["inspect"], "give either FILE or --model"),
+    (["train", "--model", "lenet5", "--dataset", "fashion-mnist", "--data-dir", "/no/such/dir",
+      "--out", "x.safetensors"], "/no/such/dir is not a directory"),
+])
+def test_errors_are_one_line(capsys, argv, message):
+    code, out, err = run(capsys, *argv)
+    assert code == 1 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_damaged_file_is_a_clear_error(trained, capsys):
+    trained.write_bytes(trained.read_bytes()[:50])
+    code, _, err = run(capsys, "eval", str(trained))
+    assert code == 1 and "m.safetensors" in err and "Traceback" not in err
+
+
+def test_env_json(capsys):
+    code, out, _ = run(capsys, "env", "--json")
+    assert code == 0 and json.loads(out)["torch"].startswith("2.13.0")
+
+
+def test_module_entry_point_help():
+    done = subprocess.run([sys.executable, "-m", "cnnzip", "--help"], capture_output=True,
+                          text=True, check=True)
+    for command in ("train", "eval", "inspect", "env"):
+        assert command in done.stdout

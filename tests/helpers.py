@@ -1,0 +1,119 @@
+"""A zoo of tiny models with fixed seeds (conv-BN, residual add, concat, depthwise, grouped, MLP)
+and small generated files, shared by the unit tests."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class ConvBN(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.conv = nn.Conv2d(in_shape[0], 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4 * in_shape[1] * in_shape[2], num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+class Residual(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(in_shape[0], 4, 3, padding=1)
+        self.a = nn.Conv2d(4, 4, 3, padding=1)
+        self.b = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(x + self.b(torch.relu(self.a(x))))
+        return self.fc(x.mean((2, 3)))
+
+
+class Concat(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.left = nn.Conv2d(in_shape[0], 3, 3, padding=1)
+        self.right = nn.Conv2d(in_shape[0], 5, 1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(torch.cat([self.left(x), self.right(x)], 1).relu().mean((2, 3)))
+
+
+class Depthwise(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.pw = nn.Conv2d(in_shape[0], 8, 1)
+        self.dw = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=8)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.dw(self.pw(x).relu()).relu().mean((2, 3)))
+
+
+class Grouped(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.stem = nn.Conv2d(in_shape[0], 8, 3, padding=1)
+        self.grouped = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x):
+        return self.fc(self.grouped(self.stem(x).relu()).relu().mean((2, 3)))
+
+
+class MLP(nn.Module):
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(in_shape)), 16), nn.ReLU(),
+                                 nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+TINY_ZOO = {"convbn": ConvBN, "residual": Residual, "concat": Concat, "depthwise": Depthwise,
+            "grouped": Grouped, "mlp": MLP}
+
+
+def tiny(name: str, seed: int = 0) -> nn.Module:
+    """A tiny model with seeded weights and non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = TINY_ZOO[name]()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> Path:
+    """Write a uint8 array as an IDX file (gzip-compressed when asked)."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def write_mnist_like(directory: Path, n_train: int = 300, n_test: int = 100, *,
+                     compress: bool = False) -> Path:
+    """Write the four IDX files of an MNIST-layout dataset with random contents."""
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if compress else ""
+    directory.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(directory / f"{prefix}-images-idx3-ubyte{suffix}",
+                  rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), compress=compress)
+        write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}",
+                  rng.integers(0, 10, (n,), dtype=np.uint8), compress=compress)
+    return directory
