@@ -27,14 +27,26 @@ class LayerStats:
         return {**asdict(self), "shape": list(self.shape)}
 
 
+def _logical_params(model: nn.Module) -> list[torch.Tensor]:
+    """The model's parameters as the network uses them: a compressed wrapper counts as its dense
+    weight (not its codebook), so counts compare with the uncompressed model."""
+    tensors: list[torch.Tensor] = []
+    for module in model.modules():
+        if getattr(module, "wraps_layer", False):
+            tensors.append(module.weight.detach())  # its inner layer adds the bias
+        else:
+            tensors += [p.detach() for p in module.parameters(recurse=False)]
+    return tensors
+
+
 def count_params(model: nn.Module) -> int:
     """Number of parameters (trainable or not; buffers excluded)."""
-    return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in _logical_params(model))
 
 
 def count_nonzero(model: nn.Module) -> int:
     """Number of parameters that are not exactly zero."""
-    return sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return sum(int(torch.count_nonzero(p)) for p in _logical_params(model))
 
 
 def fp32_bytes(model: nn.Module) -> int:
@@ -50,6 +62,19 @@ def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     return output.numel() * (module.in_channels // module.groups) * kernel
 
 
+def _geometry(module: nn.Module) -> nn.Module | None:
+    """The conv or linear layer whose computation ``module`` performs, or None.
+
+    A compressed wrapper (``wraps_layer = True``) computes with its ``layer``'s geometry and
+    exposes the dense ``weight`` it uses.
+    """
+    if getattr(module, "wraps_layer", False):
+        return module.layer
+    if isinstance(module, _COUNTED) and isinstance(getattr(module, "weight", None), torch.Tensor):
+        return module
+    return None
+
+
 def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]:
     """Per-layer statistics for convolution and linear layers, in execution order.
 
@@ -60,13 +85,16 @@ def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]
     seen: list[LayerStats] = []
 
     def hook(module: nn.Module, _inputs: Any, output: torch.Tensor) -> None:
+        geometry = _geometry(module)
         w = module.weight
-        params = sum(p.numel() for p in module.parameters(recurse=False))
-        nonzero = sum(int(torch.count_nonzero(p)) for p in module.parameters(recurse=False))
+        bias = geometry.bias
+        params = w.numel() + (bias.numel() if bias is not None else 0)
+        nonzero = int(torch.count_nonzero(w)) + (int(torch.count_nonzero(bias))
+                                                 if bias is not None else 0)
         seen.append(LayerStats(names[module], type(module).__name__, tuple(w.shape), params,
-                               nonzero, _layer_macs(module, output[:1])))
+                               nonzero, _layer_macs(geometry, output[:1])))
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _COUNTED)]
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _geometry(m) is not None]
     was_training = model.training
     try:
         model.eval()

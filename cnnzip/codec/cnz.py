@@ -1,0 +1,234 @@
+"""The .cnz container: a safetensors file whose size is the compressed size.
+
+Layout:
+- one uint8 tensor per codebook layer, the concatenation of three streams: gap symbols of the
+  surviving positions (entropy-coded), codes (entropy-coded), and the codebook (float16);
+- one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm), flattened;
+- string metadata: format and version, the architecture, the input record, per-layer records
+  (shape, counts, stream lengths, CRC-32 of the payload) and the dense index.
+
+The model a user ships is the one ``round_for_storage`` produced: decoding rebuilds it bit for
+bit, so accuracy from the file equals accuracy in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import zlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from cnnzip.errors import CheckpointError
+from cnnzip.fileio import atomic_path
+from cnnzip.models import ModelSpec, build_model
+from cnnzip.modules import CodebookLayer
+from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
+from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
+
+FORMAT = "cnnzip-cnz"
+VERSION = 1
+_SKIP = ("num_batches_tracked",)
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """How one codebook layer is stored."""
+
+    name: str
+    shape: tuple[int, ...]
+    nnz: int
+    k: int
+    d: int
+    max_gap: int
+    n_gaps: int
+    n_codes: int
+    pos_bytes: int
+    code_bytes: int
+    book_bytes: int
+    crc: int
+
+
+def round_for_storage(model: nn.Module) -> nn.Module:
+    """Round codebooks and other float tensors to float16 in place, as the container stores them."""
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            if tensor.is_floating_point():
+                tensor.copy_(tensor.half().float())
+    return model
+
+
+def _encode_layer(name: str, layer: CodebookLayer) -> tuple[LayerRecord, np.ndarray]:
+    positions = layer.positions.numpy()
+    max_gap = choose_max_gap(positions)
+    gaps = positions_to_gaps(positions, max_gap)
+    pos = encode_symbols(gaps)
+    codes = encode_symbols(layer.codes.numpy())
+    book = layer.codebook.detach().half().numpy().tobytes()
+    payload = np.frombuffer(pos + codes + book, dtype=np.uint8)
+    k, d = layer.codebook.shape
+    record = LayerRecord(name, layer.weight_shape, layer.nnz, k, d, max_gap, len(gaps),
+                         int(layer.codes.numel()), len(pos), len(codes), len(book),
+                         zlib.crc32(payload.tobytes()))
+    return record, payload
+
+
+def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    shared = {n for n, m in model.named_modules() if isinstance(m, CodebookLayer)}
+    out = {}
+    for key, value in model.state_dict().items():
+        owner = key.rsplit(".", 1)[0]
+        if owner in shared or key.endswith(_SKIP) or not value.is_floating_point():
+            continue
+        out[key] = value
+    return out
+
+
+def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
+                input: dict[str, Any] | None = None) -> list[LayerRecord]:
+    """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
+
+    Every conv and linear layer must be a ``CodebookLayer``; other float tensors go to the
+    float16 ``dense`` block.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    records = []
+    for name, module in model.named_modules():
+        if isinstance(module, CodebookLayer):
+            record, payload = _encode_layer(name, module)
+            records.append(record)
+            tensors[f"w:{name}"] = torch.from_numpy(payload.copy())
+    dense = _dense_state(model)
+    flat = (torch.cat([v.flatten() for v in dense.values()]).half() if dense
+            else torch.zeros(0, dtype=torch.float16))
+    tensors["dense"] = flat
+    index = [[k, list(v.shape)] for k, v in dense.items()]
+    compact = {"separators": (",", ":")}
+    metadata = {
+        "format": FORMAT, "version": str(VERSION),
+        "model": json.dumps(spec.to_dict(), **compact),
+        "input": json.dumps(input or {}, **compact),
+        "layers": json.dumps([list(asdict(r).values()) for r in records], **compact),
+        "dense": json.dumps({"index": index, "crc": zlib.crc32(flat.numpy().tobytes())},
+                            **compact),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return records
+
+
+def _fail(path: Path, message: str) -> CheckpointError:
+    return CheckpointError(f"{path}: {message}")
+
+
+def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            if meta.get("format") != FORMAT:
+                raise _fail(path, "not a cnnzip .cnz container (no 'cnnzip-cnz' metadata)")
+            if meta.get("version") != str(VERSION):
+                raise _fail(path, f"container version {meta.get('version')!r} is not supported "
+                                  f"(this cnnzip reads version {VERSION})")
+            return meta, {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise _fail(path, "file not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise _fail(path, f"not a readable safetensors file ({exc})") from None
+
+
+def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
+    if zlib.crc32(payload) != record.crc:
+        raise _fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
+    a, b = record.pos_bytes, record.pos_bytes + record.code_bytes
+    if len(payload) != b + record.book_bytes or record.book_bytes != 2 * record.k * record.d:
+        raise _fail(path, f"layer {record.name!r}: payload sizes do not match its record")
+    try:
+        positions = gaps_to_positions(decode_symbols(payload[:a], record.n_gaps), record.max_gap)
+        codes = decode_symbols(payload[a:b], record.n_codes)
+    except ValueError as exc:
+        raise _fail(path, f"layer {record.name!r}: {exc}") from None
+    book = np.frombuffer(payload[b:], dtype=np.float16).astype(np.float32)
+    if (len(positions) != record.nnz or (positions.size and positions[-1] >= math.prod(record.shape))
+            or (codes.size and codes.max() >= record.k)):
+        raise _fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")
+    return (torch.from_numpy(positions), torch.from_numpy(book.reshape(record.k, record.d)),
+            torch.from_numpy(codes))
+
+
+def layer_records(path: str | Path) -> tuple[dict[str, str], list[LayerRecord]]:
+    """The container's metadata and per-layer records, without decoding payloads."""
+    path = Path(path)
+    meta, _ = _read(path)
+    try:
+        return meta, [LayerRecord(*r[:1], tuple(r[1]), *r[2:]) for r in json.loads(meta["layers"])]
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise _fail(path, f"damaged metadata ({exc})") from None
+
+
+def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Rebuild the compressed model stored in a .cnz file.
+
+    Returns:
+        The model (eval mode, codebook layers in place), its spec, and its input record.
+
+    Raises:
+        CheckpointError: missing, foreign, damaged or truncated file.
+    """
+    path = Path(path)
+    meta, tensors = _read(path)
+    _, records = layer_records(path)
+    try:
+        spec = ModelSpec.from_dict(json.loads(meta["model"]))
+        input_info = json.loads(meta.get("input", "{}"))
+        dense_meta = json.loads(meta["dense"])
+    except Exception as exc:  # any malformed metadata is a damaged file
+        raise _fail(path, f"damaged metadata ({exc})") from None
+    model = build_model(spec)
+    for record in records:
+        key = f"w:{record.name}"
+        if key not in tensors:
+            raise _fail(path, f"layer {record.name!r} has no payload")
+        positions, book, codes = _decode_layer(path, record, tensors[key].numpy().tobytes())
+        try:
+            layer = model.get_submodule(record.name)
+        except AttributeError:
+            raise _fail(path, f"model {spec.name!r} has no layer {record.name!r}") from None
+        if tuple(layer.weight.shape) != record.shape:
+            raise _fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
+        parent, _, child = record.name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child,
+                CodebookLayer(layer, positions, book, codes))
+    flat = tensors.get("dense")
+    if flat is None or zlib.crc32(flat.numpy().tobytes()) != dense_meta.get("crc"):
+        raise _fail(path, "dense tensors: checksum mismatch (the file is damaged)")
+    state, offset = {}, 0
+    for key, shape in dense_meta["index"]:
+        n = math.prod(shape)
+        state[key] = flat[offset:offset + n].float().view(shape)
+        offset += n
+    expected = set(_dense_state(model))
+    if set(state) != expected or offset != flat.numel():
+        raise _fail(path, "dense tensors do not match the model's architecture")
+    model.load_state_dict(state, strict=False)
+    return model.eval(), spec, input_info
+
+
+def stream_report(model: nn.Module) -> list[dict[str, Any]]:
+    """Per-layer entropy, Huffman and coded sizes of the position and code streams."""
+    rows = []
+    for name, layer in model.named_modules():
+        if not isinstance(layer, CodebookLayer):
+            continue
+        positions = layer.positions.numpy()
+        gaps = positions_to_gaps(positions, choose_max_gap(positions))
+        rows.append({"name": name, "index": asdict(stream_stats(gaps)),
+                     "codes": asdict(stream_stats(layer.codes.numpy()))})
+    return rows

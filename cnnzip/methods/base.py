@@ -1,0 +1,91 @@
+"""What every method shares: the run context, the registry, and fine-tuning under masks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from cnnzip.data import Splits
+from cnnzip.train import TrainConfig, evaluate, fit
+
+
+@dataclass
+class Context:
+    """State that flows through a recipe's steps.
+
+    Attributes:
+        splits: data; decisions use ``val``, reports use ``test``.
+        teacher: the uncompressed model, for distillation (None: plain labels).
+        seed: seeds every random choice.
+        finetune_epochs: when set, overrides every step's retraining epochs (0 skips them).
+        quiet: no progress bars.
+        masks: surviving weights by layer name; every later step keeps them.
+        notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
+    """
+
+    splits: Splits
+    teacher: nn.Module | None = None
+    seed: int = 0
+    finetune_epochs: int | None = None
+    quiet: bool = False
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    def epochs(self, configured: int) -> int:
+        return configured if self.finetune_epochs is None else self.finetune_epochs
+
+    def val_accuracy(self, model: nn.Module, samples: int | None = None) -> float:
+        val = self.splits.val
+        if samples is not None and samples < len(val):
+            val = type(val)(val.images[:samples], val.labels[:samples])
+        return evaluate(model, val, self.splits.info)
+
+
+Handler = Callable[[nn.Module, Any, Context], nn.Module]
+_HANDLERS: dict[type, Handler] = {}
+
+
+def register(config_type: type) -> Callable[[Handler], Handler]:
+    """Register the handler that applies configs of ``config_type``."""
+    def wrap(handler: Handler) -> Handler:
+        _HANDLERS[config_type] = handler
+        return handler
+    return wrap
+
+
+def apply(model: nn.Module, config: Any, ctx: Context) -> nn.Module:
+    """Apply one method's config to ``model``; returns the (possibly replaced) model."""
+    try:
+        handler = _HANDLERS[type(config)]
+    except KeyError:
+        raise TypeError(f"no handler registered for {type(config).__name__}") from None
+    return handler(model, config, ctx)
+
+
+def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+    """Zero every pruned weight (called after each optimiser step so masks hold)."""
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, mask in masks.items():
+            weight = getattr(modules[name], "weight", None)
+            if isinstance(weight, torch.Tensor):
+                weight.mul_(mask)
+
+
+def finetune(model: nn.Module, ctx: Context, *, epochs: int, lr: float,
+             description: str, after_step: Callable[[nn.Module], None] | None = None) -> None:
+    """Retrain with distillation from the teacher, keeping the masks."""
+    epochs = ctx.epochs(epochs)
+    if epochs <= 0:
+        return
+
+    def hold(m: nn.Module) -> None:
+        apply_masks(m, ctx.masks)
+        if after_step is not None:
+            after_step(m)
+
+    fit(model, ctx.splits, TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed), teacher=ctx.teacher,
+        after_step=hold, quiet=ctx.quiet, description=description)

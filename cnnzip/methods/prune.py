@@ -1,0 +1,161 @@
+"""Unstructured magnitude pruning: per-layer sensitivity scan, then one-shot, iterative or
+gradual (AGP) pruning with retraining. The plan is a sparsity per layer."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, apply_masks, finetune, register
+from cnnzip.modules import prunable_layers
+from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
+from cnnzip.progress import progress_bar
+
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+
+
+@dataclass(frozen=True)
+class SensitivityScan:
+    """Prune one layer at a time and measure validation accuracy ("threshold scanning").
+
+    Attributes:
+        tolerance: the accuracy drop (fraction, before retraining) a layer may cause; each
+            layer gets the largest scanned sparsity within it.
+        sparsities: the sparsities tried.
+        samples: validation images per measurement (None: all).
+        max_sparsity: never choose more than this for any layer.
+    """
+
+    tolerance: float = 0.02
+    sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
+    samples: int | None = None
+    max_sparsity: float = 0.99
+
+
+class Schedule(enum.Enum):
+    ONE_SHOT = "one-shot"  # prune to the target, then retrain
+    ITERATIVE = "iterative"  # several prune-and-retrain rounds of rising sparsity
+    AGP = "agp"  # sparsity rises along a cubic curve during retraining
+
+
+@dataclass(frozen=True)
+class MagnitudePrune:
+    """Magnitude pruning of conv and linear weights.
+
+    Attributes:
+        sparsity: one sparsity for every layer (None: use the sensitivity scan's choice).
+        layers: per-layer sparsity overrides by name.
+        quality: instead of sparsities, Deep Compression's threshold ``quality · std(w)``.
+        schedule: how the target is reached.
+        rounds: prune-and-retrain rounds (iterative) or mask updates (agp).
+        epochs: retraining epochs in all.
+        lr: retraining peak learning rate.
+    """
+
+    sparsity: float | None = None
+    layers: dict[str, float] = field(default_factory=dict)
+    quality: float | None = None
+    schedule: Schedule = Schedule.AGP
+    rounds: int = 8
+    epochs: int = 8
+    lr: float = 0.01
+
+
+@register(SensitivityScan)
+def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model)
+    base = ctx.val_accuracy(model, config.samples)
+    table: dict[str, list[tuple[float, float]]] = {}
+    chosen: dict[str, float] = {}
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task("sensitivity scan", total=len(layers) * len(config.sparsities),
+                            status="")
+        for name, layer in layers.items():
+            original = layer.weight.detach().clone()
+            table[name], chosen[name] = [], 0.0
+            for s in sorted(config.sparsities):
+                with torch.no_grad():
+                    layer.weight.mul_(magnitude_mask(layer.weight, s))
+                acc = ctx.val_accuracy(model, config.samples)
+                table[name].append((s, acc))
+                if base - acc <= config.tolerance and s <= config.max_sparsity:
+                    chosen[name] = max(chosen[name], s)
+                with torch.no_grad():
+                    layer.weight.copy_(original)
+                bar.advance(task)
+            bar.update(task, status=f"{name}: {chosen[name]:.2f}")
+    ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": config.tolerance,
+                                "table": table, "chosen": chosen}
+    return model
+
+
+def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str, float]:
+    layers = prunable_layers(model)
+    unknown = sorted(set(config.layers) - set(layers))
+    if unknown:
+        raise CnnzipError(f"prune: no conv or linear layer named {', '.join(unknown)}; "
+                          f"layers are {', '.join(layers)}")
+    if config.quality is not None:
+        return {n: 1.0 - float(threshold_mask(m.weight, config.quality).float().mean())
+                for n, m in layers.items()}
+    if config.sparsity is not None:
+        targets = {n: config.sparsity for n in layers}
+    elif "sensitivity" in ctx.notes:
+        targets = dict(ctx.notes["sensitivity"]["chosen"])
+    else:
+        raise CnnzipError("prune: give a sparsity or run a sensitivity scan first")
+    return {**targets, **config.layers}
+
+
+def _set_masks(model: nn.Module, targets: dict[str, float], fraction: float,
+               ctx: Context) -> None:
+    layers = prunable_layers(model)
+    for name, final in targets.items():
+        ctx.masks[name] = magnitude_mask(layers[name].weight, final * fraction)
+    apply_masks(model, ctx.masks)
+
+
+@register(MagnitudePrune)
+def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
+    targets = _targets(model, config, ctx)
+    ctx.notes["prune"] = {"targets": targets, "schedule": config.schedule.value}
+    epochs = ctx.epochs(config.epochs)
+    if config.schedule is Schedule.ONE_SHOT or epochs == 0:
+        _set_masks(model, targets, 1.0, ctx)
+        finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="retrain")
+        return model
+    if config.schedule is Schedule.ITERATIVE:
+        rounds = max(1, min(config.rounds, epochs))
+        per_round = [epochs // rounds + (i < epochs % rounds) for i in range(rounds)]
+        for i, e in enumerate(per_round):
+            fraction = agp_sparsity(1.0, i + 1, rounds)  # rising toward 1, cubic
+            _set_masks(model, targets, fraction, ctx)
+            finetune(model, ctx, epochs=e, lr=config.lr, description=f"prune round {i + 1}")
+        return model
+    # AGP: masks are recomputed along the cubic curve over the first ~2/3 of the steps.
+    steps_per_epoch = -(-len(ctx.splits.train) // 128)
+    ramp = max(1, int(steps_per_epoch * epochs * 2 / 3))
+    every = max(1, ramp // max(1, config.rounds))
+    counter = {"step": 0}
+
+    def update(m: nn.Module) -> None:
+        counter["step"] += 1
+        step = counter["step"]
+        if step <= ramp and (step % every == 0 or step == ramp):
+            _set_masks(m, targets, agp_sparsity(1.0, step, ramp), ctx)
+
+    _set_masks(model, targets, agp_sparsity(1.0, 0, ramp), ctx)
+    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="gradual prune",
+             after_step=update)
+    _set_masks(model, targets, 1.0, ctx)  # exactly the targets, whatever the step count was
+    return model
+
+
+def sparsity_of(model: nn.Module) -> dict[str, float]:
+    """Fraction of exact zeros in each conv and linear weight."""
+    return {n: 1.0 - float(torch.count_nonzero(m.weight)) / m.weight.numel()
+            for n, m in prunable_layers(model).items()}

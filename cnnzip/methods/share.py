@@ -1,0 +1,91 @@
+"""Trained weight sharing: per-layer k-means over the surviving weights (Deep Compression) or
+product quantization of consecutive surviving weights, then centroid fine-tuning."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, finetune, register
+from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.ops.cluster import Init, kmeans, to_blocks
+from cnnzip.progress import progress_bar
+
+
+class Sharing(enum.Enum):
+    KMEANS = "kmeans"  # scalar codebook, d = 1
+    PQ = "pq"  # codebook of d-dimensional sub-vectors
+
+
+@dataclass(frozen=True)
+class WeightSharing:
+    """Cluster each conv and linear layer's surviving weights into a codebook.
+
+    Attributes:
+        method: scalar k-means or product quantization.
+        conv_bits: code bits for convolutions (k = 2^bits centroids).
+        fc_bits: code bits for linear layers.
+        layers: per-layer code bits by name (overrides).
+        block: sub-vector length d for product quantization (1 for k-means).
+        init: k-means initialisation.
+        epochs: centroid fine-tuning epochs.
+        lr: fine-tuning peak learning rate.
+    """
+
+    method: Sharing = Sharing.KMEANS
+    conv_bits: int = 8
+    fc_bits: int = 5
+    layers: dict[str, int] = field(default_factory=dict)
+    block: int = 1
+    init: Init = Init.LINEAR
+    epochs: int = 4
+    lr: float = 0.002
+
+    def __post_init__(self) -> None:
+        if self.method is Sharing.KMEANS and self.block != 1:
+            raise CnnzipError("share: k-means works on single weights; use method pq for block > 1")
+        for bits in (self.conv_bits, self.fc_bits, *self.layers.values()):
+            if not 1 <= bits <= 16:
+                raise CnnzipError(f"share: code bits must be in 1..16, got {bits}")
+
+
+def share_layer(layer: nn.Module, bits: int, block: int, init: Init, seed: int) -> CodebookLayer:
+    """Replace one layer's dense weight by a codebook over its non-zero entries."""
+    flat = layer.weight.detach().flatten()
+    positions = torch.nonzero(flat, as_tuple=True)[0]  # (nnz,)
+    values = flat[positions].numpy()
+    if values.size == 0:
+        values = np.zeros(1, np.float32)  # an all-zero layer keeps one zero centroid
+    centroids, codes = kmeans(to_blocks(values, block), 2 ** bits, init=init, seed=seed)
+    return CodebookLayer(layer, positions, torch.from_numpy(centroids), torch.from_numpy(codes))
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
+
+
+@register(WeightSharing)
+def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
+    layers = {n: m for n, m in prunable_layers(model).items() if not isinstance(m, CodebookLayer)}
+    unknown = sorted(set(config.layers) - set(layers))
+    if unknown:
+        raise CnnzipError(f"share: no conv or linear layer named {', '.join(unknown)}")
+    chosen: dict[str, int] = {}
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
+        for name, layer in layers.items():
+            bits = config.layers.get(name, config.fc_bits if isinstance(layer, nn.Linear)
+                                     else config.conv_bits)
+            chosen[name] = bits
+            _set_module(model, name, share_layer(layer, bits, config.block, config.init,
+                                                 ctx.seed))
+            bar.advance(task)
+    ctx.notes["share"] = {"method": config.method.value, "block": config.block, "bits": chosen}
+    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
+    return model

@@ -1,0 +1,83 @@
+"""A convolution or linear layer whose non-zero weights share a small codebook.
+
+The codebook (k, d) is a parameter, so fine-tuning moves the centroids: the gradients of all
+weights that use a centroid are summed into it (the backward of the gather). The flat positions
+of the surviving weights and their codes are buffers. d = 1 is scalar k-means weight sharing;
+d > 1 is product quantization over consecutive surviving weights.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRUNABLE = (nn.Conv2d, nn.Linear)
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Convolution and linear layers (dense or already codebook-shared) by qualified name, in
+    definition order; each has a ``weight`` tensor."""
+    return {name: m for name, m in model.named_modules()
+            if isinstance(m, CodebookLayer)
+            or (isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), nn.Parameter))}
+
+
+class CodebookLayer(nn.Module):
+    """Wraps a Conv2d or Linear; its dense weight is replaced by codebook, codes and positions.
+
+    Args:
+        layer: the layer to wrap (its ``weight`` parameter is removed; bias and hyperparameters
+            are kept).
+        positions: flat indices of the surviving weights, increasing, (nnz,).
+        codebook: centroids (k, d).
+        codes: the centroid of each block of d surviving weights, (ceil(nnz / d),).
+    """
+
+    wraps_layer = True  # metrics count this module with ``self.layer``'s geometry
+
+    def __init__(self, layer: nn.Module, positions: torch.Tensor, codebook: torch.Tensor,
+                 codes: torch.Tensor):
+        super().__init__()
+        if not isinstance(layer, PRUNABLE):
+            raise TypeError(f"cannot share weights of {type(layer).__name__}")
+        self.weight_shape = tuple(layer.weight.shape)
+        del layer.weight
+        self.layer = layer
+        self.codebook = nn.Parameter(codebook.detach().float().clone())
+        self.register_buffer("positions", positions.long().clone())
+        self.register_buffer("codes", codes.long().clone())
+
+    @property
+    def nnz(self) -> int:
+        return int(self.positions.numel())
+
+    def dense_weight(self) -> torch.Tensor:
+        values = self.codebook[self.codes].reshape(-1)[: self.nnz]  # (nnz,)
+        flat = values.new_zeros(math.prod(self.weight_shape))
+        return flat.scatter(0, self.positions, values).view(self.weight_shape)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight the layer computes with (rebuilt on every access)."""
+        return self.dense_weight()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.dense_weight()
+        if isinstance(self.layer, nn.Linear):
+            return F.linear(x, weight, self.layer.bias)
+        return self.layer._conv_forward(x, weight, self.layer.bias)
+
+    @property
+    def bits(self) -> float:
+        """Bits of a code, per weight it stands for."""
+        k, d = self.codebook.shape
+        return math.log2(max(k, 2)) / d
+
+    def extra_repr(self) -> str:
+        k, d = self.codebook.shape
+        sparsity = 1 - self.nnz / math.prod(self.weight_shape)
+        return (f"shape={self.weight_shape}, k={k}, d={d}, bits/weight={self.bits:.2f}, "
+                f"sparsity={sparsity:.3f}")

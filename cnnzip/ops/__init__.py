@@ -1,0 +1,1 @@
+"""Pure tensor and array math: masks, clustering, index and entropy coding."""
