@@ -60,7 +60,13 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Load any model file cnnzip writes; returns the model, its spec and input record."""
+    """Load any model file cnnzip writes (.safetensors checkpoint or .cnz container); returns
+    the model, its spec and input record."""
+    from cnnzip.codec import FORMAT, decode_file
+    from cnnzip.models.checkpoint import read_metadata
+
+    if read_metadata(path).get("format") == FORMAT:
+        return decode_file(path)
     ckpt = load_checkpoint(path)
     return ckpt.model, ckpt.spec, ckpt.input
 

@@ -19,6 +19,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
+        if tmp.exists():
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # as a plain open() would create it
         os.replace(tmp, final)
     finally:
         if tmp.exists():

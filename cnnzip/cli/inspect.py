@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="per-layer table: shape, params, non-zeros, MACs",
                        description="Show a model's layers with shape, parameters, non-zero "
                                    "parameters and MACs (counted from a real forward pass).")
-    p.add_argument("file", metavar="FILE", nargs="?", help="a checkpoint written by cnnzip")
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help="a checkpoint or .cnz container written by cnnzip")
     p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
     p.add_argument("--dataset", default="fashion-mnist", choices=(*DATASETS, "synthetic"),
                    help="input shape for --model (default fashion-mnist: 1×28×28)")

@@ -25,12 +25,16 @@ class SensitivityScan:
     Attributes:
         tolerance: the accuracy drop (fraction, before retraining) a layer may cause; each
             layer gets the largest scanned sparsity within it.
+        target_sparsity: instead of a fixed tolerance, the smallest common tolerance at which
+            the chosen sparsities prune this fraction of all conv and linear weights (the
+            sensitive layers keep more, the robust ones less; retraining recovers the rest).
         sparsities: the sparsities tried.
         samples: validation images per measurement (None: all).
         max_sparsity: never choose more than this for any layer.
     """
 
     tolerance: float = 0.02
+    target_sparsity: float | None = None
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     samples: int | None = None
     max_sparsity: float = 0.99
@@ -80,17 +84,40 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
             for s in sorted(config.sparsities):
                 with torch.no_grad():
                     layer.weight.mul_(magnitude_mask(layer.weight, s))
-                acc = ctx.val_accuracy(model, config.samples)
-                table[name].append((s, acc))
-                if base - acc <= config.tolerance and s <= config.max_sparsity:
-                    chosen[name] = max(chosen[name], s)
+                table[name].append((s, ctx.val_accuracy(model, config.samples)))
                 with torch.no_grad():
                     layer.weight.copy_(original)
                 bar.advance(task)
-            bar.update(task, status=f"{name}: {chosen[name]:.2f}")
-    ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": config.tolerance,
+    sizes = {n: m.weight.numel() for n, m in layers.items()}
+    tolerance = config.tolerance
+    if config.target_sparsity is not None:
+        tolerance = tolerance_for_target(table, base, sizes, config.target_sparsity,
+                                         config.max_sparsity)
+    chosen = choose_sparsities(table, base, tolerance, config.max_sparsity)
+    ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": tolerance,
                                 "table": table, "chosen": chosen}
     return model
+
+
+def choose_sparsities(table: dict[str, list[tuple[float, float]]], base: float,
+                      tolerance: float, max_sparsity: float) -> dict[str, float]:
+    """Each layer's largest scanned sparsity whose accuracy drop stays within ``tolerance``."""
+    return {name: max([s for s, acc in points if base - acc <= tolerance and s <= max_sparsity],
+                      default=0.0)
+            for name, points in table.items()}
+
+
+def tolerance_for_target(table: dict[str, list[tuple[float, float]]], base: float,
+                         sizes: dict[str, int], target: float, max_sparsity: float) -> float:
+    """The smallest tolerance whose chosen sparsities prune ``target`` of all weights (or the
+    largest reachable, if the target lies beyond ``max_sparsity``)."""
+    total = sum(sizes.values())
+    candidates = sorted({max(0.0, base - acc) for points in table.values() for _, acc in points})
+    for tolerance in candidates:
+        chosen = choose_sparsities(table, base, tolerance, max_sparsity)
+        if sum(chosen[n] * sizes[n] for n in sizes) / total >= target - 1e-9:
+            return tolerance
+    return candidates[-1] if candidates else 0.0
 
 
 def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str, float]:

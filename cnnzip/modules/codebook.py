@@ -17,6 +17,20 @@ from torch import nn
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; multiplies the incoming gradient by ``scale`` (broadcast) backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Convolution and linear layers (dense or already codebook-shared) by qualified name, in
     definition order; each has a ``weight`` tensor."""
@@ -49,13 +63,19 @@ class CodebookLayer(nn.Module):
         self.codebook = nn.Parameter(codebook.detach().float().clone())
         self.register_buffer("positions", positions.long().clone())
         self.register_buffer("codes", codes.long().clone())
+        sizes = torch.bincount(self.codes, minlength=self.codebook.shape[0]).clamp(min=1)
+        self.register_buffer("inv_cluster_size", (1.0 / sizes.float())[:, None], persistent=False)
 
     @property
     def nnz(self) -> int:
         return int(self.positions.numel())
 
     def dense_weight(self) -> torch.Tensor:
-        values = self.codebook[self.codes].reshape(-1)[: self.nnz]  # (nnz,)
+        # A centroid's gradient is the sum over the weights that share it (the gather's
+        # backward); dividing by the cluster size makes its step that of one weight, so a single
+        # learning rate suits clusters of 10 and of 10,000 weights alike.
+        codebook = _ScaleGrad.apply(self.codebook, self.inv_cluster_size)  # (k, d)
+        values = codebook[self.codes].reshape(-1)[: self.nnz]  # (nnz,)
         flat = values.new_zeros(math.prod(self.weight_shape))
         return flat.scatter(0, self.positions, values).view(self.weight_shape)
 

@@ -1,0 +1,107 @@
+"""``compress``: a recipe's steps applied to a trained model, then the container and the report.
+
+Every figure comes from a real run: accuracy on the full test set (decisions use validation
+data), the container's bytes on disk, and the accuracy of the model decoded from that file.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from cnnzip import metrics
+from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
+from cnnzip.data import load_dataset
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, apply
+from cnnzip.models import load_checkpoint
+from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.recipes import Recipe, load_recipe
+from cnnzip.report import layer_rows, write_report
+from cnnzip.train import evaluate
+
+
+def _stage(name: str, model: nn.Module, ctx: Context, in_shape: tuple[int, ...],
+           seconds: float, realized: bool) -> dict[str, Any]:
+    splits = ctx.splits
+    return {"name": name, "accuracy": evaluate(model, splits.test, splits.info),
+            "val_accuracy": ctx.val_accuracy(model), "nonzero_params": metrics.count_nonzero(model),
+            "macs": metrics.count_macs(model, in_shape), "seconds": round(seconds, 2),
+            "realized": realized}
+
+
+def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
+             dataset: str | None = None, data_dir: str | Path | None = None, seed: int = 0,
+             finetune_epochs: int | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Compress a checkpoint with a recipe; write ``model.cnz``, ``report.json``, ``report.md``.
+
+    Args:
+        model_path: a .safetensors checkpoint written by ``cnnzip train``.
+        recipe: a built-in recipe name, a YAML path, or a parsed ``Recipe``.
+        out_dir: where the outputs go (created).
+        dataset: defaults to the dataset recorded in the checkpoint.
+        data_dir: where the dataset's files are.
+        seed: seeds clustering and retraining.
+        finetune_epochs: overrides every retraining step's epochs (0 skips retraining).
+        quiet: no progress bars.
+
+    Returns:
+        The report (also written to ``report.json``).
+    """
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    ckpt = load_checkpoint(model_path)
+    dataset = dataset or ckpt.input.get("dataset")
+    if not dataset:
+        raise CnnzipError(f"{model_path}: no dataset recorded in the file; pass --dataset")
+    splits = load_dataset(dataset, data_dir, seed=seed)
+    spec = ckpt.spec
+    if tuple(splits.info.in_shape) != tuple(spec.in_shape):
+        raise CnnzipError(f"{model_path}: model takes {spec.in_shape} inputs, {dataset} has "
+                          f"{splits.info.in_shape}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = ckpt.model
+    model = copy.deepcopy(teacher)
+    ctx = Context(splits, teacher=teacher, seed=seed, finetune_epochs=finetune_epochs,
+                  quiet=quiet)
+    baseline = {"accuracy": evaluate(teacher, splits.test, splits.info),
+                "params": metrics.count_params(teacher),
+                "macs": metrics.count_macs(teacher, spec.in_shape),
+                "bytes_fp32": metrics.fp32_bytes(teacher)}
+    stages = []
+    for kind, config in recipe.steps:
+        start = time.perf_counter()
+        model = apply(model, config, ctx)
+        if kind != "sensitivity":
+            stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
+                                 realized=False))
+    if not all(isinstance(m, CodebookLayer) for m in prunable_layers(model).values()):
+        raise CnnzipError(f"recipe {recipe.name!r}: every conv and linear layer must be shared "
+                          "(a 'share' step) before the container can be written")
+    start = time.perf_counter()
+    round_for_storage(model)
+    container = out / "model.cnz"
+    records = encode_file(container, model, spec, input=ckpt.input)
+    decoded, _, _ = decode_file(container)  # every reported figure is the file's
+    stages.append(_stage("encode", decoded, ctx, spec.in_shape, time.perf_counter() - start,
+                         realized=True))
+    size = container.stat().st_size
+    final = stages[-1]
+    report = {
+        "model": spec.name, "dataset": dataset, "recipe": recipe.name, "seed": seed,
+        "baseline": baseline,
+        "compressed": {"accuracy": final["accuracy"], "params": metrics.count_params(decoded),
+                       "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],
+                       "container_bytes": size},
+        "compression_ratio": baseline["bytes_fp32"] / size,
+        "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),
+        "stages": stages,
+        "layers": layer_rows(records, stream_report(decoded)),
+        "notes": ctx.notes,
+    }
+    write_report(out, report)
+    return report

@@ -1,0 +1,88 @@
+"""Recipes: YAML files naming steps and their options, validated into method configs."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
+from cnnzip.methods.share import WeightSharing
+
+STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
+                          "share": WeightSharing}
+BUILTIN = Path(__file__).parent
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named list of method configs, applied in order."""
+
+    name: str
+    steps: tuple[tuple[str, Any], ...]
+    source: str
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
+
+
+def _step(where: str, kind: str, options: Any) -> Any:
+    if kind not in STEPS:
+        raise CnnzipError(f"{where}: unknown step {kind!r}; steps are {', '.join(STEPS)}")
+    options = options or {}
+    if not isinstance(options, dict):
+        raise CnnzipError(f"{where} ({kind}): options must be a mapping")
+    config_type = STEPS[kind]
+    known = {f.name for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise CnnzipError(f"{where} ({kind}): unknown key {unknown[0]!r}; "
+                          f"known keys are {', '.join(sorted(known))}")
+    try:
+        return pydantic.TypeAdapter(config_type).validate_python(options)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"])
+        raise CnnzipError(f"{where} ({kind}): {field}: {err['msg']}") from None
+    except CnnzipError as exc:
+        raise CnnzipError(f"{where}: {exc}") from None
+
+
+def parse_recipe(data: Any, source: str) -> Recipe:
+    """Validate a recipe's parsed YAML; errors name the file, the step and the key."""
+    if not isinstance(data, dict):
+        raise CnnzipError(f"{source}: a recipe is a mapping with 'name' and 'steps'")
+    unknown = sorted(set(data) - {"name", "steps"})
+    if unknown:
+        raise CnnzipError(f"{source}: unknown key {unknown[0]!r}; known keys are name, steps")
+    steps = data.get("steps")
+    if not isinstance(steps, list) or not steps:
+        raise CnnzipError(f"{source}: 'steps' must be a non-empty list")
+    parsed = []
+    for i, item in enumerate(steps, 1):
+        if not isinstance(item, dict) or len(item) != 1:
+            raise CnnzipError(f"{source}: step {i} must be one mapping like '- prune: {{...}}'")
+        (kind, options), = item.items()
+        parsed.append((kind, _step(f"{source}: step {i}", kind, options)))
+    return Recipe(str(data.get("name", Path(source).stem)), tuple(parsed), source)
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    """A built-in recipe by name, or a YAML file by path."""
+    path = Path(name_or_path)
+    if not path.suffix and (BUILTIN / f"{name_or_path}.yaml").is_file():
+        path = BUILTIN / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise CnnzipError(f"unknown recipe {name_or_path!r}: not a file, and the built-in "
+                          f"recipes are {', '.join(builtin_names())}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise CnnzipError(f"{path}: cannot read recipe ({exc})") from None
+    return parse_recipe(data, str(path))

@@ -1,0 +1,98 @@
+"""Write report.json, report.md and the plots beside the container."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cnnzip.fileio import atomic_path
+from cnnzip.report.tables import entropy_summary
+
+
+def _plots(out: Path, report: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    scan = report.get("notes", {}).get("sensitivity")
+    if scan:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for name, points in scan["table"].items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o", ms=3, label=name)
+        ax.axhline(scan["baseline_val_accuracy"] - scan["tolerance"], color="grey", ls="--",
+                   lw=1, label="tolerance")
+        ax.set(xlabel="sparsity of this layer alone", ylabel="validation accuracy",
+               title="Sensitivity scan")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        with atomic_path(out / "sensitivity.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        made.append("sensitivity.png")
+    rows = report["layers"]
+    if rows:
+        fig, ax = plt.subplots(figsize=(6, 0.4 * len(rows) + 1.5))
+        names = [r["name"] for r in rows]
+        ax.barh(names, [r["bytes"] for r in rows], color="tab:blue", label="container bytes")
+        ax.set(xlabel="bytes", title="Bytes per layer in model.cnz")
+        ax.invert_yaxis()
+        fig.tight_layout()
+        with atomic_path(out / "layers.png") as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
+        plt.close(fig)
+        made.append("layers.png")
+    return made
+
+
+def _markdown(report: dict[str, Any], plots: list[str]) -> str:
+    b, c = report["baseline"], report["compressed"]
+    lines = [
+        f"# {report['model']} on {report['dataset']}: recipe `{report['recipe']}`", "",
+        "| | accuracy | params | non-zero | MACs | bytes |", "|---|---|---|---|---|---|",
+        f"| baseline | {b['accuracy']:.4f} | {b['params']:,} | {b['params']:,} | {b['macs']:,} "
+        f"| {b['bytes_fp32']:,} (fp32) |",
+        f"| compressed | {c['accuracy']:.4f} | {c['params']:,} | {c['nonzero_params']:,} "
+        f"| {c['macs']:,} | {c['container_bytes']:,} (model.cnz) |", "",
+        f"**Compression ratio {report['compression_ratio']:.1f}×** (fp32 parameter bytes / bytes "
+        f"of the whole model.cnz file), **accuracy drop {report['accuracy_drop']:.2f} points** "
+        "(full test set; the compressed accuracy is evaluated from the decoded file).", "",
+        "## Stages", "", "| stage | test acc | val acc | non-zero | MACs | seconds | realized |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in report["stages"]:
+        lines.append(f"| {s['name']} | {s['accuracy']:.4f} | {s['val_accuracy']:.4f} "
+                     f"| {s['nonzero_params']:,} | {s['macs']:,} | {s['seconds']:.1f} "
+                     f"| {'yes' if s['realized'] else 'simulated'} |")
+    lines += ["", "MACs are dense MACs: unstructured sparsity does not reduce them on a dense "
+              "runtime.", "", "## Layers", "",
+              "| layer | shape | kept | k×d | code bits raw→coded | index bits raw→coded "
+              "| bits/weight all-in | bytes |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["layers"]:
+        lines.append(f"| {r['name']} | {'×'.join(map(str, r['shape']))} | "
+                     f"{100 * r['weights_kept']:.1f}% | {r['k']}×{r['d']} | "
+                     f"{r['code_bits_raw']:.2f}→{r['code_bits_coded']:.2f} | "
+                     f"{r['index_bits_raw']:.2f}→{r['index_bits_coded']:.2f} | "
+                     f"{r['bits']:.2f} | {r['bytes']:,} |")
+    e = report["entropy"]
+    lines += ["", "## Entropy coding", "",
+              f"All streams: empirical entropy {e['entropy_bits'] / 8:,.0f} B, ANS payload "
+              f"{e['coded_bits'] / 8:,.0f} B ({100 * (e['coded_over_entropy'] - 1):+.2f}%), "
+              f"Huffman {e['huffman_bits'] / 8:,.0f} B "
+              f"({100 * (e['huffman_over_entropy'] - 1):+.2f}%); frequency tables "
+              f"{e['table_bits'] / 8:,.0f} B.", ""]
+    lines += [f"![{p}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: Path, report: dict[str, Any]) -> None:
+    """report.json, plots, then report.md (each written atomically)."""
+    report["entropy"] = entropy_summary(report["layers"])
+    with atomic_path(out / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=2))
+    plots = _plots(out, report)
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(_markdown(report, plots))
