@@ -65,7 +65,7 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     from cnnzip.codec import FORMAT, decode_file
     from cnnzip.models.checkpoint import read_metadata
 
-    if read_metadata(path).get("format") == FORMAT:
+    if FORMAT in read_metadata(path):
         return decode_file(path)
     ckpt = load_checkpoint(path)
     return ckpt.model, ckpt.spec, ckpt.input

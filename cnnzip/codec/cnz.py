@@ -26,7 +26,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.errors import CheckpointError
+from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
 from cnnzip.models import ModelSpec, build_model
 from cnnzip.modules import CodebookLayer
@@ -110,15 +110,12 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
             else torch.zeros(0, dtype=torch.float16))
     tensors["dense"] = flat
     index = [[k, list(v.shape)] for k, v in dense.items()]
-    compact = {"separators": (",", ":")}
-    metadata = {
-        "format": FORMAT, "version": str(VERSION),
-        "model": json.dumps(spec.to_dict(), **compact),
-        "input": json.dumps(input or {}, **compact),
-        "layers": json.dumps([list(asdict(r).values()) for r in records], **compact),
-        "dense": json.dumps({"index": index, "crc": zlib.crc32(flat.numpy().tobytes())},
-                            **compact),
-    }
+    # One metadata key: safetensors keeps metadata in a hash map, so several keys would be
+    # written in varying order and the same model would not give the same bytes.
+    header = {"version": VERSION, "model": spec.to_dict(), "input": input or {},
+              "layers": [list(asdict(r).values()) for r in records],
+              "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}
+    metadata = {FORMAT: json.dumps(header, separators=(",", ":"))}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return records
@@ -128,20 +125,26 @@ def _fail(path: Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
 
 
-def _read(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-            if meta.get("format") != FORMAT:
-                raise _fail(path, "not a cnnzip .cnz container (no 'cnnzip-cnz' metadata)")
-            if meta.get("version") != str(VERSION):
-                raise _fail(path, f"container version {meta.get('version')!r} is not supported "
-                                  f"(this cnnzip reads version {VERSION})")
-            return meta, {k: f.get_tensor(k) for k in f.keys()}
+            raw = (f.metadata() or {}).get(FORMAT)
+            if raw is None:
+                raise _fail(path, f"not a cnnzip .cnz container (no '{FORMAT}' metadata)")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
     except FileNotFoundError:
         raise _fail(path, "file not found") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise _fail(path, f"not a readable safetensors file ({exc})") from None
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise _fail(path, f"damaged metadata ({exc})") from None
+    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise _fail(path, f"container version {version!r} is not supported (this cnnzip reads "
+                          f"version {VERSION})")
+    return meta, tensors
 
 
 def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
@@ -163,14 +166,17 @@ def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torc
             torch.from_numpy(codes))
 
 
-def layer_records(path: str | Path) -> tuple[dict[str, str], list[LayerRecord]]:
-    """The container's metadata and per-layer records, without decoding payloads."""
-    path = Path(path)
-    meta, _ = _read(path)
+def _records(path: Path, meta: dict[str, Any]) -> list[LayerRecord]:
     try:
-        return meta, [LayerRecord(*r[:1], tuple(r[1]), *r[2:]) for r in json.loads(meta["layers"])]
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        return [LayerRecord(r[0], tuple(r[1]), *r[2:]) for r in meta["layers"]]
+    except (KeyError, TypeError, IndexError) as exc:
         raise _fail(path, f"damaged metadata ({exc})") from None
+
+
+def layer_records(path: str | Path) -> tuple[dict[str, Any], list[LayerRecord]]:
+    """The container's metadata and per-layer records, without decoding payloads."""
+    meta, _ = _read(Path(path))
+    return meta, _records(Path(path), meta)
 
 
 def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
@@ -184,12 +190,12 @@ def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]
     """
     path = Path(path)
     meta, tensors = _read(path)
-    _, records = layer_records(path)
+    records = _records(path, meta)
     try:
-        spec = ModelSpec.from_dict(json.loads(meta["model"]))
-        input_info = json.loads(meta.get("input", "{}"))
-        dense_meta = json.loads(meta["dense"])
-    except Exception as exc:  # any malformed metadata is a damaged file
+        spec = ModelSpec.from_dict(meta["model"])
+        input_info = dict(meta.get("input", {}))
+        dense_meta = dict(meta["dense"])
+    except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise _fail(path, f"damaged metadata ({exc})") from None
     model = build_model(spec)
     for record in records:

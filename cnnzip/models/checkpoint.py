@@ -43,16 +43,17 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *,
                     extra: dict[str, Any] | None = None) -> Path:
     """Write ``model``'s state dict and metadata to ``path`` atomically."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "version": str(VERSION),
-                "model": json.dumps(spec.to_dict()),
-                "input": json.dumps(input or {}), "extra": json.dumps(extra or {})}
+    # one key: safetensors writes several metadata keys in varying order (a hash map)
+    metadata = {FORMAT: json.dumps({"version": VERSION, "model": spec.to_dict(),
+                                    "input": input or {}, "extra": extra or {}})}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:
-    """Return a safetensors file's string metadata (empty if it has none)."""
+    """Return a safetensors file's string metadata (empty if it has none); the file's format is
+    the key that holds its JSON document."""
     from safetensors import safe_open
 
     try:
@@ -71,17 +72,15 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         CheckpointError: the file is missing, damaged, foreign, or its weights do not fit the
             recorded architecture.
     """
-    meta = read_metadata(path)
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a cnnzip checkpoint (no '{FORMAT}' metadata)")
-    if meta.get("version") != str(VERSION):
-        raise CheckpointError(f"{path}: checkpoint version {meta.get('version')!r} is not "
+    header = _header(path)
+    if header.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {header.get('version')!r} is not "
                               f"supported (this cnnzip reads version {VERSION})")
     try:
-        spec = ModelSpec.from_dict(json.loads(meta["model"]))
-        input_info = json.loads(meta.get("input", "{}"))
-        extra = json.loads(meta.get("extra", "{}"))
-    except (KeyError, json.JSONDecodeError, ModelError) as exc:
+        spec = ModelSpec.from_dict(header["model"])
+        input_info = dict(header.get("input", {}))
+        extra = dict(header.get("extra", {}))
+    except (KeyError, TypeError, ValueError, ModelError) as exc:
         raise CheckpointError(f"{path}: damaged metadata ({exc})") from None
     try:
         state = load_file(str(path))
@@ -96,12 +95,24 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(model.eval(), spec, input_info, extra)
 
 
+def _header(path: str | Path) -> dict[str, Any]:
+    raw = read_metadata(path).get(FORMAT)
+    if raw is None:
+        raise CheckpointError(f"{path}: not a cnnzip checkpoint (no '{FORMAT}' metadata)")
+    try:
+        header = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: damaged metadata ({exc})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: damaged metadata (not a JSON object)")
+    return header
+
+
 def spec_from_file(path: str | Path) -> ModelSpec:
     """The architecture recorded in a checkpoint, without loading its weights."""
-    meta = read_metadata(path)
     try:
-        return ModelSpec.from_dict(json.loads(meta["model"]))
-    except (KeyError, json.JSONDecodeError) as exc:
+        return ModelSpec.from_dict(_header(path)["model"])
+    except (KeyError, ModelError) as exc:
         raise CheckpointError(f"{path}: no cnnzip model metadata ({exc})") from None
 
 

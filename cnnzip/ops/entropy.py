@@ -60,7 +60,10 @@ def huffman_bits(symbols: np.ndarray) -> int:
 
 
 def _model(counts: np.ndarray) -> "constriction.stream.model.Categorical":
-    return constriction.stream.model.Categorical(counts.astype(np.float64), perfect=False)
+    # constriction needs two symbols at least; a padded zero count costs nothing measurable
+    padded = np.zeros(max(2, len(counts)), np.float64)
+    padded[: len(counts)] = counts
+    return constriction.stream.model.Categorical(padded, perfect=False)
 
 
 def encode_symbols(symbols: np.ndarray) -> bytes:

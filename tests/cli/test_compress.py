@@ -1,0 +1,54 @@
+import json
+
+import pytest
+
+from cnnzip.cli import main
+
+
+@pytest.fixture
+def checkpoint(tmp_path, capsys):
+    path = tmp_path / "m.safetensors"
+    assert main(["train", "--model", "lenet5", "--dataset", "synthetic", "--epochs", "2",
+                 "--quiet", "--out", str(path)]) == 0
+    capsys.readouterr()
+    return path
+
+
+def test_compress_writes_container_and_report(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    code = main(["compress", str(checkpoint), "--recipe", "deep-compression",
+                 "--finetune-epochs", "0", "--quiet", "--json", "--out", str(out)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for name in ("model.cnz", "report.json", "report.md", "sensitivity.png", "layers.png"):
+        assert (out / name).is_file(), name
+    size = (out / "model.cnz").stat().st_size
+    assert report["compressed"]["container_bytes"] == size
+    assert report["compression_ratio"] == pytest.approx(report["baseline"]["bytes_fp32"] / size)
+    assert report["stages"][-1]["realized"] and not report["stages"][0]["realized"]
+    assert {r["name"] for r in report["layers"]} == {"features.0", "features.3", "classifier.0",
+                                                     "classifier.2", "classifier.4"}
+    # accuracy evaluated from the file equals the report's
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+    assert main(["inspect", str(out / "model.cnz"), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["nonzero_params"] == report["compressed"]["nonzero_params"]
+
+
+def test_compress_bad_recipe_key(tmp_path, checkpoint, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - prune: {sparsity: 0.5, shedule: agp}\n")
+    code = main(["compress", str(checkpoint), "--recipe", str(recipe), "--out",
+                 str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "unknown key 'shedule'" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "model.cnz").exists()
+
+
+def test_compress_without_sharing_is_refused(tmp_path, checkpoint, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("steps:\n  - prune: {sparsity: 0.5}\n")
+    code = main(["compress", str(checkpoint), "--recipe", str(recipe), "--finetune-epochs", "0",
+                 "--quiet", "--out", str(tmp_path / "o")])
+    assert code == 1 and "must be shared" in capsys.readouterr().err

@@ -1,0 +1,72 @@
+import torch
+from torch import nn
+
+from cnnzip.data import synthetic_splits
+from cnnzip.methods.base import Context, apply
+from cnnzip.methods.prune import MagnitudePrune, Schedule
+from cnnzip.methods.share import Sharing, WeightSharing
+from cnnzip.metrics import count_macs, count_nonzero, count_params
+from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.train import TrainConfig, fit
+from tests.helpers import tiny
+
+
+def test_codebook_layer_matches_the_dense_layer():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    dense = nn.Conv2d(3, 4, 3, padding=1)
+    dense.load_state_dict(conv.state_dict())
+    positions = torch.tensor([0, 5, 17, 100])
+    book = torch.tensor([[0.5], [-1.0]])
+    codes = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        dense.weight.zero_()
+        dense.weight.view(-1)[positions] = book[codes, 0]
+    layer = CodebookLayer(conv, positions, book, codes)
+    x = torch.randn(2, 3, 5, 5)
+    assert torch.allclose(layer(x), dense(x))
+    assert "k=2, d=1" in repr(layer)
+
+
+def test_metrics_see_the_dense_geometry():
+    model = tiny("convbn")
+    params, macs = count_params(model), count_macs(model, (1, 28, 28))
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.5, schedule=Schedule.ONE_SHOT), ctx)
+    nonzero = count_nonzero(model)
+    apply(model, WeightSharing(conv_bits=4, fc_bits=4), ctx)
+    assert count_params(model) == params and count_macs(model, (1, 28, 28)) == macs
+    assert count_nonzero(model) == nonzero
+
+
+def test_masks_survive_finetuning():
+    splits = synthetic_splits()
+    model = tiny("mlp")
+    ctx = Context(splits, teacher=tiny("mlp", seed=5), quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.8, schedule=Schedule.AGP, epochs=2, rounds=3), ctx)
+    for name, layer in prunable_layers(model).items():
+        assert torch.equal(layer.weight != 0, ctx.masks[name])
+        assert abs((layer.weight == 0).float().mean() - 0.8) < 0.01
+
+
+def test_centroid_finetuning_keeps_the_number_of_distinct_values():
+    splits = synthetic_splits()
+    model = tiny("mlp")
+    ctx = Context(splits, finetune_epochs=0, quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.5, schedule=Schedule.ONE_SHOT), ctx)
+    apply(model, WeightSharing(fc_bits=3), ctx)
+    before = {n: l.codebook.detach().clone() for n, l in prunable_layers(model).items()}
+    fit(model, splits, TrainConfig(epochs=1, lr=0.01), quiet=True)
+    for name, layer in prunable_layers(model).items():
+        w = layer.weight.detach()
+        assert len(torch.unique(w[w != 0])) <= 8
+        assert not torch.equal(layer.codebook, before[name])  # the centroids did move
+
+
+def test_product_quantization_blocks():
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(method=Sharing.PQ, block=4, fc_bits=6), ctx)
+    layer = prunable_layers(model)["net.1"]
+    assert layer.codebook.shape == (64, 4) and layer.codes.numel() == 784 * 16 // 4
+    assert layer.bits == 1.5

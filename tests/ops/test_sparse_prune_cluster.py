@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cnnzip.ops.cluster import Init, kmeans, to_blocks
+from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
+from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
+
+
+@given(st.sets(st.integers(0, 5000), max_size=300), st.sampled_from([1, 3, 7, 31, 255]))
+@settings(max_examples=80, deadline=None)
+def test_gap_coding_round_trip(positions, max_gap):
+    positions = np.array(sorted(positions), dtype=np.int64)
+    gaps = positions_to_gaps(positions, max_gap)
+    assert gaps.max(initial=0) <= max_gap
+    assert np.array_equal(gaps_to_positions(gaps, max_gap), positions)
+
+
+def test_filler_symbols():
+    # a run of 10 zeros with max_gap 4: two fillers (8 zeros), then "skip 2, non-zero"
+    assert positions_to_gaps(np.array([10]), 4).tolist() == [4, 4, 2]
+
+
+def test_choose_max_gap_is_a_candidate():
+    rng = np.random.default_rng(0)
+    positions = np.sort(rng.choice(10_000, 500, replace=False))
+    assert choose_max_gap(positions) in (7, 15, 31, 63, 127, 255)
+
+
+def test_magnitude_mask_exact_count():
+    w = torch.randn(40, 50)
+    mask = magnitude_mask(w, 0.9)
+    assert int((~mask).sum()) == 1800
+    assert w[mask].abs().min() >= w[~mask].abs().max()
+
+
+def test_threshold_mask_and_agp():
+    w = torch.tensor([0.1, -2.0, 0.5, 3.0])
+    assert threshold_mask(w, 0.5).tolist() == (w.abs() > 0.5 * w.std()).tolist()
+    assert agp_sparsity(0.9, 0, 100) == 0.0 and agp_sparsity(0.9, 100, 100) == pytest.approx(0.9)
+    assert agp_sparsity(0.9, 50, 100) == pytest.approx(0.9 * (1 - 0.125))
+
+
+@pytest.mark.parametrize("init", [Init.LINEAR, Init.KMEANS_PP])
+def test_kmeans_finds_separated_clusters(init):
+    rng = np.random.default_rng(0)
+    centers = np.array([-3.0, 0.0, 4.0])
+    x = (centers[rng.integers(0, 3, 3000)] + 0.05 * rng.normal(size=3000))[:, None]
+    cents, codes = kmeans(x, 3, init=init, seed=0)
+    assert np.allclose(np.sort(cents[:, 0]), centers, atol=0.05)
+    assert np.allclose(cents[codes, 0], x[:, 0], atol=0.3)
+
+
+def test_kmeans_is_deterministic_and_handles_few_points():
+    x = np.random.default_rng(1).normal(size=(500, 4)).astype(np.float32)
+    a, b = kmeans(x, 16, seed=3), kmeans(x, 16, seed=3)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    cents, codes = kmeans(x[:5], 16)
+    assert cents.shape == (5, 4) and np.array_equal(cents[codes], x[:5])
+
+
+def test_to_blocks_pads():
+    assert to_blocks(np.arange(5, dtype=np.float32), 2).tolist() == [[0, 1], [2, 3], [4, 0]]

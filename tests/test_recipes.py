@@ -1,0 +1,32 @@
+import pytest
+
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.prune import Schedule
+from cnnzip.methods.share import Sharing
+from cnnzip.recipes import builtin_names, load_recipe, parse_recipe
+
+
+def test_builtin_recipes_parse():
+    assert {"deep-compression", "pq"} <= set(builtin_names())
+    dc = load_recipe("deep-compression")
+    assert [kind for kind, _ in dc.steps] == ["sensitivity", "prune", "share"]
+    assert dc.steps[1][1].schedule is Schedule.AGP
+    assert load_recipe("pq").steps[2][1].method is Sharing.PQ
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"steps": [{"prune": {"sparsity": 0.5, "sparsty": 1}}]}, "unknown key 'sparsty'"),
+    ({"steps": [{"squash": {}}]}, "unknown step 'squash'"),
+    ({"steps": [{"prune": {"schedule": "sometimes"}}]}, "step 1 (prune): schedule"),
+    ({"steps": [{"share": {"fc_bits": 40}}]}, "code bits must be in 1..16"),
+    ({"steps": []}, "non-empty list"),
+    ({"name": "x", "steps": [{"prune": {}}], "extra": 1}, "unknown key 'extra'"),
+])
+def test_bad_recipes_name_the_problem(data, message):
+    with pytest.raises(CnnzipError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_recipe(data, "r.yaml")
+
+
+def test_unknown_recipe_name():
+    with pytest.raises(CnnzipError, match="built-in recipes are"):
+        load_recipe("nope")
