@@ -101,3 +101,18 @@ class CodebookLayer(nn.Module):
         sparsity = 1 - self.nnz / math.prod(self.weight_shape)
         return (f"shape={self.weight_shape}, k={k}, d={d}, bits/weight={self.bits:.2f}, "
                 f"sparsity={sparsity:.3f}")
+
+
+def materialize(model: nn.Module) -> nn.Module:
+    """Replace every ``CodebookLayer`` by a plain layer holding its dense weight, in place.
+
+    The result computes exactly what the codebook layers compute (same weight tensors) without
+    rebuilding weights on every call: the form to run, time and export.
+    """
+    for name, module in list(model.named_modules()):
+        if isinstance(module, CodebookLayer):
+            layer = module.layer
+            layer.weight = nn.Parameter(module.dense_weight().detach().clone())
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, child, layer)
+    return model

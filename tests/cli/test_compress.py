@@ -52,3 +52,16 @@ def test_compress_without_sharing_is_refused(tmp_path, checkpoint, capsys):
     code = main(["compress", str(checkpoint), "--recipe", str(recipe), "--finetune-epochs", "0",
                  "--quiet", "--out", str(tmp_path / "o")])
     assert code == 1 and "must be shared" in capsys.readouterr().err
+
+
+def test_bench_times_both_models(tmp_path, checkpoint, capsys):
+    out = tmp_path / "out"
+    assert main(["compress", str(checkpoint), "--recipe", "pq", "--finetune-epochs", "0",
+                 "--quiet", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["bench", str(checkpoint), str(out / "model.cnz"), "--batch-size", "8",
+                 "--rounds", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["baseline_images_per_s"] > 0 and r["compressed_images_per_s"] > 0
+    assert r["speedup"] == pytest.approx(r["compressed_images_per_s"] / r["baseline_images_per_s"])
+    assert r["batch_size"] == 8 and "pytorch" in r["runtime"]

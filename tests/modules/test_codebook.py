@@ -70,3 +70,16 @@ def test_product_quantization_blocks():
     layer = prunable_layers(model)["net.1"]
     assert layer.codebook.shape == (64, 4) and layer.codes.numel() == 784 * 16 // 4
     assert layer.bits == 1.5
+
+
+def test_materialize_computes_the_same():
+    from cnnzip.modules import materialize
+
+    model = tiny("convbn")
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(conv_bits=3, fc_bits=3), ctx)
+    x = torch.randn(3, 1, 28, 28)
+    expected = model(x)
+    materialize(model)
+    assert not any(isinstance(m, CodebookLayer) for m in model.modules())
+    assert torch.equal(model(x), expected)

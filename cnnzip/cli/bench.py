@@ -1,0 +1,33 @@
+"""``cnnzip bench``: measured throughput of a compressed model against its baseline."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnzip import api
+from cnnzip.cli.common import print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="measured throughput: baseline against compressed",
+                       description="Time both models in this process and runtime (PyTorch on "
+                                   "the CPU) on the same fixed batch, alternating rounds, and "
+                                   "report images per second and the speed-up.")
+    p.add_argument("baseline", metavar="BASE", help="the original checkpoint")
+    p.add_argument("compressed", metavar="COMPRESSED", help="a .cnz container or checkpoint")
+    p.add_argument("--batch-size", type=int, default=256, help="default 256")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, default 3")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = api.bench_files(args.baseline, args.compressed, batch_size=args.batch_size,
+                        rounds=args.rounds)
+    if args.json:
+        print_json(r)
+    else:
+        print(f"baseline   {r['baseline_images_per_s']:10.0f} images/s\n"
+              f"compressed {r['compressed_images_per_s']:10.0f} images/s\n"
+              f"speed-up   {r['speedup']:10.2f}×  (batch {r['batch_size']}, {r['runtime']})")
+    return 0
