@@ -15,7 +15,7 @@ from cnnzip.modules import prunable_layers
 from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
 from cnnzip.progress import progress_bar
 
-DEFAULT_SPARSITIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+DEFAULT_SPARSITIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)
 
 
 @dataclass(frozen=True)
@@ -25,9 +25,9 @@ class SensitivityScan:
     Attributes:
         tolerance: the accuracy drop (fraction, before retraining) a layer may cause; each
             layer gets the largest scanned sparsity within it.
-        target_sparsity: instead of a fixed tolerance, the smallest common tolerance at which
-            the chosen sparsities prune this fraction of all conv and linear weights (the
-            sensitive layers keep more, the robust ones less; retraining recovers the rest).
+        target_sparsity: instead of a tolerance, prune this fraction of all conv and linear
+            weights, allocated greedily to the layers where the scan shows the least accuracy
+            lost per weight removed (retraining recovers the rest).
         sparsities: the sparsities tried.
         samples: validation images per measurement (None: all).
         max_sparsity: never choose more than this for any layer.
@@ -89,13 +89,14 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
                     layer.weight.copy_(original)
                 bar.advance(task)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
-    tolerance = config.tolerance
     if config.target_sparsity is not None:
-        tolerance = tolerance_for_target(table, base, sizes, config.target_sparsity,
-                                         config.max_sparsity)
-    chosen = choose_sparsities(table, base, tolerance, config.max_sparsity)
-    ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": tolerance,
-                                "table": table, "chosen": chosen}
+        chosen = allocate_for_target(table, base, sizes, config.target_sparsity,
+                                     config.max_sparsity)
+    else:
+        chosen = choose_sparsities(table, base, config.tolerance, config.max_sparsity)
+    ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": config.tolerance,
+                                "target_sparsity": config.target_sparsity, "table": table,
+                                "chosen": chosen}
     return model
 
 
@@ -107,17 +108,48 @@ def choose_sparsities(table: dict[str, list[tuple[float, float]]], base: float,
             for name, points in table.items()}
 
 
-def tolerance_for_target(table: dict[str, list[tuple[float, float]]], base: float,
-                         sizes: dict[str, int], target: float, max_sparsity: float) -> float:
-    """The smallest tolerance whose chosen sparsities prune ``target`` of all weights (or the
-    largest reachable, if the target lies beyond ``max_sparsity``)."""
+def allocate_for_target(table: dict[str, list[tuple[float, float]]], base: float,
+                        sizes: dict[str, int], target: float,
+                        max_sparsity: float) -> dict[str, float]:
+    """Per-layer sparsities that prune ``target`` of all weights at the least scanned cost.
+
+    Greedy on marginal cost: every move raises one layer to its next scanned sparsity, and the
+    move taken is the one that loses the least validation accuracy per weight removed. Drops
+    are made monotone in sparsity first (the scan is noisy), so a move never looks free because
+    of noise.
+    """
     total = sum(sizes.values())
-    candidates = sorted({max(0.0, base - acc) for points in table.values() for _, acc in points})
-    for tolerance in candidates:
-        chosen = choose_sparsities(table, base, tolerance, max_sparsity)
-        if sum(chosen[n] * sizes[n] for n in sizes) / total >= target - 1e-9:
-            return tolerance
-    return candidates[-1] if candidates else 0.0
+    drops: dict[str, list[tuple[float, float]]] = {}
+    for name, points in table.items():
+        worst, mono = 0.0, [(0.0, 0.0)]
+        for s, acc in sorted(points):
+            if s <= max_sparsity:
+                worst = max(worst, base - acc)
+                mono.append((s, worst))
+        drops[name] = mono
+    level = {name: 0 for name in table}
+    pruned = 0.0
+    while pruned < target * total - 1e-9:
+        best, best_cost = None, float("inf")
+        for name, curve in drops.items():
+            i = level[name]
+            if i + 1 >= len(curve):
+                continue
+            (s0, d0), (s1, d1) = curve[i], curve[i + 1]
+            cost = (d1 - d0) / ((s1 - s0) * sizes[name])
+            if cost < best_cost:
+                best, best_cost = name, cost
+        if best is None:
+            break  # every layer is at its maximum
+        (s0, _), (s1, _) = drops[best][level[best]], drops[best][level[best] + 1]
+        needed = target * total - pruned
+        if (s1 - s0) * sizes[best] > needed:  # the last move: only as far as the target needs
+            chosen = {name: drops[name][level[name]][0] for name in table}
+            chosen[best] = s0 + needed / sizes[best]
+            return chosen
+        pruned += (s1 - s0) * sizes[best]
+        level[best] += 1
+    return {name: drops[name][level[name]][0] for name in table}
 
 
 def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str, float]:

@@ -23,8 +23,9 @@ def _plots(out: Path, report: dict[str, Any]) -> list[str]:
         for name, points in scan["table"].items():
             xs, ys = zip(*points)
             ax.plot(xs, ys, marker="o", ms=3, label=name)
-        ax.axhline(scan["baseline_val_accuracy"] - scan["tolerance"], color="grey", ls="--",
-                   lw=1, label="tolerance")
+        if scan.get("target_sparsity") is None:
+            ax.axhline(scan["baseline_val_accuracy"] - scan["tolerance"], color="grey", ls="--",
+                       lw=1, label="tolerance")
         ax.set(xlabel="sparsity of this layer alone", ylabel="validation accuracy",
                title="Sensitivity scan")
         ax.legend(fontsize=7)
