@@ -65,3 +65,10 @@ def test_bench_times_both_models(tmp_path, checkpoint, capsys):
     assert r["baseline_images_per_s"] > 0 and r["compressed_images_per_s"] > 0
     assert r["speedup"] == pytest.approx(r["compressed_images_per_s"] / r["baseline_images_per_s"])
     assert r["batch_size"] == 8 and "pytorch" in r["runtime"]
+
+
+def test_same_command_gives_the_same_file(tmp_path, checkpoint, capsys):
+    for name in ("a", "b"):
+        assert main(["compress", str(checkpoint), "--recipe", "deep-compression",
+                     "--finetune-epochs", "1", "--quiet", "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "a" / "model.cnz").read_bytes() == (tmp_path / "b" / "model.cnz").read_bytes()
