@@ -15,4 +15,4 @@ command -v "$PY" >/dev/null || PY=python3
 # torch first and pinned, so nothing later can pull another (CUDA) build
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[dev]"
-.venv/bin/cnnzip env | head -4
+.venv/bin/cnnzip env
