@@ -7,6 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from cnnzip import metrics
@@ -35,8 +36,6 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     """
     splits = load_dataset(dataset, data_dir, seed=config.seed)
     spec = resolve_spec(model, splits.info.in_shape, splits.info.num_classes, width)
-    import torch
-
     torch.manual_seed(config.seed)
     net = build_model(spec)
     start = time.perf_counter()
@@ -121,8 +120,6 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     that of the model as it runs, not of decoding. Each model is timed ``rounds`` times,
     alternating, and the best round counts (the least disturbed by other work on the machine).
     """
-    import torch
-
     from cnnzip.modules import materialize
 
     models = {}

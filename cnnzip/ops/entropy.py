@@ -108,9 +108,8 @@ def decode_symbols(data: bytes, n: int) -> np.ndarray:
 def stream_stats(symbols: np.ndarray) -> StreamStats:
     """Entropy, Huffman and our coded size of a stream, for reports."""
     symbols = np.asarray(symbols, dtype=np.int64)
+    counts = histogram(symbols)
     data = encode_symbols(symbols)
-    table = len(write_varints([len(histogram(symbols)), *histogram(symbols).tolist()])) \
-        if symbols.size else 0
-    return StreamStats(int(symbols.size), int(len(histogram(symbols))),
-                       empirical_entropy_bits(symbols), huffman_bits(symbols),
-                       8 * (len(data) - table), 8 * table)
+    table = len(write_varints([len(counts), *counts.tolist()])) if symbols.size else 0
+    return StreamStats(int(symbols.size), int(len(counts)), empirical_entropy_bits(symbols),
+                       huffman_bits(symbols), 8 * (len(data) - table), 8 * table)
