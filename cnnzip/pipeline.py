@@ -100,7 +100,7 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         "compression_ratio": baseline["bytes_fp32"] / size,
         "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),
         "stages": stages,
-        "layers": layer_rows(records, stream_report(decoded)),
+        "layers": layer_rows(records, stream_report(decoded, records)),
         "notes": ctx.notes,
     }
     write_report(out, report)

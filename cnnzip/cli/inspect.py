@@ -9,7 +9,7 @@ from rich.table import Table
 
 from cnnzip import api
 from cnnzip.cli.common import MODEL_HELP, print_json
-from cnnzip.data.datasets import DATASETS, SYNTHETIC
+from cnnzip.data import DATASET_NAMES, dataset_info
 from cnnzip.errors import CnnzipError
 
 
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", nargs="?",
                    help="a checkpoint or .cnz container written by cnnzip")
     p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
-    p.add_argument("--dataset", default="fashion-mnist", choices=(*DATASETS, "synthetic"),
+    p.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES,
                    help="input shape for --model (default fashion-mnist: 1×28×28)")
     p.add_argument("--width", type=float, help="width multiplier for --model")
     p.add_argument("--json", action="store_true",
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     if args.file:
         result = api.inspect_file(args.file)
     else:
-        info = DATASETS[args.dataset].info if args.dataset in DATASETS else SYNTHETIC
+        info = dataset_info(args.dataset)
         result = api.inspect_name(args.model, info.in_shape, info.num_classes, args.width)
     if args.json:
         print_json(result)

@@ -227,14 +227,13 @@ def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]
     return model.eval(), spec, input_info
 
 
-def stream_report(model: nn.Module) -> list[dict[str, Any]]:
-    """Per-layer entropy, Huffman and coded sizes of the position and code streams."""
+def stream_report(model: nn.Module, records: list[LayerRecord]) -> list[dict[str, Any]]:
+    """Per-layer entropy, Huffman and coded sizes of the position and code streams, with the
+    filler lengths the container chose (``records``, in the same order)."""
     rows = []
-    for name, layer in model.named_modules():
-        if not isinstance(layer, CodebookLayer):
-            continue
-        positions = layer.positions.numpy()
-        gaps = positions_to_gaps(positions, choose_max_gap(positions))
-        rows.append({"name": name, "index": asdict(stream_stats(gaps)),
+    for record in records:
+        layer = model.get_submodule(record.name)
+        gaps = positions_to_gaps(layer.positions.numpy(), record.max_gap)
+        rows.append({"name": record.name, "index": asdict(stream_stats(gaps)),
                      "codes": asdict(stream_stats(layer.codes.numpy()))})
     return rows

@@ -116,6 +116,15 @@ def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
     return Splits(SYNTHETIC, make(n_train, 1), make(n_val, 2), make(n_test, 3))
 
 
+def dataset_info(name: str) -> DatasetInfo:
+    """Shape, classes and normalisation of a named dataset, without reading its files."""
+    if name == "synthetic":
+        return SYNTHETIC
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    return DATASETS[name].info
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int = 5000,
                  seed: int = 0) -> Splits:
     """Load a dataset by name, with a validation split drawn (seeded) from its training set.
@@ -132,8 +141,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
     """
     if name == "synthetic":
         return synthetic_splits(seed=seed)
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+    dataset_info(name)  # rejects an unknown name
     source = DATASETS[name]
     directory = Path(data_dir) if data_dir is not None else source.default_dir
     if directory is None:

@@ -108,13 +108,6 @@ def _header(path: str | Path) -> dict[str, Any]:
     return header
 
 
-def spec_from_file(path: str | Path) -> ModelSpec:
-    """The architecture recorded in a checkpoint, without loading its weights."""
-    try:
-        return ModelSpec.from_dict(_header(path)["model"])
-    except (KeyError, ModelError) as exc:
-        raise CheckpointError(f"{path}: no cnnzip model metadata ({exc})") from None
-
 
 def assert_finite(model: nn.Module, where: str) -> None:
     """Refuse weights holding NaN or infinity (a diverged run should not be saved silently)."""

@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
