@@ -16,7 +16,11 @@ from cnnzip.errors import CnnzipError
 from cnnzip.models import (ModelSpec, build_model, load_checkpoint, resolve_spec,
                            save_checkpoint)
 from cnnzip.models.checkpoint import assert_finite
+from cnnzip.pipeline import compress
 from cnnzip.train import TrainConfig, evaluate, fit
+
+__all__ = ["bench_files", "compress", "evaluate_file", "inspect_file", "inspect_model",
+           "inspect_name", "load_model", "train_baseline"]
 
 
 def input_record(splits: Splits) -> dict[str, Any]:

@@ -36,7 +36,8 @@ def _stage(name: str, model: nn.Module, ctx: Context, in_shape: tuple[int, ...],
 
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
              dataset: str | None = None, data_dir: str | Path | None = None, seed: int = 0,
-             finetune_epochs: int | None = None, quiet: bool = False) -> dict[str, Any]:
+             finetune_epochs: int | None = None, overrides: tuple[str, ...] = (),
+             quiet: bool = False) -> dict[str, Any]:
     """Compress a checkpoint with a recipe; write ``model.cnz``, ``report.json``, ``report.md``.
 
     Args:
@@ -47,12 +48,13 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         data_dir: where the dataset's files are.
         seed: seeds clustering and retraining.
         finetune_epochs: overrides every retraining step's epochs (0 skips retraining).
+        overrides: ``STEP.KEY=VALUE`` recipe options (with a recipe name or path).
         quiet: no progress bars.
 
     Returns:
         The report (also written to ``report.json``).
     """
-    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     ckpt = load_checkpoint(model_path)
     dataset = dataset or ckpt.input.get("dataset")
     if not dataset:
@@ -92,7 +94,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     size = container.stat().st_size
     final = stages[-1]
     report = {
-        "model": spec.name, "dataset": dataset, "recipe": recipe.name, "seed": seed,
+        "model": spec.name, "dataset": dataset, "recipe": recipe.name,
+        "recipe_overrides": list(recipe.overrides), "seed": seed,
         "baseline": baseline,
         "compressed": {"accuracy": final["accuracy"], "params": metrics.count_params(decoded),
                        "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],

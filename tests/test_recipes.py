@@ -30,3 +30,21 @@ def test_bad_recipes_name_the_problem(data, message):
 def test_unknown_recipe_name():
     with pytest.raises(CnnzipError, match="built-in recipes are"):
         load_recipe("nope")
+
+
+def test_overrides_change_one_option_and_are_recorded():
+    recipe = load_recipe("deep-compression", ["prune.epochs=3", "sensitivity.target_sparsity=0.8"])
+    assert recipe.steps[1][1].epochs == 3 and recipe.steps[0][1].target_sparsity == 0.8
+    assert recipe.overrides == ("prune.epochs=3", "sensitivity.target_sparsity=0.8")
+
+
+@pytest.mark.parametrize("override,message", [
+    ("prune.epochs", "STEP.KEY=VALUE"),
+    ("epochs=3", "STEP.KEY=VALUE"),
+    ("merge.depth=2", "no 'merge' step"),
+    ("prune.epoch=3", "unknown key 'epoch'"),
+    ("prune.epochs=many", "epochs"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(CnnzipError, match=message):
+        load_recipe("deep-compression", [override])

@@ -20,6 +20,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE.safetensors", help="a checkpoint from `cnnzip train`")
     p.add_argument("--recipe", required=True,
                    help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
+    p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
+                   dest="overrides", help="change one recipe option, e.g. --set prune.epochs=20 "
+                   "--set sensitivity.target_sparsity=0.92 (repeatable)")
     add_data_args(p, required=False)
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--finetune-epochs", type=int, metavar="N",
@@ -33,7 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     report = compress(args.file, args.recipe, args.out, dataset=args.dataset,
                       data_dir=args.data_dir, seed=args.seed,
-                      finetune_epochs=args.finetune_epochs, quiet=args.quiet)
+                      finetune_epochs=args.finetune_epochs, overrides=tuple(args.overrides),
+                      quiet=args.quiet)
     if args.json:
         print_json(report)
     else:
@@ -41,6 +45,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{report['model']} {report['recipe']}: {b['bytes_fp32']:,} B fp32 → "
               f"{c['container_bytes']:,} B model.cnz ({report['compression_ratio']:.1f}×), "
               f"accuracy {b['accuracy']:.4f} → {c['accuracy']:.4f} "
-              f"({report['accuracy_drop']:+.2f} points); report in {args.out}/report.md",
+              f"(drop {report['accuracy_drop']:.2f} points); report in {args.out}/report.md",
               file=sys.stderr)
     return 0

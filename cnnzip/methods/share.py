@@ -31,6 +31,10 @@ class WeightSharing:
         conv_bits: code bits for convolutions (k = 2^bits centroids).
         fc_bits: code bits for linear layers.
         layers: per-layer code bits by name (overrides).
+        bits_tolerance: when set, a scan picks each layer's bits: the fewest from ``min_bits``
+            up to its configured bits whose clustering, applied to that layer alone, keeps the
+            validation accuracy drop within this fraction (before fine-tuning).
+        min_bits: the fewest bits the scan tries.
         block: sub-vector length d for product quantization (1 for k-means).
         init: k-means initialisation.
         epochs: centroid fine-tuning epochs.
@@ -41,6 +45,8 @@ class WeightSharing:
     conv_bits: int = 8
     fc_bits: int = 5
     layers: dict[str, int] = field(default_factory=dict)
+    bits_tolerance: float | None = None
+    min_bits: int = 2
     block: int = 1
     init: Init = Init.LINEAR
     epochs: int = 4
@@ -49,20 +55,64 @@ class WeightSharing:
     def __post_init__(self) -> None:
         if self.method is Sharing.KMEANS and self.block != 1:
             raise CnnzipError("share: k-means works on single weights; use method pq for block > 1")
-        for bits in (self.conv_bits, self.fc_bits, *self.layers.values()):
+        for bits in (self.conv_bits, self.fc_bits, self.min_bits, *self.layers.values()):
             if not 1 <= bits <= 16:
                 raise CnnzipError(f"share: code bits must be in 1..16, got {bits}")
 
 
-def share_layer(layer: nn.Module, bits: int, block: int, init: Init, seed: int) -> CodebookLayer:
-    """Replace one layer's dense weight by a codebook over its non-zero entries."""
-    flat = layer.weight.detach().flatten()
+def cluster_weight(weight: torch.Tensor, bits: int, block: int, init: Init,
+                   seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cluster a weight's non-zero entries: (positions (nnz,), codebook (k, d), codes)."""
+    flat = weight.detach().flatten()
     positions = torch.nonzero(flat, as_tuple=True)[0]  # (nnz,)
     values = flat[positions].numpy()
     if values.size == 0:
         values = np.zeros(1, np.float32)  # an all-zero layer keeps one zero centroid
     centroids, codes = kmeans(to_blocks(values, block), 2 ** bits, init=init, seed=seed)
-    return CodebookLayer(layer, positions, torch.from_numpy(centroids), torch.from_numpy(codes))
+    return positions, torch.from_numpy(centroids), torch.from_numpy(codes)
+
+
+def share_layer(layer: nn.Module, bits: int, block: int, init: Init, seed: int) -> CodebookLayer:
+    """Replace one layer's dense weight by a codebook over its non-zero entries."""
+    return CodebookLayer(layer, *cluster_weight(layer.weight, bits, block, init, seed))
+
+
+def _configured_bits(config: WeightSharing, name: str, layer: nn.Module) -> int:
+    return config.layers.get(name, config.fc_bits if isinstance(layer, nn.Linear)
+                             else config.conv_bits)
+
+
+def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightSharing,
+              ctx: Context) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
+    """Each layer's fewest bits within ``config.bits_tolerance``, one layer clustered at a time.
+
+    Returns:
+        the chosen bits and, per layer, the (bits, validation accuracy) points measured.
+    """
+    base = ctx.val_accuracy(model)
+    chosen: dict[str, int] = {}
+    table: dict[str, list[tuple[int, float]]] = {}
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task("bits scan", total=len(layers), status="")
+        for name, layer in layers.items():
+            ceiling = _configured_bits(config, name, layer)
+            chosen[name], table[name] = ceiling, []
+            original = layer.weight.detach().clone()
+            for bits in range(min(config.min_bits, ceiling), ceiling):
+                positions, codebook, codes = cluster_weight(original, bits, config.block,
+                                                            config.init, ctx.seed)
+                values = codebook[codes].reshape(-1)[: positions.numel()]
+                with torch.no_grad():
+                    layer.weight.zero_().view(-1)[positions] = values
+                accuracy = ctx.val_accuracy(model)
+                table[name].append((bits, accuracy))
+                if base - accuracy <= config.bits_tolerance:
+                    chosen[name] = bits
+                    break
+            with torch.no_grad():
+                layer.weight.copy_(original)
+            bar.advance(task)
+    return chosen, table
 
 
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -76,16 +126,18 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     unknown = sorted(set(config.layers) - set(layers))
     if unknown:
         raise CnnzipError(f"share: no conv or linear layer named {', '.join(unknown)}")
-    chosen: dict[str, int] = {}
+    notes: dict[str, object] = {"method": config.method.value, "block": config.block}
+    if config.bits_tolerance is not None:
+        chosen, notes["bits_scan"] = scan_bits(model, layers, config, ctx)
+        notes["bits_tolerance"] = config.bits_tolerance
+    else:
+        chosen = {name: _configured_bits(config, name, layer) for name, layer in layers.items()}
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
         for name, layer in layers.items():
-            bits = config.layers.get(name, config.fc_bits if isinstance(layer, nn.Linear)
-                                     else config.conv_bits)
-            chosen[name] = bits
-            _set_module(model, name, share_layer(layer, bits, config.block, config.init,
+            _set_module(model, name, share_layer(layer, chosen[name], config.block, config.init,
                                                  ctx.seed))
             bar.advance(task)
-    ctx.notes["share"] = {"method": config.method.value, "block": config.block, "bits": chosen}
+    ctx.notes["share"] = {**notes, "bits": chosen}
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
     return model

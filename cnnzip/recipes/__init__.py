@@ -26,6 +26,7 @@ class Recipe:
     name: str
     steps: tuple[tuple[str, Any], ...]
     source: str
+    overrides: tuple[str, ...] = ()
 
 
 def builtin_names() -> list[str]:
@@ -73,8 +74,28 @@ def parse_recipe(data: Any, source: str) -> Recipe:
     return Recipe(str(data.get("name", Path(source).stem)), tuple(parsed), source)
 
 
-def load_recipe(name_or_path: str) -> Recipe:
-    """A built-in recipe by name, or a YAML file by path."""
+def apply_overrides(data: Any, overrides: tuple[str, ...] | list[str], source: str) -> Any:
+    """Set ``STEP.KEY=VALUE`` options (VALUE read as YAML) in every step of that kind."""
+    for item in overrides:
+        target, sep, value = item.partition("=")
+        kind, dot, key = target.partition(".")
+        if not sep or not dot or not kind or not key:
+            raise CnnzipError(f"--set {item!r}: write STEP.KEY=VALUE, e.g. prune.epochs=20")
+        steps = [step for step in (data or {}).get("steps") or []
+                 if isinstance(step, dict) and kind in step]
+        if not steps:
+            raise CnnzipError(f"--set {item!r}: {source} has no {kind!r} step")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise CnnzipError(f"--set {item!r}: cannot read the value ({exc})") from None
+        for step in steps:
+            step[kind] = {**(step[kind] or {}), key: parsed}
+    return data
+
+
+def load_recipe(name_or_path: str, overrides: tuple[str, ...] | list[str] = ()) -> Recipe:
+    """A built-in recipe by name, or a YAML file by path, with ``STEP.KEY=VALUE`` overrides."""
     path = Path(name_or_path)
     if not path.suffix and (BUILTIN / f"{name_or_path}.yaml").is_file():
         path = BUILTIN / f"{name_or_path}.yaml"
@@ -85,4 +106,5 @@ def load_recipe(name_or_path: str) -> Recipe:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise CnnzipError(f"{path}: cannot read recipe ({exc})") from None
-    return parse_recipe(data, str(path))
+    recipe = parse_recipe(apply_overrides(data, overrides, str(path)), str(path))
+    return dataclasses.replace(recipe, overrides=tuple(overrides))

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from cnnzip.data import synthetic_splits
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, apply
+from cnnzip.methods.share import WeightSharing, scan_bits
+from cnnzip.modules import prunable_layers
+from tests.helpers import tiny
+
+
+def _scanned(tolerance: float) -> Context:
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(fc_bits=6, min_bits=2, bits_tolerance=tolerance), ctx)
+    return ctx
+
+
+def test_bits_scan_with_a_loose_tolerance_takes_the_fewest_bits():
+    ctx = _scanned(1.0)
+    notes = ctx.notes["share"]
+    assert set(notes["bits"].values()) == {2}
+    assert all(len(points) == 1 for points in notes["bits_scan"].values())
+
+
+def test_bits_scan_with_no_tolerance_keeps_the_configured_bits():
+    ctx = _scanned(-1.0)  # no clustering can keep a drop below zero
+    notes = ctx.notes["share"]
+    assert set(notes["bits"].values()) == {6}
+    assert all([b for b, _ in points] == [2, 3, 4, 5] for points in notes["bits_scan"].values())
+
+
+def test_bits_scan_restores_the_weights_it_tries():
+    model = tiny("mlp")
+    before = {n: l.weight.detach().clone() for n, l in prunable_layers(model).items()}
+    ctx = Context(synthetic_splits(), quiet=True)
+    scan_bits(model, prunable_layers(model), WeightSharing(fc_bits=4, bits_tolerance=0.0), ctx)
+    for name, layer in prunable_layers(model).items():
+        assert torch.equal(layer.weight, before[name])
+
+
+def test_bad_bits_are_clear_errors():
+    with pytest.raises(CnnzipError, match="1..16"):
+        WeightSharing(min_bits=0)
