@@ -7,6 +7,7 @@ data), the container's bytes on disk, and the accuracy of the model decoded from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.models import load_checkpoint
 from cnnzip.modules import CodebookLayer, prunable_layers
 from cnnzip.recipes import Recipe, load_recipe
-from cnnzip.report import layer_rows, write_report
+from cnnzip.report import dense_rows, layer_rows, write_report
 from cnnzip.train import evaluate
 
 
@@ -78,12 +79,10 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     for kind, config in recipe.steps:
         start = time.perf_counter()
         model = apply(model, config, ctx)
-        if kind != "sensitivity":
+        if kind != "sensitivity":  # removed channels are real; masks and codebooks simulated
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
-                                 realized=False))
-    if not all(isinstance(m, CodebookLayer) for m in prunable_layers(model).values()):
-        raise CnnzipError(f"recipe {recipe.name!r}: every conv and linear layer must be shared "
-                          "(a 'share' step) before the container can be written")
+                                 realized=kind == "channels"))
+    spec = dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan))
     start = time.perf_counter()
     round_for_storage(model)
     container = out / "model.cnz"
@@ -103,7 +102,9 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         "compression_ratio": baseline["bytes_fp32"] / size,
         "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),
         "stages": stages,
-        "layers": layer_rows(records, stream_report(decoded, records)),
+        "layers": [*layer_rows(records, stream_report(decoded, records)),
+                   *dense_rows({n: m.weight for n, m in prunable_layers(decoded).items()
+                                if not isinstance(m, CodebookLayer)})],
         "notes": ctx.notes,
     }
     write_report(out, report)

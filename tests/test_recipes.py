@@ -12,6 +12,7 @@ def test_builtin_recipes_parse():
     assert [kind for kind, _ in dc.steps] == ["sensitivity", "prune", "share"]
     assert dc.steps[1][1].schedule is Schedule.AGP
     assert load_recipe("pq").steps[2][1].method is Sharing.PQ
+    assert load_recipe("channel-prune").steps[0][1].target_macs == 0.5
 
 
 @pytest.mark.parametrize("data,message", [

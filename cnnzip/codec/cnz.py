@@ -3,7 +3,8 @@
 Layout:
 - one uint8 tensor per codebook layer, the concatenation of three streams: gap symbols of the
   surviving positions (entropy-coded), codes (entropy-coded), and the codebook (float16);
-- one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm), flattened;
+- one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm, layers that
+  are not codebook-shared), flattened;
 - string metadata: format and version, the architecture, the input record, per-layer records
   (shape, counts, stream lengths, CRC-32 of the payload) and the dense index.
 
@@ -95,8 +96,9 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
                 input: dict[str, Any] | None = None) -> list[LayerRecord]:
     """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
 
-    Every conv and linear layer must be a ``CodebookLayer``; other float tensors go to the
-    float16 ``dense`` block.
+    ``CodebookLayer``s get coded payloads; every other float tensor (dense conv and linear
+    weights included, at the widths ``spec.channel_plan`` rebuilds) goes to the float16
+    ``dense`` block.
     """
     tensors: dict[str, torch.Tensor] = {}
     records = []

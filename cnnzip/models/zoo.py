@@ -50,12 +50,15 @@ class ModelSpec:
         in_shape: input (C, H, W).
         num_classes: outputs of the classifier.
         width: width multiplier for zoo models that take one (None: not applicable).
+        channel_plan: channels removed by structured pruning, replayed on the freshly built
+            architecture in order: (root layer name, True for output channels, indices).
     """
 
     name: str
     in_shape: tuple[int, int, int] = (1, 28, 28)
     num_classes: int = 10
     width: float | None = None
+    channel_plan: tuple[tuple[str, bool, tuple[int, ...]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,9 +66,12 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
         try:
+            plan = tuple((str(root), bool(out), tuple(int(i) for i in idxs))
+                         for root, out, idxs in data.get("channel_plan") or ())
             return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
                        num_classes=int(data["num_classes"]),
-                       width=None if data.get("width") is None else float(data["width"]))
+                       width=None if data.get("width") is None else float(data["width"]),
+                       channel_plan=plan)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model spec {data!r}: {exc}") from None
 
@@ -99,11 +105,43 @@ def _user_factory(target: str) -> Callable[..., nn.Module]:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build a freshly initialised model from its spec.
+    """Build a freshly initialised model from its spec, its channel plan replayed.
 
     A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
     signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
     """
+    model = _build_base(spec)
+    if spec.channel_plan:
+        _replay(model, spec)
+    return model
+
+
+def _replay(model: nn.Module, spec: ModelSpec) -> None:
+    """Remove the plan's channels again, through Torch-Pruning's dependency graph."""
+    import torch
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    for root, _, idxs in spec.channel_plan:
+        layer = modules.get(root)
+        channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
+        if channels is None or not idxs or min(idxs) < 0 or max(idxs) >= channels \
+                or len(set(idxs)) >= channels:
+            raise ModelError(f"model {spec.name!r}: the channel plan does not fit the "
+                             f"architecture (layer {root!r}, {len(idxs)} indices up to "
+                             f"{max(idxs, default=None)})")
+    with torch.enable_grad():
+        graph = tp.DependencyGraph().build_dependency(
+            model, torch.zeros(1, *spec.in_shape), verbose=False)
+        try:
+            graph.load_pruning_history([[root, out, list(idxs)]
+                                        for root, out, idxs in spec.channel_plan])
+        except (AttributeError, IndexError, ValueError) as exc:
+            raise ModelError(f"model {spec.name!r}: the channel plan does not fit the "
+                             f"architecture ({type(exc).__name__}: {exc})") from None
+
+
+def _build_base(spec: ModelSpec) -> nn.Module:
     entry = ZOO.get(spec.name)
     kwargs: dict[str, Any] = {"in_shape": spec.in_shape, "num_classes": spec.num_classes}
     if entry is not None:

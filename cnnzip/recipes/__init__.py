@@ -11,11 +11,12 @@ import pydantic
 import yaml
 
 from cnnzip.errors import CnnzipError
+from cnnzip.methods.channel import ChannelPrune
 from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
 from cnnzip.methods.share import WeightSharing
 
 STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
-                          "share": WeightSharing}
+                          "channels": ChannelPrune, "share": WeightSharing}
 BUILTIN = Path(__file__).parent
 
 

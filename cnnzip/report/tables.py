@@ -35,6 +35,19 @@ def layer_rows(records: list, streams: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def dense_rows(weights: dict[str, Any]) -> list[dict[str, Any]]:
+    """Rows for conv and linear weights stored as plain float16 tensors (not codebook-shared)."""
+    rows = []
+    for name, weight in weights.items():
+        weight = weight.detach()
+        kept = float((weight != 0).float().mean())
+        rows.append({"name": name, "shape": list(weight.shape), "sparsity": 1 - kept,
+                     "weights_kept": kept, "k": 0, "d": 0, "bits": 16.0, "code_bits_raw": 16.0,
+                     "code_bits_coded": 16.0, "index_bits_raw": 0.0, "index_bits_coded": 0.0,
+                     "codebook_bytes": 0, "bytes": 2 * weight.numel(), "streams": {}})
+    return rows
+
+
 def entropy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Totals over every stream: empirical entropy, Huffman, our ANS payload (bits)."""
     out = {"entropy_bits": 0.0, "huffman_bits": 0.0, "coded_bits": 0.0, "table_bits": 0.0}

@@ -69,12 +69,22 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
                      f"| {s['nonzero_params']:,} | {s['macs']:,} | {s['seconds']:.1f} "
                      f"| {'yes' if s['realized'] else 'simulated'} |")
     lines += ["", "MACs are dense MACs: unstructured sparsity does not reduce them on a dense "
-              "runtime.", "", "## Layers", "",
+              "runtime; removed channels do.", ""]
+    channels = report.get("notes", {}).get("channels")
+    if channels:
+        lines += ["## Channels removed", "",
+                  f"criterion `{channels['criterion']}`, allocation `{channels['allocation']}`",
+                  "", "| group (root layer) | channels | removed | ratio |", "|---|---|---|---|"]
+        lines += [f"| {root} | {g['channels']} | {g['removed']} | {100 * g['ratio']:.0f}% |"
+                  for root, g in channels["groups"].items()]
+        lines.append("")
+    lines += [ "## Layers", "",
               "| layer | shape | kept | k×d | code bits raw→coded | index bits raw→coded "
               "| bits/weight all-in | bytes |", "|---|---|---|---|---|---|---|---|"]
     for r in report["layers"]:
+        book = f"{r['k']}×{r['d']}" if r["k"] else "fp16"
         lines.append(f"| {r['name']} | {'×'.join(map(str, r['shape']))} | "
-                     f"{100 * r['weights_kept']:.1f}% | {r['k']}×{r['d']} | "
+                     f"{100 * r['weights_kept']:.1f}% | {book} | "
                      f"{r['code_bits_raw']:.2f}→{r['code_bits_coded']:.2f} | "
                      f"{r['index_bits_raw']:.2f}→{r['index_bits_coded']:.2f} | "
                      f"{r['bits']:.2f} | {r['bytes']:,} |")

@@ -46,12 +46,23 @@ def test_compress_bad_recipe_key(tmp_path, checkpoint, capsys):
     assert not (tmp_path / "o" / "model.cnz").exists()
 
 
-def test_compress_without_sharing_is_refused(tmp_path, checkpoint, capsys):
-    recipe = tmp_path / "r.yaml"
-    recipe.write_text("steps:\n  - prune: {sparsity: 0.5}\n")
-    code = main(["compress", str(checkpoint), "--recipe", str(recipe), "--finetune-epochs", "0",
-                 "--quiet", "--out", str(tmp_path / "o")])
-    assert code == 1 and "must be shared" in capsys.readouterr().err
+def test_channel_prune_writes_a_smaller_dense_container_that_reloads(tmp_path, checkpoint,
+                                                                     capsys):
+    out = tmp_path / "o"
+    code = main(["compress", str(checkpoint), "--recipe", "channel-prune", "--set",
+                 "channels.target_macs=0.6", "--finetune-epochs", "0", "--quiet", "--json",
+                 "--out", str(out)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["recipe_overrides"] == ["channels.target_macs=0.6"]
+    assert report["compressed"]["macs"] <= 0.6 * report["baseline"]["macs"]
+    assert report["compressed"]["params"] < report["baseline"]["params"]
+    assert report["stages"][0]["realized"]
+    assert all(r["k"] == 0 and r["bits"] == 16 for r in report["layers"])
+    assert "Channels removed" in (out / "report.md").read_text()
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+    assert main(["inspect", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["macs"] == report["compressed"]["macs"]
 
 
 def test_bench_times_both_models(tmp_path, checkpoint, capsys):

@@ -1,0 +1,5 @@
+"""Tracing and coupled-channel groups, on Torch-Pruning's dependency graph."""
+
+from cnnzip.graph.groups import ChannelGroup, Member, channel_groups, trace
+
+__all__ = ["ChannelGroup", "Member", "channel_groups", "trace"]

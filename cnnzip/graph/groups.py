@@ -1,0 +1,98 @@
+"""Coupled-channel groups: the channels that must be removed together.
+
+A group is rooted at a layer's output channels and holds every tensor slice tied to them:
+the layers that produce them (several, across a residual add), their BatchNorms, and the
+layers that read them (input channels, through flatten, concatenation or a depthwise conv).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from cnnzip.errors import ModelError
+
+PRODUCERS = (nn.Conv2d, nn.Linear)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One tensor slice of a group.
+
+    Attributes:
+        name: module name.
+        module: the module.
+        role: "out" (a conv or linear producing the channels), "norm" (a BatchNorm on them) or
+            "in" (a conv or linear reading them).
+        idxs: indices along the module's channel dimension, one per entry of ``root_idxs``.
+        root_idxs: the root channel each index belongs to.
+    """
+
+    name: str
+    module: nn.Module
+    role: str
+    idxs: tuple[int, ...]
+    root_idxs: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """A set of coupled channels rooted at ``root``'s ``channels`` output channels."""
+
+    root: str
+    channels: int
+    members: tuple[Member, ...]
+
+    def of_role(self, role: str) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+
+def trace(model: nn.Module, in_shape: tuple[int, ...]) -> tp.DependencyGraph:
+    """Trace ``model`` on a zero input of ``in_shape`` (C, H, W) into a dependency graph."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(model, torch.zeros(1, *in_shape),
+                                                         verbose=False)
+    except Exception as exc:  # tracing runs the user's forward: report it as the model's
+        raise ModelError(f"cannot trace the model for structured pruning: "
+                         f"{type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was_training)
+
+
+def output_layer(model: nn.Module) -> str:
+    """The last conv or linear layer: its outputs are the classes, never pruned."""
+    names = [n for n, m in model.named_modules() if isinstance(m, PRODUCERS)]
+    if not names:
+        raise ModelError("the model has no conv or linear layer to prune")
+    return names[-1]
+
+
+def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
+                   ignore: tuple[str, ...] = ()) -> list[ChannelGroup]:
+    """Every prunable group of ``model`` (traced into ``graph``), the output layer excluded."""
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    ignored = [modules[n] for n in (output_layer(model), *ignore)]
+    groups = []
+    for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
+        members = []
+        for item in group.items:
+            module = item.dep.target.module
+            if module not in names:
+                continue  # functional ops (add, flatten): nothing to score or remove
+            out = graph.is_out_channel_pruning_fn(item.dep.handler)
+            role = ("norm" if isinstance(module, NORMS) else "out" if out else "in")
+            if not isinstance(module, (*PRODUCERS, *NORMS)):
+                continue
+            members.append(Member(names[module], module, role, tuple(item.idxs),
+                                  tuple(item.root_idxs)))
+        root = group.items[0].dep.target.module
+        groups.append(ChannelGroup(names[root], len(group.items[0].idxs), tuple(members)))
+    return groups
