@@ -71,9 +71,9 @@ def test_l1_ranks_the_weakest_filter_lowest():
     assert int(scores.argmin()) == 2
 
 
-@pytest.mark.parametrize("name,target", [("resnet20", 0.5), ("mobilenetv2", 0.25),
-                                         ("vgg16", 0.5)])
-@pytest.mark.parametrize("allocation", list(Allocation))
+@pytest.mark.parametrize("name,target,allocation", [
+    *[("resnet20", 0.5, a) for a in Allocation],
+    ("mobilenetv2", 0.25, Allocation.GLOBAL), ("vgg16", 0.5, Allocation.ADAPTIVE)])
 def test_budget_is_met_and_the_pruned_model_reloads(tmp_path, name, target, allocation):
     spec = resolve_spec(name, IN, 10, width=0.25)
     model = build_model(spec).eval()
