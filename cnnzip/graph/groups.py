@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
@@ -51,21 +50,6 @@ class ChannelGroup:
         return [m for m in self.members if m.role == role]
 
 
-def trace(model: nn.Module, in_shape: tuple[int, ...]) -> tp.DependencyGraph:
-    """Trace ``model`` on a zero input of ``in_shape`` (C, H, W) into a dependency graph."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, torch.zeros(1, *in_shape),
-                                                         verbose=False)
-    except Exception as exc:  # tracing runs the user's forward: report it as the model's
-        raise ModelError(f"cannot trace the model for structured pruning: "
-                         f"{type(exc).__name__}: {exc}") from None
-    finally:
-        model.train(was_training)
-
-
 def output_layer(model: nn.Module) -> str:
     """The last conv or linear layer: its outputs are the classes, never pruned."""
     names = [n for n, m in model.named_modules() if isinstance(m, PRODUCERS)]
@@ -85,12 +69,10 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
         members = []
         for item in group.items:
             module = item.dep.target.module
-            if module not in names:
+            if module not in names or not isinstance(module, (*PRODUCERS, *NORMS)):
                 continue  # functional ops (add, flatten): nothing to score or remove
             out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            role = ("norm" if isinstance(module, NORMS) else "out" if out else "in")
-            if not isinstance(module, (*PRODUCERS, *NORMS)):
-                continue
+            role = "norm" if isinstance(module, NORMS) else "out" if out else "in"
             members.append(Member(names[module], module, role, tuple(item.idxs),
                                   tuple(item.root_idxs)))
         root = group.items[0].dep.target.module

@@ -236,11 +236,6 @@ def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
     return out
 
 
-def _apply(model: nn.Module, in_shape: tuple[int, ...], removals: dict[str, list[int]]):
-    graph = trace(model, in_shape)
-    return remove_channels(model, graph, removals)
-
-
 def _measure(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
     return metrics.count_params(model) if kind == "params" else metrics.count_macs(model, in_shape)
 
@@ -258,7 +253,7 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor], config: Cha
 
     def cost(count: int) -> int:
         trial = copy.deepcopy(model)
-        _apply(trial, in_shape, _removals(scores, order, count, config))
+        remove_channels(trial, trace(trial, in_shape), _removals(scores, order, count, config))
         return _measure(trial, in_shape, kind)
 
     lo, hi = 0, len(order)
@@ -283,7 +278,8 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         raise CnnzipError("channels: structured pruning must come before unstructured pruning "
                           "and weight sharing in a recipe")
     in_shape = tuple(ctx.splits.info.in_shape)
-    groups = channel_groups(model, trace(model, in_shape))
+    graph = trace(model, in_shape)
+    groups = channel_groups(model, graph)
     unknown = sorted(set(config.layers) - {g.root for g in groups})
     if unknown:
         raise CnnzipError(f"channels: no prunable group rooted at {', '.join(unknown)}; groups "
@@ -292,7 +288,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     scores = {g.root: group_scores(g, config, grads, active) for g in groups}
     removals = plan_removals(model, scores, config, in_shape)
     before = {g.root: g.channels for g in groups}
-    ctx.channel_plan.extend(_apply(model, in_shape, removals))
+    ctx.channel_plan.extend(remove_channels(model, graph, removals))
     ctx.notes["channels"] = {
         "criterion": config.criterion.value, "allocation": config.allocation.value,
         "target_macs": config.target_macs, "target_params": config.target_params,

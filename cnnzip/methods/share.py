@@ -13,6 +13,7 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.modules.codebook import expand
 from cnnzip.ops.cluster import Init, kmeans, to_blocks
 from cnnzip.progress import progress_bar
 
@@ -101,9 +102,8 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
             for bits in range(min(config.min_bits, ceiling), ceiling):
                 positions, codebook, codes = cluster_weight(original, bits, config.block,
                                                             config.init, ctx.seed)
-                values = codebook[codes].reshape(-1)[: positions.numel()]
                 with torch.no_grad():
-                    layer.weight.zero_().view(-1)[positions] = values
+                    layer.weight.copy_(expand(codebook, codes, positions, tuple(original.shape)))
                 accuracy = ctx.val_accuracy(model)
                 table[name].append((bits, accuracy))
                 if base - accuracy <= config.bits_tolerance:

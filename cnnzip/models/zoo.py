@@ -117,28 +117,14 @@ def build_model(spec: ModelSpec) -> nn.Module:
 
 
 def _replay(model: nn.Module, spec: ModelSpec) -> None:
-    """Remove the plan's channels again, through Torch-Pruning's dependency graph."""
-    import torch
-    import torch_pruning as tp
+    """Remove the plan's channels again, as structured pruning removed them."""
+    from cnnzip.models.channels import prune_channels, trace
 
-    modules = dict(model.named_modules())
-    for root, _, idxs in spec.channel_plan:
-        layer = modules.get(root)
-        channels = getattr(layer, "out_channels", getattr(layer, "out_features", None))
-        if channels is None or not idxs or min(idxs) < 0 or max(idxs) >= channels \
-                or len(set(idxs)) >= channels:
-            raise ModelError(f"model {spec.name!r}: the channel plan does not fit the "
-                             f"architecture (layer {root!r}, {len(idxs)} indices up to "
-                             f"{max(idxs, default=None)})")
-    with torch.enable_grad():
-        graph = tp.DependencyGraph().build_dependency(
-            model, torch.zeros(1, *spec.in_shape), verbose=False)
-        try:
-            graph.load_pruning_history([[root, out, list(idxs)]
-                                        for root, out, idxs in spec.channel_plan])
-        except (AttributeError, IndexError, ValueError) as exc:
-            raise ModelError(f"model {spec.name!r}: the channel plan does not fit the "
-                             f"architecture ({type(exc).__name__}: {exc})") from None
+    try:
+        prune_channels(model, trace(model, spec.in_shape), list(spec.channel_plan))
+    except ModelError as exc:
+        raise ModelError(f"model {spec.name!r}: the channel plan does not fit the "
+                         f"architecture ({exc})") from None
 
 
 def _build_base(spec: ModelSpec) -> nn.Module:

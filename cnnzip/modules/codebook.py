@@ -31,6 +31,14 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * scale, None
 
 
+def expand(codebook: torch.Tensor, codes: torch.Tensor, positions: torch.Tensor,
+           shape: tuple[int, ...]) -> torch.Tensor:
+    """The dense weight of ``shape`` whose entries at ``positions`` are the coded values."""
+    values = codebook[codes].reshape(-1)[: positions.numel()]  # (nnz,)
+    flat = values.new_zeros(math.prod(shape))
+    return flat.scatter(0, positions, values).view(shape)
+
+
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Convolution and linear layers (dense or already codebook-shared) by qualified name, in
     definition order; each has a ``weight`` tensor."""
@@ -75,9 +83,7 @@ class CodebookLayer(nn.Module):
         # backward); dividing by the cluster size makes its step that of one weight, so a single
         # learning rate suits clusters of 10 and of 10,000 weights alike.
         codebook = _ScaleGrad.apply(self.codebook, self.inv_cluster_size)  # (k, d)
-        values = codebook[self.codes].reshape(-1)[: self.nnz]  # (nnz,)
-        flat = values.new_zeros(math.prod(self.weight_shape))
-        return flat.scatter(0, self.positions, values).view(self.weight_shape)
+        return expand(codebook, self.codes, self.positions, self.weight_shape)
 
     @property
     def weight(self) -> torch.Tensor:

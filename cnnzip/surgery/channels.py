@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch_pruning as tp
 from torch import nn
 
-from cnnzip.errors import ModelError
+from cnnzip.models.channels import PlanEntry, prune_channels
 
 
 def remove_channels(model: nn.Module, graph: tp.DependencyGraph,
-                    removals: dict[str, list[int]]) -> list[tuple[str, bool, tuple[int, ...]]]:
+                    removals: dict[str, list[int]]) -> list[PlanEntry]:
     """Remove, for each root layer, the listed output channels and everything coupled to them.
 
     Args:
@@ -21,21 +21,7 @@ def remove_channels(model: nn.Module, graph: tp.DependencyGraph,
         The plan entries (root, True, indices) in the order applied; replaying them on a fresh
         model (``ModelSpec.channel_plan``) rebuilds the pruned architecture.
     """
-    modules = dict(model.named_modules())
-    plan = []
-    for root, idxs in removals.items():
-        if not idxs:
-            continue
-        layer = modules.get(root)
-        if layer is None:
-            raise ModelError(f"no layer named {root!r} to remove channels from")
-        pruner = graph.get_pruner_of_module(layer)
-        channels = pruner.get_out_channels(layer)
-        idxs = sorted({int(i) for i in idxs})
-        if idxs[0] < 0 or idxs[-1] >= channels or len(idxs) >= channels:
-            raise ModelError(f"{root}: cannot remove {len(idxs)} of its {channels} channels "
-                             "(indices out of range, or none would remain)")
-        graph.get_pruning_group(layer, pruner.prune_out_channels, idxs).prune(
-            record_history=False)
-        plan.append((root, True, tuple(idxs)))
+    plan = [(root, True, tuple(sorted({int(i) for i in idxs})))
+            for root, idxs in removals.items() if idxs]
+    prune_channels(model, graph, plan)
     return plan

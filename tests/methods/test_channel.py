@@ -8,7 +8,8 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import channel_groups, trace
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion, group_scores
+from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats,
+                                    group_scores)
 from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
 from cnnzip.surgery import remove_channels
 from tests.helpers import TINY_ZOO, tiny
@@ -54,7 +55,6 @@ def test_every_criterion_scores_every_channel(criterion):
     model = tiny("residual")
     ctx = Context(synthetic_splits(), quiet=True)
     config = ChannelPrune(criterion=criterion, batches=2)
-    from cnnzip.methods.channel import _data_stats
     groups = channel_groups(model, trace(model, IN))
     grads, active = _data_stats(model, groups, config, ctx)
     for group in groups:
