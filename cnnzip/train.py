@@ -27,6 +27,8 @@ class TrainConfig:
         seed: seeds initial order, augmentation and dropout.
         temperature: distillation temperature (used only with a teacher).
         alpha: weight of the distillation term against the label loss (with a teacher).
+        slimming: weight of an L1 penalty on every BatchNorm scale (network slimming's sparsity
+            regulariser: unimportant channels' scales are driven towards zero).
     """
 
     epochs: int = 15
@@ -37,6 +39,7 @@ class TrainConfig:
     seed: int = 0
     temperature: float = 4.0
     alpha: float = 0.7
+    slimming: float = 0.0
 
 
 @dataclass
@@ -57,6 +60,15 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     return alpha * temperature**2 * soft + (1 - alpha) * F.cross_entropy(student_logits, labels)
 
 
+def slimming_penalty(model: nn.Module) -> torch.Tensor:
+    """The sum of |scale| over the model's BatchNorm layers (zero when it has none)."""
+    scales = [m.weight for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.weight is not None]
+    if not scales:
+        return torch.zeros(())
+    return torch.stack([s.abs().sum() for s in scales]).sum()
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageSet, info: DatasetInfo, *,
              batch_size: int = 1000) -> float:
@@ -73,6 +85,7 @@ def evaluate(model: nn.Module, data: ImageSet, info: DatasetInfo, *,
 def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
         teacher: nn.Module | None = None,
         after_step: Callable[[nn.Module], None] | None = None,
+        after_epoch: Callable[[nn.Module, int], None] | None = None,
         quiet: bool = False, description: str = "train") -> FitResult:
     """Train ``model`` in place on ``splits.train``; report validation accuracy each epoch.
 
@@ -82,6 +95,8 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
         config: the schedule.
         teacher: when given, the loss is the distillation loss against its logits.
         after_step: called after every optimiser step (for example to re-apply pruning masks).
+        after_epoch: called with the model and the epoch index (from 0) after every epoch,
+            before validation (for example to re-select soft-pruned channels).
         quiet: no progress bar.
         description: label of the progress bar.
     """
@@ -116,6 +131,8 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                         target = teacher(x)
                     loss = distillation_loss(logits, target, y, temperature=config.temperature,
                                              alpha=config.alpha)
+                if config.slimming:
+                    loss = loss + config.slimming * slimming_penalty(model)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -126,6 +143,8 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                 count += len(y)
                 bar.advance(task)
             result.train_loss.append(total / count)
+            if after_epoch is not None:
+                after_epoch(model, epoch)
             result.val_accuracy.append(evaluate(model, splits.val, splits.info))
             bar.update(task, status=f"epoch {epoch + 1}: loss {total / count:.3f} "
                                     f"val {result.val_accuracy[-1]:.4f}")

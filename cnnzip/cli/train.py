@@ -32,6 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"default {_D.weight_decay}")
     p.add_argument("--augment-pad", type=int, default=_D.augment_pad,
                    help=f"random translation in pixels, 0 for none (default {_D.augment_pad})")
+    p.add_argument("--slimming", type=float, default=_D.slimming, metavar="LAMBDA",
+                   help="L1 penalty on BatchNorm scales (network slimming), so that a later "
+                        "channel-prune with criterion bn finds unimportant channels; 1e-4 to "
+                        f"1e-3 is typical (default {_D.slimming})")
     p.add_argument("--seed", type=int, default=_D.seed, help=f"default {_D.seed}")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -42,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, augment_pad=args.augment_pad,
-                         seed=args.seed)
+                         seed=args.seed, slimming=args.slimming)
     command = "cnnzip " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
                                  width=args.width, config=config, quiet=args.quiet,

@@ -78,8 +78,11 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
 
 
 def finetune(model: nn.Module, ctx: Context, *, epochs: int, lr: float,
-             description: str, after_step: Callable[[nn.Module], None] | None = None) -> None:
-    """Retrain with distillation from the teacher, keeping the masks."""
+             description: str, after_step: Callable[[nn.Module], None] | None = None,
+             after_epoch: Callable[[nn.Module, int], None] | None = None,
+             slimming: float = 0.0) -> None:
+    """Retrain with distillation from the teacher, keeping the masks (``after_step``,
+    ``after_epoch`` and ``slimming`` as in :func:`cnnzip.train.fit`)."""
     epochs = ctx.epochs(epochs)
     if epochs <= 0:
         return
@@ -89,5 +92,6 @@ def finetune(model: nn.Module, ctx: Context, *, epochs: int, lr: float,
         if after_step is not None:
             after_step(m)
 
-    fit(model, ctx.splits, TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed), teacher=ctx.teacher,
-        after_step=hold, quiet=ctx.quiet, description=description)
+    fit(model, ctx.splits, TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed, slimming=slimming),
+        teacher=ctx.teacher, after_step=hold, after_epoch=after_epoch, quiet=ctx.quiet,
+        description=description)

@@ -1,5 +1,9 @@
 """Structured (channel) pruning: score coupled-channel groups, choose how many channels each
-group loses under a MACs or parameter budget, remove them for real, retrain with distillation."""
+group loses under a MACs or parameter budget, remove them for real, retrain with distillation.
+
+Optionally the model first trains with network slimming's L1 penalty on BatchNorm scales, and
+pruning may be soft: the chosen channels are zeroed, training may revive them, the choice is
+made again after every epoch, and only the final choice is removed."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import copy
 import enum
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,7 +22,8 @@ from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, channel_groups, trace
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.ops import importance
-from cnnzip.surgery import remove_channels
+from cnnzip.progress import progress_bar
+from cnnzip.surgery import remove_channels, silence_channels
 
 
 class Criterion(enum.Enum):
@@ -34,6 +40,7 @@ class Allocation(enum.Enum):
     UNIFORM = "uniform"  # the same fraction of every group
     GLOBAL = "global"  # one ranking of layer-normalised scores across the model
     ADAPTIVE = "adaptive"  # one ranking of scores normalised by layer and by model together
+    SENSITIVITY = "sensitivity"  # one ranking of each channel's measured validation cost
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,17 @@ class ChannelPrune:
         indirect_weight: direct-indirect: the weight of the indirect (next-layer) term.
         global_weight: adaptive: the weight of the model-wide normalisation against the
             layer-wise one (a geometric mix).
+        sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
+            time, to measure the validation accuracy it costs.
+        sensitivity_samples: sensitivity: validation samples per measurement.
         batches: training batches for data-driven criteria (taylor, apoz).
-        epochs: retraining epochs with distillation after removal.
+        slimming: before scoring, train ``slimming_epochs`` with this L1 penalty on BatchNorm
+            scales (network slimming; pairs with criterion bn).
+        slimming_epochs: epochs of that sparsity training (0: none).
+        soft: soft pruning: instead of removing and then retraining, zero the chosen channels,
+            retrain while they may recover, choose again after every epoch, and remove only the
+            final choice.
+        epochs: retraining epochs with distillation (after removal, or during soft pruning).
         lr: retraining peak learning rate.
     """
 
@@ -64,7 +80,12 @@ class ChannelPrune:
     max_ratio: float = 0.9
     indirect_weight: float = 0.5
     global_weight: float = 0.5
+    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    sensitivity_samples: int = 2000
     batches: int = 8
+    slimming: float = 0.0
+    slimming_epochs: int = 0
+    soft: bool = False
     epochs: int = 10
     lr: float = 0.01
 
@@ -78,6 +99,11 @@ class ChannelPrune:
                                   f"got {value}")
         if not 0.0 < self.max_ratio < 1.0:
             raise CnnzipError(f"channels: max_ratio must be in (0, 1), got {self.max_ratio}")
+        if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
+            raise CnnzipError("channels: sensitivity_ratios must be fractions in (0, 1); got "
+                              f"{list(self.sensitivity_ratios)}")
+        if self.slimming_epochs and self.slimming <= 0:
+            raise CnnzipError("channels: slimming_epochs needs a positive slimming weight")
         for name, ratio in self.layers.items():
             if not 0.0 <= ratio <= self.max_ratio:
                 raise CnnzipError(f"channels: layers.{name} = {ratio} is outside "
@@ -194,9 +220,12 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
 def _ranking_keys(scores: dict[str, torch.Tensor], allocation: Allocation,
                   global_weight: float) -> dict[str, torch.Tensor]:
     """Per group, the keys by which channels are ranked across groups (lower goes first)."""
+    if allocation is Allocation.SENSITIVITY:
+        raise CnnzipError("channels: sensitivity keys come from a scan (sensitivity_keys)")
     if allocation is Allocation.UNIFORM:
         # rank within the group only: a channel's key is its quantile in its own group
-        return {root: torch.argsort(torch.argsort(s)).float() / len(s) for root, s in scores.items()}
+        return {root: torch.argsort(torch.argsort(s)).float() / len(s)
+                for root, s in scores.items()}
     local = {root: importance.normalized(s) for root, s in scores.items()}
     if allocation is Allocation.GLOBAL:
         return local
@@ -205,6 +234,42 @@ def _ranking_keys(scores: dict[str, torch.Tensor], allocation: Allocation,
     g = global_weight
     return {root: local[root].clamp_min(1e-12) ** (1 - g) * (s / scale).clamp_min(1e-12) ** g
             for root, s in scores.items()}
+
+
+def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
+                     scores: dict[str, torch.Tensor], config: ChannelPrune,
+                     ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
+    """Ranking keys from a sensitivity scan: each group alone loses its lowest-scored
+    ``sensitivity_ratios`` of channels (silenced, which is exact), and a channel's key is the
+    validation accuracy lost when the group is cut down to it (interpolated, non-decreasing,
+    reaching the whole accuracy when every channel goes). Returns the keys and the drops."""
+    samples = config.sensitivity_samples
+    base = ctx.val_accuracy(model, samples)
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    keys, table = {}, {}
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task("sensitivity", total=len(groups) * len(config.sensitivity_ratios),
+                            status="")
+        for group in groups:
+            n = group.channels
+            order = torch.argsort(scores[group.root], stable=True)
+            fractions, drops = [0.0], [0.0]
+            for ratio in sorted(config.sensitivity_ratios):
+                k = min(n - 1, max(1, int(round(ratio * n))))
+                silence_channels(group, order[:k].tolist())
+                drops.append(max(drops[-1], base - ctx.val_accuracy(model, samples)))
+                fractions.append(k / n)
+                model.load_state_dict(saved)
+                bar.update(task, advance=1, status=f"{group.root} {ratio:g}: "
+                                                   f"−{100 * drops[-1]:.2f} pts")
+            table[group.root] = drops[1:]
+            fractions.append(1.0)
+            drops.append(max(drops[-1], base))
+            curve = np.interp(np.arange(1, n + 1) / n, fractions, drops)
+            key = torch.empty(n)
+            key[order] = torch.tensor(curve, dtype=torch.float32)
+            keys[group.root] = key
+    return keys, table
 
 
 def _order(keys: dict[str, torch.Tensor]) -> list[str]:
@@ -241,10 +306,14 @@ def _measure(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
 
 
 def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor], config: ChannelPrune,
-                  in_shape: tuple[int, ...]) -> dict[str, list[int]]:
+                  in_shape: tuple[int, ...],
+                  keys: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
     """The fewest channels, taken in ranking order, whose removal meets the budget (bisection on
-    the count, each candidate measured on a pruned copy)."""
-    order = _order(_ranking_keys(scores, config.allocation, config.global_weight))
+    the count, each candidate measured on a pruned copy). ``keys`` rank channels across groups
+    (default: from the scores and the allocation)."""
+    if keys is None:
+        keys = _ranking_keys(scores, config.allocation, config.global_weight)
+    order = _order(keys)
     if config.target_macs is None and config.target_params is None:
         return _removals(scores, order, 0, config)
     kind = "params" if config.target_params is not None else "macs"
@@ -272,6 +341,17 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor], config: Cha
     return _removals(scores, order, hi, config)
 
 
+def _lowest(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, list[int]]:
+    return {root: torch.argsort(s, stable=True)[:counts[root]].tolist()
+            for root, s in scores.items()}
+
+
+def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
+           ctx: Context) -> dict[str, torch.Tensor]:
+    grads, active = _data_stats(model, groups, config, ctx)
+    return {g.root: group_scores(g, config, grads, active) for g in groups}
+
+
 @register(ChannelPrune)
 def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Module:
     if ctx.masks:
@@ -284,15 +364,45 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     if unknown:
         raise CnnzipError(f"channels: no prunable group rooted at {', '.join(unknown)}; groups "
                           f"are {', '.join(g.root for g in groups)}")
-    grads, active = _data_stats(model, groups, config, ctx)
-    scores = {g.root: group_scores(g, config, grads, active) for g in groups}
-    removals = plan_removals(model, scores, config, in_shape)
+    notes: dict = {"criterion": config.criterion.value, "allocation": config.allocation.value,
+                   "target_macs": config.target_macs, "target_params": config.target_params,
+                   "soft": config.soft}
+    if config.slimming_epochs:
+        finetune(model, ctx, epochs=config.slimming_epochs, lr=config.lr, description="slimming",
+                 slimming=config.slimming)
+        notes["slimming"] = {"weight": config.slimming,
+                             "epochs": ctx.epochs(config.slimming_epochs)}
+    scores = _score(model, groups, config, ctx)
+    keys = None
+    if config.allocation is Allocation.SENSITIVITY:
+        keys, notes["sensitivity"] = sensitivity_keys(model, groups, scores, config, ctx)
+    removals = plan_removals(model, scores, config, in_shape, keys)
+    if config.soft:
+        counts = {root: len(idxs) for root, idxs in removals.items()}
+        by_root = {g.root: g for g in groups}
+        revived = []
+
+        def reselect(m: nn.Module, epoch: int) -> None:
+            nonlocal removals
+            chosen = _lowest(_score(m, groups, config, ctx), counts)
+            revived.append(sum(len(set(chosen[r]) - set(removals[r])) for r in chosen))
+            removals = chosen
+            for root, idxs in removals.items():
+                silence_channels(by_root[root], idxs, recoverable=True)
+
+        for root, idxs in removals.items():
+            silence_channels(by_root[root], idxs, recoverable=True)
+        finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="soft prune",
+                 after_epoch=reselect)
+        for root, idxs in removals.items():
+            silence_channels(by_root[root], idxs)  # exactly zero: removal changes nothing
+        notes["soft_reselected"] = revived
     before = {g.root: g.channels for g in groups}
     ctx.channel_plan.extend(remove_channels(model, graph, removals))
-    ctx.notes["channels"] = {
-        "criterion": config.criterion.value, "allocation": config.allocation.value,
-        "target_macs": config.target_macs, "target_params": config.target_params,
-        "groups": {root: {"channels": before[root], "removed": len(idxs),
-                          "ratio": len(idxs) / before[root]} for root, idxs in removals.items()}}
-    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="retrain")
+    notes["groups"] = {root: {"channels": before[root], "removed": len(idxs),
+                              "ratio": len(idxs) / before[root]}
+                       for root, idxs in removals.items()}
+    ctx.notes["channels"] = notes
+    if not config.soft:
+        finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="retrain")
     return model

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 import torch_pruning as tp
 from torch import nn
+
+from cnnzip.graph import ChannelGroup
 
 from cnnzip.models.channels import PlanEntry, prune_channels
 
@@ -25,3 +28,28 @@ def remove_channels(model: nn.Module, graph: tp.DependencyGraph,
             for root, idxs in removals.items() if idxs]
     prune_channels(model, graph, plan)
     return plan
+
+
+def silence_channels(group: ChannelGroup, channels: set[int] | list[int], *,
+                     recoverable: bool = False) -> None:
+    """Zero what produces ``channels`` (root indices) of ``group``, so they carry nothing.
+
+    The weights and biases of the producing layers and the scales and shifts of their
+    BatchNorms are zeroed: in eval mode the channels are then exactly zero, and removing them
+    leaves the outputs unchanged. ``recoverable`` zeroes only the producing layers and leaves
+    the BatchNorms alone, so (as in soft filter pruning) gradients still reach the zeroed filters
+    wherever the BatchNorm's shift keeps the following ReLU open, and training can revive them;
+    the channels then carry a constant, dropped when they are finally silenced and removed.
+    """
+    channels = set(channels)
+    with torch.no_grad():
+        for member in group.members:
+            if member.role == "in" or (recoverable and member.role == "norm"):
+                continue
+            rows = [i for i, r in zip(member.idxs, member.root_idxs) if r in channels]
+            if not rows:
+                continue
+            module = member.module
+            module.weight[rows] = 0
+            if module.bias is not None:
+                module.bias[rows] = 0

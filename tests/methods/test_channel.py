@@ -9,24 +9,12 @@ from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import channel_groups, trace
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats,
-                                    group_scores)
+                                    group_scores, sensitivity_keys)
 from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
-from cnnzip.surgery import remove_channels
+from cnnzip.surgery import remove_channels, silence_channels
 from tests.helpers import TINY_ZOO, tiny
 
 IN = (1, 28, 28)
-
-
-def _silence(group, channels):
-    """Zero everything that produces ``channels`` of ``group``, so they carry nothing."""
-    with torch.no_grad():
-        for member in group.members:
-            if member.role == "in":
-                continue
-            rows = [i for i, r in zip(member.idxs, member.root_idxs) if r in channels]
-            member.module.weight[rows] = 0
-            if member.module.bias is not None:
-                member.module.bias[rows] = 0
 
 
 @pytest.mark.parametrize("name", ["convbn", "residual", "concat", "depthwise", "grouped", "mlp"])
@@ -40,7 +28,7 @@ def test_removing_silent_channels_leaves_outputs_unchanged(name):
         victims = list(range(0, group.channels, 2))[: max(1, group.channels // 2)]
         if len(victims) >= group.channels:
             continue
-        _silence(group, set(victims))
+        silence_channels(group, victims)
         removals[group.root] = victims
     x = torch.randn(3, *IN)
     before = model(x)
@@ -114,3 +102,57 @@ def test_user_models_prune_too():
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, ChannelPrune(target_params=0.6), ctx)
     assert metrics.count_params(model) <= 0.6 * metrics.count_params(build_model(spec))
+
+
+def test_recoverable_silence_keeps_gradients_flowing_to_the_zeroed_filters():
+    model = tiny("convbn").train()
+    (group,) = channel_groups(model, trace(model, IN))
+    with torch.no_grad():
+        model.bn.bias.fill_(0.1)  # an open ReLU, as a trained shift usually gives
+    silence_channels(group, [1], recoverable=True)
+    assert not model.conv.weight[1].any() and model.bn.weight[1] != 0
+    torch.nn.functional.cross_entropy(model(torch.randn(8, *IN)),
+                                      torch.randint(0, 10, (8,))).backward()
+    assert model.conv.weight.grad[1].abs().sum() > 0
+    silence_channels(group, [1])
+    assert model.bn.weight[1] == 0
+
+
+def test_soft_pruning_meets_the_budget_and_reselects_every_epoch():
+    spec = resolve_spec("resnet20", IN, 10, width=0.25)
+    model = build_model(spec)
+    base = metrics.count_macs(model, IN)
+    ctx = Context(synthetic_splits(n_train=256), quiet=True)
+    apply(model, ChannelPrune(target_macs=0.5, soft=True, epochs=2, lr=0.05), ctx)
+    assert metrics.count_macs(model, IN) <= 0.5 * base
+    assert len(ctx.notes["channels"]["soft_reselected"]) == 2
+    rebuilt = build_model(dataclasses.replace(spec, channel_plan=tuple(ctx.channel_plan)))
+    assert metrics.count_params(rebuilt) == metrics.count_params(model)
+
+
+def test_sensitivity_keys_follow_each_groups_measured_cost():
+    model = tiny("residual")
+    ctx = Context(synthetic_splits(), quiet=True)
+    groups = channel_groups(model, trace(model, IN))
+    config = ChannelPrune(allocation=Allocation.SENSITIVITY)
+    scores = {g.root: group_scores(g, config) for g in groups}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    keys, drops = sensitivity_keys(model, groups, scores, config, ctx)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())  # restored
+    for group in groups:
+        ranked = keys[group.root][torch.argsort(scores[group.root], stable=True)]
+        assert (ranked.diff() >= 0).all()  # weaker channels never cost more
+        assert len(drops[group.root]) == len(config.sensitivity_ratios)
+
+
+def test_slimming_drives_batchnorm_scales_down():
+    from cnnzip.train import TrainConfig, fit, slimming_penalty
+    sums = []
+    for weight in (0.0, 0.3):
+        model = tiny("convbn")
+        fit(model, synthetic_splits(), TrainConfig(epochs=3, lr=0.05, slimming=weight),
+            quiet=True)
+        sums.append(float(slimming_penalty(model).detach()))
+    assert sums[1] < 0.6 * sums[0]
+    with pytest.raises(CnnzipError, match="slimming"):
+        ChannelPrune(slimming_epochs=2)
