@@ -116,31 +116,49 @@ def inspect_name(name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_cl
     return inspect_model(build_model(spec), spec)
 
 
+def bench_models(models: dict[str, nn.Module], in_shape: tuple[int, ...], *,
+                 batch_size: int = 256, rounds: int = 3,
+                 min_seconds: float = 1.0) -> dict[str, float]:
+    """Images per second of each model, timed alternately in this process and runtime.
+
+    Each model is timed ``rounds`` times, in turn, and its best round counts (the least
+    disturbed by other work on the machine).
+    """
+    best = dict.fromkeys(models, 0.0)
+    for _ in range(rounds):
+        for key, model in models.items():
+            best[key] = max(best[key], metrics.throughput(model.eval(), in_shape,
+                                                          batch_size=batch_size,
+                                                          min_seconds=min_seconds))
+    return best
+
+
+def runtime_name() -> str:
+    return f"pytorch {torch.__version__} cpu, {torch.get_num_threads()} threads"
+
+
 def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int = 256,
                 rounds: int = 3, min_seconds: float = 1.0) -> dict[str, Any]:
-    """Throughput of two model files timed alternately in this process and runtime.
+    """Throughput of two model files timed alternately in this process and runtime
+    (:func:`bench_models`).
 
     Codebook layers are materialised to dense layers first (the same weights), so the figure is
-    that of the model as it runs, not of decoding. Each model is timed ``rounds`` times,
-    alternating, and the best round counts (the least disturbed by other work on the machine).
+    that of the model as it runs, not of decoding.
     """
     from cnnzip.modules import materialize
 
-    models = {}
+    models, specs = {}, []
     for key, path in (("baseline", baseline), ("compressed", compressed)):
         model, spec, _ = load_model(path)
-        models[key] = (materialize(model).eval(), spec)
-    shapes = {tuple(spec.in_shape) for _, spec in models.values()}
+        models[key] = materialize(model).eval()
+        specs.append(spec)
+    shapes = {tuple(spec.in_shape) for spec in specs}
     if len(shapes) != 1:
         raise CnnzipError(f"the two models take different inputs: {sorted(shapes)}")
-    in_shape = shapes.pop()
-    best = {key: 0.0 for key in models}
-    for _ in range(rounds):
-        for key, (model, _) in models.items():
-            best[key] = max(best[key], metrics.throughput(model, in_shape, batch_size=batch_size,
-                                                          min_seconds=min_seconds))
+    best = bench_models(models, shapes.pop(), batch_size=batch_size, rounds=rounds,
+                        min_seconds=min_seconds)
     return {"baseline": str(baseline), "compressed": str(compressed),
             "baseline_images_per_s": best["baseline"],
             "compressed_images_per_s": best["compressed"],
             "speedup": best["compressed"] / best["baseline"], "batch_size": batch_size,
-            "runtime": f"pytorch {torch.__version__} cpu, {torch.get_num_threads()} threads"}
+            "runtime": runtime_name()}

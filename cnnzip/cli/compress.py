@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from cnnzip.cli.common import add_data_args, print_json
+from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
 from cnnzip.recipes import builtin_names
 
@@ -23,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
                    dest="overrides", help="change one recipe option, e.g. --set prune.epochs=20 "
                    "--set sensitivity.target_sparsity=0.92 (repeatable)")
+    p.add_argument("--target-macs", type=float, metavar="FRACTION",
+                   help="structured pruning budget: keep at most this fraction of the MACs "
+                        "(0.5: 2× fewer); the same as --set channels.target_macs=FRACTION")
+    p.add_argument("--target-params", type=float, metavar="FRACTION",
+                   help="or keep at most this fraction of the parameters "
+                        "(--set channels.target_params=FRACTION)")
     add_data_args(p, required=False)
     p.add_argument("--seed", type=int, default=0, help="default 0")
     p.add_argument("--finetune-epochs", type=int, metavar="N",
@@ -33,10 +40,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
+def budget_overrides(target_macs: float | None, target_params: float | None) -> list[str]:
+    """``--target-macs`` / ``--target-params`` as channels-step overrides (the other is
+    cleared, so a flag replaces the recipe's budget rather than conflicting with it)."""
+    if target_macs is not None and target_params is not None:
+        raise CnnzipError("give --target-macs or --target-params, not both")
+    if target_macs is not None:
+        return [f"channels.target_macs={target_macs}", "channels.target_params=null"]
+    if target_params is not None:
+        return [f"channels.target_params={target_params}", "channels.target_macs=null"]
+    return []
+
+
 def run(args: argparse.Namespace) -> int:
+    overrides = (*args.overrides, *budget_overrides(args.target_macs, args.target_params))
     report = compress(args.file, args.recipe, args.out, dataset=args.dataset,
                       data_dir=args.data_dir, seed=args.seed,
-                      finetune_epochs=args.finetune_epochs, overrides=tuple(args.overrides),
+                      finetune_epochs=args.finetune_epochs, overrides=overrides,
                       quiet=args.quiet)
     if args.json:
         print_json(report)
