@@ -58,6 +58,10 @@ class ChannelPrune:
         indirect_weight: direct-indirect: the weight of the indirect (next-layer) term.
         global_weight: adaptive: the weight of the model-wide normalisation against the
             layer-wise one (a geometric mix).
+        cost_weight: rank channels by importance per MAC: each ranking key is divided by the
+            channel's MACs (relative to the model's average channel) to this power. 0 ignores
+            cost; 1 is the knapsack greedy, which meets a MACs budget with fewer, costlier
+            channels (usually early, high-resolution layers, which also run slowest).
         sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
             time, to measure the validation accuracy it costs.
         sensitivity_samples: sensitivity: validation samples per measurement.
@@ -80,6 +84,7 @@ class ChannelPrune:
     max_ratio: float = 0.9
     indirect_weight: float = 0.5
     global_weight: float = 0.5
+    cost_weight: float = 0.0
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sensitivity_samples: int = 2000
     batches: int = 8
@@ -272,6 +277,36 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
     return keys, table
 
 
+def channel_costs(model: nn.Module, groups: list[ChannelGroup],
+                  in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """MACs each channel of each group takes part in (the producing layers' share of the
+    channel plus the reading layers' share of it), per root channel."""
+    macs = {s.name: s.macs for s in metrics.layer_stats(model, in_shape)}
+    costs = {}
+    for group in groups:
+        total = 0.0
+        for member in group.members:
+            if member.role == "norm" or member.name not in macs:
+                continue
+            module = member.module
+            out = member.role == "out"
+            width = (module.out_channels if out else module.in_channels) \
+                if isinstance(module, nn.Conv2d) else \
+                (module.out_features if out else module.in_features)
+            total += macs[member.name] * len(member.idxs) / width
+        costs[group.root] = torch.full((group.channels,), total / group.channels)
+    return costs
+
+
+def cost_weighted(keys: dict[str, torch.Tensor], costs: dict[str, torch.Tensor],
+                  power: float) -> dict[str, torch.Tensor]:
+    """Keys divided by each channel's relative cost to ``power`` (importance per MAC)."""
+    if not power:
+        return keys
+    mean = torch.cat(list(costs.values())).mean().clamp_min(1e-12)
+    return {root: k / (costs[root] / mean).clamp_min(1e-6) ** power for root, k in keys.items()}
+
+
 def _order(keys: dict[str, torch.Tensor]) -> list[str]:
     """Every channel as its group's root name, lowest key first; ties go to the group that has
     lost the smaller fraction, so equal scores are spread evenly."""
@@ -313,6 +348,10 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor], config: Cha
     (default: from the scores and the allocation)."""
     if keys is None:
         keys = _ranking_keys(scores, config.allocation, config.global_weight)
+    if config.cost_weight and config.allocation is not Allocation.UNIFORM:
+        graph_groups = channel_groups(model, trace(model, in_shape))
+        keys = cost_weighted(keys, channel_costs(model, graph_groups, in_shape),
+                             config.cost_weight)
     order = _order(keys)
     if config.target_macs is None and config.target_params is None:
         return _removals(scores, order, 0, config)

@@ -156,3 +156,16 @@ def test_slimming_drives_batchnorm_scales_down():
     assert sums[1] < 0.6 * sums[0]
     with pytest.raises(CnnzipError, match="slimming"):
         ChannelPrune(slimming_epochs=2)
+
+
+def test_cost_weighting_meets_the_budget_with_fewer_channels():
+    spec = resolve_spec("vgg16", IN, 10, width=0.25)
+    removed = []
+    for cost_weight in (0.0, 1.0):
+        model = build_model(spec).eval()
+        base = metrics.count_macs(model, IN)
+        ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+        apply(model, ChannelPrune(target_macs=0.5, cost_weight=cost_weight), ctx)
+        assert metrics.count_macs(model, IN) <= 0.5 * base
+        removed.append(sum(g["removed"] for g in ctx.notes["channels"]["groups"].values()))
+    assert removed[1] < removed[0]
