@@ -7,15 +7,15 @@ recipe at the same MACs budget and the same fine-tuning, side by side.
 Every row starts from the trained baseline in benchmarks/baselines/ and is measured in this run:
 test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and parameters of the
 pruned model, and throughput of baseline and pruned model timed alternately in this process
-(batch 256, best of three rounds).
+(batch 256, best of five rounds of at least 2 s each).
 
 Torch-Pruning's standard recipe (its benchmarks' "l2" method): group L2 magnitude importance,
 global pruning, channels removed in small steps until the MACs budget is met. Both sides keep
 at least 10% of every layer's channels (max_ratio 0.9), never prune the output layer, and
 fine-tune with the same distillation loss, epochs and learning rate. Our configurations are
 CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
-with the chosen channels zeroed and free to recover) and "+cost" to rank channels by importance
-per MAC (cost_weight 1).
+with the chosen channels zeroed and free to recover) and "+cost" or "+cost:POWER" to rank
+channels by importance per MAC (cost_weight 1 or POWER).
 
 Targets (issue 4): at 2× fewer MACs, ≤ 0.5 points accuracy drop on resnet20 and vgg16 and
 measured throughput ≥ 1.6× the baseline's; our best configuration at least matches
@@ -65,15 +65,18 @@ def torch_pruning_standard(model: torch.nn.Module, in_shape: tuple[int, ...],
 
 
 def ours(spec: str, target_macs: float, epochs: int, lr: float) -> ChannelPrune:
-    """CRITERION/ALLOCATION[+soft][+cost] as a ChannelPrune config."""
+    """CRITERION/ALLOCATION[+soft][+cost[:POWER]] as a ChannelPrune config."""
     name, *flags = spec.split("+")
-    unknown = set(flags) - {"soft", "cost"}
-    if unknown:
-        raise SystemExit(f"{spec}: unknown flag {sorted(unknown)[0]!r} (soft, cost)")
+    cost = 0.0
+    for flag in flags:
+        if flag.startswith("cost"):
+            cost = float(flag.partition(":")[2] or 1.0)
+        elif flag != "soft":
+            raise SystemExit(f"{spec}: unknown flag {flag!r} (soft, cost, cost:POWER)")
     criterion, _, allocation = name.partition("/")
     return ChannelPrune(criterion=Criterion(criterion), allocation=Allocation(allocation),
                         target_macs=target_macs, max_ratio=MAX_RATIO, soft="soft" in flags,
-                        cost_weight=1.0 if "cost" in flags else 0.0, epochs=epochs, lr=lr)
+                        cost_weight=cost, epochs=epochs, lr=lr)
 
 
 def main() -> int:
@@ -118,7 +121,8 @@ def main() -> int:
                     apply(model, ours(method, 1 / speedup, args.epochs, args.lr), ctx)
                 model.eval()
                 acc = evaluate(model, splits.test, splits.info)
-                speed = bench_models({"base": base, "pruned": model}, in_shape)
+                speed = bench_models({"base": base, "pruned": model}, in_shape, rounds=5,
+                                     min_seconds=2.0)
                 row = {"model": name, "speedup_target": speedup, "method": method,
                        "epochs": args.epochs, "base_acc": base_acc, "acc": acc,
                        "drop_points": 100 * (base_acc - acc),
