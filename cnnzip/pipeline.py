@@ -81,8 +81,9 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         model = apply(model, config, ctx)
         if kind != "sensitivity":  # removed channels are real; masks and codebooks simulated
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
-                                 realized=kind == "channels"))
-    spec = dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan))
+                                 realized=kind in ("channels", "fold")))
+    spec = dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
+                               folded=(*spec.folded, *ctx.folded))
     start = time.perf_counter()
     round_for_storage(model)
     container = out / "model.cnz"

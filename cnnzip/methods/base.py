@@ -25,6 +25,7 @@ class Context:
         masks: surviving weights by layer name; every later step keeps them.
         notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
         channel_plan: channels removed so far, in order (the architecture's ``channel_plan``).
+        folded: (layer, BatchNorm) pairs folded so far (the architecture's ``folded``).
     """
 
     splits: Splits
@@ -35,6 +36,7 @@ class Context:
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
     channel_plan: list[tuple[str, bool, tuple[int, ...]]] = field(default_factory=list)
+    folded: list[tuple[str, str]] = field(default_factory=list)
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs

@@ -52,6 +52,8 @@ class ModelSpec:
         width: width multiplier for zoo models that take one (None: not applicable).
         channel_plan: channels removed by structured pruning, replayed on the freshly built
             architecture in order: (root layer name, True for output channels, indices).
+        folded: (layer, BatchNorm) pairs folded after the channel plan: each BatchNorm is an
+            identity and its layer has a bias.
     """
 
     name: str
@@ -59,6 +61,7 @@ class ModelSpec:
     num_classes: int = 10
     width: float | None = None
     channel_plan: tuple[tuple[str, bool, tuple[int, ...]], ...] = ()
+    folded: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,10 +71,11 @@ class ModelSpec:
         try:
             plan = tuple((str(root), bool(out), tuple(int(i) for i in idxs))
                          for root, out, idxs in data.get("channel_plan") or ())
+            folded = tuple((str(layer), str(bn)) for layer, bn in data.get("folded") or ())
             return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
                        num_classes=int(data["num_classes"]),
                        width=None if data.get("width") is None else float(data["width"]),
-                       channel_plan=plan)
+                       channel_plan=plan, folded=folded)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model spec {data!r}: {exc}") from None
 
@@ -105,7 +109,7 @@ def _user_factory(target: str) -> Callable[..., nn.Module]:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build a freshly initialised model from its spec, its channel plan replayed.
+    """Build a freshly initialised model from its spec, its channel plan and folds replayed.
 
     A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
     signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
@@ -113,6 +117,14 @@ def build_model(spec: ModelSpec) -> nn.Module:
     model = _build_base(spec)
     if spec.channel_plan:
         _replay(model, spec)
+    if spec.folded:
+        from cnnzip.models.fold import fold_batchnorm
+
+        try:
+            fold_batchnorm(model, spec.folded, weights=False)
+        except ModelError as exc:
+            raise ModelError(f"model {spec.name!r}: the folded BatchNorms do not fit the "
+                             f"architecture ({exc})") from None
     return model
 
 

@@ -12,11 +12,13 @@ import yaml
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.channel import ChannelPrune
+from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
 from cnnzip.methods.share import WeightSharing
 
 STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
-                          "channels": ChannelPrune, "share": WeightSharing}
+                          "channels": ChannelPrune, "fold": FoldBatchNorm,
+                          "share": WeightSharing}
 BUILTIN = Path(__file__).parent
 
 

@@ -83,3 +83,17 @@ def test_same_command_gives_the_same_file(tmp_path, checkpoint, capsys):
         assert main(["compress", str(checkpoint), "--recipe", "deep-compression",
                      "--finetune-epochs", "1", "--quiet", "--out", str(tmp_path / name)]) == 0
     assert (tmp_path / "a" / "model.cnz").read_bytes() == (tmp_path / "b" / "model.cnz").read_bytes()
+
+
+def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, capsys):
+    path = tmp_path / "r.safetensors"
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--dataset", "synthetic",
+                 "--epochs", "1", "--quiet", "--out", str(path)]) == 0
+    out = tmp_path / "o"
+    assert main(["compress", str(path), "--recipe", "channel-prune", "--finetune-epochs", "0",
+                 "--quiet", "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in report["stages"]] == ["channels", "fold", "encode"]
+    assert len(report["notes"]["fold"]["folded"]) == 21
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]

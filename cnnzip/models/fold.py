@@ -1,0 +1,91 @@
+"""BatchNorm folding: the one routine behind the fold step and rebuilding a folded architecture.
+
+A BatchNorm (in eval mode an affine map per channel) that reads nothing but the output of a
+convolution or linear layer, which nothing else reads, folds exactly into that layer's weights
+and bias; the BatchNorm becomes an identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.fx
+from torch import nn
+
+from cnnzip.errors import ModelError
+
+FoldPair = tuple[str, str]  # (conv or linear layer, the BatchNorm folded into it)
+_PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d), (nn.Linear, nn.BatchNorm1d))
+
+
+def _symbolic(model: nn.Module) -> torch.fx.Graph:
+    try:
+        return torch.fx.symbolic_trace(model).graph
+    except Exception as exc:  # tracing runs the user's forward: report it as the model's
+        raise ModelError(f"cannot trace the model to find BatchNorms to fold: "
+                         f"{type(exc).__name__}: {exc}") from None
+
+
+def foldable_pairs(model: nn.Module) -> list[FoldPair]:
+    """Every (layer, BatchNorm) of ``model`` that folds exactly, in execution order."""
+    graph = _symbolic(model)
+    modules = dict(model.named_modules())
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or not node.args:
+            continue
+        bn, src = modules[node.target], node.args[0]
+        if not (isinstance(src, torch.fx.Node) and src.op == "call_module"):
+            continue
+        layer = modules[src.target]
+        if not any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS):
+            continue
+        if bn.running_mean is None or len(src.users) != 1 or calls[src.target] != 1 \
+                or calls[node.target] != 1:
+            continue
+        pairs.append((src.target, node.target))
+    return pairs
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, attr, module)
+
+
+def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...], *,
+                   weights: bool = True) -> None:
+    """Fold each pair's BatchNorm into its layer and replace it with ``nn.Identity``.
+
+    Args:
+        model: changed in place.
+        pairs: from :func:`foldable_pairs` (or a spec's ``folded``, when rebuilding).
+        weights: False changes only the structure (a bias where the layer had none), for a
+            model whose folded weights are loaded afterwards.
+
+    Raises:
+        ModelError: a pair that names no such layer or BatchNorm, or whose sizes differ.
+    """
+    modules = dict(model.named_modules())
+    for layer_name, bn_name in pairs:
+        layer, bn = modules.get(layer_name), modules.get(bn_name)
+        if not any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS):
+            raise ModelError(f"cannot fold {bn_name!r} into {layer_name!r}: not a conv or "
+                             "linear layer followed by its BatchNorm")
+        out = layer.weight.shape[0]
+        if bn.num_features != out:
+            raise ModelError(f"cannot fold {bn_name!r} ({bn.num_features} channels) into "
+                             f"{layer_name!r} ({out} outputs)")
+        with torch.no_grad():
+            bias = layer.bias if layer.bias is not None else torch.zeros(out)
+            if weights:
+                scale = torch.rsqrt(bn.running_var + bn.eps)
+                if bn.weight is not None:
+                    scale = scale * bn.weight
+                shift = bn.bias if bn.bias is not None else torch.zeros(out)
+                layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
+                bias = (bias - bn.running_mean) * scale + shift
+            layer.bias = nn.Parameter(bias.detach().clone())
+        _set_module(model, bn_name, nn.Identity())
