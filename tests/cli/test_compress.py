@@ -53,7 +53,8 @@ def test_channel_prune_writes_a_smaller_dense_container_that_reloads(tmp_path, c
                  "0.6", "--finetune-epochs", "0", "--quiet", "--json", "--out", str(out)])
     report = json.loads(capsys.readouterr().out)
     assert code == 0
-    assert report["recipe_overrides"] == ["channels.target_macs=0.6", "channels.target_params=null"]
+    assert report["recipe_overrides"] == ["channels.target_macs=0.6",
+                                          "channels.target_params=null"]
     assert report["compressed"]["macs"] <= 0.6 * report["baseline"]["macs"]
     assert report["compressed"]["params"] < report["baseline"]["params"]
     assert report["stages"][0]["realized"]
