@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 from cnnzip.pipeline import compress
+from common import baselines
 
-BASELINES = Path(__file__).parent / "baselines"
 TARGET_RATIO = {"lenet300": 40.0, "lenet5-caffe": 40.0}
 OVERRIDES = {
     "lenet5-caffe": ["sensitivity.target_sparsity=0.92", "prune.epochs=20"],
@@ -44,12 +43,7 @@ def main() -> int:
                         "the per-model ones")
     args = parser.parse_args()
     rows = []
-    for model in args.models:
-        checkpoint = BASELINES / f"{model}-fashion-mnist.safetensors"
-        if not checkpoint.is_file():
-            print(f"skip {model}: no baseline at {checkpoint} (bash benchmarks/baselines/train.sh "
-                  f"{model})", file=sys.stderr)
-            continue
+    for model, checkpoint in baselines(args.models):
         for recipe in args.recipes:
             start = time.perf_counter()
             overrides = (*OVERRIDES.get(model, ()), *args.overrides)

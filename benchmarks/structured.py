@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -42,8 +41,8 @@ from cnnzip.methods.base import Context, apply, finetune
 from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
 from cnnzip.models import load_checkpoint
 from cnnzip.train import evaluate
+from common import baselines
 
-BASELINES = Path(__file__).parent / "baselines"
 MAX_RATIO = 0.9
 TP_STEPS = 400
 
@@ -99,12 +98,7 @@ def main() -> int:
     in_shape = tuple(splits.info.in_shape)
     methods = ([] if args.no_torch_pruning else ["torch-pruning"]) + list(args.configs)
     rows = []
-    for name in args.models:
-        path = BASELINES / f"{name}-fashion-mnist.safetensors"
-        if not path.is_file():
-            print(f"skip {name}: no baseline at {path} (bash benchmarks/baselines/train.sh "
-                  f"{name})", file=sys.stderr)
-            continue
+    for name, path in baselines(args.models):
         base = load_checkpoint(path).model.eval()
         base_acc = evaluate(base, splits.test, splits.info)
         base_macs = metrics.count_macs(base, in_shape)
