@@ -72,12 +72,26 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
               "runtime; removed channels do.", ""]
     channels = report.get("notes", {}).get("channels")
     if channels:
-        lines += ["## Channels removed", "",
-                  f"criterion `{channels['criterion']}`, allocation `{channels['allocation']}`",
-                  "", "| group (root layer) | channels | removed | ratio |", "|---|---|---|---|"]
-        lines += [f"| {root} | {g['channels']} | {g['removed']} | {100 * g['ratio']:.0f}% |"
-                  for root, g in channels["groups"].items()]
+        how = f"criterion `{channels['criterion']}`, allocation `{channels['allocation']}`"
+        if channels.get("soft"):
+            how += (", soft pruning (channels re-chosen per epoch: "
+                    f"{channels.get('soft_reselected', [])})")
+        if channels.get("slimming"):
+            how += f", after {channels['slimming']['epochs']} epochs of network slimming"
+        sensitivity = channels.get("sensitivity", {})
+        lines += ["## Channels removed", "", how, "",
+                  "| group (root layer) | channels | removed | ratio |"
+                  + (" validation drop when silenced (pts) |" if sensitivity else ""),
+                  "|---|---|---|---|" + ("---|" if sensitivity else "")]
+        for root, g in channels["groups"].items():
+            row = f"| {root} | {g['channels']} | {g['removed']} | {100 * g['ratio']:.0f}% |"
+            if sensitivity:
+                row += " " + " / ".join(f"{100 * d:.2f}" for d in sensitivity[root]) + " |"
+            lines.append(row)
         lines.append("")
+        folded = report.get("notes", {}).get("fold", {}).get("folded")
+        if folded:
+            lines += [f"BatchNorms folded into the layers before them: {len(folded)}.", ""]
     lines += [ "## Layers", "",
               "| layer | shape | kept | k×d | code bits raw→coded | index bits raw→coded "
               "| bits/weight all-in | bytes |", "|---|---|---|---|---|---|---|---|"]
