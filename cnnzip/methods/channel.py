@@ -7,23 +7,23 @@ made again after every epoch, and only the final choice is removed."""
 
 from __future__ import annotations
 
-import copy
 import enum
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip import metrics
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, channel_groups, trace
+from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, ranking_keys,
+                                       sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.ops import importance
-from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
+
+__all__ = ["Allocation", "ChannelPrune", "Criterion", "group_scores", "sensitivity_keys"]
 
 
 class Criterion(enum.Enum):
@@ -34,13 +34,6 @@ class Criterion(enum.Enum):
     FPGM = "fpgm"  # distance from the layer's geometric median
     DIRECT_INDIRECT = "direct-indirect"  # own filters and the next layers' weights reading it
     APOZ = "apoz"  # 1 − average percentage of zeros after the channel's ReLU
-
-
-class Allocation(enum.Enum):
-    UNIFORM = "uniform"  # the same fraction of every group
-    GLOBAL = "global"  # one ranking of layer-normalised scores across the model
-    ADAPTIVE = "adaptive"  # one ranking of scores normalised by layer and by model together
-    SENSITIVITY = "sensitivity"  # one ranking of each channel's measured validation cost
 
 
 @dataclass(frozen=True)
@@ -222,169 +215,6 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
     raise CnnzipError(f"channels: criterion {c.value!r} is not implemented")
 
 
-def _ranking_keys(scores: dict[str, torch.Tensor], allocation: Allocation,
-                  global_weight: float) -> dict[str, torch.Tensor]:
-    """Per group, the keys by which channels are ranked across groups (lower goes first)."""
-    if allocation is Allocation.SENSITIVITY:
-        raise CnnzipError("channels: sensitivity keys come from a scan (sensitivity_keys)")
-    if allocation is Allocation.UNIFORM:
-        # rank within the group only: a channel's key is its quantile in its own group
-        return {root: torch.argsort(torch.argsort(s)).float() / len(s)
-                for root, s in scores.items()}
-    local = {root: importance.normalized(s) for root, s in scores.items()}
-    if allocation is Allocation.GLOBAL:
-        return local
-    everything = torch.cat(list(scores.values()))
-    scale = everything.median().clamp_min(1e-12)
-    g = global_weight
-    return {root: local[root].clamp_min(1e-12) ** (1 - g) * (s / scale).clamp_min(1e-12) ** g
-            for root, s in scores.items()}
-
-
-def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
-                     scores: dict[str, torch.Tensor], config: ChannelPrune,
-                     ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
-    """Ranking keys from a sensitivity scan: each group alone loses its lowest-scored
-    ``sensitivity_ratios`` of channels (silenced, which is exact), and a channel's key is the
-    validation accuracy lost when the group is cut down to it (interpolated, non-decreasing,
-    reaching the whole accuracy when every channel goes). Returns the keys and the drops."""
-    samples = config.sensitivity_samples
-    base = ctx.val_accuracy(model, samples)
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
-    keys, table = {}, {}
-    with progress_bar(disable=ctx.quiet) as bar:
-        task = bar.add_task("sensitivity", total=len(groups) * len(config.sensitivity_ratios),
-                            status="")
-        for group in groups:
-            n = group.channels
-            order = torch.argsort(scores[group.root], stable=True)
-            fractions, drops = [0.0], [0.0]
-            for ratio in sorted(config.sensitivity_ratios):
-                k = min(n - 1, max(1, int(round(ratio * n))))
-                silence_channels(group, order[:k].tolist())
-                drops.append(max(drops[-1], base - ctx.val_accuracy(model, samples)))
-                fractions.append(k / n)
-                model.load_state_dict(saved)
-                bar.update(task, advance=1, status=f"{group.root} {ratio:g}: "
-                                                   f"−{100 * drops[-1]:.2f} pts")
-            table[group.root] = drops[1:]
-            fractions.append(1.0)
-            drops.append(max(drops[-1], base))
-            curve = np.interp(np.arange(1, n + 1) / n, fractions, drops)
-            key = torch.empty(n)
-            key[order] = torch.tensor(curve, dtype=torch.float32)
-            keys[group.root] = key
-    return keys, table
-
-
-def channel_costs(model: nn.Module, groups: list[ChannelGroup],
-                  in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """MACs each channel of each group takes part in (the producing layers' share of the
-    channel plus the reading layers' share of it), per root channel."""
-    macs = {s.name: s.macs for s in metrics.layer_stats(model, in_shape)}
-    costs = {}
-    for group in groups:
-        total = 0.0
-        for member in group.members:
-            if member.role == "norm" or member.name not in macs:
-                continue
-            module = member.module
-            out = member.role == "out"
-            width = (module.out_channels if out else module.in_channels) \
-                if isinstance(module, nn.Conv2d) else \
-                (module.out_features if out else module.in_features)
-            total += macs[member.name] * len(member.idxs) / width
-        costs[group.root] = torch.full((group.channels,), total / group.channels)
-    return costs
-
-
-def cost_weighted(keys: dict[str, torch.Tensor], costs: dict[str, torch.Tensor],
-                  power: float) -> dict[str, torch.Tensor]:
-    """Keys divided by each channel's relative cost to ``power`` (importance per MAC)."""
-    if not power:
-        return keys
-    mean = torch.cat(list(costs.values())).mean().clamp_min(1e-12)
-    return {root: k / (costs[root] / mean).clamp_min(1e-6) ** power for root, k in keys.items()}
-
-
-def _order(keys: dict[str, torch.Tensor]) -> list[str]:
-    """Every channel as its group's root name, lowest key first; ties go to the group that has
-    lost the smaller fraction, so equal scores are spread evenly."""
-    entries = []
-    for root, k in keys.items():
-        n = len(k)
-        for rank, value in enumerate(torch.sort(k).values.tolist()):
-            entries.append((value, rank / n, root))
-    return [root for _, _, root in sorted(entries)]
-
-
-def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
-              config: ChannelPrune) -> dict[str, list[int]]:
-    """The lowest-scored channels of each group when the first ``count`` channels of the global
-    ``order`` go; each group keeps at least ``1 - max_ratio`` of its channels, overrides win."""
-    taken = dict.fromkeys(scores, 0)
-    for root in order[:count]:
-        taken[root] += 1
-    out = {}
-    for root, s in scores.items():
-        n = len(s)
-        if root in config.layers:
-            k = int(round(config.layers[root] * n))
-        else:
-            k = min(taken[root], int(config.max_ratio * n))
-        out[root] = torch.argsort(s, stable=True)[:min(k, n - 1)].tolist()
-    return out
-
-
-def _measure(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
-    return metrics.count_params(model) if kind == "params" else metrics.count_macs(model, in_shape)
-
-
-def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor], config: ChannelPrune,
-                  in_shape: tuple[int, ...],
-                  keys: dict[str, torch.Tensor] | None = None) -> dict[str, list[int]]:
-    """The fewest channels, taken in ranking order, whose removal meets the budget (bisection on
-    the count, each candidate measured on a pruned copy). ``keys`` rank channels across groups
-    (default: from the scores and the allocation)."""
-    if keys is None:
-        keys = _ranking_keys(scores, config.allocation, config.global_weight)
-    if config.cost_weight and config.allocation is not Allocation.UNIFORM:
-        graph_groups = channel_groups(model, trace(model, in_shape))
-        keys = cost_weighted(keys, channel_costs(model, graph_groups, in_shape),
-                             config.cost_weight)
-    order = _order(keys)
-    if config.target_macs is None and config.target_params is None:
-        return _removals(scores, order, 0, config)
-    kind = "params" if config.target_params is not None else "macs"
-    fraction = config.target_params if kind == "params" else config.target_macs
-    budget = fraction * _measure(model, in_shape, kind)
-
-    def cost(count: int) -> int:
-        trial = copy.deepcopy(model)
-        remove_channels(trial, trace(trial, in_shape), _removals(scores, order, count, config))
-        return _measure(trial, in_shape, kind)
-
-    lo, hi = 0, len(order)
-    reachable = cost(hi)
-    if reachable > budget:
-        raise CnnzipError(f"channels: cannot keep {kind} within {fraction:g} of the model's: "
-                          f"removing max_ratio={config.max_ratio} of every group still leaves "
-                          f"{reachable:,} of {budget / fraction:,.0f}; raise max_ratio or the "
-                          "target")
-    while lo < hi:  # the smallest count that meets the budget
-        mid = (lo + hi) // 2
-        if cost(mid) <= budget:
-            hi = mid
-        else:
-            lo = mid + 1
-    return _removals(scores, order, hi, config)
-
-
-def _lowest(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, list[int]]:
-    return {root: torch.argsort(s, stable=True)[:counts[root]].tolist()
-            for root, s in scores.items()}
-
-
 def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
            ctx: Context) -> dict[str, torch.Tensor]:
     grads, active = _data_stats(model, groups, config, ctx)
@@ -412,29 +242,29 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         notes["slimming"] = {"weight": config.slimming,
                              "epochs": ctx.epochs(config.slimming_epochs)}
     scores = _score(model, groups, config, ctx)
-    keys = None
-    if config.allocation is Allocation.SENSITIVITY:
-        keys, notes["sensitivity"] = sensitivity_keys(model, groups, scores, config, ctx)
-    removals = plan_removals(model, scores, config, in_shape, keys)
+    keys, allocation_notes = ranking_keys(model, groups, scores, config, ctx)
+    notes.update(allocation_notes)
+    removals = plan_removals(model, scores, keys, config, in_shape)
     if config.soft:
         counts = {root: len(idxs) for root, idxs in removals.items()}
         by_root = {g.root: g for g in groups}
         revived = []
 
+        def silence(recoverable: bool) -> None:
+            for root, idxs in removals.items():
+                silence_channels(by_root[root], idxs, recoverable=recoverable)
+
         def reselect(m: nn.Module, epoch: int) -> None:
             nonlocal removals
-            chosen = _lowest(_score(m, groups, config, ctx), counts)
+            chosen = lowest(_score(m, groups, config, ctx), counts)
             revived.append(sum(len(set(chosen[r]) - set(removals[r])) for r in chosen))
             removals = chosen
-            for root, idxs in removals.items():
-                silence_channels(by_root[root], idxs, recoverable=True)
+            silence(recoverable=True)
 
-        for root, idxs in removals.items():
-            silence_channels(by_root[root], idxs, recoverable=True)
+        silence(recoverable=True)
         finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="soft prune",
                  after_epoch=reselect)
-        for root, idxs in removals.items():
-            silence_channels(by_root[root], idxs)  # exactly zero: removal changes nothing
+        silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
     before = {g.root: g.channels for g in groups}
     ctx.channel_plan.extend(remove_channels(model, graph, removals))

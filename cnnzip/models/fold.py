@@ -17,6 +17,10 @@ FoldPair = tuple[str, str]  # (conv or linear layer, the BatchNorm folded into i
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d), (nn.Linear, nn.BatchNorm1d))
 
 
+def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
+    return any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS)
+
+
 def _symbolic(model: nn.Module) -> torch.fx.Graph:
     try:
         return torch.fx.symbolic_trace(model).graph
@@ -40,8 +44,7 @@ def foldable_pairs(model: nn.Module) -> list[FoldPair]:
         bn, src = modules[node.target], node.args[0]
         if not (isinstance(src, torch.fx.Node) and src.op == "call_module"):
             continue
-        layer = modules[src.target]
-        if not any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS):
+        if not _foldable(modules[src.target], bn):
             continue
         if bn.running_mean is None or len(src.users) != 1 or calls[src.target] != 1 \
                 or calls[node.target] != 1:
@@ -71,7 +74,7 @@ def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...
     modules = dict(model.named_modules())
     for layer_name, bn_name in pairs:
         layer, bn = modules.get(layer_name), modules.get(bn_name)
-        if not any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS):
+        if not _foldable(layer, bn):
             raise ModelError(f"cannot fold {bn_name!r} into {layer_name!r}: not a conv or "
                              "linear layer followed by its BatchNorm")
         out = layer.weight.shape[0]
