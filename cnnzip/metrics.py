@@ -107,6 +107,11 @@ def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]
     return seen
 
 
+def count_layers(model: nn.Module) -> int:
+    """Conv and linear layers (dense or compressed): the network's depth in weight layers."""
+    return sum(_geometry(m) is not None for m in model.modules())
+
+
 def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of one sample (conv and linear layers)."""
     return sum(s.macs for s in layer_stats(model, in_shape))

@@ -65,6 +65,9 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     if tuple(splits.info.in_shape) != tuple(spec.in_shape):
         raise CnnzipError(f"{model_path}: model takes {spec.in_shape} inputs, {dataset} has "
                           f"{splits.info.in_shape}")
+    if spec.replaced and any(kind == "channels" for kind, _ in recipe.steps):
+        raise CnnzipError(f"{model_path}: the model's layers are merged; structured pruning "
+                          "must come before layer merging")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = ckpt.model
@@ -81,9 +84,10 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         model = apply(model, config, ctx)
         if kind != "sensitivity":  # removed channels are real; masks and codebooks simulated
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
-                                 realized=kind in ("channels", "fold")))
+                                 realized=kind in ("channels", "fold", "merge")))
     spec = dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
-                               folded=(*spec.folded, *ctx.folded))
+                               folded=(*spec.folded, *ctx.folded),
+                               replaced=(*spec.replaced, *ctx.replaced))
     start = time.perf_counter()
     round_for_storage(model)
     container = out / "model.cnz"

@@ -26,6 +26,7 @@ class Context:
         notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
         channel_plan: channels removed so far, in order (the architecture's ``channel_plan``).
         folded: (layer, BatchNorm) pairs folded so far (the architecture's ``folded``).
+        replaced: modules replaced by layer merging so far (the architecture's ``replaced``).
     """
 
     splits: Splits
@@ -37,6 +38,7 @@ class Context:
     notes: dict[str, Any] = field(default_factory=dict)
     channel_plan: list[tuple[str, bool, tuple[int, ...]]] = field(default_factory=list)
     folded: list[tuple[str, str]] = field(default_factory=list)
+    replaced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs

@@ -12,6 +12,7 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
+from cnnzip.models.edit import set_module
 from cnnzip.modules import CodebookLayer, prunable_layers
 from cnnzip.modules.codebook import expand
 from cnnzip.ops.cluster import Init, kmeans, to_blocks
@@ -115,11 +116,6 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
     return chosen, table
 
 
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name) if parent_name else model, child, module)
-
-
 @register(WeightSharing)
 def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     layers = {n: m for n, m in prunable_layers(model).items() if not isinstance(m, CodebookLayer)}
@@ -135,7 +131,7 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
         for name, layer in layers.items():
-            _set_module(model, name, share_layer(layer, chosen[name], config.block, config.init,
+            set_module(model, name, share_layer(layer, chosen[name], config.block, config.init,
                                                  ctx.seed))
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}

@@ -12,6 +12,7 @@ import torch.fx
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.models.edit import set_module, symbolic
 
 FoldPair = tuple[str, str]  # (conv or linear layer, the BatchNorm folded into it)
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d), (nn.Linear, nn.BatchNorm1d))
@@ -21,17 +22,9 @@ def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
     return any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS)
 
 
-def _symbolic(model: nn.Module) -> torch.fx.Graph:
-    try:
-        return torch.fx.symbolic_trace(model).graph
-    except Exception as exc:  # tracing runs the user's forward: report it as the model's
-        raise ModelError(f"cannot trace the model to find BatchNorms to fold: "
-                         f"{type(exc).__name__}: {exc}") from None
-
-
 def foldable_pairs(model: nn.Module) -> list[FoldPair]:
     """Every (layer, BatchNorm) of ``model`` that folds exactly, in execution order."""
-    graph = _symbolic(model)
+    graph = symbolic(model, "to find BatchNorms to fold").graph
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -51,11 +44,6 @@ def foldable_pairs(model: nn.Module) -> list[FoldPair]:
             continue
         pairs.append((src.target, node.target))
     return pairs
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, attr = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, attr, module)
 
 
 def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...], *,
@@ -91,4 +79,4 @@ def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...
                 layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
                 bias = (bias - bn.running_mean) * scale + shift
             layer.bias = nn.Parameter(bias.detach().clone())
-        _set_module(model, bn_name, nn.Identity())
+        set_module(model, bn_name, nn.Identity())

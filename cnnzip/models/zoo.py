@@ -54,6 +54,8 @@ class ModelSpec:
             architecture in order: (root layer name, True for output channels, indices).
         folded: (layer, BatchNorm) pairs folded after the channel plan: each BatchNorm is an
             identity and its layer has a bias.
+        replaced: modules replaced by layer merging, after the folds, in order: (qualified
+            name, description of the new module for ``cnnzip.models.merge.construct``).
     """
 
     name: str
@@ -62,6 +64,7 @@ class ModelSpec:
     width: float | None = None
     channel_plan: tuple[tuple[str, bool, tuple[int, ...]], ...] = ()
     folded: tuple[tuple[str, str], ...] = ()
+    replaced: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -72,10 +75,11 @@ class ModelSpec:
             plan = tuple((str(root), bool(out), tuple(int(i) for i in idxs))
                          for root, out, idxs in data.get("channel_plan") or ())
             folded = tuple((str(layer), str(bn)) for layer, bn in data.get("folded") or ())
+            replaced = tuple((str(name), dict(desc)) for name, desc in data.get("replaced") or ())
             return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
                        num_classes=int(data["num_classes"]),
                        width=None if data.get("width") is None else float(data["width"]),
-                       channel_plan=plan, folded=folded)
+                       channel_plan=plan, folded=folded, replaced=replaced)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model spec {data!r}: {exc}") from None
 
@@ -109,7 +113,8 @@ def _user_factory(target: str) -> Callable[..., nn.Module]:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build a freshly initialised model from its spec, its channel plan and folds replayed.
+    """Build a freshly initialised model from its spec, its channel plan, folds and merges
+    replayed.
 
     A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
     signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
@@ -124,6 +129,14 @@ def build_model(spec: ModelSpec) -> nn.Module:
             fold_batchnorm(model, spec.folded, weights=False)
         except ModelError as exc:
             raise ModelError(f"model {spec.name!r}: the folded BatchNorms do not fit the "
+                             f"architecture ({exc})") from None
+    if spec.replaced:
+        from cnnzip.models.merge import replay
+
+        try:
+            replay(model, spec.replaced)
+        except ModelError as exc:
+            raise ModelError(f"model {spec.name!r}: the merged layers do not fit the "
                              f"architecture ({exc})") from None
     return model
 

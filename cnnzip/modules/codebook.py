@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzip.modules.merged import FlatLinear
+
 PRUNABLE = (nn.Conv2d, nn.Linear)
 
 
@@ -93,6 +95,8 @@ class CodebookLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.dense_weight()
         if isinstance(self.layer, nn.Linear):
+            if isinstance(self.layer, FlatLinear):
+                x = x.flatten(1)
             return F.linear(x, weight, self.layer.bias)
         return self.layer._conv_forward(x, weight, self.layer.bias)
 

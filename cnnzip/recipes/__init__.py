@@ -12,12 +12,12 @@ import yaml
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.channel import ChannelPrune
-from cnnzip.methods.merge import FoldBatchNorm
+from cnnzip.methods.merge import FoldBatchNorm, MergeLayers
 from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
 from cnnzip.methods.share import WeightSharing
 
 STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
-                          "channels": ChannelPrune, "fold": FoldBatchNorm,
+                          "channels": ChannelPrune, "fold": FoldBatchNorm, "merge": MergeLayers,
                           "share": WeightSharing}
 BUILTIN = Path(__file__).parent
 

@@ -1,0 +1,476 @@
+"""Layer merging on the traced graph.
+
+Three things live here, because rebuilding a merged architecture needs all of them:
+
+- **Replacements.** Every structural change is "put this module under that name", recorded as
+  ``(name, description)``; ``ModelSpec.replaced`` replays them on a freshly built model, so a
+  merged model saves and reloads without pickle.
+- **Exact merges.** Two linear operations with nothing nonlinear between them (linear∘linear,
+  conv∘conv when the second reads no padding, conv∘average pooling, and a convolution or
+  pooling followed by flatten and a linear layer) become one layer; the second becomes an
+  identity. Each merge is checked against the unmerged model's output.
+- **Candidates.** The nonlinearities whose removal would let layers merge (an activation
+  between two such layers; a max pooling after a convolution, which becomes an average pooling,
+  moving a monotone activation after it) and the residual blocks that can be skipped.
+"""
+
+from __future__ import annotations
+
+import copy
+import operator
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.fx
+from torch import nn
+
+from cnnzip.errors import ModelError
+from cnnzip.models.edit import set_module, symbolic
+from cnnzip.modules.merged import FlatLinear, Linearizing
+from cnnzip.ops.compose import average_kernel, compose_conv, compose_linear
+
+Replacement = tuple[str, dict[str, Any]]
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
+               nn.Tanh, nn.Sigmoid)
+MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)  # commute with max pooling
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _pool_args(m: nn.Module) -> dict[str, Any]:
+    return {"kernel": list(_pair(m.kernel_size)),
+            "stride": list(_pair(m.stride if m.stride is not None else m.kernel_size))}
+
+
+_DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
+    nn.Identity: lambda m: {},
+    nn.ReLU: lambda m: {},
+    nn.ReLU6: lambda m: {},
+    nn.LeakyReLU: lambda m: {"negative_slope": m.negative_slope},
+    nn.MaxPool2d: _pool_args,
+    nn.AvgPool2d: _pool_args,
+    nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
+    FlatLinear: lambda m: {"in": m.in_features, "out": m.out_features,
+                           "bias": m.bias is not None},
+    nn.Conv2d: lambda m: {"in": m.in_channels, "out": m.out_channels,
+                          "kernel": list(m.kernel_size), "stride": list(m.stride),
+                          "padding": list(m.padding), "bias": m.bias is not None},
+}
+_CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "Identity": lambda d: nn.Identity(),
+    "ReLU": lambda d: nn.ReLU(),
+    "ReLU6": lambda d: nn.ReLU6(),
+    "LeakyReLU": lambda d: nn.LeakyReLU(float(d["negative_slope"])),
+    "MaxPool2d": lambda d: nn.MaxPool2d(_pair(d["kernel"]), _pair(d["stride"])),
+    "AvgPool2d": lambda d: nn.AvgPool2d(_pair(d["kernel"]), _pair(d["stride"])),
+    "Linear": lambda d: nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
+    "FlatLinear": lambda d: FlatLinear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
+    "Conv2d": lambda d: nn.Conv2d(int(d["in"]), int(d["out"]), _pair(d["kernel"]),
+                                  _pair(d["stride"]), _pair(d["padding"]),
+                                  bias=bool(d["bias"])),
+}
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """The JSON description that :func:`construct` turns back into an equal (untrained) module."""
+    try:
+        return {"type": type(module).__name__, **_DESCRIBE[type(module)](module)}
+    except KeyError:
+        raise ModelError(f"cannot record a {type(module).__name__} in a merged "
+                         "architecture") from None
+
+
+def construct(desc: dict[str, Any]) -> nn.Module:
+    try:
+        return _CONSTRUCT[desc["type"]](desc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"malformed layer description {desc!r} ({exc})") from None
+
+
+def replace(model: nn.Module, name: str, module: nn.Module, log: list[Replacement]) -> None:
+    """Put ``module`` under ``name`` and record it in ``log``."""
+    set_module(model, name, module)
+    log.append((name, describe(module)))
+
+
+def replay(model: nn.Module, replaced: tuple[Replacement, ...] | list[Replacement]) -> None:
+    """Apply recorded replacements to a freshly built model (structure only)."""
+    for name, desc in replaced:
+        set_module(model, name, construct(desc))
+
+
+# --- the traced graph ---------------------------------------------------------------------------
+
+@dataclass
+class _Graph:
+    graph: torch.fx.Graph
+    modules: dict[str, nn.Module]
+    calls: dict[str, int]
+
+    def module(self, node: Any) -> nn.Module | None:
+        if isinstance(node, torch.fx.Node) and node.op == "call_module":
+            return self.modules[node.target]
+        return None
+
+    def once(self, node: torch.fx.Node) -> bool:
+        """Called once in the graph, and its output read by one node."""
+        return self.calls.get(node.target, 0) == 1 and len(node.users) == 1
+
+    def next(self, node: torch.fx.Node) -> torch.fx.Node | None:
+        """The one node reading ``node`` (through identities), or None."""
+        while len(node.users) == 1:
+            (user,) = node.users
+            if not isinstance(self.module(user), nn.Identity):
+                return user
+            node = user
+        return None
+
+    def prev(self, node: torch.fx.Node) -> torch.fx.Node | None:
+        """The node ``node`` reads (through identities) when that is its only reader."""
+        src = node.args[0] if node.args else None
+        while isinstance(self.module(src), nn.Identity) and len(src.users) == 1:
+            src = src.args[0]
+        return src if isinstance(src, torch.fx.Node) and len(src.users) == 1 else None
+
+
+def _trace(model: nn.Module, in_shape: tuple[int, ...], purpose: str) -> _Graph:
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    gm = symbolic(model, purpose)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(1, *in_shape))
+    finally:
+        model.train(was_training)
+    calls: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    return _Graph(gm.graph, dict(model.named_modules()), calls)
+
+
+def _shape(node: torch.fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
+    numel = 1
+    for v in out_shape:
+        numel *= v
+    if isinstance(module, nn.Linear):
+        return numel // module.out_features * module.in_features * module.out_features
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return numel * module.in_channels // module.groups * kh * kw
+    return 0
+
+
+# --- exact merges -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Merge:
+    """Layers that become one: ``names[0]`` gets ``module``, the others become identities."""
+
+    names: tuple[str, ...]
+    module: nn.Module
+    macs_before: int
+    macs_after: int
+
+    def describe(self) -> str:
+        return f"{' + '.join(self.names)} → {type(self.module).__name__} " \
+               f"({self.macs_before:,} → {self.macs_after:,} MACs)"
+
+
+def _plain_conv(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.groups == 1 and tuple(m.dilation) == (1, 1)
+            and m.padding_mode == "zeros" and not isinstance(m.padding, str))
+
+
+def _plain_pool(m: nn.Module) -> bool:
+    return (type(m) is nn.AvgPool2d and _pair(m.padding) == (0, 0) and not m.ceil_mode
+            and m.divisor_override is None)
+
+
+def _flatten_to_linear(g: _Graph, node: torch.fx.Node) -> torch.fx.Node | None:
+    """The Linear reached from ``node`` through one ``nn.Flatten(1)``, or None."""
+    flat = g.module(node)
+    if not (isinstance(flat, nn.Flatten) and flat.start_dim == 1 and flat.end_dim == -1
+            and g.once(node)):
+        return None
+    nxt = g.next(node)
+    return nxt if type(g.module(nxt)) is nn.Linear and g.once(nxt) else None
+
+
+def _affine_probe(fn: Callable[[torch.Tensor], torch.Tensor], in_shape: tuple[int, ...],
+                  dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight (out, in) and bias of an affine ``fn`` over flattened inputs of ``in_shape``."""
+    n = 1
+    for v in in_shape:
+        n *= v
+    with torch.no_grad():
+        bias = fn(torch.zeros(1, *in_shape, dtype=dtype)).reshape(-1)
+        basis = torch.eye(n, dtype=dtype).reshape(n, *in_shape)
+        weight = (fn(basis).reshape(n, -1) - bias).T
+    return weight.contiguous(), bias
+
+
+def _plan(g: _Graph, node: torch.fx.Node) -> Merge | str:
+    """The exact merge that starts at ``node``'s module, or why there is none."""
+    a = g.module(node)
+    name = node.target if node.op == "call_module" else node.name
+    if a is None or not g.once(node):
+        return f"{name!r} is not a module called once whose output one layer reads"
+    nxt = g.next(node)
+    b = g.module(nxt)
+    if b is None:
+        what = "several layers" if len(node.users) > 1 else f"{nxt.name!r}" if nxt else "nothing"
+        return f"{name!r} is read by {what}, not by one layer it merges with"
+    if not g.once(nxt):
+        return f"{nxt.target!r} is called more than once or read by several layers"
+    b_name, out = nxt.target, _shape(nxt)
+    with torch.no_grad():
+        if isinstance(a, nn.Linear) and type(b) in (nn.Linear, FlatLinear):
+            if type(b) is FlatLinear and len(_shape(node)) != 2:
+                return f"{b_name!r} flattens {name!r}'s output, which is not (batch, features)"
+            w, bias = compose_linear(a.weight, a.bias, b.weight, b.bias)
+            merged = type(a)(a.in_features, b.out_features)
+            merged.weight.copy_(w)
+            merged.bias.copy_(bias)
+            return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
+                         _macs(merged, out))
+        if _plain_conv(a) and (_plain_conv(b) or _plain_pool(b)):
+            if _plain_conv(b) and _pair(b.padding) != (0, 0):
+                return f"{b_name!r} pads its input: a merged kernel would read real inputs " \
+                       "where it reads zeros"
+            if _plain_conv(b):
+                w2, b2, s2 = b.weight, b.bias, _pair(b.stride)
+            else:
+                k = _pair(b.kernel_size)
+                w2 = average_kernel(a.out_channels, k, a.weight.dtype)
+                b2, s2 = None, _pair(b.stride if b.stride is not None else b.kernel_size)
+            w, bias, stride = compose_conv(a.weight, a.bias, _pair(a.stride), w2, b2, s2)
+            merged = nn.Conv2d(a.in_channels, w.shape[0], tuple(w.shape[2:]), stride,
+                               _pair(a.padding))
+            merged.weight.copy_(w)
+            merged.bias.copy_(bias)
+            return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
+                         _macs(merged, out))
+        lin = _flatten_to_linear(g, nxt)
+        if isinstance(a, (nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and lin is not None:
+            c = g.module(lin)
+            in_shape = _shape(node.args[0])[1:]
+
+            def chain(x: torch.Tensor) -> torch.Tensor:
+                return c(b(a(x)))
+            w, bias = _affine_probe(chain, in_shape, c.weight.dtype)
+            merged = FlatLinear(w.shape[1], w.shape[0])
+            merged.weight.copy_(w)
+            merged.bias.copy_(bias)
+            out = _shape(lin)
+            return Merge((name, b_name, lin.target), merged,
+                         _macs(a, _shape(node)) + _macs(c, out), _macs(merged, out))
+    return f"{name!r} ({type(a).__name__}) is followed by {b_name!r} ({type(b).__name__}), " \
+           "not a layer it merges with exactly"
+
+
+def _check(before: torch.Tensor, model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
+    with torch.no_grad():
+        after = model(x)
+    scale = float(before.abs().max()) + 1e-6
+    err = float((after - before).abs().max())
+    if err > 1e-4 * scale:
+        raise ModelError(f"merging {what} changed the output by {err:.3g} (of {scale:.3g}); "
+                         "not an exact merge")
+    return after
+
+
+def _apply(model: nn.Module, merge: Merge, log: list[Replacement]) -> None:
+    replace(model, merge.names[0], merge.module, log)
+    for other in merge.names[1:]:
+        replace(model, other, nn.Identity(), log)
+
+
+def merge_layers(model: nn.Module, first: str, in_shape: tuple[int, ...],
+                 log: list[Replacement] | None = None) -> Merge:
+    """Merge module ``first`` with the layer that reads its output, exactly.
+
+    Raises:
+        ModelError: no such module, or the pattern does not merge exactly (a nonlinearity or a
+            padded convolution between, an output read twice, ...).
+    """
+    g = _trace(model, in_shape, "to merge layers")
+    nodes = [n for n in g.graph.nodes if n.op == "call_module" and n.target == first]
+    if not nodes:
+        raise ModelError(f"cannot merge {first!r}: the model has no such module in its forward")
+    plan = _plan(g, nodes[0])
+    if isinstance(plan, str):
+        raise ModelError(f"cannot merge {first!r}: {plan}")
+    x = torch.randn(4, *in_shape, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    _apply(model, plan, log if log is not None else [])
+    _check(before, model, x, plan.describe())
+    return plan
+
+
+def find_merges(model: nn.Module, in_shape: tuple[int, ...], *,
+                only_smaller: bool = True) -> list[Merge]:
+    """Every exact merge available now (each from a different first layer); with
+    ``only_smaller``, only those that do not add MACs."""
+    g = _trace(model, in_shape, "to find layers to merge")
+    plans = [_plan(g, n) for n in g.graph.nodes if n.op == "call_module"]
+    return [p for p in plans if isinstance(p, Merge)
+            and (not only_smaller or p.macs_after <= p.macs_before)]
+
+
+def merge_all(model: nn.Module, in_shape: tuple[int, ...], log: list[Replacement], *,
+              only_smaller: bool = True) -> list[Merge]:
+    """Merge until nothing merges (chains merge pair by pair), checking each merge against the
+    previous output; returns the merges in order."""
+    x = torch.randn(4, *in_shape, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    done: list[Merge] = []
+    while True:
+        merges = find_merges(model, in_shape, only_smaller=only_smaller)
+        if not merges:
+            return done
+        _apply(model, merges[0], log)
+        out = _check(out, model, x, merges[0].describe())
+        done.append(merges[0])
+
+
+# --- candidates: nonlinearities and blocks whose removal merges or removes layers ------------
+
+@dataclass(frozen=True)
+class Candidate:
+    """A nonlinearity to linearize or a block to skip.
+
+    Attributes:
+        kind: "activation" (becomes the identity), "pool" (max → average pooling) or "block"
+            (a residual block replaced by its shortcut, the identity).
+        name: the module.
+        swap: for a pool, the monotone activation between the convolution and the pool, which
+            moves after the pool (exact: they commute) so the pooling meets the convolution.
+    """
+
+    kind: str
+    name: str
+    swap: str | None = None
+
+
+def _is_residual(module: nn.Module) -> bool:
+    """Whether ``module``'s forward adds its own input to something (through identities)."""
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:  # not traceable alone: not a candidate
+        return False
+    modules = dict(module.named_modules())
+    inputs = [n for n in graph.nodes if n.op == "placeholder"]
+    if len(inputs) != 1:
+        return False
+
+    def source(arg: Any) -> Any:
+        while isinstance(arg, torch.fx.Node) and arg.op == "call_module" \
+                and isinstance(modules.get(arg.target), nn.Identity):
+            arg = arg.args[0]
+        return arg
+
+    adds = [n for n in graph.nodes
+            if (n.op == "call_function" and n.target in (operator.add, torch.add))
+            or (n.op == "call_method" and n.target in ("add", "add_"))]
+    return any(source(a) is inputs[0] for n in adds for a in n.args)
+
+
+def _same_shape_modules(model: nn.Module, in_shape: tuple[int, ...]) -> set[str]:
+    """Modules called exactly once whose output has its input's shape."""
+    seen: dict[str, list[bool]] = {}
+    handles = []
+    for name, m in model.named_modules():
+        if name:
+            def hook(_m: nn.Module, args: Any, out: Any, name: str = name) -> None:
+                same = bool(args) and isinstance(out, torch.Tensor) \
+                    and isinstance(args[0], torch.Tensor) and args[0].shape == out.shape
+                seen.setdefault(name, []).append(same)
+            handles.append(m.register_forward_hook(hook))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, *in_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name for name, calls in seen.items() if calls == [True]}
+
+
+def linearize(model: nn.Module, cand: Candidate, log: list[Replacement], *,
+              gradual: bool = False) -> None:
+    """Replace a candidate by its linear counterpart, or (``gradual``) by a
+    :class:`Linearizing` blend that :func:`finish_linearizing` settles later."""
+    modules = dict(model.named_modules())
+    if cand.kind == "block":
+        replace(model, cand.name, nn.Identity(), log)
+        return
+    module = modules[cand.name]
+    if cand.kind == "activation":
+        linear: nn.Module = nn.Identity()
+    else:
+        linear = nn.AvgPool2d(module.kernel_size, module.stride)
+    target = cand.name
+    if cand.swap is not None:  # act → pool becomes pool → act, exactly
+        replace(model, cand.name, modules[cand.swap], log)
+        target = cand.swap
+    if gradual:
+        set_module(model, target, Linearizing(module, linear))
+    else:
+        replace(model, target, linear, log)
+
+
+def finish_linearizing(model: nn.Module, log: list[Replacement]) -> None:
+    """Replace every :class:`Linearizing` by its linear counterpart (exact once t = 1)."""
+    for name, m in list(model.named_modules()):
+        if isinstance(m, Linearizing):
+            replace(model, name, m.linear, log)
+
+
+def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candidate, int]]:
+    """Every nonlinearity whose removal enables an exact merge that does not add MACs, and every
+    residual block that can be skipped, with the weight layers each removes."""
+    g = _trace(model, in_shape, "to find layers to merge")
+    base = len(find_merges(model, in_shape))
+    found: list[tuple[Candidate, int]] = []
+    for node in g.graph.nodes:
+        m = g.module(node)
+        if m is None or g.calls.get(node.target) != 1:
+            continue
+        cand = None
+        if type(m) in ACTIVATIONS:
+            cand = Candidate("activation", node.target)
+        elif type(m) is nn.MaxPool2d and _pair(m.padding) == (0, 0) \
+                and _pair(m.dilation) == (1, 1) and not m.ceil_mode:
+            prev = g.prev(node)
+            swap = g.module(prev)
+            cand = Candidate("pool", node.target,
+                             prev.target if type(swap) in MONOTONE and g.once(prev) else None)
+        if cand is None:
+            continue
+        trial = copy.deepcopy(model)
+        linearize(trial, cand, [])
+        gained = len(find_merges(trial, in_shape)) - base
+        if gained > 0:  # an activation's merges each remove a layer; a pool's, only the pool
+            found.append((cand, gained if cand.kind == "activation" else 0))
+    same = _same_shape_modules(model, in_shape)
+    weight_layers = (nn.Conv2d, nn.Linear)
+    for name, m in model.named_modules():
+        if name in same and not isinstance(m, weight_layers) \
+                and any(isinstance(x, weight_layers) for x in m.modules()) and _is_residual(m):
+            found.append((Candidate("block", name),
+                          sum(isinstance(x, weight_layers) for x in m.modules())))
+    return found
