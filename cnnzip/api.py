@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
+from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.models import (ModelSpec, build_model, load_checkpoint, resolve_spec,
@@ -19,8 +20,8 @@ from cnnzip.models.checkpoint import assert_finite
 from cnnzip.pipeline import compress
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["bench_files", "compress", "evaluate_file", "inspect_file", "inspect_model",
-           "inspect_name", "load_model", "train_baseline"]
+__all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "inspect_file",
+           "inspect_model", "inspect_name", "load_model", "runtime_name", "train_baseline"]
 
 
 def input_record(splits: Splits) -> dict[str, Any]:
@@ -114,27 +115,6 @@ def inspect_name(name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_cl
     """``inspect_model`` of a freshly built zoo or user model."""
     spec = resolve_spec(name, in_shape, num_classes, width)
     return inspect_model(build_model(spec), spec)
-
-
-def bench_models(models: dict[str, nn.Module], in_shape: tuple[int, ...], *,
-                 batch_size: int = 256, rounds: int = 3,
-                 min_seconds: float = 1.0) -> dict[str, float]:
-    """Images per second of each model, timed alternately in this process and runtime.
-
-    Each model is timed ``rounds`` times, in turn, and its best round counts (the least
-    disturbed by other work on the machine).
-    """
-    best = dict.fromkeys(models, 0.0)
-    for _ in range(rounds):
-        for key, model in models.items():
-            best[key] = max(best[key], metrics.throughput(model.eval(), in_shape,
-                                                          batch_size=batch_size,
-                                                          min_seconds=min_seconds))
-    return best
-
-
-def runtime_name() -> str:
-    return f"pytorch {torch.__version__} cpu, {torch.get_num_threads()} threads"
 
 
 def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int = 256,

@@ -145,3 +145,24 @@ def throughput(model: nn.Module, in_shape: tuple[int, ...], *, batch_size: int =
             times.append(time.perf_counter() - t0)
     times.sort()
     return batch_size / times[len(times) // 2]
+
+
+def bench_models(models: dict[str, nn.Module], in_shape: tuple[int, ...], *,
+                 batch_size: int = 256, rounds: int = 3,
+                 min_seconds: float = 1.0) -> dict[str, float]:
+    """Images per second of each model, timed alternately in this process and runtime.
+
+    Each model is timed ``rounds`` times, in turn, and its best round counts (the least
+    disturbed by other work on the machine).
+    """
+    best = dict.fromkeys(models, 0.0)
+    for _ in range(rounds):
+        for key, model in models.items():
+            best[key] = max(best[key], throughput(model.eval(), in_shape,
+                                                  batch_size=batch_size,
+                                                  min_seconds=min_seconds))
+    return best
+
+
+def runtime_name() -> str:
+    return f"pytorch {torch.__version__} cpu, {torch.get_num_threads()} threads"

@@ -19,8 +19,8 @@ from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
-from cnnzip.models import load_checkpoint
-from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.models import ModelSpec, load_checkpoint
+from cnnzip.modules import CodebookLayer, materialize, prunable_layers
 from cnnzip.recipes import Recipe, load_recipe
 from cnnzip.report import dense_rows, layer_rows, write_report
 from cnnzip.train import evaluate
@@ -31,8 +31,33 @@ def _stage(name: str, model: nn.Module, ctx: Context, in_shape: tuple[int, ...],
     splits = ctx.splits
     return {"name": name, "accuracy": evaluate(model, splits.test, splits.info),
             "val_accuracy": ctx.val_accuracy(model), "nonzero_params": metrics.count_nonzero(model),
-            "macs": metrics.count_macs(model, in_shape), "seconds": round(seconds, 2),
-            "realized": realized}
+            "macs": metrics.count_macs(model, in_shape), "layers": metrics.count_layers(model),
+            "seconds": round(seconds, 2), "realized": realized}
+
+
+def _speed(model: nn.Module, teacher: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Throughput of ``model`` (codebooks materialised) and its speed-up over the original,
+    both timed now in this process (batch 256)."""
+    speed = metrics.bench_models({"baseline": teacher, "stage": materialize(model)}, in_shape,
+                                 rounds=2, min_seconds=0.5)
+    return {"images_per_s": round(speed["stage"]),
+            "speedup": speed["stage"] / speed["baseline"]}
+
+
+def _shipped(model: nn.Module, teacher: nn.Module, spec: ModelSpec, path: Path) -> dict[str, Any]:
+    """A stage's model as the user would ship it: the bytes of its container (written to
+    ``path`` and removed) and its measured speed."""
+    shipped = round_for_storage(copy.deepcopy(model))
+    encode_file(path, shipped, spec)
+    size = path.stat().st_size
+    path.unlink()
+    return {"bytes": size, **_speed(shipped, teacher, tuple(spec.in_shape))}
+
+
+def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
+    return dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
+                               folded=(*spec.folded, *ctx.folded),
+                               replaced=(*spec.replaced, *ctx.replaced))
 
 
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
@@ -85,9 +110,9 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         if kind != "sensitivity":  # removed channels are real; masks and codebooks simulated
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
                                  realized=kind in ("channels", "fold", "merge")))
-    spec = dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
-                               folded=(*spec.folded, *ctx.folded),
-                               replaced=(*spec.replaced, *ctx.replaced))
+            stages[-1].update(_shipped(model, teacher, _spec_so_far(spec, ctx),
+                                       out / ".stage.cnz"))
+    spec = _spec_so_far(spec, ctx)
     start = time.perf_counter()
     round_for_storage(model)
     container = out / "model.cnz"
@@ -96,6 +121,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     stages.append(_stage("encode", decoded, ctx, spec.in_shape, time.perf_counter() - start,
                          realized=True))
     size = container.stat().st_size
+    stages[-1].update(bytes=size, **_speed(copy.deepcopy(decoded), teacher,
+                                           tuple(spec.in_shape)))
     final = stages[-1]
     report = {
         "model": spec.name, "dataset": dataset, "recipe": recipe.name,

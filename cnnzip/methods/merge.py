@@ -9,6 +9,8 @@ counterpart), then merges the now-linear neighbours exactly. The network gets sh
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,28 +39,33 @@ class FoldBatchNorm:
 class MergeLayers:
     """Remove the least essential nonlinearities and residual blocks, then merge exactly.
 
-    Candidates are taken greedily, the one whose removal keeps the highest validation accuracy
-    first (each round re-scores the rest with the earlier choices applied).
+    Candidates are taken greedily, each round re-scoring the rest with the earlier choices
+    applied (validation accuracy before retraining, MACs and layers after merging).
 
     Attributes:
         activations: consider activations and max poolings (a pooling becomes an average
             pooling and merges into the convolution before it).
         blocks: consider skipping residual blocks.
-        max_drop: stop when the next removal would leave the model (before retraining) more
-            than this validation accuracy (a fraction) below the original.
-        target_layers: instead, remove candidates until this fraction of the conv and linear
-            layers is gone (the least essential first).
+        max_drop: without a target, take the least essential candidates until the next would
+            leave the model (before retraining) more than this validation accuracy (a fraction)
+            below the original.
+        target_macs: remove candidates, the least accuracy lost per MAC saved first, until the
+            merged model keeps at most this fraction of the MACs.
+        target_layers: remove candidates, the least accuracy lost per layer first, until this
+            fraction of the conv and linear layers is gone.
         include: module names always removed when they are candidates.
         exclude: module names never removed.
         samples: validation images per measurement.
-        epochs: fine-tuning epochs with distillation, during which nonlinearities fade out.
-        ramp: the fraction of fine-tuning over which they fade (then it trains the linear form).
+        epochs: fine-tuning epochs with distillation: nonlinearities fade out during the first
+            ``ramp`` of them, then the layers merge and the rest train the merged model.
+        ramp: the fraction of the epochs over which nonlinearities fade out.
         lr: fine-tuning peak learning rate.
     """
 
     activations: bool = True
     blocks: bool = True
     max_drop: float = 0.02
+    target_macs: float | None = None
     target_layers: float | None = None
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -70,6 +77,11 @@ class MergeLayers:
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_drop <= 1.0:
             raise CnnzipError(f"merge: max_drop is a fraction in [0, 1]; got {self.max_drop}")
+        if self.target_macs is not None and self.target_layers is not None:
+            raise CnnzipError("merge: give target_macs or target_layers, not both")
+        if self.target_macs is not None and not 0.0 < self.target_macs < 1.0:
+            raise CnnzipError("merge: target_macs is the fraction of MACs to keep, in (0, 1); "
+                              f"got {self.target_macs}")
         if self.target_layers is not None and not 0.0 < self.target_layers < 1.0:
             raise CnnzipError("merge: target_layers is the fraction of layers to remove, in "
                               f"(0, 1); got {self.target_layers}")
@@ -101,38 +113,66 @@ def _allowed(cand: Candidate, config: MergeLayers) -> bool:
     return (wanted or cand.name in config.include) and cand.name not in config.exclude
 
 
+def _merged(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, int]:
+    """MACs and conv/linear layers of ``model`` once everything that merges has merged."""
+    merged = copy.deepcopy(model)
+    merge_all(merged, in_shape, [])
+    return metrics.count_macs(merged, in_shape), metrics.count_layers(merged)
+
+
 def _select(model: nn.Module, config: MergeLayers, ctx: Context,
             in_shape: tuple[int, ...]) -> tuple[list[Candidate], list[dict[str, Any]]]:
-    """Greedy choice: each round scores every remaining candidate with the earlier choices
-    applied, and takes the one that keeps the most validation accuracy."""
+    """Greedy choice: each round removes every remaining candidate in turn (with the earlier
+    choices applied), measures validation accuracy and the MACs and layers left after merging,
+    and takes the cheapest: the least accuracy lost per MAC saved (``target_macs``), per layer
+    removed (``target_layers``), or simply the least accuracy lost (``max_drop``)."""
     base = ctx.val_accuracy(model, config.samples)
-    total = metrics.count_layers(model)
-    trial, chosen, rounds, removed = copy.deepcopy(model), [], [], 0
+    macs0, layers0 = _merged(model, in_shape)
+    macs, layers = macs0, layers0
+    trial, chosen, rounds = copy.deepcopy(model), [], []
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("merge: scoring", total=None, status="")
         while True:
-            found = [(c, n) for c, n in candidates(trial, in_shape) if _allowed(c, config)]
-            if not found:
-                break
+            met = (config.target_macs is not None and macs <= config.target_macs * macs0) or \
+                (config.target_layers is not None
+                 and layers0 - layers >= config.target_layers * layers0)
             scored = []
-            for cand, layers in found:
+            for cand, _ in candidates(trial, in_shape):
+                if not _allowed(cand, config):
+                    continue
                 probe = copy.deepcopy(trial)
                 linearize(probe, cand, [])
-                scored.append((ctx.val_accuracy(probe, config.samples), layers, cand))
+                acc = ctx.val_accuracy(probe, config.samples)
+                scored.append((cand, acc, *_merged(probe, in_shape)))
                 bar.advance(task)
-            forced = [s for s in scored if s[2].name in config.include]
-            acc, layers, cand = max(forced or scored, key=lambda s: (s[0], s[1]))
-            if not forced:
+            forced = [s for s in scored if s[0].name in config.include]
+            if met:
+                scored = []
+            elif config.target_macs is not None:
+                scored = [s for s in scored if s[2] < macs]
+            elif config.target_layers is not None:
+                scored = [s for s in scored if s[3] < layers]
+            if not (forced or scored):
+                break
+
+            def cost(s: tuple[Candidate, float, int, int]) -> float:
+                loss = base - s[1]
+                if config.target_macs is not None:
+                    return loss / max(macs - s[2], 1)
                 if config.target_layers is not None:
-                    if removed >= config.target_layers * total:
-                        break
-                elif base - acc > config.max_drop:
-                    break
+                    return loss / max(layers - s[3], 1)
+                return loss
+
+            cand, acc, new_macs, new_layers = min(forced or scored, key=cost)
+            if not forced and config.target_macs is None and config.target_layers is None \
+                    and base - acc > config.max_drop:
+                break
             rounds.append({"chosen": cand.name, "kind": cand.kind, "val_accuracy": acc,
-                           "scores": {s[2].name: s[0] for s in scored}})
+                           "macs": new_macs, "layers": new_layers,
+                           "scores": {s[0].name: s[1] for s in scored}})
             linearize(trial, cand, [])
             chosen.append(cand)
-            removed += layers
+            macs, layers = new_macs, new_layers
             bar.update(task, status=f"{len(chosen)} chosen")
     return chosen, rounds
 
@@ -152,22 +192,27 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
         linearize(model, cand, ctx.replaced, gradual=True)
     blends = [m for m in model.modules() if isinstance(m, Linearizing)]
     epochs = ctx.epochs(config.epochs)
-    steps = -(-len(ctx.splits.train) // TrainConfig().batch_size) * max(epochs, 0)
-    ramp_steps = max(1, int(config.ramp * steps))
+    fading = math.ceil(epochs * config.ramp) if blends else 0  # epochs while they fade out
+    steps = max(1, -(-len(ctx.splits.train) // TrainConfig().batch_size) * fading)
+    resolved = dataclasses.replace(ctx, finetune_epochs=None)  # the epochs are split here
     done = 0
 
     def fade(_m: nn.Module) -> None:
         nonlocal done
         done += 1
         for blend in blends:
-            blend.set_progress(done / ramp_steps)
+            blend.set_progress(done / steps)
 
-    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="merge fine-tune",
+    finetune(model, resolved, epochs=fading, lr=config.lr, description="merge: fade out",
              after_step=fade)
     for blend in blends:
         blend.set_progress(1.0)
     finish_linearizing(model, ctx.replaced)
     merges = merge_all(model, in_shape, ctx.replaced)
+    # the rest of the retraining trains the merged layers themselves (a merged kernel has more
+    # free weights than the layers it came from, and the shallower model trains faster)
+    finetune(model, resolved, epochs=epochs - fading, lr=config.lr,
+             description="merge: fine-tune")
     notes.update(chosen=[f"{c.kind} {c.name}" for c in chosen],
                  merges=[m.describe() for m in merges],
                  layers_after=metrics.count_layers(model))

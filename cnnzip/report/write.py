@@ -61,15 +61,32 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
         f"**Compression ratio {report['compression_ratio']:.1f}×** (fp32 parameter bytes / bytes "
         f"of the whole model.cnz file), **accuracy drop {report['accuracy_drop']:.2f} points** "
         "(full test set; the compressed accuracy is evaluated from the decoded file).", "",
-        "## Stages", "", "| stage | test acc | val acc | non-zero | MACs | seconds | realized |",
-        "|---|---|---|---|---|---|---|",
+        "## Stages", "",
+        "| stage | test acc | val acc | non-zero | MACs | layers | bytes | images/s | speed-up "
+        "| seconds | realized |", "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in report["stages"]:
         lines.append(f"| {s['name']} | {s['accuracy']:.4f} | {s['val_accuracy']:.4f} "
-                     f"| {s['nonzero_params']:,} | {s['macs']:,} | {s['seconds']:.1f} "
+                     f"| {s['nonzero_params']:,} | {s['macs']:,} | {s.get('layers', '')} "
+                     f"| {s.get('bytes', 0):,} | {s.get('images_per_s', 0):,} "
+                     f"| {s.get('speedup', 0):.2f}× | {s['seconds']:.1f} "
                      f"| {'yes' if s['realized'] else 'simulated'} |")
     lines += ["", "MACs are dense MACs: unstructured sparsity does not reduce them on a dense "
-              "runtime; removed channels do.", ""]
+              "runtime; removed channels and merged layers do. Layers: conv and linear layers. "
+              "Bytes: the stage's model written as a container; images/s and speed-up: that "
+              "model against the original, timed together in this process (batch 256).", ""]
+    merged = report.get("notes", {}).get("merge")
+    if merged:
+        lines += ["## Layers merged", "",
+                  f"{merged['layers_before']} → {merged['layers_after']} conv and linear layers. "
+                  f"Removed (least essential first): {', '.join(merged['chosen']) or 'none'}.", ""]
+        if merged["rounds"]:
+            lines += ["| round | chosen | validation accuracy without it (before retraining) |",
+                      "|---|---|---|"]
+            lines += [f"| {i} | {r['kind']} {r['chosen']} | {r['val_accuracy']:.4f} |"
+                      for i, r in enumerate(merged["rounds"], 1)]
+            lines.append("")
+        lines += [f"- {m}" for m in merged["merges"]] + [""]
     channels = report.get("notes", {}).get("channels")
     if channels:
         how = f"criterion `{channels['criterion']}`, allocation `{channels['allocation']}`"

@@ -98,3 +98,23 @@ def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, caps
     assert len(report["notes"]["fold"]["folded"]) == 21
     assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+
+
+def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_path, capsys):
+    path = tmp_path / "r.safetensors"
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--dataset", "synthetic",
+                 "--epochs", "1", "--quiet", "--out", str(path)]) == 0
+    out = tmp_path / "o"
+    assert main(["compress", str(path), "--recipe", "prune-merge", "--finetune-epochs", "0",
+                 "--set", "merge.target_layers=0.25", "--set", "merge.target_macs=null",
+                 "--set", "merge.samples=64", "--quiet", "--json", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    stages = {s["name"]: s for s in report["stages"]}
+    assert list(stages) == ["channels", "merge", "prune", "share", "encode"]
+    merge = report["notes"]["merge"]
+    assert merge["layers_before"] == 22 and merge["layers_after"] <= 22 - 0.25 * 22
+    assert stages["encode"]["layers"] == merge["layers_after"]
+    assert all(s["bytes"] > 0 and s["speedup"] > 0 for s in report["stages"])
+    assert stages["encode"]["bytes"] == report["compressed"]["container_bytes"]
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
