@@ -57,7 +57,8 @@ class MergeLayers:
         exclude: module names never removed.
         samples: validation images per measurement.
         epochs: fine-tuning epochs with distillation: nonlinearities fade out during the first
-            ``ramp`` of them, then the layers merge and the rest train the merged model.
+            ``ramp`` of them, then the layers merge and the rest train the merged model (a
+            model with BatchNorms trains all epochs with them; they fold at the end).
         ramp: the fraction of the epochs over which nonlinearities fade out.
         lr: fine-tuning peak learning rate.
     """
@@ -184,16 +185,23 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
         raise CnnzipError("merge: merge layers before unstructured pruning in a recipe (a "
                           "merged layer's weights are new)")
     in_shape = tuple(ctx.splits.info.in_shape)
-    notes: dict[str, Any] = {"folded": _fold(model, ctx),
-                             "layers_before": metrics.count_layers(model),
+    # candidates are found on the model with its BatchNorms folded (a BatchNorm between a conv
+    # and its pooling would block the merge), but the model retrains with them and folds after
+    folded = copy.deepcopy(model)
+    norms = foldable_pairs(folded)
+    fold_batchnorm(folded, norms)
+    notes: dict[str, Any] = {"layers_before": metrics.count_layers(folded),
                              "val_before": ctx.val_accuracy(model, config.samples)}
-    chosen, notes["rounds"] = _select(model, config, ctx, in_shape)
+    chosen, notes["rounds"] = _select(folded, config, ctx, in_shape)
     for cand in chosen:
         linearize(model, cand, ctx.replaced, gradual=True)
     blends = [m for m in model.modules() if isinstance(m, Linearizing)]
     epochs = ctx.epochs(config.epochs)
     fading = math.ceil(epochs * config.ramp) if blends else 0  # epochs while they fade out
-    steps = max(1, -(-len(ctx.splits.train) // TrainConfig().batch_size) * fading)
+    if norms:  # a deep net without its BatchNorms may not train: all epochs before folding
+        fading = epochs
+    steps = max(1, -(-len(ctx.splits.train) // TrainConfig().batch_size)
+                * math.ceil(epochs * config.ramp))
     resolved = dataclasses.replace(ctx, finetune_epochs=None)  # the epochs are split here
     done = 0
 
@@ -207,6 +215,7 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
              after_step=fade)
     for blend in blends:
         blend.set_progress(1.0)
+    notes["folded"] = _fold(model, ctx)
     finish_linearizing(model, ctx.replaced)
     merges = merge_all(model, in_shape, ctx.replaced)
     # the rest of the retraining trains the merged layers themselves (a merged kernel has more
