@@ -86,12 +86,17 @@ def test_same_command_gives_the_same_file(tmp_path, checkpoint, capsys):
     assert (tmp_path / "a" / "model.cnz").read_bytes() == (tmp_path / "b" / "model.cnz").read_bytes()
 
 
-def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, capsys):
+@pytest.fixture
+def resnet(tmp_path):
     path = tmp_path / "r.safetensors"
     assert main(["train", "--model", "resnet20", "--width", "0.25", "--dataset", "synthetic",
                  "--epochs", "1", "--quiet", "--out", str(path)]) == 0
+    return path
+
+
+def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, resnet, capsys):
     out = tmp_path / "o"
-    assert main(["compress", str(path), "--recipe", "channel-prune", "--finetune-epochs", "0",
+    assert main(["compress", str(resnet), "--recipe", "channel-prune", "--finetune-epochs", "0",
                  "--quiet", "--json", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     assert [s["name"] for s in report["stages"]] == ["channels", "fold", "encode"]
@@ -100,12 +105,10 @@ def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, caps
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
 
 
-def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_path, capsys):
-    path = tmp_path / "r.safetensors"
-    assert main(["train", "--model", "resnet20", "--width", "0.25", "--dataset", "synthetic",
-                 "--epochs", "1", "--quiet", "--out", str(path)]) == 0
+def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_path, resnet,
+                                                                          capsys):
     out = tmp_path / "o"
-    assert main(["compress", str(path), "--recipe", "prune-merge", "--finetune-epochs", "0",
+    assert main(["compress", str(resnet), "--recipe", "prune-merge", "--finetune-epochs", "0",
                  "--set", "merge.target_layers=0.25", "--set", "merge.target_macs=null",
                  "--set", "merge.samples=64", "--quiet", "--json", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
