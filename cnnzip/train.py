@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.data import DatasetInfo, ImageSet, Splits, batches
+from cnnzip.errors import CnnzipError
 from cnnzip.progress import progress_bar
 
 
@@ -133,6 +134,9 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                                              alpha=config.alpha)
                 if config.slimming:
                     loss = loss + config.slimming * slimming_penalty(model)
+                if not torch.isfinite(loss):
+                    raise CnnzipError(f"{description}: training diverged (loss {float(loss)}) "
+                                      f"in epoch {epoch + 1}; lower the learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
