@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from cnnzip.pipeline import compress
-from common import baselines
+from common import add_recipe_options, baselines
 
 TARGET_RATIO = {"lenet300": 40.0, "lenet5-caffe": 40.0}
 OVERRIDES = {
@@ -36,11 +36,7 @@ def main() -> int:
                         default=["lenet300", "lenet5-caffe", "lenet5", "vgg16"])
     parser.add_argument("--recipes", nargs="+", default=["deep-compression", "pq"])
     parser.add_argument("--out", default="runs/bench-dc")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finetune-epochs", type=int, default=None)
-    parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        metavar="STEP.KEY=VALUE", help="recipe options for every run, after "
-                        "the per-model ones")
+    add_recipe_options(parser)
     args = parser.parse_args()
     rows = []
     for model, checkpoint in baselines(args.models):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from cnnzip.api import bench_files, runtime_name
 from cnnzip.pipeline import compress
-from common import baselines
+from common import add_recipe_options, baselines
 
 # Per-model settings, printed with each row: resnet20's residual blocks are what it can lose
 # (its activations are functional calls, so they are not candidates), and it retrains for
@@ -36,11 +36,7 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["lenet5", "lenet5-caffe", "resnet20"])
     parser.add_argument("--recipe", default="prune-merge")
     parser.add_argument("--out", default="runs/bench-merge")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--finetune-epochs", type=int, default=None)
-    parser.add_argument("--set", action="append", default=[], dest="overrides",
-                        metavar="STEP.KEY=VALUE", help="recipe options for every run, after "
-                        "the per-model ones")
+    add_recipe_options(parser)
     args = parser.parse_args()
     rows = []
     for model, checkpoint in baselines(args.models):

@@ -1,10 +1,8 @@
 """Layer merging on the traced graph.
 
-Three things live here, because rebuilding a merged architecture needs all of them:
+Every structural change goes through :func:`cnnzip.models.replace.replace`, so
+``ModelSpec.replaced`` rebuilds a merged architecture. Two things live here:
 
-- **Replacements.** Every structural change is "put this module under that name", recorded as
-  ``(name, description)``; ``ModelSpec.replaced`` replays them on a freshly built model, so a
-  merged model saves and reloads without pickle.
 - **Exact merges.** Two linear operations with nothing nonlinear between them (linear∘linear,
   conv∘conv when the second reads no padding, conv∘average pooling, and a convolution or
   pooling followed by flatten and a linear layer) become one layer; the second becomes an
@@ -27,79 +25,13 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.models.edit import set_module, symbolic
+from cnnzip.models.replace import Replacement, pair, replace
 from cnnzip.modules.merged import FlatLinear, Linearizing
 from cnnzip.ops.compose import average_kernel, compose_conv, compose_linear
 
-Replacement = tuple[str, dict[str, Any]]
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Tanh, nn.Sigmoid)
 MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)  # commute with max pooling
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
-
-
-def _pool_args(m: nn.Module) -> dict[str, Any]:
-    return {"kernel": list(_pair(m.kernel_size)),
-            "stride": list(_pair(m.stride if m.stride is not None else m.kernel_size))}
-
-
-_DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
-    nn.Identity: lambda m: {},
-    nn.ReLU: lambda m: {},
-    nn.ReLU6: lambda m: {},
-    nn.LeakyReLU: lambda m: {"negative_slope": m.negative_slope},
-    nn.MaxPool2d: _pool_args,
-    nn.AvgPool2d: _pool_args,
-    nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
-    FlatLinear: lambda m: {"in": m.in_features, "out": m.out_features,
-                           "bias": m.bias is not None},
-    nn.Conv2d: lambda m: {"in": m.in_channels, "out": m.out_channels,
-                          "kernel": list(m.kernel_size), "stride": list(m.stride),
-                          "padding": list(m.padding), "bias": m.bias is not None},
-}
-_CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
-    "Identity": lambda d: nn.Identity(),
-    "ReLU": lambda d: nn.ReLU(),
-    "ReLU6": lambda d: nn.ReLU6(),
-    "LeakyReLU": lambda d: nn.LeakyReLU(float(d["negative_slope"])),
-    "MaxPool2d": lambda d: nn.MaxPool2d(_pair(d["kernel"]), _pair(d["stride"])),
-    "AvgPool2d": lambda d: nn.AvgPool2d(_pair(d["kernel"]), _pair(d["stride"])),
-    "Linear": lambda d: nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
-    "FlatLinear": lambda d: FlatLinear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
-    "Conv2d": lambda d: nn.Conv2d(int(d["in"]), int(d["out"]), _pair(d["kernel"]),
-                                  _pair(d["stride"]), _pair(d["padding"]),
-                                  bias=bool(d["bias"])),
-}
-
-
-def describe(module: nn.Module) -> dict[str, Any]:
-    """The JSON description that :func:`construct` turns back into an equal (untrained) module."""
-    try:
-        return {"type": type(module).__name__, **_DESCRIBE[type(module)](module)}
-    except KeyError:
-        raise ModelError(f"cannot record a {type(module).__name__} in a merged "
-                         "architecture") from None
-
-
-def construct(desc: dict[str, Any]) -> nn.Module:
-    try:
-        return _CONSTRUCT[desc["type"]](desc)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"malformed layer description {desc!r} ({exc})") from None
-
-
-def replace(model: nn.Module, name: str, module: nn.Module, log: list[Replacement]) -> None:
-    """Put ``module`` under ``name`` and record it in ``log``."""
-    set_module(model, name, module)
-    log.append((name, describe(module)))
-
-
-def replay(model: nn.Module, replaced: tuple[Replacement, ...] | list[Replacement]) -> None:
-    """Apply recorded replacements to a freshly built model (structure only)."""
-    for name, desc in replaced:
-        set_module(model, name, construct(desc))
 
 
 # --- the traced graph ---------------------------------------------------------------------------
@@ -192,7 +124,7 @@ def _plain_conv(m: nn.Module) -> bool:
 
 
 def _plain_pool(m: nn.Module) -> bool:
-    return (type(m) is nn.AvgPool2d and _pair(m.padding) == (0, 0) and not m.ceil_mode
+    return (type(m) is nn.AvgPool2d and pair(m.padding) == (0, 0) and not m.ceil_mode
             and m.divisor_override is None)
 
 
@@ -244,18 +176,18 @@ def _plan(g: _Graph, node: torch.fx.Node) -> Merge | str:
             return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
                          _macs(merged, out))
         if _plain_conv(a) and (_plain_conv(b) or _plain_pool(b)):
-            if _plain_conv(b) and _pair(b.padding) != (0, 0):
+            if _plain_conv(b) and pair(b.padding) != (0, 0):
                 return f"{b_name!r} pads its input: a merged kernel would read real inputs " \
                        "where it reads zeros"
             if _plain_conv(b):
-                w2, b2, s2 = b.weight, b.bias, _pair(b.stride)
+                w2, b2, s2 = b.weight, b.bias, pair(b.stride)
             else:
-                k = _pair(b.kernel_size)
+                k = pair(b.kernel_size)
                 w2 = average_kernel(a.out_channels, k, a.weight.dtype)
-                b2, s2 = None, _pair(b.stride if b.stride is not None else b.kernel_size)
-            w, bias, stride = compose_conv(a.weight, a.bias, _pair(a.stride), w2, b2, s2)
+                b2, s2 = None, pair(b.stride if b.stride is not None else b.kernel_size)
+            w, bias, stride = compose_conv(a.weight, a.bias, pair(a.stride), w2, b2, s2)
             merged = nn.Conv2d(a.in_channels, w.shape[0], tuple(w.shape[2:]), stride,
-                               _pair(a.padding))
+                               pair(a.padding))
             merged.weight.copy_(w)
             merged.bias.copy_(bias)
             return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
@@ -453,8 +385,8 @@ def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candid
         cand = None
         if type(m) in ACTIVATIONS:
             cand = Candidate("activation", node.target)
-        elif type(m) is nn.MaxPool2d and _pair(m.padding) == (0, 0) \
-                and _pair(m.dilation) == (1, 1) and not m.ceil_mode:
+        elif type(m) is nn.MaxPool2d and pair(m.padding) == (0, 0) \
+                and pair(m.dilation) == (1, 1) and not m.ceil_mode:
             prev = g.prev(node)
             swap = g.module(prev)
             cand = Candidate("pool", node.target,

@@ -55,7 +55,7 @@ class ModelSpec:
         folded: (layer, BatchNorm) pairs folded after the channel plan: each BatchNorm is an
             identity and its layer has a bias.
         replaced: modules replaced by layer merging, after the folds, in order: (qualified
-            name, description of the new module for ``cnnzip.models.merge.construct``).
+            name, description of the new module for ``cnnzip.models.replace.construct``).
     """
 
     name: str
@@ -131,7 +131,7 @@ def build_model(spec: ModelSpec) -> nn.Module:
             raise ModelError(f"model {spec.name!r}: the folded BatchNorms do not fit the "
                              f"architecture ({exc})") from None
     if spec.replaced:
-        from cnnzip.models.merge import replay
+        from cnnzip.models.replace import replay
 
         try:
             replay(model, spec.replaced)

@@ -51,7 +51,7 @@ def test_every_exact_merge_equals_the_unmerged_model(case):
                                          for n in merge.names[1:])
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
     rebuilt = copy.deepcopy(build())  # the replacements replay on a fresh model
-    from cnnzip.models.merge import replay
+    from cnnzip.models.replace import replay
     replay(rebuilt, log)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt(x), before, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,84 @@
+"""Module replacements: the record that rebuilds a merged architecture.
+
+Every structural change layer merging makes is "put this module under that name", recorded as
+``(name, description)``; ``ModelSpec.replaced`` replays them on a freshly built model, so a
+merged model saves and reloads without pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import nn
+
+from cnnzip.errors import ModelError
+from cnnzip.models.edit import set_module
+from cnnzip.modules.merged import FlatLinear
+
+Replacement = tuple[str, dict[str, Any]]
+
+
+def pair(value: Any) -> tuple[int, int]:
+    return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def _pool_args(m: nn.Module) -> dict[str, Any]:
+    return {"kernel": list(pair(m.kernel_size)),
+            "stride": list(pair(m.stride if m.stride is not None else m.kernel_size))}
+
+
+_DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
+    nn.Identity: lambda m: {},
+    nn.ReLU: lambda m: {},
+    nn.ReLU6: lambda m: {},
+    nn.LeakyReLU: lambda m: {"negative_slope": m.negative_slope},
+    nn.MaxPool2d: _pool_args,
+    nn.AvgPool2d: _pool_args,
+    nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
+    FlatLinear: lambda m: {"in": m.in_features, "out": m.out_features,
+                           "bias": m.bias is not None},
+    nn.Conv2d: lambda m: {"in": m.in_channels, "out": m.out_channels,
+                          "kernel": list(m.kernel_size), "stride": list(m.stride),
+                          "padding": list(m.padding), "bias": m.bias is not None},
+}
+_CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
+    "Identity": lambda d: nn.Identity(),
+    "ReLU": lambda d: nn.ReLU(),
+    "ReLU6": lambda d: nn.ReLU6(),
+    "LeakyReLU": lambda d: nn.LeakyReLU(float(d["negative_slope"])),
+    "MaxPool2d": lambda d: nn.MaxPool2d(pair(d["kernel"]), pair(d["stride"])),
+    "AvgPool2d": lambda d: nn.AvgPool2d(pair(d["kernel"]), pair(d["stride"])),
+    "Linear": lambda d: nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
+    "FlatLinear": lambda d: FlatLinear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
+    "Conv2d": lambda d: nn.Conv2d(int(d["in"]), int(d["out"]), pair(d["kernel"]),
+                                  pair(d["stride"]), pair(d["padding"]),
+                                  bias=bool(d["bias"])),
+}
+
+
+def describe(module: nn.Module) -> dict[str, Any]:
+    """The JSON description that :func:`construct` turns back into an equal (untrained) module."""
+    try:
+        return {"type": type(module).__name__, **_DESCRIBE[type(module)](module)}
+    except KeyError:
+        raise ModelError(f"cannot record a {type(module).__name__} in a merged "
+                         "architecture") from None
+
+
+def construct(desc: dict[str, Any]) -> nn.Module:
+    try:
+        return _CONSTRUCT[desc["type"]](desc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"malformed layer description {desc!r} ({exc})") from None
+
+
+def replace(model: nn.Module, name: str, module: nn.Module, log: list[Replacement]) -> None:
+    """Put ``module`` under ``name`` and record it in ``log``."""
+    set_module(model, name, module)
+    log.append((name, describe(module)))
+
+
+def replay(model: nn.Module, replaced: tuple[Replacement, ...] | list[Replacement]) -> None:
+    """Apply recorded replacements to a freshly built model (structure only)."""
+    for name, desc in replaced:
+        set_module(model, name, construct(desc))
