@@ -58,7 +58,8 @@ class MergeLayers:
         samples: validation images per measurement.
         epochs: fine-tuning epochs with distillation: nonlinearities fade out during the first
             ``ramp`` of them, then the layers merge and the rest train the merged model (a
-            model with BatchNorms trains all epochs with them; they fold at the end).
+            model with BatchNorms trains all epochs with them; then only the BatchNorms in the
+            way of a merge fold, and the rest wait for a later ``fold`` step).
         ramp: the fraction of the epochs over which nonlinearities fade out.
         lr: fine-tuning peak learning rate.
     """
@@ -178,6 +179,15 @@ def _select(model: nn.Module, config: MergeLayers, ctx: Context,
     return chosen, rounds
 
 
+def _norms_in_merges(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[str, str]]:
+    """The (layer, BatchNorm) pairs whose layer merges once every BatchNorm is folded."""
+    trial = copy.deepcopy(model)
+    pairs = foldable_pairs(trial)
+    fold_batchnorm(trial, pairs)
+    merged = {name for m in merge_all(trial, in_shape, []) for name in m.names}
+    return [(layer, bn) for layer, bn in pairs if layer in merged]
+
+
 @register(MergeLayers)
 def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
     _refuse_after_sharing(model, "merge")
@@ -215,8 +225,13 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
              after_step=fade)
     for blend in blends:
         blend.set_progress(1.0)
-    notes["folded"] = _fold(model, ctx)
     finish_linearizing(model, ctx.replaced)
+    # only the BatchNorms in the way of a merge fold here; the others stay for later retraining
+    # (a deep net retrained without them diverged), and a recipe's last `fold` step takes them
+    needed = _norms_in_merges(model, in_shape)
+    fold_batchnorm(model, needed)
+    ctx.folded.extend(needed)
+    notes["folded"] = [f"{bn} → {layer}" for layer, bn in needed]
     merges = merge_all(model, in_shape, ctx.replaced)
     # the rest of the retraining trains the merged layers themselves (a merged kernel has more
     # free weights than the layers it came from, and the shallower model trains faster)

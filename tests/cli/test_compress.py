@@ -113,8 +113,11 @@ def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_pat
                  "--set", "merge.samples=64", "--quiet", "--json", "--out", str(out)]) == 0
     report = json.loads(capsys.readouterr().out)
     stages = {s["name"]: s for s in report["stages"]}
-    assert list(stages) == ["channels", "merge", "prune", "share", "encode"]
+    assert list(stages) == ["channels", "merge", "prune", "fold", "share", "encode"]
     merge = report["notes"]["merge"]
+    # blocks merge into nothing: no BatchNorm was in a merge's way, and pruning retrained with
+    # all of them; the fold step took the rest
+    assert merge["folded"] == [] and report["notes"]["fold"]["folded"]
     assert merge["layers_before"] == 22 and merge["layers_after"] <= 22 - 0.25 * 22
     assert stages["encode"]["layers"] == merge["layers_after"]
     assert all(s["bytes"] > 0 and s["speedup"] > 0 for s in report["stages"])
