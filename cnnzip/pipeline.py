@@ -57,7 +57,8 @@ def _shipped(model: nn.Module, teacher: nn.Module, spec: ModelSpec, path: Path) 
 def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
     return dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
                                folded=(*spec.folded, *ctx.folded),
-                               replaced=(*spec.replaced, *ctx.replaced))
+                               replaced=(*spec.replaced, *ctx.replaced),
+                               quantized=(*spec.quantized, *ctx.quantized))
 
 
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,

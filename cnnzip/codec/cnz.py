@@ -3,8 +3,10 @@
 Layout:
 - one uint8 tensor per codebook layer, the concatenation of three streams: gap symbols of the
   surviving positions (entropy-coded), codes (entropy-coded), and the codebook (float16);
-- one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm, layers that
-  are not codebook-shared), flattened;
+- one uint8 tensor per uniformly quantized layer: its integer weights, packed at their bit width
+  or entropy-coded when that is smaller (pruned layers), then its weight scales (float16);
+- one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm, feature-map
+  scales, layers that are neither shared nor quantized), flattened;
 - string metadata: format and version, the architecture, the input record, per-layer records
   (shape, counts, stream lengths, CRC-32 of the payload) and the dense index.
 
@@ -31,11 +33,14 @@ from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
 from cnnzip.models import ModelSpec, build_model
 from cnnzip.modules import CodebookLayer
+from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
+from cnnzip.ops.quant import pack, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 
 FORMAT = "cnnzip-cnz"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)  # version 2 added uniformly quantized layers
 _SKIP = ("num_batches_tracked",)
 
 
@@ -54,6 +59,19 @@ class LayerRecord:
     pos_bytes: int
     code_bytes: int
     book_bytes: int
+    crc: int
+
+
+@dataclass(frozen=True)
+class QuantRecord:
+    """How one uniformly quantized layer is stored (``coding``: "packed" or "entropy")."""
+
+    name: str
+    shape: tuple[int, ...]
+    bits: int
+    coding: str
+    code_bytes: int
+    scales: int
     crc: int
 
 
@@ -81,12 +99,29 @@ def _encode_layer(name: str, layer: CodebookLayer) -> tuple[LayerRecord, np.ndar
     return record, payload
 
 
+def _encode_quant(name: str, layer: QuantLayer) -> tuple[QuantRecord, np.ndarray]:
+    codes = layer.codes().flatten()
+    packed = pack(codes, layer.w_grid)
+    coded = encode_symbols((codes - layer.w_grid.qmin).numpy())
+    coding, stream = ("entropy", coded) if len(coded) < len(packed) else ("packed", packed)
+    scales = layer.w_scale.detach().half().numpy().tobytes()
+    payload = np.frombuffer(stream + scales, dtype=np.uint8)
+    record = QuantRecord(name, tuple(layer.latent.shape), layer.weight_bits, coding, len(stream),
+                         layer.w_scale.numel(), zlib.crc32(payload.tobytes()))
+    return record, payload
+
+
 def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Float tensors that go to the dense block: all but codebook layers' and quantized
+    layers' weights (and their weight scales), which have payloads of their own."""
     shared = {n for n, m in model.named_modules() if isinstance(m, CodebookLayer)}
+    coded = {f"{n}.{k}" for n, m in model.named_modules() if isinstance(m, QuantLayer)
+             for k in ("latent", "w_scale")}
     out = {}
     for key, value in model.state_dict().items():
         owner = key.rsplit(".", 1)[0]
-        if owner in shared or key.endswith(_SKIP) or not value.is_floating_point():
+        if owner in shared or key in coded or key.endswith(_SKIP) \
+                or not value.is_floating_point():
             continue
         out[key] = value
     return out
@@ -96,17 +131,21 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
                 input: dict[str, Any] | None = None) -> list[LayerRecord]:
     """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
 
-    ``CodebookLayer``s get coded payloads; every other float tensor (dense conv and linear
-    weights included, at the widths ``spec.channel_plan`` rebuilds) goes to the float16
-    ``dense`` block.
+    ``CodebookLayer``s and ``QuantLayer``s get coded payloads; every other float tensor (dense
+    conv and linear weights included, at the widths ``spec.channel_plan`` rebuilds) goes to the
+    float16 ``dense`` block. Returns the codebook layers' records.
     """
     tensors: dict[str, torch.Tensor] = {}
-    records = []
+    records, quant = [], []
     for name, module in model.named_modules():
         if isinstance(module, CodebookLayer):
             record, payload = _encode_layer(name, module)
             records.append(record)
             tensors[f"w:{name}"] = torch.from_numpy(payload.copy())
+        elif isinstance(module, QuantLayer):
+            qrecord, payload = _encode_quant(name, module)
+            quant.append(qrecord)
+            tensors[f"q:{name}"] = torch.from_numpy(payload.copy())
     dense = _dense_state(model)
     flat = (torch.cat([v.flatten() for v in dense.values()]).half() if dense
             else torch.zeros(0, dtype=torch.float16))
@@ -116,6 +155,7 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     # written in varying order and the same model would not give the same bytes.
     header = {"version": VERSION, "model": spec.to_dict(), "input": input or {},
               "layers": [list(asdict(r).values()) for r in records],
+              "quant": [list(asdict(r).values()) for r in quant],
               "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}
     metadata = {FORMAT: json.dumps(header, separators=(",", ":"))}
     with atomic_path(path) as tmp:
@@ -142,10 +182,10 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         meta = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise _fail(path, f"damaged metadata ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("version") != VERSION:
+    if not isinstance(meta, dict) or meta.get("version") not in READS:
         version = meta.get("version") if isinstance(meta, dict) else None
         raise _fail(path, f"container version {version!r} is not supported (this cnnzip reads "
-                          f"version {VERSION})")
+                          f"versions {', '.join(map(str, READS))})")
     return meta, tensors
 
 
@@ -166,6 +206,32 @@ def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torc
         raise _fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")
     return (torch.from_numpy(positions), torch.from_numpy(book.reshape(record.k, record.d)),
             torch.from_numpy(codes))
+
+
+def _decode_quant(path: Path, record: QuantRecord, layer: QuantLayer, payload: bytes) -> None:
+    if zlib.crc32(payload) != record.crc:
+        raise _fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
+    if tuple(layer.latent.shape) != record.shape or layer.weight_bits != record.bits \
+            or layer.w_scale.numel() != record.scales \
+            or len(payload) != record.code_bytes + 2 * record.scales:
+        raise _fail(path, f"layer {record.name!r}: its record does not fit the model")
+    count, stream = math.prod(record.shape), payload[:record.code_bytes]
+    try:
+        if record.coding == "packed":
+            codes = unpack(stream, count, layer.w_grid)
+        elif record.coding == "entropy":
+            codes = torch.from_numpy(decode_symbols(stream, count).astype(np.int64))
+            codes = codes + layer.w_grid.qmin
+        else:
+            raise ValueError(f"unknown coding {record.coding!r}")
+    except ValueError as exc:
+        raise _fail(path, f"layer {record.name!r}: {exc}") from None
+    if codes.numel() != count or (count and codes.max() > layer.w_grid.qmax):
+        raise _fail(path, f"layer {record.name!r}: decoded codes do not fit the layer")
+    scales = np.frombuffer(payload[record.code_bytes:], dtype=np.float16).astype(np.float32)
+    with torch.no_grad():
+        layer.w_scale.copy_(torch.from_numpy(scales))
+    layer.load_codes(codes)
 
 
 def _records(path: Path, meta: dict[str, Any]) -> list[LayerRecord]:
@@ -214,6 +280,18 @@ def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]
         parent, _, child = record.name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child,
                 CodebookLayer(layer, positions, book, codes))
+    try:
+        quant = [QuantRecord(r[0], tuple(r[1]), *r[2:]) for r in meta.get("quant", [])]
+    except (TypeError, IndexError) as exc:
+        raise _fail(path, f"damaged metadata ({exc})") from None
+    quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
+    if {r.name for r in quant} != set(quantized):
+        raise _fail(path, "the quantized layers do not match the model's architecture")
+    for qrecord in quant:
+        payload = tensors.get(f"q:{qrecord.name}")
+        if payload is None:
+            raise _fail(path, f"layer {qrecord.name!r} has no payload")
+        _decode_quant(path, qrecord, quantized[qrecord.name], payload.numpy().tobytes())
     flat = tensors.get("dense")
     if flat is None or zlib.crc32(flat.numpy().tobytes()) != dense_meta.get("crc"):
         raise _fail(path, "dense tensors: checksum mismatch (the file is damaged)")

@@ -27,6 +27,7 @@ class Context:
         channel_plan: channels removed so far, in order (the architecture's ``channel_plan``).
         folded: (layer, BatchNorm) pairs folded so far (the architecture's ``folded``).
         replaced: modules replaced by layer merging so far (the architecture's ``replaced``).
+        quantized: layers wrapped by uniform quantization (the architecture's ``quantized``).
     """
 
     splits: Splits
@@ -39,6 +40,7 @@ class Context:
     channel_plan: list[tuple[str, bool, tuple[int, ...]]] = field(default_factory=list)
     folded: list[tuple[str, str]] = field(default_factory=list)
     replaced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    quantized: list[tuple[str, int, int, bool]] = field(default_factory=list)
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs
@@ -76,7 +78,9 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     modules = dict(model.named_modules())
     with torch.no_grad():
         for name, mask in masks.items():
-            weight = getattr(modules[name], "weight", None)
+            module = modules[name]  # a quantized layer trains its float ``latent`` weight
+            weight = getattr(module, "latent", None)
+            weight = getattr(module, "weight", None) if weight is None else weight
             if isinstance(weight, torch.Tensor):
                 weight.mul_(mask)
 

@@ -229,6 +229,9 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     if ctx.replaced:
         raise CnnzipError("channels: structured pruning must come before layer merging in a "
                           "recipe")
+    if ctx.quantized:
+        raise CnnzipError("channels: structured pruning must come before quantization in a "
+                          "recipe")
     in_shape = tuple(ctx.splits.info.in_shape)
     graph = trace(model, in_shape)
     groups = channel_groups(model, graph)

@@ -21,7 +21,7 @@ from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.models.fold import fold_batchnorm, foldable_pairs
 from cnnzip.models.merge import Candidate, candidates, finish_linearizing, linearize, merge_all
-from cnnzip.modules import CodebookLayer, Linearizing
+from cnnzip.modules import Linearizing
 from cnnzip.progress import progress_bar
 from cnnzip.train import TrainConfig
 
@@ -92,8 +92,9 @@ class MergeLayers:
 
 
 def _refuse_after_sharing(model: nn.Module, step: str) -> None:
-    if any(isinstance(m, CodebookLayer) for m in model.modules()):
-        raise CnnzipError(f"{step}: fold and merge layers before weight sharing in a recipe")
+    if any(getattr(m, "wraps_layer", False) for m in model.modules()):
+        raise CnnzipError(f"{step}: fold and merge layers before weight sharing or quantization "
+                          "in a recipe")
 
 
 def _fold(model: nn.Module, ctx: Context) -> list[str]:

@@ -118,6 +118,9 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
 
 @register(WeightSharing)
 def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
+    if ctx.quantized:
+        raise CnnzipError("share: the weights are already quantized; use weight sharing or "
+                          "uniform quantization, not both")
     layers = {n: m for n, m in prunable_layers(model).items() if not isinstance(m, CodebookLayer)}
     unknown = sorted(set(config.layers) - set(layers))
     if unknown:

@@ -56,6 +56,8 @@ class ModelSpec:
             identity and its layer has a bias.
         replaced: modules replaced by layer merging, after the folds, in order: (qualified
             name, description of the new module for ``cnnzip.models.replace.construct``).
+        quantized: layers wrapped by uniform quantization, last: (qualified name, weight bits,
+            input feature-map bits or 0, per channel).
     """
 
     name: str
@@ -65,6 +67,7 @@ class ModelSpec:
     channel_plan: tuple[tuple[str, bool, tuple[int, ...]], ...] = ()
     folded: tuple[tuple[str, str], ...] = ()
     replaced: tuple[tuple[str, dict[str, Any]], ...] = ()
+    quantized: tuple[tuple[str, int, int, bool], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -76,10 +79,13 @@ class ModelSpec:
                          for root, out, idxs in data.get("channel_plan") or ())
             folded = tuple((str(layer), str(bn)) for layer, bn in data.get("folded") or ())
             replaced = tuple((str(name), dict(desc)) for name, desc in data.get("replaced") or ())
+            quantized = tuple((str(name), int(w), int(a), bool(pc))
+                              for name, w, a, pc in data.get("quantized") or ())
             return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
                        num_classes=int(data["num_classes"]),
                        width=None if data.get("width") is None else float(data["width"]),
-                       channel_plan=plan, folded=folded, replaced=replaced)
+                       channel_plan=plan, folded=folded, replaced=replaced,
+                       quantized=quantized)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelError(f"malformed model spec {data!r}: {exc}") from None
 
@@ -113,8 +119,8 @@ def _user_factory(target: str) -> Callable[..., nn.Module]:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build a freshly initialised model from its spec, its channel plan, folds and merges
-    replayed.
+    """Build a freshly initialised model from its spec, its channel plan, folds, merges and
+    quantized layers replayed.
 
     A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
     signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
@@ -138,7 +144,20 @@ def build_model(spec: ModelSpec) -> nn.Module:
         except ModelError as exc:
             raise ModelError(f"model {spec.name!r}: the merged layers do not fit the "
                              f"architecture ({exc})") from None
+    if spec.quantized:
+        _quantize(model, spec)
     return model
+
+
+def _quantize(model: nn.Module, spec: ModelSpec) -> None:
+    from cnnzip.modules.quant import quantize_layer
+
+    for name, weight_bits, act_bits, per_channel in spec.quantized:
+        try:
+            quantize_layer(model, name, weight_bits, act_bits, per_channel=per_channel)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise ModelError(f"model {spec.name!r}: cannot quantize layer {name!r} ({exc})") \
+                from None
 
 
 def _replay(model: nn.Module, spec: ModelSpec) -> None:

@@ -42,11 +42,21 @@ def expand(codebook: torch.Tensor, codes: torch.Tensor, positions: torch.Tensor,
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """Convolution and linear layers (dense or already codebook-shared) by qualified name, in
+    """Convolution and linear layers (dense, codebook-shared or quantized) by qualified name, in
     definition order; each has a ``weight`` tensor."""
     return {name: m for name, m in model.named_modules()
-            if isinstance(m, CodebookLayer)
+            if getattr(m, "wraps_layer", False)
             or (isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), nn.Parameter))}
+
+
+def run_layer(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """What the conv or linear ``layer`` computes on ``x``, with ``weight`` in place of its own
+    (for wrappers that rebuild or quantize the weight)."""
+    if isinstance(layer, nn.Linear):
+        if isinstance(layer, FlatLinear):
+            x = x.flatten(1)
+        return F.linear(x, weight, layer.bias)
+    return layer._conv_forward(x, weight, layer.bias)
 
 
 class CodebookLayer(nn.Module):
@@ -93,12 +103,7 @@ class CodebookLayer(nn.Module):
         return self.dense_weight()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.dense_weight()
-        if isinstance(self.layer, nn.Linear):
-            if isinstance(self.layer, FlatLinear):
-                x = x.flatten(1)
-            return F.linear(x, weight, self.layer.bias)
-        return self.layer._conv_forward(x, weight, self.layer.bias)
+        return run_layer(self.layer, x, self.dense_weight())
 
     @property
     def bits(self) -> float:

@@ -14,11 +14,12 @@ from cnnzip.errors import CnnzipError
 from cnnzip.methods.channel import ChannelPrune
 from cnnzip.methods.merge import FoldBatchNorm, MergeLayers
 from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
+from cnnzip.methods.quant import Quantize
 from cnnzip.methods.share import WeightSharing
 
 STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
                           "channels": ChannelPrune, "fold": FoldBatchNorm, "merge": MergeLayers,
-                          "share": WeightSharing}
+                          "share": WeightSharing, "quantize": Quantize}
 BUILTIN = Path(__file__).parent
 
 

@@ -1,0 +1,160 @@
+"""Uniform quantization of weights and feature maps: post-training (calibrated on training
+images) and, with epochs, quantization-aware training (straight-through rounding, learned
+scales)."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from cnnzip.data import ImageSet, batches
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, finetune, register
+from cnnzip.models.fold import fold_batchnorm, foldable_pairs
+from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.modules.quant import QuantLayer, quantize_layer
+from cnnzip.ops.quant import OBSERVERS, calibrate, sqnr_db
+from cnnzip.progress import progress_bar
+
+
+@dataclass(frozen=True)
+class Quantize:
+    """Quantize every conv and linear layer's weights (symmetric, signed) and input feature map
+    (asymmetric, unsigned), BatchNorms folded first.
+
+    Attributes:
+        weight_bits: 2 to 8 (2 is ternary: {-1, 0, 1} times a scale).
+        act_bits: bits of each layer's input feature map; 0 keeps feature maps in float.
+        per_channel: one weight scale per output channel (else one per layer).
+        layers: weight bits by layer name (overrides ``weight_bits``).
+        keep_float: layers left in float.
+        weight_observer: how weight ranges are chosen: minmax, percentile or mse (the clip with
+            the least squared error).
+        act_observer: the same for feature maps, from the calibration images.
+        calibration: training images used to calibrate feature-map ranges.
+        epochs: quantization-aware training epochs with distillation (0: post-training only).
+        lr: quantization-aware training peak learning rate.
+    """
+
+    weight_bits: int = 8
+    act_bits: int = 8
+    per_channel: bool = True
+    layers: dict[str, int] = field(default_factory=dict)
+    keep_float: list[str] = field(default_factory=list)
+    weight_observer: str = "mse"
+    act_observer: str = "percentile"
+    calibration: int = 1024
+    epochs: int = 0
+    lr: float = 0.002
+
+    def __post_init__(self) -> None:
+        for bits in (self.weight_bits, *self.layers.values()):
+            if not 2 <= bits <= 8:
+                raise CnnzipError(f"quantize: weight bits must be in 2..8, got {bits}")
+        if self.act_bits != 0 and not 2 <= self.act_bits <= 8:
+            raise CnnzipError(f"quantize: act_bits must be 0 (float) or in 2..8, got "
+                              f"{self.act_bits}")
+        for what, observer in (("weight", self.weight_observer), ("act", self.act_observer)):
+            if observer not in OBSERVERS:
+                raise CnnzipError(f"quantize: {what}_observer {observer!r} is not one of "
+                                  f"{', '.join(OBSERVERS)}")
+        if self.calibration < 1:
+            raise CnnzipError(f"quantize: calibration needs at least one image, got "
+                              f"{self.calibration}")
+
+
+@contextlib.contextmanager
+def _recording_inputs(model: nn.Module, layers: dict[str, QuantLayer],
+                      limit: int) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Record each layer's float input (its input quantizer bypassed), at most ``limit``
+    values per layer, subsampled deterministically."""
+    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+    generator = torch.Generator().manual_seed(0)
+
+    def hook(name: str):
+        def record(module: QuantLayer, args: tuple[Any, ...]) -> None:
+            flat = args[0].detach().flatten()
+            if flat.numel() > limit:
+                flat = flat[torch.randint(flat.numel(), (limit,), generator=generator)]
+            seen[name].append(flat)
+        return record
+
+    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
+    grids = {name: layer.a_grid for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.a_grid = None  # float inputs while observing
+    try:
+        yield seen
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, layer in layers.items():
+            layer.a_grid = grids[name]
+
+
+def calibrate_inputs(model: nn.Module, layers: dict[str, QuantLayer], images: ImageSet,
+                     ctx: Context, observer: str) -> None:
+    """Set every layer's input scale and zero point from ``images`` (one float pass)."""
+    layers = {n: m for n, m in layers.items() if m.a_grid is not None}
+    if not layers:
+        return
+    model.eval()
+    with _recording_inputs(model, layers, limit=2_000_000) as seen, torch.no_grad():
+        for x, _ in batches(images, ctx.splits.info, 256):
+            model(x)
+    for name, layer in layers.items():
+        values = torch.cat(seen[name])
+        layer.set_input_range(*calibrate(values, layer.a_grid, observer=observer))
+
+
+def _calibration_images(ctx: Context, count: int) -> ImageSet:
+    train = ctx.splits.train
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))
+    idx = order[:count]
+    return ImageSet(train.images[idx], train.labels[idx])
+
+
+@register(Quantize)
+def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
+    layers = prunable_layers(model)
+    if any(isinstance(m, CodebookLayer) for m in layers.values()):
+        raise CnnzipError("quantize: the weights are already shared (k-means / product "
+                          "quantization); use one of the two")
+    if any(isinstance(m, QuantLayer) for m in layers.values()):
+        raise CnnzipError("quantize: the model is already quantized")
+    unknown = sorted((set(config.layers) | set(config.keep_float)) - set(layers))
+    if unknown:
+        raise CnnzipError(f"quantize: no conv or linear layer named {', '.join(unknown)}")
+    pairs = foldable_pairs(model)  # integer kernels see the folded weights
+    fold_batchnorm(model, pairs)
+    ctx.folded.extend(pairs)
+    wrapped: dict[str, QuantLayer] = {}
+    sqnr: dict[str, float] = {}
+    for name in layers:
+        if name in config.keep_float:
+            continue
+        bits = config.layers.get(name, config.weight_bits)
+        layer = quantize_layer(model, name, bits, config.act_bits, per_channel=config.per_channel)
+        layer.calibrate_weight(config.weight_observer)
+        ctx.quantized.append((name, bits, config.act_bits, config.per_channel))
+        wrapped[name] = layer
+        sqnr[name] = round(sqnr_db(layer.latent, layer.weight.detach()), 2)
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task("quantize: calibrating", total=None, status="")
+        calibrate_inputs(model, wrapped, _calibration_images(ctx, config.calibration), ctx,
+                         config.act_observer)
+        bar.update(task, status="done")
+    ctx.notes["quantize"] = {
+        "folded": [f"{bn} → {layer}" for layer, bn in pairs],
+        "bits": {name: layer.weight_bits for name, layer in wrapped.items()},
+        "act_bits": config.act_bits, "per_channel": config.per_channel,
+        "weight_sqnr_db": sqnr, "val_after_calibration": ctx.val_accuracy(model),
+        "simulated": "PyTorch computes with fake-quantized (rounded float) values; "
+                     "integer execution is the ONNX export in onnxruntime"}
+    finetune(model, ctx, epochs=config.epochs, lr=config.lr,
+             description="quantization-aware training")
+    return model

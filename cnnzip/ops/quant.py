@@ -1,0 +1,168 @@
+"""Affine (uniform) quantization: ranges, scales and zero points, rounding, calibration.
+
+A real value x maps to the integer q = clamp(round(x / scale) + zero_point, qmin, qmax) and back
+to (q - zero_point) * scale. Weights use the symmetric signed grid (zero point 0, qmin = -qmax,
+so 0 stays exactly 0 and the 2-bit grid is ternary {-1, 0, 1}); feature maps use the asymmetric
+unsigned grid [0, 2^bits - 1] with an integer zero point, the ONNX/onnxruntime U8S8 convention.
+Per-channel parameters run along dimension 0 (a layer's output channels).
+
+Observers choose the clipping range from data: ``minmax`` (the extremes), ``percentile`` (the
+extremes of the central 99.99 %), ``mse`` (the clip, among a grid of fractions of the extremes,
+whose quantized values have the least squared error).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+OBSERVERS = ("minmax", "percentile", "mse")
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The integers of a quantization grid."""
+
+    qmin: int
+    qmax: int
+
+    @classmethod
+    def weights(cls, bits: int) -> Grid:
+        """Symmetric signed: ±(2^(bits-1) - 1); 2 bits is ternary."""
+        _check_bits(bits, 2)
+        q = 2 ** (bits - 1) - 1
+        return cls(-q, q)
+
+    @classmethod
+    def activations(cls, bits: int) -> Grid:
+        """Unsigned: [0, 2^bits - 1] with a zero point."""
+        _check_bits(bits, 2)
+        return cls(0, 2 ** bits - 1)
+
+    @property
+    def symmetric(self) -> bool:
+        return self.qmin == -self.qmax
+
+
+def _check_bits(bits: int, low: int) -> None:
+    if not (isinstance(bits, int) and low <= bits <= 8):
+        raise ValueError(f"bits must be an integer from {low} to 8; got {bits!r}")
+
+
+def qparams(lo: torch.Tensor, hi: torch.Tensor, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point mapping [lo, hi] (widened to hold 0) onto ``grid``.
+
+    A symmetric grid gets zero point 0 and covers ±max(|lo|, |hi|)."""
+    lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
+    tiny = torch.finfo(torch.float32).tiny
+    if grid.symmetric:
+        scale = (torch.maximum(-lo, hi) / grid.qmax).clamp(min=tiny)
+        return scale, torch.zeros_like(scale)
+    scale = ((hi - lo) / (grid.qmax - grid.qmin)).clamp(min=tiny)
+    zero = (grid.qmin - lo / scale).round().clamp(grid.qmin, grid.qmax)
+    return scale, zero
+
+
+def _shape(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-channel (dimension 0) parameter viewed to broadcast against ``x``."""
+    return scale.view(-1, *[1] * (x.dim() - 1)) if scale.numel() > 1 else scale
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """The integers (as float) of ``x`` on the grid; per-channel parameters run along dim 0."""
+    s, z = _shape(scale, x), _shape(zero, x)
+    return (torch.round(x / s) + z).clamp(grid.qmin, grid.qmax)
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return (q - _shape(zero, q)) * _shape(scale, q)
+
+
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (x.round() - x).detach()
+
+
+def _scale_grad(x: torch.Tensor, factor: float) -> torch.Tensor:
+    return x * factor + (x - x * factor).detach()
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid: Grid,
+                  *, learn_scale: bool = False) -> torch.Tensor:
+    """quantize then dequantize, differentiable: the rounding passes gradients straight through
+    (inside the clipping range; zero outside), and ``scale`` gets the learned-step-size (LSQ)
+    gradient, scaled by 1/sqrt(elements per scale × qmax) when ``learn_scale``."""
+    if learn_scale:
+        per = x.numel() / scale.numel()
+        scale = _scale_grad(scale, 1.0 / (per * max(grid.qmax, 1)) ** 0.5)
+    s, z = _shape(scale, x), _shape(zero, x)
+    q = torch.clamp(_round_ste(x / s) + z, grid.qmin, grid.qmax)
+    return (q - z) * s
+
+
+def _extremes(x: torch.Tensor, per_channel: bool, observer: str) -> tuple[torch.Tensor, ...]:
+    flat = x.detach().reshape(x.shape[0], -1) if per_channel else x.detach().reshape(1, -1)
+    if observer == "percentile":
+        # quantile has an input-size limit; a strided subsample of large tensors is plenty
+        step = max(1, flat.shape[1] // 1_000_000)
+        sample = flat[:, ::step].float()
+        return torch.quantile(sample, 1e-4, dim=1), torch.quantile(sample, 1 - 1e-4, dim=1)
+    return flat.min(dim=1).values, flat.max(dim=1).values
+
+
+def calibrate(x: torch.Tensor, grid: Grid, *, per_channel: bool = False,
+              observer: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (shape (channels,) per channel, else (1,)) for the values ``x``.
+
+    Raises:
+        ValueError: an unknown observer.
+    """
+    if observer not in OBSERVERS:
+        raise ValueError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    lo, hi = _extremes(x, per_channel, observer)
+    if observer != "mse":
+        return qparams(lo, hi, grid)
+    flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)
+    best_err = torch.full_like(lo, float("inf"))
+    best = qparams(lo, hi, grid)
+    for frac in torch.linspace(0.3, 1.0, 36):
+        scale, zero = qparams(lo * frac, hi * frac, grid)
+        err = (dequantize(quantize(flat, scale, zero, grid), scale, zero) - flat).pow(2).sum(1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best = (torch.where(better, scale, best[0]), torch.where(better, zero, best[1]))
+    return best
+
+
+def sqnr_db(x: torch.Tensor, approx: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio in decibels."""
+    x, approx = x.detach(), approx.detach()
+    noise = (x - approx).pow(2).sum().clamp(min=1e-30)
+    return float(10 * torch.log10(x.pow(2).sum() / noise))
+
+
+def pack(q: torch.Tensor, grid: Grid) -> bytes:
+    """The integers ``q`` (on ``grid``), bits wide each, little-endian bit order."""
+    bits = max(1, (grid.qmax - grid.qmin).bit_length())
+    u = (q.detach().flatten().to(torch.int64) - grid.qmin).numpy().astype("uint16")
+    planes = ((u[:, None] >> np.arange(bits, dtype="uint16")) & 1).astype("uint8")
+    return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack(data: bytes, count: int, grid: Grid) -> torch.Tensor:
+    """Inverse of :func:`pack`: ``count`` integers (int64).
+
+    Raises:
+        ValueError: ``data`` is not the packed size of ``count`` values.
+    """
+    bits = max(1, (grid.qmax - grid.qmin).bit_length())
+    if len(data) != -(-count * bits // 8):
+        raise ValueError(f"{len(data)} bytes cannot hold {count} values of {bits} bits")
+    planes = np.unpackbits(np.frombuffer(data, dtype="uint8"), bitorder="little")
+    planes = planes[: count * bits].reshape(count, bits).astype("int64")
+    u = (planes << np.arange(bits, dtype="int64")).sum(1)
+    q = torch.from_numpy(u + grid.qmin)
+    if count and (q.max() > grid.qmax):
+        raise ValueError(f"packed values exceed the {bits}-bit grid")
+    return q
