@@ -20,8 +20,9 @@ from cnnzip.models.checkpoint import assert_finite
 from cnnzip.pipeline import compress
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "inspect_file",
-           "inspect_model", "inspect_name", "load_model", "runtime_name", "train_baseline"]
+__all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "export_file",
+           "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
+           "train_baseline"]
 
 
 def input_record(splits: Splits) -> dict[str, Any]:
@@ -75,6 +76,18 @@ def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     return ckpt.model, ckpt.spec, ckpt.input
 
 
+def _test_data(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
+               dataset: str | None, data_dir: str | Path | None) -> tuple[str, Splits]:
+    dataset = dataset or input_info.get("dataset")
+    if not dataset:
+        raise CnnzipError(f"{path}: no dataset recorded in the file; pass --dataset")
+    splits = load_dataset(dataset, data_dir)
+    if tuple(splits.info.in_shape) != tuple(spec.in_shape):
+        raise CnnzipError(f"{path}: model takes inputs of shape {spec.in_shape} but {dataset} "
+                          f"has {splits.info.in_shape}")
+    return dataset, splits
+
+
 def evaluate_file(path: str | Path, dataset: str | None = None, *,
                   data_dir: str | Path | None = None) -> dict[str, Any]:
     """Test-set accuracy of the model stored in ``path``.
@@ -85,13 +98,7 @@ def evaluate_file(path: str | Path, dataset: str | None = None, *,
         data_dir: where the dataset's files are.
     """
     model, spec, input_info = load_model(path)
-    dataset = dataset or input_info.get("dataset")
-    if not dataset:
-        raise CnnzipError(f"{path}: no dataset recorded in the file; pass --dataset")
-    splits = load_dataset(dataset, data_dir)
-    if tuple(splits.info.in_shape) != tuple(spec.in_shape):
-        raise CnnzipError(f"{path}: model takes inputs of shape {spec.in_shape} but {dataset} "
-                          f"has {splits.info.in_shape}")
+    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
     start = time.perf_counter()
     accuracy = evaluate(model, splits.test, splits.info)
     return {"file": str(path), "model": spec.name, "dataset": dataset, "accuracy": accuracy,
@@ -118,14 +125,19 @@ def inspect_name(name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_cl
 
 
 def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int = 256,
-                rounds: int = 3, min_seconds: float = 1.0) -> dict[str, Any]:
+                rounds: int = 3, min_seconds: float = 1.0,
+                onnx: bool | None = None) -> dict[str, Any]:
     """Throughput of two model files timed alternately in this process and runtime
     (:func:`bench_models`).
 
     Codebook layers are materialised to dense layers first (the same weights), so the figure is
-    that of the model as it runs, not of decoding.
+    that of the model as it runs, not of decoding. With ``onnx`` (default: when the compressed
+    model is quantized) both are also exported and timed in onnxruntime, the baseline in float
+    and the compressed model with its integer kernels, in the same rounds; PyTorch runs a
+    quantized model as simulated (fake-quantized) float arithmetic.
     """
     from cnnzip.modules import materialize
+    from cnnzip.modules.quant import QuantLayer
 
     models, specs = {}, []
     for key, path in (("baseline", baseline), ("compressed", compressed)):
@@ -135,10 +147,59 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     shapes = {tuple(spec.in_shape) for spec in specs}
     if len(shapes) != 1:
         raise CnnzipError(f"the two models take different inputs: {sorted(shapes)}")
-    best = bench_models(models, shapes.pop(), batch_size=batch_size, rounds=rounds,
+    shape = shapes.pop()
+    quantized = any(isinstance(m, QuantLayer) for m in models["compressed"].modules())
+    if onnx if onnx is not None else quantized:
+        from cnnzip.export import OrtModel, to_onnx
+
+        models["baseline_ort"] = OrtModel(to_onnx(models["baseline"], shape, int8=False))
+        models["compressed_ort"] = OrtModel(to_onnx(models["compressed"], shape))
+    best = bench_models(models, shape, batch_size=batch_size, rounds=rounds,
                         min_seconds=min_seconds)
-    return {"baseline": str(baseline), "compressed": str(compressed),
-            "baseline_images_per_s": best["baseline"],
-            "compressed_images_per_s": best["compressed"],
-            "speedup": best["compressed"] / best["baseline"], "batch_size": batch_size,
-            "runtime": runtime_name()}
+    out = {"baseline": str(baseline), "compressed": str(compressed),
+           "baseline_images_per_s": best["baseline"],
+           "compressed_images_per_s": best["compressed"],
+           "speedup": best["compressed"] / best["baseline"], "batch_size": batch_size,
+           "runtime": runtime_name(), "compressed_simulated": quantized}
+    if "baseline_ort" in best:
+        import onnxruntime
+
+        out["onnxruntime"] = {
+            "runtime": f"onnxruntime {onnxruntime.__version__} cpu, "
+                       f"{torch.get_num_threads()} threads",
+            "baseline_fp32_images_per_s": best["baseline_ort"],
+            "compressed_images_per_s": best["compressed_ort"], "compressed_int8": quantized,
+            "speedup": best["compressed_ort"] / best["baseline_ort"],
+            "speedup_vs_pytorch_fp32": best["compressed_ort"] / best["baseline"]}
+    return out
+
+
+def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
+                check: bool = False, dataset: str | None = None,
+                data_dir: str | Path | None = None) -> dict[str, Any]:
+    """Export the model in ``path`` for deployment; quantized layers as int8 QDQ unless
+    ``int8`` is False.
+
+    With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
+    and its top-1 agreement with cnnzip's own (PyTorch) model are returned.
+    """
+    from cnnzip.data import batches
+    from cnnzip.export import OrtModel, agreement, export_onnx
+
+    if format != "onnx":
+        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx")
+    model, spec, input_info = load_model(path)
+    size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
+    result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
+                              "bytes": size, "int8": int8}
+    if check:
+        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        runtime = OrtModel(Path(out))
+        images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])
+        with torch.inference_mode():
+            predicted = runtime(images).argmax(1)
+        result.update(dataset=dataset, samples=len(images),
+                      onnx_accuracy=float((predicted == splits.test.labels).float().mean()),
+                      accuracy=evaluate(model, splits.test, splits.info),
+                      agreement=agreement(model.eval(), runtime, images))
+    return result

@@ -7,10 +7,10 @@ import sys
 from typing import Sequence
 
 from cnnzip import __version__
-from cnnzip.cli import bench, compress, env, eval as eval_cmd, inspect as inspect_cmd, train
+from cnnzip.cli import bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd, train
 from cnnzip.errors import CnnzipError
 
-COMMANDS = (train, compress, eval_cmd, bench, inspect_cmd, env)
+COMMANDS = (train, compress, eval_cmd, bench, inspect_cmd, export, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

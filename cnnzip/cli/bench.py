@@ -17,17 +17,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("compressed", metavar="COMPRESSED", help="a .cnz container or checkpoint")
     p.add_argument("--batch-size", type=int, default=256, help="default 256")
     p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, default 3")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="also time both in onnxruntime (the baseline float, the compressed model "
+                        "int8 where quantized); default: when the compressed model is quantized")
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     r = api.bench_files(args.baseline, args.compressed, batch_size=args.batch_size,
-                        rounds=args.rounds)
+                        rounds=args.rounds, onnx=args.onnx)
     if args.json:
         print_json(r)
     else:
         print(f"baseline   {r['baseline_images_per_s']:10.0f} images/s\n"
               f"compressed {r['compressed_images_per_s']:10.0f} images/s\n"
-              f"speed-up   {r['speedup']:10.2f}×  (batch {r['batch_size']}, {r['runtime']})")
+              f"speed-up   {r['speedup']:10.2f}×  (batch {r['batch_size']}, {r['runtime']}"
+              + (", compressed model simulated in float)" if r["compressed_simulated"] else ")"))
+        ort = r.get("onnxruntime")
+        if ort:
+            kind = "int8" if ort["compressed_int8"] else "fp32"
+            print(f"onnxruntime: baseline fp32 {ort['baseline_fp32_images_per_s']:10.0f} images/s\n"
+                  f"             compressed {kind} {ort['compressed_images_per_s']:8.0f} images/s\n"
+                  f"             speed-up {ort['speedup']:.2f}× over onnxruntime fp32, "
+                  f"{ort['speedup_vs_pytorch_fp32']:.2f}× over PyTorch fp32 ({ort['runtime']})")
     return 0

@@ -237,6 +237,11 @@ def _method(b: _Builder, node: torch.fx.Node, args: list[Any]) -> str:
         return b.op("Flatten", [args[0]], node.name, axis=1)
     if node.target == "relu":
         return b.op("Relu", [args[0]], node.name)
+    if node.target == "mean" and (len(args) > 1 or "dim" in node.kwargs):
+        dims = args[1] if len(args) > 1 else node.kwargs["dim"]
+        keep = args[2] if len(args) > 2 else node.kwargs.get("keepdim", False)
+        axes = [int(d) for d in dims] if isinstance(dims, (list, tuple)) else [int(dims)]
+        return b.op("ReduceMean", [args[0]], node.name, axes=axes, keepdims=int(keep))
     raise ExportError(f"tensor method {node.target!r} (graph node {node.name}) has no ONNX form "
                       "in this exporter")
 

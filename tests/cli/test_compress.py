@@ -124,3 +124,22 @@ def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_pat
     assert stages["encode"]["bytes"] == report["compressed"]["container_bytes"]
     assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+
+
+def test_int8_recipe_then_bench_times_onnxruntime_and_export_agrees(tmp_path, checkpoint,
+                                                                   capsys):
+    out = tmp_path / "q"
+    assert main(["compress", str(checkpoint), "--recipe", "int8", "--quiet", "--json",
+                 "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in report["stages"]] == ["quantize", "encode"]
+    assert report["compression_ratio"] > 4.0  # 7-bit integers, packed or entropy-coded
+    assert abs(report["accuracy_drop"]) < 5.0
+    assert main(["bench", str(checkpoint), str(out / "model.cnz"), "--batch-size", "8",
+                 "--rounds", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    ort = r["onnxruntime"]
+    assert r["compressed_simulated"] and ort["compressed_int8"]
+    assert ort["baseline_fp32_images_per_s"] > 0 and ort["compressed_images_per_s"] > 0
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]

@@ -1,0 +1,40 @@
+"""``cnnzip export``: a deployable artifact (ONNX) from a model file."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnzip import api
+from cnnzip.cli.common import add_data_args, print_json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="write an ONNX model (int8 where quantized)",
+                       description="Write the model as ONNX. Quantized layers become "
+                                   "QuantizeLinear/DequantizeLinear pairs with cnnzip's own "
+                                   "scales and zero points and int8 weights, which onnxruntime "
+                                   "runs with integer kernels; other layers stay float.")
+    p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
+    p.add_argument("--float", dest="int8", action="store_false",
+                   help="write quantized layers as float layers with their rounded weights")
+    p.add_argument("--check", action="store_true",
+                   help="run the exported file in onnxruntime on the full test set and report "
+                        "its accuracy and top-1 agreement with cnnzip's model")
+    add_data_args(p, required=False)
+    p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
+                        check=args.check, dataset=args.dataset, data_dir=args.data_dir)
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"{r['out']}: {r['bytes']:,} bytes ({'int8 where quantized' if r['int8'] else 'float'})")
+    if args.check:
+        print(f"onnxruntime accuracy {r['onnx_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, "
+              f"top-1 agreement {r['agreement']:.4f} on {r['samples']} {r['dataset']} test images")
+    return 0

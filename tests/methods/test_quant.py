@@ -1,0 +1,158 @@
+import copy
+
+import pytest
+import torch
+
+from cnnzip.codec import decode_file, encode_file, round_for_storage
+from cnnzip.codec.cnz import layer_records
+from cnnzip.data import synthetic_splits
+from cnnzip.errors import CnnzipError
+from cnnzip.methods.base import Context, apply
+from cnnzip.methods.prune import MagnitudePrune, Schedule
+from cnnzip.methods.quant import Quantize
+from cnnzip.methods.share import WeightSharing
+from cnnzip.models import ModelSpec, build_model
+from cnnzip.modules import prunable_layers
+from cnnzip.modules.quant import QuantLayer
+from cnnzip.ops.quant import sqnr_db
+from cnnzip.recipes import load_recipe
+
+LENET = ModelSpec("lenet5", (1, 28, 28), 10)
+CONVBN = ModelSpec("tests.helpers:ConvBN", (1, 28, 28), 10)
+
+
+def _quantized(spec=LENET, seed=0, **options):
+    torch.manual_seed(seed)
+    model = build_model(spec).eval()
+    ctx = Context(synthetic_splits(), finetune_epochs=options.pop("epochs", 0), quiet=True)
+    before = copy.deepcopy(model)
+    apply(model, Quantize(calibration=256, **options), ctx)
+    return before, model, ctx
+
+
+def _logits(model, n=64):
+    x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model.eval()(x)
+
+
+def test_ptq_wraps_every_layer_on_its_grid_and_keeps_the_function():
+    before, model, ctx = _quantized()
+    layers = prunable_layers(model)
+    assert all(isinstance(m, QuantLayer) for m in layers.values())
+    assert [name for name, *_ in ctx.quantized] == list(layers)
+    for layer in layers.values():
+        steps = layer.weight.detach() / layer.w_scale.view(-1, *[1] * (layer.latent.dim() - 1))
+        assert torch.allclose(steps, steps.round(), atol=1e-4)  # integer multiples of the scale
+        assert steps.abs().max() <= 127 + 1e-3
+        assert layer.a_scale.item() != 1.0  # calibrated
+    assert sqnr_db(_logits(before), _logits(model)) > 25
+
+
+def test_fewer_bits_cost_more_and_per_layer_bits_apply():
+    before, eight, _ = _quantized()
+    _, four, ctx = _quantized(weight_bits=4, act_bits=0, layers={"classifier.4": 8})
+    assert sqnr_db(_logits(before), _logits(four)) < sqnr_db(_logits(before), _logits(eight))
+    bits = ctx.notes["quantize"]["bits"]
+    assert bits["classifier.4"] == 8 and bits["features.0"] == 4
+    assert four.get_submodule("features.0").a_grid is None  # act_bits 0: float inputs
+
+
+def test_batchnorm_folds_before_quantization():
+    _, model, ctx = _quantized(CONVBN)
+    assert ctx.folded == [("conv", "bn")]
+    assert isinstance(model.bn, torch.nn.Identity)
+
+
+def test_container_stores_the_integers_packed_and_decodes_the_same_model(tmp_path):
+    _, model, ctx = _quantized(weight_bits=4)
+    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    round_for_storage(model)
+    path = tmp_path / "q.cnz"
+    encode_file(path, model, spec)
+    decoded, got_spec, _ = decode_file(path)
+    assert got_spec.quantized == spec.quantized
+    assert torch.equal(_logits(model), _logits(decoded))
+    meta, _ = layer_records(path)
+    weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("latent"))
+    coded = sum(r[4] for r in meta["quant"])
+    assert coded <= weights * 4 / 8 + len(meta["quant"])  # at most 4 bits per weight
+    assert path.stat().st_size < 4 * weights / 6
+
+
+def test_a_pruned_layer_is_entropy_coded_when_that_is_smaller(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(LENET).eval()
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.9, schedule=Schedule.ONE_SHOT), ctx)
+    apply(model, Quantize(calibration=128), ctx)
+    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    encode_file(tmp_path / "p.cnz", round_for_storage(model), spec)
+    meta, _ = layer_records(tmp_path / "p.cnz")
+    coding = {r[0]: r[3] for r in meta["quant"]}
+    assert coding["classifier.0"] == coding["features.3"] == "entropy"  # the big layers
+    decoded, _, _ = decode_file(tmp_path / "p.cnz")
+    assert torch.equal(_logits(model), _logits(decoded))
+
+
+def test_damaged_quantized_payload_is_a_clear_error(tmp_path):
+    _, model, ctx = _quantized()
+    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    path = tmp_path / "q.cnz"
+    encode_file(path, round_for_storage(model), spec)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(path))
+    tensors["q:features.0"][0] ^= 0xFF
+    save_file(tensors, str(path), metadata=metadata)
+    from cnnzip.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="features.0.*checksum"):
+        decode_file(path)
+
+
+def test_quantization_aware_training_moves_weights_and_scales_and_keeps_masks():
+    torch.manual_seed(0)
+    model = build_model(LENET).eval()
+    ctx = Context(synthetic_splits(), finetune_epochs=None, quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.5, schedule=Schedule.ONE_SHOT, epochs=0), ctx)
+    apply(model, Quantize(weight_bits=4, calibration=128, epochs=0), ctx)
+    layer = model.get_submodule("features.0")
+    scale0, a0 = layer.w_scale.detach().clone(), layer.a_scale.detach().clone()
+    apply_qat = Quantize(weight_bits=4, calibration=128, epochs=1, lr=0.01)
+    from cnnzip.methods.base import finetune
+
+    finetune(model, ctx, epochs=apply_qat.epochs, lr=apply_qat.lr, description="qat")
+    assert not torch.equal(layer.w_scale.detach(), scale0)
+    assert not torch.equal(layer.a_scale.detach(), a0)
+    for name, mask in ctx.masks.items():
+        latent = model.get_submodule(name).latent
+        assert torch.count_nonzero(latent[mask == 0]) == 0
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"weight_bits": 1}, "weight bits must be in 2..8"),
+    ({"act_bits": 9}, "act_bits"),
+    ({"weight_observer": "median"}, "weight_observer"),
+    ({"layers": {"nope": 4}}, "no conv or linear layer named nope"),
+])
+def test_bad_options_are_clear_errors(options, message):
+    with pytest.raises(CnnzipError, match=message):
+        _quantized(**options)
+
+
+def test_sharing_and_quantizing_twice_are_refused():
+    _, model, ctx = _quantized()
+    with pytest.raises(CnnzipError, match="already quantized"):
+        apply(model, WeightSharing(), ctx)
+    with pytest.raises(CnnzipError, match="already quantized"):
+        apply(model, Quantize(), ctx)
+
+
+def test_int8_recipe_loads():
+    recipe = load_recipe("int8")
+    (kind, config), = recipe.steps
+    assert kind == "quantize" and config.act_bits == 8 and config.epochs == 0
