@@ -28,6 +28,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
+from cnnzip.models.edit import symbolic
 from cnnzip.modules import CodebookLayer, FlatLinear, materialize
 from cnnzip.modules.quant import QuantLayer
 
@@ -36,11 +37,6 @@ OPSET = 17
 
 class ExportError(CnnzipError):
     """The model has a layer or operation this exporter cannot write."""
-
-
-class _Tracer(torch.fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (QuantLayer, FlatLinear)) or super().is_leaf_module(m, qualname)
 
 
 class _Builder:
@@ -114,17 +110,7 @@ def _quant_layer(b: _Builder, name: str, q: QuantLayer, x: str, int8: bool) -> s
         return _float_layer(b, name, _Dense(q), x)
     w_scale = _f32(q.w_scale)
     if q.a_grid is not None:
-        if q.a_grid.qmax != 255:
-            raise ExportError(f"{name}: ONNX feature maps are 8-bit; this layer's are "
-                              f"{q.act_bits}-bit")
-        a_scale = b.const(f"{name}.input_scale", _f32(q.a_scale).reshape(()))
-        # the unsigned grid [0, 255] with zero point z is the signed grid [-128, 127] with
-        # zero point z - 128 (the same values); signed-by-signed kernels do not saturate on
-        # x86 without VNNI, where unsigned-by-signed ones can (int16 pair sums)
-        a_zero = b.const(f"{name}.input_zero",
-                         np.array(int(q.a_zero.item()) - 128, dtype=np.int8).reshape(()))
-        xq = b.op("QuantizeLinear", [x, a_scale, a_zero], f"{name}.input_q")
-        x = b.op("DequantizeLinear", [xq, a_scale, a_zero], f"{name}.input_dq")
+        x = _qdq(b, f"{name}.input", x, q.a_scale, q.a_zero, q.act_bits)
     codes = q.codes().numpy().astype(np.int8)
     axis = 0
     w_int = b.const(f"{name}.weight_int8", codes)
@@ -144,7 +130,24 @@ def _quant_layer(b: _Builder, name: str, q: QuantLayer, x: str, int8: bool) -> s
                         f"{name}.bias_dq", axis=0)
         else:
             bias = b.const(f"{name}.bias", _f32(q.layer.bias))
-    return _layer(b, name, q.layer, x, weight, bias)
+    y = _layer(b, name, q.layer, x, weight, bias)
+    if q.o_grid is not None:
+        y = _qdq(b, f"{name}.output", y, q.o_scale, q.o_zero, q.out_bits)
+    return y
+
+
+def _qdq(b: _Builder, name: str, x: str, scale: torch.Tensor, zero: torch.Tensor,
+         bits: int) -> str:
+    """QuantizeLinear → DequantizeLinear of ``x`` on the unsigned 8-bit grid with ``zero``,
+    written as the signed grid [-128, 127] with zero point ``zero`` - 128 (the same values):
+    signed-by-signed integer kernels do not saturate on x86 without VNNI, where
+    unsigned-by-signed ones can (they sum pairs of products in 16 bits)."""
+    if bits != 8:
+        raise ExportError(f"{name}: ONNX feature maps are 8-bit; this one is {bits}-bit")
+    s = b.const(f"{name}_scale", _f32(scale).reshape(()))
+    z = b.const(f"{name}_zero", np.array(int(zero.item()) - 128, dtype=np.int8).reshape(()))
+    return b.op("DequantizeLinear", [b.op("QuantizeLinear", [x, s, z], f"{name}_q"), s, z],
+                f"{name}_dq")
 
 
 class _Dense:
@@ -261,11 +264,7 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, int8: bool = True) -
     model = copy.deepcopy(model).eval()
     if any(isinstance(m, CodebookLayer) for m in model.modules()):
         materialize(model)
-    try:
-        graph = torch.fx.GraphModule(model, _Tracer().trace(model))
-    except Exception as exc:  # tracing runs the model's forward
-        raise ExportError(f"cannot trace the model for export: {type(exc).__name__}: {exc}") \
-            from None
+    graph = symbolic(model, "for export", leaves=(QuantLayer, FlatLinear))
     with torch.no_grad():
         ShapeProp(graph).propagate(torch.zeros(1, *in_shape))
     modules = dict(graph.named_modules())

@@ -40,7 +40,7 @@ class Context:
     channel_plan: list[tuple[str, bool, tuple[int, ...]]] = field(default_factory=list)
     folded: list[tuple[str, str]] = field(default_factory=list)
     replaced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    quantized: list[tuple[str, int, int, bool]] = field(default_factory=list)
+    quantized: list[tuple[str, int, int, bool, int]] = field(default_factory=list)
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs

@@ -5,15 +5,19 @@ scales)."""
 from __future__ import annotations
 
 import contextlib
+import operator
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
+import torch.fx
+import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.data import ImageSet, batches
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
+from cnnzip.models.edit import symbolic
 from cnnzip.models.fold import fold_batchnorm, foldable_pairs
 from cnnzip.modules import CodebookLayer, prunable_layers
 from cnnzip.modules.quant import QuantLayer, quantize_layer
@@ -35,6 +39,8 @@ class Quantize:
         weight_observer: how weight ranges are chosen: minmax, percentile or mse (the clip with
             the least squared error).
         act_observer: the same for feature maps, from the calibration images.
+        outputs: also quantize the output of a layer that feeds a residual add or a
+            concatenation (with ``act_bits``), so integer kernels chain through it.
         calibration: training images used to calibrate feature-map ranges.
         epochs: quantization-aware training epochs with distillation (0: post-training only).
         lr: quantization-aware training peak learning rate.
@@ -47,6 +53,7 @@ class Quantize:
     keep_float: list[str] = field(default_factory=list)
     weight_observer: str = "mse"
     act_observer: str = "percentile"
+    outputs: bool = True
     calibration: int = 1024
     epochs: int = 0
     lr: float = 0.002
@@ -67,48 +74,81 @@ class Quantize:
                               f"{self.calibration}")
 
 
+_COMMUTE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # with rounding
+
+
+def _feeds_a_join(graph: torch.fx.Graph, modules: dict[str, nn.Module],
+                  node: torch.fx.Node) -> bool:
+    """Whether ``node``'s output reaches an add or a concatenation before any layer reads it
+    (through operations that commute with rounding)."""
+    for user in node.users:
+        if user.op == "call_module" and isinstance(modules[user.target], _COMMUTE):
+            if _feeds_a_join(graph, modules, user):
+                return True
+        elif user.op == "call_function" and user.target in (operator.add, torch.add, torch.cat):
+            return True
+        elif user.op == "call_function" and user.target in (torch.relu, F.relu):
+            if _feeds_a_join(graph, modules, user):
+                return True
+    return False
+
+
+def _joined_layers(model: nn.Module, names: list[str]) -> set[str]:
+    graph = symbolic(model, "to find layers that feed residual adds", leaves=(QuantLayer,))
+    modules = dict(graph.named_modules())
+    return {node.target for node in graph.graph.nodes
+            if node.op == "call_module" and node.target in names
+            and _feeds_a_join(graph.graph, modules, node)}
+
+
 @contextlib.contextmanager
-def _recording_inputs(model: nn.Module, layers: dict[str, QuantLayer],
-                      limit: int) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Record each layer's float input (its input quantizer bypassed), at most ``limit``
-    values per layer, subsampled deterministically."""
-    seen: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
+def _float_recording(model: nn.Module, layers: dict[str, QuantLayer],
+                     limit: int) -> Iterator[dict[tuple[str, str], list[torch.Tensor]]]:
+    """Record each layer's float input and output (its feature-map quantizers bypassed), at
+    most ``limit`` values per batch, subsampled deterministically."""
+    seen: dict[tuple[str, str], list[torch.Tensor]] = {}
     generator = torch.Generator().manual_seed(0)
 
+    def keep(key: tuple[str, str], t: torch.Tensor) -> None:
+        flat = t.detach().flatten()
+        if flat.numel() > limit:
+            flat = flat[torch.randint(flat.numel(), (limit,), generator=generator)]
+        seen.setdefault(key, []).append(flat)
+
     def hook(name: str):
-        def record(module: QuantLayer, args: tuple[Any, ...]) -> None:
-            flat = args[0].detach().flatten()
-            if flat.numel() > limit:
-                flat = flat[torch.randint(flat.numel(), (limit,), generator=generator)]
-            seen[name].append(flat)
+        def record(module: QuantLayer, args: tuple[Any, ...], out: torch.Tensor) -> None:
+            keep((name, "input"), args[0])
+            keep((name, "output"), out)
         return record
 
-    handles = [layer.register_forward_pre_hook(hook(name)) for name, layer in layers.items()]
-    grids = {name: layer.a_grid for name, layer in layers.items()}
+    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
+    grids = {name: (layer.a_grid, layer.o_grid) for name, layer in layers.items()}
     for layer in layers.values():
-        layer.a_grid = None  # float inputs while observing
+        layer.a_grid = layer.o_grid = None  # float feature maps while observing
     try:
         yield seen
     finally:
         for handle in handles:
             handle.remove()
         for name, layer in layers.items():
-            layer.a_grid = grids[name]
+            layer.a_grid, layer.o_grid = grids[name]
 
 
-def calibrate_inputs(model: nn.Module, layers: dict[str, QuantLayer], images: ImageSet,
-                     ctx: Context, observer: str) -> None:
-    """Set every layer's input scale and zero point from ``images`` (one float pass)."""
-    layers = {n: m for n, m in layers.items() if m.a_grid is not None}
-    if not layers:
-        return
+def calibrate_feature_maps(model: nn.Module, layers: dict[str, QuantLayer], images: ImageSet,
+                           ctx: Context, observer: str) -> None:
+    """Set every layer's input (and output) scale and zero point from ``images``, in one float
+    pass."""
     model.eval()
-    with _recording_inputs(model, layers, limit=2_000_000) as seen, torch.no_grad():
+    with _float_recording(model, layers, limit=200_000) as seen, torch.no_grad():
         for x, _ in batches(images, ctx.splits.info, 256):
             model(x)
     for name, layer in layers.items():
-        values = torch.cat(seen[name])
-        layer.set_input_range(*calibrate(values, layer.a_grid, observer=observer))
+        if layer.a_grid is not None:
+            values = torch.cat(seen[name, "input"])
+            layer.set_input_range(*calibrate(values, layer.a_grid, observer=observer))
+        if layer.o_grid is not None:
+            values = torch.cat(seen[name, "output"])
+            layer.set_output_range(*calibrate(values, layer.o_grid, observer=observer))
 
 
 def _calibration_images(ctx: Context, count: int) -> ImageSet:
@@ -134,24 +174,27 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     ctx.folded.extend(pairs)
     wrapped: dict[str, QuantLayer] = {}
     sqnr: dict[str, float] = {}
-    for name in layers:
-        if name in config.keep_float:
-            continue
+    names = [name for name in layers if name not in config.keep_float]
+    joined = _joined_layers(model, names) if config.outputs and config.act_bits else set()
+    for name in names:
         bits = config.layers.get(name, config.weight_bits)
-        layer = quantize_layer(model, name, bits, config.act_bits, per_channel=config.per_channel)
+        out_bits = config.act_bits if name in joined else 0
+        layer = quantize_layer(model, name, bits, config.act_bits, per_channel=config.per_channel,
+                               out_bits=out_bits)
         layer.calibrate_weight(config.weight_observer)
-        ctx.quantized.append((name, bits, config.act_bits, config.per_channel))
+        ctx.quantized.append((name, bits, config.act_bits, config.per_channel, out_bits))
         wrapped[name] = layer
         sqnr[name] = round(sqnr_db(layer.latent, layer.weight.detach()), 2)
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("quantize: calibrating", total=None, status="")
-        calibrate_inputs(model, wrapped, _calibration_images(ctx, config.calibration), ctx,
-                         config.act_observer)
+        calibrate_feature_maps(model, wrapped, _calibration_images(ctx, config.calibration),
+                               ctx, config.act_observer)
         bar.update(task, status="done")
     ctx.notes["quantize"] = {
         "folded": [f"{bn} → {layer}" for layer, bn in pairs],
         "bits": {name: layer.weight_bits for name, layer in wrapped.items()},
         "act_bits": config.act_bits, "per_channel": config.per_channel,
+        "outputs_quantized": sorted(joined),
         "weight_sqnr_db": sqnr, "val_after_calibration": ctx.val_accuracy(model),
         "simulated": "PyTorch computes with fake-quantized (rounded float) values; "
                      "integer execution is the ONNX export in onnxruntime"}

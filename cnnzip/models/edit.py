@@ -8,10 +8,21 @@ from torch import nn
 from cnnzip.errors import ModelError
 
 
-def symbolic(model: nn.Module, purpose: str) -> torch.fx.GraphModule:
-    """``torch.fx.symbolic_trace`` with a tracing failure reported as the model's."""
+class _LeafTracer(torch.fx.Tracer):
+    def __init__(self, leaves: tuple[type, ...]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, self.leaves) or super().is_leaf_module(m, qualname)
+
+
+def symbolic(model: nn.Module, purpose: str, *,
+             leaves: tuple[type, ...] = ()) -> torch.fx.GraphModule:
+    """``torch.fx.symbolic_trace`` with a tracing failure reported as the model's; modules of
+    the ``leaves`` types stay whole (one node) besides torch.nn's own."""
     try:
-        return torch.fx.symbolic_trace(model)
+        return torch.fx.GraphModule(model, _LeafTracer(leaves).trace(model))
     except Exception as exc:  # tracing runs the user's forward: report it as the model's
         raise ModelError(f"cannot trace the model {purpose}: {type(exc).__name__}: {exc}") from None
 

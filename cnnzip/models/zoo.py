@@ -57,7 +57,7 @@ class ModelSpec:
         replaced: modules replaced by layer merging, after the folds, in order: (qualified
             name, description of the new module for ``cnnzip.models.replace.construct``).
         quantized: layers wrapped by uniform quantization, last: (qualified name, weight bits,
-            input feature-map bits or 0, per channel).
+            input feature-map bits or 0, per channel, output feature-map bits or 0).
     """
 
     name: str
@@ -67,7 +67,7 @@ class ModelSpec:
     channel_plan: tuple[tuple[str, bool, tuple[int, ...]], ...] = ()
     folded: tuple[tuple[str, str], ...] = ()
     replaced: tuple[tuple[str, dict[str, Any]], ...] = ()
-    quantized: tuple[tuple[str, int, int, bool], ...] = ()
+    quantized: tuple[tuple[str, int, int, bool, int], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,8 +79,8 @@ class ModelSpec:
                          for root, out, idxs in data.get("channel_plan") or ())
             folded = tuple((str(layer), str(bn)) for layer, bn in data.get("folded") or ())
             replaced = tuple((str(name), dict(desc)) for name, desc in data.get("replaced") or ())
-            quantized = tuple((str(name), int(w), int(a), bool(pc))
-                              for name, w, a, pc in data.get("quantized") or ())
+            quantized = tuple((str(q[0]), int(q[1]), int(q[2]), bool(q[3]), int(q[4]))
+                              for q in data.get("quantized") or ())
             return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
                        num_classes=int(data["num_classes"]),
                        width=None if data.get("width") is None else float(data["width"]),
@@ -152,9 +152,10 @@ def build_model(spec: ModelSpec) -> nn.Module:
 def _quantize(model: nn.Module, spec: ModelSpec) -> None:
     from cnnzip.modules.quant import quantize_layer
 
-    for name, weight_bits, act_bits, per_channel in spec.quantized:
+    for name, weight_bits, act_bits, per_channel, out_bits in spec.quantized:
         try:
-            quantize_layer(model, name, weight_bits, act_bits, per_channel=per_channel)
+            quantize_layer(model, name, weight_bits, act_bits, per_channel=per_channel,
+                           out_bits=out_bits)
         except (AttributeError, TypeError, ValueError) as exc:
             raise ModelError(f"model {spec.name!r}: cannot quantize layer {name!r} ({exc})") \
                 from None

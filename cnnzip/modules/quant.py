@@ -27,12 +27,14 @@ class QuantLayer(nn.Module):
         weight_bits: 2 to 8 (2 is ternary).
         act_bits: bits of the input feature map, or 0 to leave it in float.
         per_channel: one weight scale per output channel (else one per tensor).
+        out_bits: bits of the output feature map, or 0 to leave it in float (a layer whose
+            output meets a residual add is quantized there, so the add reads integers).
     """
 
     wraps_layer = True  # metrics count this module with ``self.layer``'s geometry
 
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int = 0, *,
-                 per_channel: bool = True):
+                 per_channel: bool = True, out_bits: int = 0):
         super().__init__()
         if not isinstance(layer, PRUNABLE):
             raise TypeError(f"cannot quantize {type(layer).__name__}")
@@ -48,6 +50,11 @@ class QuantLayer(nn.Module):
         if self.a_grid is not None:
             self.a_scale = nn.Parameter(torch.ones(1))
             self.register_buffer("a_zero", torch.zeros(1))
+        self.out_bits = out_bits
+        self.o_grid = Grid.activations(out_bits) if out_bits else None
+        if self.o_grid is not None:
+            self.o_scale = nn.Parameter(torch.ones(1))
+            self.register_buffer("o_zero", torch.zeros(1))
         self.calibrate_weight("minmax")
 
     def calibrate_weight(self, observer: str) -> None:
@@ -61,6 +68,11 @@ class QuantLayer(nn.Module):
         with torch.no_grad():
             self.a_scale.copy_(scale.reshape(1))
             self.a_zero.copy_(zero.reshape(1))
+
+    def set_output_range(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.o_scale.copy_(scale.reshape(1))
+            self.o_zero.copy_(zero.reshape(1))
 
     def codes(self) -> torch.Tensor:
         """The weight's integers (int64), as the container stores them."""
@@ -85,7 +97,10 @@ class QuantLayer(nn.Module):
         return fake_quantize(x, self.a_scale, self.a_zero, self.a_grid, learn_scale=self.training)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return run_layer(self.layer, self.quantize_input(x), self.weight)
+        y = run_layer(self.layer, self.quantize_input(x), self.weight)
+        if self.o_grid is None:
+            return y
+        return fake_quantize(y, self.o_scale, self.o_zero, self.o_grid, learn_scale=self.training)
 
     @property
     def bits(self) -> float:
@@ -94,14 +109,16 @@ class QuantLayer(nn.Module):
     def extra_repr(self) -> str:
         grain = "channel" if self.per_channel else "tensor"
         acts = f"{self.act_bits}-bit" if self.act_bits else "float"
-        return f"weights={self.weight_bits}-bit per {grain}, inputs={acts}"
+        outs = f", outputs={self.out_bits}-bit" if self.out_bits else ""
+        return f"weights={self.weight_bits}-bit per {grain}, inputs={acts}{outs}"
 
 
 def quantize_layer(model: nn.Module, name: str, weight_bits: int, act_bits: int = 0, *,
-                   per_channel: bool = True) -> QuantLayer:
+                   per_channel: bool = True, out_bits: int = 0) -> QuantLayer:
     """Replace the conv or linear layer ``name`` of ``model`` by a :class:`QuantLayer`."""
     layer = model.get_submodule(name)
-    wrapped = QuantLayer(layer, weight_bits, act_bits, per_channel=per_channel)
+    wrapped = QuantLayer(layer, weight_bits, act_bits, per_channel=per_channel,
+                         out_bits=out_bits)
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, wrapped)
     return wrapped

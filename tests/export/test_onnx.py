@@ -90,3 +90,20 @@ def test_export_cli_checks_the_file_in_onnxruntime(tmp_path, capsys):
     assert main(["export", str(path), "--format", "onnx", "--float", "--out",
                  str(tmp_path / "f.onnx")]) == 0
     assert (tmp_path / "f.onnx").stat().st_size > out.stat().st_size  # float weights
+
+
+def test_layers_before_residual_adds_quantize_their_outputs_so_every_conv_runs_in_int8(
+        tmp_path):
+    model, ctx = _quantized(ModelSpec("resnet20", (1, 28, 28), 10, 0.25))
+    joined = ctx.notes["quantize"]["outputs_quantized"]
+    assert "layers.0.conv2" in joined and "layers.3.shortcut.0" in joined
+    assert "layers.0.conv1" not in joined  # read by the next quantized conv only
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(to_onnx(model, (1, 28, 28)).SerializeToString(), options,
+                         providers=["CPUExecutionProvider"])
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearConv") == 21 and "Conv" not in ops
