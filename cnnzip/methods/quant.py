@@ -42,7 +42,19 @@ class Quantize:
         outputs: also quantize the output of a layer that feeds a residual add or a
             concatenation (with ``act_bits``), so integer kernels chain through it.
         calibration: training images used to calibrate feature-map ranges.
+        budget_bits: mixed precision: choose each layer's weight bits (from ``weight_bits``
+            down through ``candidate_bits``) so that the average over all weights is at most
+            this; layers are lowered one step at a time, the least accuracy lost per bit
+            saved first (per-layer sensitivities measured on validation data).
+        max_drop: mixed precision without a budget: keep lowering while the validation
+            accuracy of the whole quantized model stays within this fraction of the float
+            model's (each step measured).
+        candidate_bits: the weight bit widths mixed precision may choose.
+        samples: validation images per sensitivity measurement.
         epochs: quantization-aware training epochs with distillation (0: post-training only).
+        weights_first: with epochs and quantized feature maps, train the first half of the
+            epochs with only the weights quantized, then calibrate the feature maps and train
+            the rest (the two-stage order).
         lr: quantization-aware training peak learning rate.
     """
 
@@ -55,7 +67,12 @@ class Quantize:
     act_observer: str = "percentile"
     outputs: bool = True
     calibration: int = 1024
+    budget_bits: float | None = None
+    max_drop: float | None = None
+    candidate_bits: list[int] = field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
+    samples: int = 2000
     epochs: int = 0
+    weights_first: bool = False
     lr: float = 0.002
 
     def __post_init__(self) -> None:
@@ -69,6 +86,12 @@ class Quantize:
             if observer not in OBSERVERS:
                 raise CnnzipError(f"quantize: {what}_observer {observer!r} is not one of "
                                   f"{', '.join(OBSERVERS)}")
+        if any(not 2 <= b <= 8 for b in self.candidate_bits):
+            raise CnnzipError(f"quantize: candidate_bits must be in 2..8, got "
+                              f"{self.candidate_bits}")
+        if self.budget_bits is not None and not 2 <= self.budget_bits <= 8:
+            raise CnnzipError(f"quantize: budget_bits is an average weight bit width in 2..8, "
+                              f"got {self.budget_bits}")
         if self.calibration < 1:
             raise CnnzipError(f"quantize: calibration needs at least one image, got "
                               f"{self.calibration}")
@@ -151,6 +174,63 @@ def calibrate_feature_maps(model: nn.Module, layers: dict[str, QuantLayer], imag
             layer.set_output_range(*calibrate(values, layer.o_grid, observer=observer))
 
 
+def _sensitivities(model: nn.Module, layers: dict[str, QuantLayer], steps: list[int],
+                   config: Quantize, ctx: Context) -> dict[str, dict[int, float]]:
+    """Validation accuracy with one layer at each bit width in ``steps`` (the others as they
+    are), layer by layer."""
+    table: dict[str, dict[int, float]] = {}
+    with progress_bar(disable=ctx.quiet) as bar:
+        task = bar.add_task("quantize: sensitivity", total=len(layers) * len(steps), status="")
+        for name, layer in layers.items():
+            start = layer.weight_bits
+            table[name] = {}
+            for bits in steps:
+                if bits <= start:
+                    layer.set_weight_bits(bits, config.weight_observer)
+                    table[name][bits] = ctx.val_accuracy(model, config.samples)
+                bar.advance(task)
+            layer.set_weight_bits(start, config.weight_observer)
+    return table
+
+
+def _mixed_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Quantize,
+                     ctx: Context, base: float) -> dict[str, Any]:
+    """Lower layers' weight bits step by step, the least validation accuracy lost per bit
+    saved first (from each layer's sensitivity), until the average is within
+    ``config.budget_bits`` or (without a budget) the next step would lose more than
+    ``config.max_drop`` (measured on the whole model)."""
+    steps = sorted(set(config.candidate_bits), reverse=True)
+    table = _sensitivities(model, layers, steps, config, ctx)
+    sizes = {name: layer.latent.numel() for name, layer in layers.items()}
+    total = sum(sizes.values())
+
+    def average() -> float:
+        return sum(layers[n].weight_bits * sizes[n] for n in layers) / total
+
+    history = []
+    while config.budget_bits is None or average() > config.budget_bits + 1e-9:
+        options = []
+        for name, layer in layers.items():
+            lower = [b for b in table[name] if b < layer.weight_bits]
+            if lower:
+                b = max(lower)
+                loss = table[name][layer.weight_bits] - table[name][b] \
+                    if layer.weight_bits in table[name] else base - table[name][b]
+                options.append((max(loss, 0.0) / (sizes[name] * (layer.weight_bits - b)), name, b))
+        if not options:
+            break
+        _, name, bits = min(options)
+        previous = layers[name].weight_bits
+        layers[name].set_weight_bits(bits, config.weight_observer)
+        accuracy = ctx.val_accuracy(model, config.samples)
+        if config.budget_bits is None and base - accuracy > config.max_drop:
+            layers[name].set_weight_bits(previous, config.weight_observer)
+            break
+        history.append({"layer": name, "bits": bits, "average_bits": round(average(), 3),
+                        "val_accuracy": accuracy})
+    return {"sensitivity": table, "steps": history, "average_bits": average()}
+
+
 def _calibration_images(ctx: Context, count: int) -> ImageSet:
     train = ctx.splits.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))
@@ -173,7 +253,6 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     fold_batchnorm(model, pairs)
     ctx.folded.extend(pairs)
     wrapped: dict[str, QuantLayer] = {}
-    sqnr: dict[str, float] = {}
     names = [name for name in layers if name not in config.keep_float]
     joined = _joined_layers(model, names) if config.outputs and config.act_bits else set()
     for name in names:
@@ -182,22 +261,44 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
         layer = quantize_layer(model, name, bits, config.act_bits, per_channel=config.per_channel,
                                out_bits=out_bits)
         layer.calibrate_weight(config.weight_observer)
-        ctx.quantized.append((name, bits, config.act_bits, config.per_channel, out_bits))
         wrapped[name] = layer
-        sqnr[name] = round(sqnr_db(layer.latent, layer.weight.detach()), 2)
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("quantize: calibrating", total=None, status="")
         calibrate_feature_maps(model, wrapped, _calibration_images(ctx, config.calibration),
                                ctx, config.act_observer)
         bar.update(task, status="done")
+    notes: dict[str, Any] = {}
+    if config.budget_bits is not None or config.max_drop is not None:
+        base = ctx.val_accuracy(ctx.teacher, config.samples) if ctx.teacher is not None \
+            else ctx.val_accuracy(model, config.samples)
+        notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base)
+    ctx.quantized.extend((name, layer.weight_bits, layer.act_bits, layer.per_channel,
+                          layer.out_bits) for name, layer in wrapped.items())
+    sqnr = {name: round(sqnr_db(layer.latent, layer.weight.detach()), 2)
+            for name, layer in wrapped.items()}
+    sizes = {name: layer.latent.numel() for name, layer in wrapped.items()}
     ctx.notes["quantize"] = {
         "folded": [f"{bn} → {layer}" for layer, bn in pairs],
         "bits": {name: layer.weight_bits for name, layer in wrapped.items()},
+        "average_bits": sum(wrapped[n].weight_bits * sizes[n] for n in wrapped)
+        / max(sum(sizes.values()), 1), **notes,
         "act_bits": config.act_bits, "per_channel": config.per_channel,
         "outputs_quantized": sorted(joined),
         "weight_sqnr_db": sqnr, "val_after_calibration": ctx.val_accuracy(model),
         "simulated": "PyTorch computes with fake-quantized (rounded float) values; "
                      "integer execution is the ONNX export in onnxruntime"}
-    finetune(model, ctx, epochs=config.epochs, lr=config.lr,
+    epochs = ctx.epochs(config.epochs)
+    if config.weights_first and config.act_bits and epochs >= 2:
+        grids = {n: (m.a_grid, m.o_grid) for n, m in wrapped.items()}
+        for layer in wrapped.values():
+            layer.a_grid = layer.o_grid = None  # stage 1: weights only
+        finetune(model, ctx, epochs=epochs // 2, lr=config.lr,
+                 description="quantization-aware training: weights")
+        for name, layer in wrapped.items():
+            layer.a_grid, layer.o_grid = grids[name]
+        calibrate_feature_maps(model, wrapped, _calibration_images(ctx, config.calibration),
+                               ctx, config.act_observer)
+        epochs -= epochs // 2
+    finetune(model, ctx, epochs=epochs, lr=config.lr,
              description="quantization-aware training")
     return model

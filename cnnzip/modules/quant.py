@@ -64,6 +64,11 @@ class QuantLayer(nn.Module):
         with torch.no_grad():
             self.w_scale.copy_(scale)
 
+    def set_weight_bits(self, bits: int, observer: str) -> None:
+        """Move the weights to a ``bits``-bit grid, its scale from ``observer``."""
+        self.w_grid, self.weight_bits = Grid.weights(bits), bits
+        self.calibrate_weight(observer)
+
     def set_input_range(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
         with torch.no_grad():
             self.a_scale.copy_(scale.reshape(1))

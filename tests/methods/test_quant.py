@@ -156,3 +156,30 @@ def test_int8_recipe_loads():
     recipe = load_recipe("int8")
     (kind, config), = recipe.steps
     assert kind == "quantize" and config.act_bits == 8 and config.epochs == 0
+
+
+def test_mixed_precision_meets_the_average_bit_budget_lowering_the_least_sensitive_first():
+    _, model, ctx = _quantized(budget_bits=4.0, candidate_bits=[8, 6, 4, 3], samples=128,
+                               act_bits=0)
+    notes = ctx.notes["quantize"]
+    assert notes["average_bits"] <= 4.0
+    assert set(notes["bits"].values()) <= {8, 6, 4, 3} and len(set(notes["bits"].values())) > 1
+    mixed = notes["mixed"]
+    assert set(mixed["sensitivity"]) == set(notes["bits"])
+    assert mixed["steps"] and mixed["steps"][-1]["average_bits"] == pytest.approx(
+        notes["average_bits"], abs=1e-3)
+    assert [b for _, b, *_ in ctx.quantized] == list(notes["bits"].values())
+    for name, bits in notes["bits"].items():
+        assert model.get_submodule(name).w_grid.qmax == 2 ** (bits - 1) - 1
+
+
+def test_mixed_precision_without_a_budget_stops_at_the_accuracy_tolerance():
+    _, _, strict = _quantized(max_drop=-1.0, samples=128, act_bits=0)  # nothing can hold
+    assert set(strict.notes["quantize"]["bits"].values()) == {8}
+    _, _, loose = _quantized(max_drop=1.0, samples=128, act_bits=0)  # anything holds
+    assert set(loose.notes["quantize"]["bits"].values()) == {2}
+
+
+def test_two_stage_training_trains_weights_first_then_feature_maps():
+    _, model, ctx = _quantized(epochs=2, weights_first=True, weight_bits=4)
+    assert all(m.a_grid is not None for m in prunable_layers(model).values())
