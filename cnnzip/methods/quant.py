@@ -31,7 +31,7 @@ class Quantize:
     (asymmetric, unsigned), BatchNorms folded first.
 
     Attributes:
-        weight_bits: 2 to 8 (2 is ternary: {-1, 0, 1} times a scale).
+        weight_bits: 1 to 8 (2 is ternary: {-1, 0, 1} times a scale; 1 binary: ±scale).
         act_bits: bits of each layer's input feature map; 0 keeps feature maps in float.
         per_channel: one weight scale per output channel (else one per layer).
         layers: weight bits by layer name (overrides ``weight_bits``).
@@ -77,8 +77,8 @@ class Quantize:
 
     def __post_init__(self) -> None:
         for bits in (self.weight_bits, *self.layers.values()):
-            if not 2 <= bits <= 8:
-                raise CnnzipError(f"quantize: weight bits must be in 2..8, got {bits}")
+            if not 1 <= bits <= 8:
+                raise CnnzipError(f"quantize: weight bits must be in 1..8, got {bits}")
         if self.act_bits != 0 and not 2 <= self.act_bits <= 8:
             raise CnnzipError(f"quantize: act_bits must be 0 (float) or in 2..8, got "
                               f"{self.act_bits}")
@@ -86,8 +86,8 @@ class Quantize:
             if observer not in OBSERVERS:
                 raise CnnzipError(f"quantize: {what}_observer {observer!r} is not one of "
                                   f"{', '.join(OBSERVERS)}")
-        if any(not 2 <= b <= 8 for b in self.candidate_bits):
-            raise CnnzipError(f"quantize: candidate_bits must be in 2..8, got "
+        if any(not 1 <= b <= 8 for b in self.candidate_bits):
+            raise CnnzipError(f"quantize: candidate_bits must be in 1..8, got "
                               f"{self.candidate_bits}")
         if self.budget_bits is not None and not 2 <= self.budget_bits <= 8:
             raise CnnzipError(f"quantize: budget_bits is an average weight bit width in 2..8, "

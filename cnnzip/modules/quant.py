@@ -24,7 +24,7 @@ class QuantLayer(nn.Module):
 
     Args:
         layer: the layer to wrap.
-        weight_bits: 2 to 8 (2 is ternary).
+        weight_bits: 1 to 8 (2 is ternary, 1 binary).
         act_bits: bits of the input feature map, or 0 to leave it in float.
         per_channel: one weight scale per output channel (else one per tensor).
         out_bits: bits of the output feature map, or 0 to leave it in float (a layer whose

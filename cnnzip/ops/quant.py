@@ -2,7 +2,8 @@
 
 A real value x maps to the integer q = clamp(round(x / scale) + zero_point, qmin, qmax) and back
 to (q - zero_point) * scale. Weights use the symmetric signed grid (zero point 0, qmin = -qmax,
-so 0 stays exactly 0 and the 2-bit grid is ternary {-1, 0, 1}); feature maps use the asymmetric
+so 0 stays exactly 0 and the 2-bit grid is ternary {-1, 0, 1}; 1 bit is binary {-1, 1}, the
+sign, with the least-squares scale mean |w|); feature maps use the asymmetric
 unsigned grid [0, 2^bits - 1] with an integer zero point, the ONNX/onnxruntime U8S8 convention.
 Per-channel parameters run along dimension 0 (a layer's output channels).
 
@@ -23,17 +24,24 @@ OBSERVERS = ("minmax", "percentile", "mse")
 
 @dataclass(frozen=True)
 class Grid:
-    """The integers of a quantization grid."""
+    """The integers of a quantization grid (``binary``: only qmin and qmax, no zero)."""
 
     qmin: int
     qmax: int
+    binary: bool = False
 
     @classmethod
     def weights(cls, bits: int) -> Grid:
-        """Symmetric signed: ±(2^(bits-1) - 1); 2 bits is ternary."""
-        _check_bits(bits, 2)
+        """Symmetric signed: ±(2^(bits-1) - 1); 2 bits is ternary, 1 bit binary (±1)."""
+        _check_bits(bits, 1)
+        if bits == 1:
+            return cls(-1, 1, binary=True)
         q = 2 ** (bits - 1) - 1
         return cls(-q, q)
+
+    @property
+    def bits(self) -> int:
+        return 1 if self.binary else max(1, (self.qmax - self.qmin).bit_length())
 
     @classmethod
     def activations(cls, bits: int) -> Grid:
@@ -73,6 +81,8 @@ def _shape(scale: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid: Grid) -> torch.Tensor:
     """The integers (as float) of ``x`` on the grid; per-channel parameters run along dim 0."""
     s, z = _shape(scale, x), _shape(zero, x)
+    if grid.binary:
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
     return (torch.round(x / s) + z).clamp(grid.qmin, grid.qmax)
 
 
@@ -97,6 +107,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid
         per = x.numel() / scale.numel()
         scale = _scale_grad(scale, 1.0 / (per * max(grid.qmax, 1)) ** 0.5)
     s, z = _shape(scale, x), _shape(zero, x)
+    if grid.binary:  # sign, its gradient passed straight through inside ±scale
+        v = torch.clamp(x / s, -1.0, 1.0)
+        return (v + (torch.where(x >= 0, 1.0, -1.0) - v).detach()) * s
     q = torch.clamp(_round_ste(x / s) + z, grid.qmin, grid.qmax)
     return (q - z) * s
 
@@ -120,6 +133,10 @@ def calibrate(x: torch.Tensor, grid: Grid, *, per_channel: bool = False,
     """
     if observer not in OBSERVERS:
         raise ValueError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    if grid.binary:  # the least-squares scale of sign(x) is mean |x|
+        flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)
+        scale = flat.abs().mean(1).clamp(min=torch.finfo(torch.float32).tiny)
+        return scale, torch.zeros_like(scale)
     lo, hi = _extremes(x, per_channel, observer)
     if observer != "mse":
         return qparams(lo, hi, grid)
@@ -144,8 +161,10 @@ def sqnr_db(x: torch.Tensor, approx: torch.Tensor) -> float:
 
 def pack(q: torch.Tensor, grid: Grid) -> bytes:
     """The integers ``q`` (on ``grid``), bits wide each, little-endian bit order."""
-    bits = max(1, (grid.qmax - grid.qmin).bit_length())
+    bits = grid.bits
     u = (q.detach().flatten().to(torch.int64) - grid.qmin).numpy().astype("uint16")
+    if grid.binary:
+        u = u // 2  # -1, 1 → 0, 1
     planes = ((u[:, None] >> np.arange(bits, dtype="uint16")) & 1).astype("uint8")
     return np.packbits(planes.reshape(-1), bitorder="little").tobytes()
 
@@ -156,13 +175,13 @@ def unpack(data: bytes, count: int, grid: Grid) -> torch.Tensor:
     Raises:
         ValueError: ``data`` is not the packed size of ``count`` values.
     """
-    bits = max(1, (grid.qmax - grid.qmin).bit_length())
+    bits = grid.bits
     if len(data) != -(-count * bits // 8):
         raise ValueError(f"{len(data)} bytes cannot hold {count} values of {bits} bits")
     planes = np.unpackbits(np.frombuffer(data, dtype="uint8"), bitorder="little")
     planes = planes[: count * bits].reshape(count, bits).astype("int64")
     u = (planes << np.arange(bits, dtype="int64")).sum(1)
-    q = torch.from_numpy(u + grid.qmin)
+    q = torch.from_numpy(u * 2 - 1 if grid.binary else u + grid.qmin)
     if count and (q.max() > grid.qmax):
         raise ValueError(f"packed values exceed the {bits}-bit grid")
     return q

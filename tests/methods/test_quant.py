@@ -134,7 +134,7 @@ def test_quantization_aware_training_moves_weights_and_scales_and_keeps_masks():
 
 
 @pytest.mark.parametrize("options,message", [
-    ({"weight_bits": 1}, "weight bits must be in 2..8"),
+    ({"weight_bits": 0}, "weight bits must be in 1..8"),
     ({"act_bits": 9}, "act_bits"),
     ({"weight_observer": "median"}, "weight_observer"),
     ({"layers": {"nope": 4}}, "no conv or linear layer named nope"),
@@ -183,3 +183,16 @@ def test_mixed_precision_without_a_budget_stops_at_the_accuracy_tolerance():
 def test_two_stage_training_trains_weights_first_then_feature_maps():
     _, model, ctx = _quantized(epochs=2, weights_first=True, weight_bits=4)
     assert all(m.a_grid is not None for m in prunable_layers(model).values())
+
+
+def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
+    _, model, ctx = _quantized(weight_bits=1, layers={"features.0": 2}, epochs=1)
+    assert set(model.get_submodule("classifier.0").codes().unique().tolist()) == {-1, 1}
+    assert set(model.get_submodule("features.0").codes().unique().tolist()) <= {-1, 0, 1}
+    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    encode_file(tmp_path / "b.cnz", round_for_storage(model), spec)
+    meta, _ = layer_records(tmp_path / "b.cnz")
+    sizes = {r[0]: r[4] for r in meta["quant"]}
+    assert sizes["classifier.0"] <= 400 * 120 / 8 + 1
+    decoded, _, _ = decode_file(tmp_path / "b.cnz")
+    assert torch.equal(_logits(model), _logits(decoded))

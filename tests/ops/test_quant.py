@@ -75,11 +75,13 @@ def test_fake_quantization_passes_gradients_straight_through_and_learns_the_scal
 
 
 @settings(max_examples=30, deadline=None)
-@given(bits=st.integers(2, 8), n=st.integers(0, 300), seed=st.integers(0, 1000))
+@given(bits=st.integers(1, 8), n=st.integers(0, 300), seed=st.integers(0, 1000))
 def test_packing_round_trips_at_every_bit_width(bits, n, seed):
     grid = Grid.weights(bits)
     g = torch.Generator().manual_seed(seed)
     q = torch.randint(grid.qmin, grid.qmax + 1, (n,), generator=g)
+    if grid.binary:
+        q = torch.where(q >= 0, 1, -1)
     data = pack(q, grid)
     assert len(data) == -(-n * bits // 8)
     assert torch.equal(unpack(data, n, grid), q)
@@ -91,8 +93,23 @@ def test_unpacking_the_wrong_length_is_an_error():
         unpack(b"\x00" * 3, 10, grid)
 
 
-def test_bits_outside_two_to_eight_are_refused():
-    with pytest.raises(ValueError, match="from 2 to 8"):
-        Grid.weights(1)
+def test_binary_weights_are_the_sign_times_the_mean_magnitude():
+    w = torch.tensor([[0.5, -1.5, 0.0, 2.0], [-0.1, -0.3, 0.2, 0.2]], requires_grad=True)
+    grid = Grid.weights(1)
+    scale, zero = calibrate(w, grid, per_channel=True, observer="mse")
+    assert torch.allclose(scale, torch.tensor([1.0, 0.2]))
+    q = quantize(w.detach(), scale, zero, grid)
+    assert torch.equal(q, torch.tensor([[1.0, -1.0, 1.0, 1.0], [-1.0, -1.0, 1.0, 1.0]]))
+    y = fake_quantize(w, scale, zero, grid)
+    assert torch.allclose(y, q * scale[:, None])
+    y.sum().backward()
+    assert torch.equal(w.grad, torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 0.0, 1.0, 1.0]]))
+    assert len(pack(q, grid)) == 1 and torch.equal(unpack(pack(q, grid), 8, grid),
+                                                   q.flatten().long())
+
+
+def test_bits_outside_one_to_eight_are_refused():
+    with pytest.raises(ValueError, match="from 1 to 8"):
+        Grid.weights(0)
     with pytest.raises(ValueError, match="from 2 to 8"):
         Grid.activations(9)
