@@ -13,14 +13,11 @@ of five 2-second rounds). Every figure is measured in this run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 from cnnzip.api import bench_files, runtime_name
-from cnnzip.pipeline import compress
-from common import add_recipe_options, baselines
+from common import compress_each, recipe_parser
 
 # Per-model settings, printed with each row: resnet20's residual blocks are what it can lose
 # (its activations are functional calls, so they are not candidates), and it retrains for
@@ -32,20 +29,10 @@ OVERRIDES = {
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "lenet5-caffe", "resnet20"])
-    parser.add_argument("--recipe", default="prune-merge")
-    parser.add_argument("--out", default="runs/bench-merge")
-    add_recipe_options(parser)
-    args = parser.parse_args()
+    args = recipe_parser(__doc__, ["lenet5", "lenet5-caffe", "resnet20"], "prune-merge",
+                         "runs/bench-merge").parse_args()
     rows = []
-    for model, checkpoint in baselines(args.models):
-        start = time.perf_counter()
-        overrides = (*OVERRIDES.get(model, ()), *args.overrides)
-        out = Path(args.out) / model
-        r = compress(checkpoint, args.recipe, out, seed=args.seed,
-                     finetune_epochs=args.finetune_epochs, overrides=overrides, quiet=True)
-        seconds = time.perf_counter() - start
+    for model, checkpoint, out, r, seconds, overrides in compress_each(args, OVERRIDES):
         speed = bench_files(checkpoint, out / "model.cnz", rounds=5, min_seconds=2.0)
         merge = r["notes"].get("merge", {})
         rows.append({"model": model, "recipe": args.recipe, "overrides": overrides,

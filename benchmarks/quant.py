@@ -15,31 +15,18 @@ best of five 2-second rounds. Every figure is measured in this run.
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from pathlib import Path
 
 from cnnzip.api import bench_files, export_file, runtime_name
-from cnnzip.pipeline import compress
-from common import add_recipe_options, baselines
+from common import compress_each, recipe_parser
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["lenet5", "resnet20", "vgg16"])
-    parser.add_argument("--recipe", default="int8")
-    parser.add_argument("--out", default="runs/bench-quant")
-    add_recipe_options(parser)
-    args = parser.parse_args()
+    args = recipe_parser(__doc__, ["lenet5", "resnet20", "vgg16"], "int8",
+                         "runs/bench-quant").parse_args()
     rows = []
-    for model, checkpoint in baselines(args.models):
-        start = time.perf_counter()
-        out = Path(args.out) / model
-        r = compress(checkpoint, args.recipe, out, seed=args.seed,
-                     finetune_epochs=args.finetune_epochs, overrides=tuple(args.overrides),
-                     quiet=True)
-        seconds = time.perf_counter() - start
+    for model, checkpoint, out, r, seconds, _ in compress_each(args):
         exported = export_file(out / "model.cnz", out / "model.onnx", check=True)
         speed = bench_files(checkpoint, out / "model.cnz", rounds=5, min_seconds=2.0, onnx=True)
         ort = speed["onnxruntime"]
