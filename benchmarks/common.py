@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from collections.abc import Iterator
@@ -59,3 +60,14 @@ def compress_each(args: argparse.Namespace,
         report = compress(checkpoint, args.recipe, out, seed=args.seed,
                           finetune_epochs=args.finetune_epochs, overrides=extra, quiet=True)
         yield model, checkpoint, out, report, time.perf_counter() - start, extra
+
+
+def write_results(out: str | Path, rows: list[dict[str, Any]]) -> None:
+    """``OUT/results.json`` with the runtime, and where it is."""
+    from cnnzip.metrics import runtime_name
+
+    path = Path(out) / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"runtime": runtime_name(), "batch_size": 256, "rows": rows},
+                               indent=2))
+    print(f"\nruntime: {runtime_name()}, batch 256; results in {path}")

@@ -13,11 +13,9 @@ of five 2-second rounds). Every figure is measured in this run.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-from cnnzip.api import bench_files, runtime_name
-from common import compress_each, recipe_parser
+from cnnzip.api import bench_files
+from common import compress_each, recipe_parser, write_results
 
 # Per-model settings, printed with each row: resnet20's residual blocks are what it can lose
 # (its activations are functional calls, so they are not candidates), and it retrains for
@@ -54,11 +52,7 @@ def main() -> int:
               f"{row['images_per_s']:,.0f} img/s = {row['speedup']:.2f}×  {row['seconds']} s"
               + (f"  [{' '.join(overrides)}]" if overrides else ""), flush=True)
         print(f"{'':13s} removed: {', '.join(row['removed']) or 'nothing'}", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"runtime": runtime_name(), "batch_size": 256,
-                                                  "rows": rows}, indent=2))
-    print(f"\nruntime: {runtime_name()}, batch 256; results in {out / 'results.json'}")
+    write_results(args.out, rows)
     return 0
 
 

@@ -15,11 +15,9 @@ best of five 2-second rounds. Every figure is measured in this run.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
-from cnnzip.api import bench_files, export_file, runtime_name
-from common import compress_each, recipe_parser
+from cnnzip.api import bench_files, export_file
+from common import compress_each, recipe_parser, write_results
 
 
 def main() -> int:
@@ -52,11 +50,7 @@ def main() -> int:
               f"img/s: pytorch fp32 {row['pytorch_fp32']:,.0f}, ort fp32 {row['ort_fp32']:,.0f}, "
               f"ort int8 {row['ort_int8']:,.0f} ({row['int8_vs_ort_fp32']:.2f}× ort fp32, "
               f"{row['int8_vs_pytorch_fp32']:.2f}× pytorch)  {row['seconds']} s", flush=True)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"runtime": runtime_name(), "batch_size": 256,
-                                                  "rows": rows}, indent=2))
-    print(f"\nruntime: {runtime_name()}, batch 256; results in {out / 'results.json'}")
+    write_results(args.out, rows)
     return 0
 
 
