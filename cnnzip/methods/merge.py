@@ -20,7 +20,8 @@ from cnnzip import metrics
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.models.fold import fold_batchnorm, foldable_pairs
-from cnnzip.models.merge import Candidate, candidates, finish_linearizing, linearize, merge_all
+from cnnzip.models.linearize import Candidate, candidates, finish_linearizing, linearize
+from cnnzip.models.merge import merge_all
 from cnnzip.modules import Linearizing
 from cnnzip.progress import progress_bar
 from cnnzip.train import TrainConfig

@@ -13,8 +13,8 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.methods.prune import MagnitudePrune
 from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
-from cnnzip.models.merge import (Candidate, candidates, find_merges, linearize, merge_all,
-                                 merge_layers)
+from cnnzip.models.linearize import Candidate, candidates, linearize
+from cnnzip.models.merge import find_merges, merge_all, merge_layers
 from cnnzip.modules import FlatLinear, Linearizing
 from cnnzip.ops.compose import compose_conv
 
