@@ -99,25 +99,27 @@ def _layer(b: _Builder, name: str, layer: nn.Module, x: str, weight: str,
     return b.op("Gemm", inputs, name, transB=1)
 
 
-def _float_layer(b: _Builder, name: str, layer: nn.Module, x: str) -> str:
-    weight = b.const(f"{name}.weight", _f32(layer.weight))
+def _float_layer(b: _Builder, name: str, layer: nn.Module, x: str,
+                 weight: torch.Tensor) -> str:
+    """``layer`` computing in float with ``weight`` (its own, or a quantized layer's rounded
+    one)."""
+    w = b.const(f"{name}.weight", _f32(weight))
     bias = b.const(f"{name}.bias", _f32(layer.bias)) if layer.bias is not None else None
-    return _layer(b, name, layer, x, weight, bias)
+    return _layer(b, name, layer, x, w, bias)
 
 
 def _quant_layer(b: _Builder, name: str, q: QuantLayer, x: str, int8: bool) -> str:
     if not int8:
-        return _float_layer(b, name, _Dense(q), x)
+        return _float_layer(b, name, q.layer, x, q.weight)
     w_scale = _f32(q.w_scale)
     if q.a_grid is not None:
         x = _qdq(b, f"{name}.input", x, q.a_scale, q.a_zero, q.act_bits)
     codes = q.codes().numpy().astype(np.int8)
-    axis = 0
-    w_int = b.const(f"{name}.weight_int8", codes)
     scale = w_scale if q.per_channel else w_scale.reshape(())
-    w_s = b.const(f"{name}.weight_scale", scale)
-    w_z = b.const(f"{name}.weight_zero", np.zeros(scale.shape, dtype=np.int8))
-    weight = b.op("DequantizeLinear", [w_int, w_s, w_z], f"{name}.weight_dq", axis=axis)
+    weight = b.op("DequantizeLinear",
+                  [b.const(f"{name}.weight_int8", codes), b.const(f"{name}.weight_scale", scale),
+                   b.const(f"{name}.weight_zero", np.zeros(scale.shape, dtype=np.int8))],
+                  f"{name}.weight_dq", axis=0)
     bias = None
     if q.layer.bias is not None:
         if q.a_grid is not None:  # int32 bias at input scale × weight scale, as kernels use
@@ -150,16 +152,6 @@ def _qdq(b: _Builder, name: str, x: str, scale: torch.Tensor, zero: torch.Tensor
                 f"{name}_dq")
 
 
-class _Dense:
-    """A quantized layer seen as a float layer with its (rounded) weight."""
-
-    def __init__(self, q: QuantLayer):
-        self.layer, self.weight, self.bias = q.layer, q.weight.detach(), q.layer.bias
-
-    def __getattr__(self, item: str) -> Any:
-        return getattr(self.layer, item)
-
-
 def _module(b: _Builder, name: str, m: nn.Module, x: str, shape: tuple[int, ...],
             int8: bool) -> str:
     if isinstance(m, QuantLayer):
@@ -167,7 +159,7 @@ def _module(b: _Builder, name: str, m: nn.Module, x: str, shape: tuple[int, ...]
     if isinstance(m, (nn.Conv2d, nn.Linear)):
         if isinstance(m, nn.Linear) and not isinstance(m, FlatLinear) and len(shape) != 2:
             raise ExportError(f"{name}: a linear layer on a {len(shape)}-d input is not exported")
-        return _float_layer(b, name, m, x)
+        return _float_layer(b, name, m, x, m.weight)
     if isinstance(m, (nn.Identity, nn.Dropout)):
         return x
     if isinstance(m, nn.ReLU):

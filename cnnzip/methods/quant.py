@@ -100,19 +100,19 @@ class Quantize:
 _COMMUTE = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Identity, nn.Dropout)  # with rounding
 
 
-def _feeds_a_join(graph: torch.fx.Graph, modules: dict[str, nn.Module],
-                  node: torch.fx.Node) -> bool:
+_JOINS = (operator.add, torch.add, torch.cat)
+
+
+def _feeds_a_join(modules: dict[str, nn.Module], node: torch.fx.Node) -> bool:
     """Whether ``node``'s output reaches an add or a concatenation before any layer reads it
     (through operations that commute with rounding)."""
     for user in node.users:
-        if user.op == "call_module" and isinstance(modules[user.target], _COMMUTE):
-            if _feeds_a_join(graph, modules, user):
-                return True
-        elif user.op == "call_function" and user.target in (operator.add, torch.add, torch.cat):
+        if user.op == "call_function" and user.target in _JOINS:
             return True
-        elif user.op == "call_function" and user.target in (torch.relu, F.relu):
-            if _feeds_a_join(graph, modules, user):
-                return True
+        passes = (user.op == "call_module" and isinstance(modules[user.target], _COMMUTE)) \
+            or (user.op == "call_function" and user.target in (torch.relu, F.relu))
+        if passes and _feeds_a_join(modules, user):
+            return True
     return False
 
 
@@ -121,7 +121,20 @@ def _joined_layers(model: nn.Module, names: list[str]) -> set[str]:
     modules = dict(graph.named_modules())
     return {node.target for node in graph.graph.nodes
             if node.op == "call_module" and node.target in names
-            and _feeds_a_join(graph.graph, modules, node)}
+            and _feeds_a_join(modules, node)}
+
+
+@contextlib.contextmanager
+def _float_feature_maps(layers: dict[str, QuantLayer]) -> Iterator[None]:
+    """The layers' input and output quantizers bypassed, restored on exit."""
+    grids = {name: (layer.a_grid, layer.o_grid) for name, layer in layers.items()}
+    for layer in layers.values():
+        layer.a_grid = layer.o_grid = None
+    try:
+        yield
+    finally:
+        for name, layer in layers.items():
+            layer.a_grid, layer.o_grid = grids[name]
 
 
 @contextlib.contextmanager
@@ -145,16 +158,12 @@ def _float_recording(model: nn.Module, layers: dict[str, QuantLayer],
         return record
 
     handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-    grids = {name: (layer.a_grid, layer.o_grid) for name, layer in layers.items()}
-    for layer in layers.values():
-        layer.a_grid = layer.o_grid = None  # float feature maps while observing
     try:
-        yield seen
+        with _float_feature_maps(layers):
+            yield seen
     finally:
         for handle in handles:
             handle.remove()
-        for name, layer in layers.items():
-            layer.a_grid, layer.o_grid = grids[name]
 
 
 def calibrate_feature_maps(model: nn.Module, layers: dict[str, QuantLayer], images: ImageSet,
@@ -202,13 +211,8 @@ def _mixed_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Qu
     steps = sorted(set(config.candidate_bits), reverse=True)
     table = _sensitivities(model, layers, steps, config, ctx)
     sizes = {name: layer.latent.numel() for name, layer in layers.items()}
-    total = sum(sizes.values())
-
-    def average() -> float:
-        return sum(layers[n].weight_bits * sizes[n] for n in layers) / total
-
     history = []
-    while config.budget_bits is None or average() > config.budget_bits + 1e-9:
+    while config.budget_bits is None or _average_bits(layers) > config.budget_bits + 1e-9:
         options = []
         for name, layer in layers.items():
             lower = [b for b in table[name] if b < layer.weight_bits]
@@ -226,9 +230,16 @@ def _mixed_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Qu
         if config.budget_bits is None and base - accuracy > config.max_drop:
             layers[name].set_weight_bits(previous, config.weight_observer)
             break
-        history.append({"layer": name, "bits": bits, "average_bits": round(average(), 3),
-                        "val_accuracy": accuracy})
-    return {"sensitivity": table, "steps": history, "average_bits": average()}
+        history.append({"layer": name, "bits": bits,
+                        "average_bits": round(_average_bits(layers), 3), "val_accuracy": accuracy})
+    return {"sensitivity": table, "steps": history, "average_bits": _average_bits(layers)}
+
+
+def _average_bits(layers: dict[str, QuantLayer]) -> float:
+    """Weight bits averaged over all the layers' weights."""
+    total = sum(layer.latent.numel() for layer in layers.values())
+    return sum(layer.weight_bits * layer.latent.numel() for layer in layers.values()) \
+        / max(total, 1)
 
 
 def _calibration_images(ctx: Context, count: int) -> ImageSet:
@@ -262,10 +273,10 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
                                out_bits=out_bits)
         layer.calibrate_weight(config.weight_observer)
         wrapped[name] = layer
+    images = _calibration_images(ctx, config.calibration)
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("quantize: calibrating", total=None, status="")
-        calibrate_feature_maps(model, wrapped, _calibration_images(ctx, config.calibration),
-                               ctx, config.act_observer)
+        calibrate_feature_maps(model, wrapped, images, ctx, config.act_observer)
         bar.update(task, status="done")
     notes: dict[str, Any] = {}
     if config.budget_bits is not None or config.max_drop is not None:
@@ -276,12 +287,10 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
                           layer.out_bits) for name, layer in wrapped.items())
     sqnr = {name: round(sqnr_db(layer.latent, layer.weight.detach()), 2)
             for name, layer in wrapped.items()}
-    sizes = {name: layer.latent.numel() for name, layer in wrapped.items()}
     ctx.notes["quantize"] = {
         "folded": [f"{bn} → {layer}" for layer, bn in pairs],
         "bits": {name: layer.weight_bits for name, layer in wrapped.items()},
-        "average_bits": sum(wrapped[n].weight_bits * sizes[n] for n in wrapped)
-        / max(sum(sizes.values()), 1), **notes,
+        "average_bits": _average_bits(wrapped), **notes,
         "act_bits": config.act_bits, "per_channel": config.per_channel,
         "outputs_quantized": sorted(joined),
         "weight_sqnr_db": sqnr, "val_after_calibration": ctx.val_accuracy(model),
@@ -289,15 +298,10 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
                      "integer execution is the ONNX export in onnxruntime"}
     epochs = ctx.epochs(config.epochs)
     if config.weights_first and config.act_bits and epochs >= 2:
-        grids = {n: (m.a_grid, m.o_grid) for n, m in wrapped.items()}
-        for layer in wrapped.values():
-            layer.a_grid = layer.o_grid = None  # stage 1: weights only
-        finetune(model, ctx, epochs=epochs // 2, lr=config.lr,
-                 description="quantization-aware training: weights")
-        for name, layer in wrapped.items():
-            layer.a_grid, layer.o_grid = grids[name]
-        calibrate_feature_maps(model, wrapped, _calibration_images(ctx, config.calibration),
-                               ctx, config.act_observer)
+        with _float_feature_maps(wrapped):  # stage 1: weights only
+            finetune(model, ctx, epochs=epochs // 2, lr=config.lr,
+                     description="quantization-aware training: weights")
+        calibrate_feature_maps(model, wrapped, images, ctx, config.act_observer)
         epochs -= epochs // 2
     finetune(model, ctx, epochs=epochs, lr=config.lr,
              description="quantization-aware training")

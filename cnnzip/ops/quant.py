@@ -114,8 +114,8 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid
     return (q - z) * s
 
 
-def _extremes(x: torch.Tensor, per_channel: bool, observer: str) -> tuple[torch.Tensor, ...]:
-    flat = x.detach().reshape(x.shape[0], -1) if per_channel else x.detach().reshape(1, -1)
+def _extremes(flat: torch.Tensor, observer: str) -> tuple[torch.Tensor, ...]:
+    """Per-row low and high ends of ``flat`` (rows × values)."""
     if observer == "percentile":
         # quantile has an input-size limit; a strided subsample of large tensors is plenty
         step = max(1, flat.shape[1] // 1_000_000)
@@ -133,14 +133,13 @@ def calibrate(x: torch.Tensor, grid: Grid, *, per_channel: bool = False,
     """
     if observer not in OBSERVERS:
         raise ValueError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)  # a row per scale
     if grid.binary:  # the least-squares scale of sign(x) is mean |x|
-        flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)
         scale = flat.abs().mean(1).clamp(min=torch.finfo(torch.float32).tiny)
         return scale, torch.zeros_like(scale)
-    lo, hi = _extremes(x, per_channel, observer)
+    lo, hi = _extremes(flat, observer)
     if observer != "mse":
         return qparams(lo, hi, grid)
-    flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)
     best_err = torch.full_like(lo, float("inf"))
     best = qparams(lo, hi, grid)
     for frac in torch.linspace(0.3, 1.0, 36):
