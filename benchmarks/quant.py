@@ -2,7 +2,7 @@
 recipe, export the container to ONNX (int8 QDQ), check it in onnxruntime on the full test set,
 and time PyTorch fp32, onnxruntime fp32 and onnxruntime int8 side by side.
 
-    python benchmarks/quant.py [--models lenet5 resnet20 vgg16] [--recipe int8]
+    python benchmarks/quant.py [--models lenet5 resnet20 vgg16] [--recipe int8|mixed|quant-prune]
         [--out runs/bench-quant] [--finetune-epochs N] [--set STEP.KEY=VALUE ...]
 
 Targets (issue 6): int8 weights and activations after calibration lose ≤ 0.3 points on
@@ -17,7 +17,17 @@ from __future__ import annotations
 
 
 from cnnzip.api import bench_files, export_file
+from cnnzip.codec import decode_file
+from cnnzip.modules.quant import QuantLayer
 from common import compress_each, recipe_parser, write_results
+
+
+def _average_bits(path) -> float:
+    """Weight bits averaged over the quantized layers of the container's model, as stored."""
+    model, _, _ = decode_file(path)
+    layers = [m for m in model.modules() if isinstance(m, QuantLayer)]
+    return sum(m.weight_bits * m.latent.numel() for m in layers) \
+        / max(1, sum(m.latent.numel() for m in layers))
 
 
 def main() -> int:
@@ -35,6 +45,8 @@ def main() -> int:
                      "cnz_bytes": r["compressed"]["container_bytes"],
                      "ratio": r["compression_ratio"],
                      "weight_bits": sorted(set(bits.values())),
+                     "average_bits": _average_bits(out / "model.cnz"),
+                     "base_macs": r["baseline"]["macs"], "macs": r["compressed"]["macs"],
                      "onnx_bytes": exported["bytes"], "onnx_acc": exported["onnx_accuracy"],
                      "agreement": exported["agreement"],
                      "pytorch_fp32": speed["baseline_images_per_s"],
@@ -46,6 +58,8 @@ def main() -> int:
         row = rows[-1]
         print(f"{model:9s} acc {row['base_acc']:.4f} → {row['acc']:.4f} (drop {row['drop']:.2f} "
               f"pts)  {row['fp32_bytes']:,} B → {row['cnz_bytes']:,} B = {row['ratio']:.2f}×  "
+              f"{row['average_bits']:.2f} average weight bits  "
+              f"MACs {row['base_macs']:,} → {row['macs']:,}  "
               f"onnxruntime int8 acc {row['onnx_acc']:.4f}, agreement {row['agreement']:.4f}  "
               f"img/s: pytorch fp32 {row['pytorch_fp32']:,.0f}, ort fp32 {row['ort_fp32']:,.0f}, "
               f"ort int8 {row['ort_int8']:,.0f} ({row['int8_vs_ort_fp32']:.2f}× ort fp32, "

@@ -20,6 +20,7 @@ from cnnzip.graph import ChannelGroup, channel_groups, trace
 from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, ranking_keys,
                                        sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
+from cnnzip.modules.quant import QuantLayer, plain_layers
 from cnnzip.ops import importance
 from cnnzip.surgery import remove_channels, silence_channels
 
@@ -135,11 +136,13 @@ def _sum(group: ChannelGroup, role: str, score) -> torch.Tensor:
 
 def _data_stats(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
                 ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Weight gradients (taylor) or per-channel active fractions (apoz) on training batches."""
+    """Weight gradients (taylor) or per-channel active fractions (apoz) on training batches,
+    by layer name (a quantized model runs quantized; its gradients are the latent weights')."""
     grads: dict[str, torch.Tensor] = {}
     active: dict[str, torch.Tensor] = {}
     if config.criterion not in (Criterion.TAYLOR, Criterion.APOZ):
         return grads, active
+    modules = dict(model.named_modules())
     hooks = []
     if config.criterion is Criterion.APOZ:
         for group in groups:
@@ -148,7 +151,7 @@ def _data_stats(model: nn.Module, groups: list[ChannelGroup], config: ChannelPru
                 def hook(module, inputs, output, name=member.name):
                     fraction = importance.active_fraction(output)
                     active[name] = active.get(name, 0) + fraction / config.batches
-                hooks.append(member.module.register_forward_hook(hook))
+                hooks.append(modules[member.name].register_forward_hook(hook))
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
@@ -167,8 +170,9 @@ def _data_stats(model: nn.Module, groups: list[ChannelGroup], config: ChannelPru
             h.remove()
         model.train(was_training)
     if config.criterion is Criterion.TAYLOR:
-        for name, module in model.named_modules():
-            weight = getattr(module, "weight", None)
+        for name, module in modules.items():
+            weight = module.latent if isinstance(module, QuantLayer) \
+                else getattr(module, "weight", None)
             if isinstance(weight, nn.Parameter) and weight.grad is not None:
                 grads[name] = weight.grad.detach().clone()
         model.zero_grad(set_to_none=True)
@@ -177,10 +181,13 @@ def _data_stats(model: nn.Module, groups: list[ChannelGroup], config: ChannelPru
 
 def group_scores(group: ChannelGroup, config: ChannelPrune,
                  grads: dict[str, torch.Tensor] | None = None,
-                 active: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-    """One importance score per channel of ``group`` (higher: keep)."""
+                 active: dict[str, torch.Tensor] | None = None,
+                 weights: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+    """One importance score per channel of ``group`` (higher: keep); ``weights`` by layer name
+    stand in for the members' own (a quantized model's rounded weights)."""
     c = config.criterion
-    weight = lambda m: m.module.weight  # noqa: E731
+    weights = weights or {}
+    weight = lambda m: weights[m.name] if m.name in weights else m.module.weight  # noqa: E731
     if c is Criterion.L1:
         return _sum(group, "out", lambda m: importance.lp_norm(weight(m), 0, 1))
     if c is Criterion.BN and group.of_role("norm"):
@@ -217,8 +224,24 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
 
 def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
            ctx: Context) -> dict[str, torch.Tensor]:
+    """Every group's scores; a quantized model is scored as it computes: with its rounded
+    weights and, for the data-driven criteria, its quantized feature maps."""
     grads, active = _data_stats(model, groups, config, ctx)
-    return {g.root: group_scores(g, config, grads, active) for g in groups}
+    weights = {name: m.weight.detach() for name, m in model.named_modules()
+               if isinstance(m, QuantLayer)}
+    return {g.root: group_scores(g, config, grads, active, weights) for g in groups}
+
+
+def _removed_rows(groups: list[ChannelGroup],
+                  removals: dict[str, list[int]]) -> dict[str, list[int]]:
+    """The output rows each producing layer loses with ``removals``."""
+    rows: dict[str, list[int]] = {}
+    for group in groups:
+        gone = set(removals.get(group.root, ()))
+        for member in group.of_role("out"):
+            rows.setdefault(member.name, []).extend(
+                i for i, r in zip(member.idxs, member.root_idxs) if r in gone)
+    return rows
 
 
 @register(ChannelPrune)
@@ -229,28 +252,35 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     if ctx.replaced:
         raise CnnzipError("channels: structured pruning must come before layer merging in a "
                           "recipe")
-    if ctx.quantized:
-        raise CnnzipError("channels: structured pruning must come before quantization in a "
-                          "recipe")
+    quantized = any(isinstance(m, QuantLayer) for m in model.modules())
+    if quantized:
+        unsupported = [what for what, on in (
+            ("soft pruning", config.soft), ("slimming", config.slimming_epochs),
+            ("the sensitivity allocation", config.allocation is Allocation.SENSITIVITY)) if on]
+        if unsupported:
+            raise CnnzipError(f"channels: {', '.join(unsupported)} cannot run on a quantized "
+                              "model; prune before quantizing, or use another allocation")
     in_shape = tuple(ctx.splits.info.in_shape)
-    graph = trace(model, in_shape)
-    groups = channel_groups(model, graph)
+    with plain_layers(model):  # a quantized model is traced as its plain layers
+        graph = trace(model, in_shape)
+        groups = channel_groups(model, graph)
     unknown = sorted(set(config.layers) - {g.root for g in groups})
     if unknown:
         raise CnnzipError(f"channels: no prunable group rooted at {', '.join(unknown)}; groups "
                           f"are {', '.join(g.root for g in groups)}")
     notes: dict = {"criterion": config.criterion.value, "allocation": config.allocation.value,
                    "target_macs": config.target_macs, "target_params": config.target_params,
-                   "soft": config.soft}
+                   "soft": config.soft, "quantized": quantized}
     if config.slimming_epochs:
         finetune(model, ctx, epochs=config.slimming_epochs, lr=config.lr, description="slimming",
                  slimming=config.slimming)
         notes["slimming"] = {"weight": config.slimming,
                              "epochs": ctx.epochs(config.slimming_epochs)}
     scores = _score(model, groups, config, ctx)
-    keys, allocation_notes = ranking_keys(model, groups, scores, config, ctx)
+    with plain_layers(model):
+        keys, allocation_notes = ranking_keys(model, groups, scores, config, ctx)
+        removals = plan_removals(model, scores, keys, config, in_shape)
     notes.update(allocation_notes)
-    removals = plan_removals(model, scores, keys, config, in_shape)
     if config.soft:
         counts = {root: len(idxs) for root, idxs in removals.items()}
         by_root = {g.root: g for g in groups}
@@ -273,7 +303,8 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
     before = {g.root: g.channels for g in groups}
-    ctx.channel_plan.extend(remove_channels(model, graph, removals))
+    with plain_layers(model, _removed_rows(groups, removals)):
+        ctx.channel_plan.extend(remove_channels(model, graph, removals))
     notes["groups"] = {root: {"channels": before[root], "removed": len(idxs),
                               "ratio": len(idxs) / before[root]}
                        for root, idxs in removals.items()}

@@ -1,17 +1,20 @@
 import copy
+import dataclasses
 
 import pytest
 import torch
 
+from cnnzip import metrics
 from cnnzip.codec import decode_file, encode_file, round_for_storage
 from cnnzip.codec.cnz import layer_records
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
+from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.quant import Quantize
 from cnnzip.methods.share import WeightSharing
-from cnnzip.models import ModelSpec, build_model
+from cnnzip.models import ModelSpec, build_model, resolve_spec
 from cnnzip.modules import prunable_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import sqnr_db
@@ -196,3 +199,63 @@ def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
     assert sizes["classifier.0"] <= 400 * 120 / 8 + 1
     decoded, _, _ = decode_file(tmp_path / "b.cnz")
     assert torch.equal(_logits(model), _logits(decoded))
+
+
+def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_path):
+    _, model, ctx = _quantized(layers={"features.3": 4, "classifier.0": 3})
+    layers = prunable_layers(model)
+    gone = {"features.3": [1, 5, 9], "classifier.0": list(range(10))}
+    with torch.no_grad():
+        for name, rows in gone.items():
+            layers[name].latent[rows] = 0
+            layers[name].layer.bias[rows] = 0
+    scales = {name: layers[name].w_scale.detach().clone() for name in gone}
+    before = _logits(model)
+    apply(model, ChannelPrune(criterion=Criterion.L1, epochs=0,
+                              layers={"features.3": 3 / 16, "classifier.0": 10 / 120}), ctx)
+    layers = prunable_layers(model)
+    assert all(isinstance(m, QuantLayer) for m in layers.values())
+    assert {n: m.weight_bits for n, m in layers.items()} == {
+        "features.0": 8, "features.3": 4, "classifier.0": 3, "classifier.2": 8,
+        "classifier.4": 8}
+    assert layers["features.3"].latent.shape[0] == 13
+    assert layers["classifier.0"].latent.shape == (110, 13 * 25)
+    for name, rows in gone.items():
+        kept = [r for r in range(len(scales[name])) if r not in rows]
+        assert torch.equal(layers[name].w_scale.detach(), scales[name][kept])
+    assert torch.allclose(_logits(model), before, atol=1e-5)
+    spec = ModelSpec(**{**LENET.__dict__, "channel_plan": tuple(ctx.channel_plan),
+                        "folded": tuple(ctx.folded), "quantized": tuple(ctx.quantized)})
+    encode_file(tmp_path / "qp.cnz", round_for_storage(model), spec)
+    decoded, _, _ = decode_file(tmp_path / "qp.cnz")
+    assert torch.equal(_logits(model), _logits(decoded))
+
+
+def test_quantized_resnet_prunes_across_residual_adds_to_the_budget():
+    spec = resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)
+    _, model, ctx = _quantized(spec, outputs=True)
+    bits = {n: m.weight_bits for n, m in prunable_layers(model).items()}
+    base = metrics.count_macs(model, (1, 28, 28))
+    apply(model, ChannelPrune(criterion=Criterion.TAYLOR, target_macs=0.5, batches=2,
+                              epochs=1), ctx)
+    assert metrics.count_macs(model, (1, 28, 28)) <= 0.5 * base
+    assert {n: m.weight_bits for n, m in prunable_layers(model).items()} == bits
+    assert ctx.notes["channels"]["quantized"]
+    rebuilt = build_model(dataclasses.replace(spec, channel_plan=tuple(ctx.channel_plan),
+                                              folded=tuple(ctx.folded),
+                                              quantized=tuple(ctx.quantized)))
+    rebuilt.load_state_dict(model.state_dict())
+    assert torch.equal(_logits(rebuilt), _logits(model))
+
+
+def test_quantize_then_prune_refuses_what_needs_float_layers():
+    _, model, ctx = _quantized()
+    with pytest.raises(CnnzipError, match="soft pruning cannot run on a quantized model"):
+        apply(model, ChannelPrune(soft=True, target_macs=0.5), ctx)
+    with pytest.raises(CnnzipError, match="sensitivity allocation"):
+        apply(model, ChannelPrune(allocation=Allocation.SENSITIVITY, target_macs=0.5), ctx)
+
+
+def test_quant_prune_recipe_loads():
+    recipe = load_recipe("quant-prune")
+    assert [kind for kind, _ in recipe.steps] == ["quantize", "channels"]
