@@ -49,3 +49,9 @@ def test_overrides_change_one_option_and_are_recorded():
 def test_bad_overrides_name_the_problem(override, message):
     with pytest.raises(CnnzipError, match=message):
         load_recipe("deep-compression", [override])
+
+
+def test_merge_recipe_removes_a_quarter_of_the_layers_then_folds():
+    recipe = load_recipe("merge")
+    assert [kind for kind, _ in recipe.steps] == ["merge", "fold"]
+    assert recipe.steps[0][1].target_layers == 0.25
