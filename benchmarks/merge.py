@@ -30,7 +30,8 @@ def main() -> int:
     args = recipe_parser(__doc__, ["lenet5", "lenet5-caffe", "resnet20"], "prune-merge",
                          "runs/bench-merge").parse_args()
     rows = []
-    for model, checkpoint, out, r, seconds, overrides in compress_each(args, OVERRIDES):
+    for model, checkpoint, out, r, seconds, overrides in compress_each(
+            args, OVERRIDES if args.recipe == "prune-merge" else None):
         speed = bench_files(checkpoint, out / "model.cnz", rounds=5, min_seconds=2.0)
         merge = r["notes"].get("merge", {})
         rows.append({"model": model, "recipe": args.recipe, "overrides": overrides,

@@ -20,6 +20,7 @@ from cnnzip.graph import ChannelGroup, channel_groups, trace
 from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, ranking_keys,
                                        sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
+from cnnzip.methods.quant import calibrate_feature_maps, calibration_images
 from cnnzip.modules.quant import QuantLayer, plain_layers
 from cnnzip.ops import importance
 from cnnzip.surgery import remove_channels, silence_channels
@@ -68,6 +69,9 @@ class ChannelPrune:
             final choice.
         epochs: retraining epochs with distillation (after removal, or during soft pruning).
         lr: retraining peak learning rate.
+        recalibrate: on a quantized model, measure the feature-map ranges again after the
+            removal (the remaining channels' sums change); false keeps the learned ones, so
+            the removal alone changes nothing but the removed channels.
     """
 
     criterion: Criterion = Criterion.L2
@@ -87,6 +91,7 @@ class ChannelPrune:
     soft: bool = False
     epochs: int = 10
     lr: float = 0.01
+    recalibrate: bool = True
 
     def __post_init__(self) -> None:
         if self.target_macs is not None and self.target_params is not None:
@@ -303,8 +308,12 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
     before = {g.root: g.channels for g in groups}
-    with plain_layers(model, _removed_rows(groups, removals)):
+    with plain_layers(model, _removed_rows(groups, removals)) as wrappers:
         ctx.channel_plan.extend(remove_channels(model, graph, removals))
+    if wrappers and config.recalibrate:  # the feature maps changed: their ranges are measured again
+        calibrate_feature_maps(model, wrappers, calibration_images(ctx, 1024), ctx,
+                               "percentile")
+        notes["val_after_recalibration"] = ctx.val_accuracy(model)
     notes["groups"] = {root: {"channels": before[root], "removed": len(idxs),
                               "ratio": len(idxs) / before[root]}
                        for root, idxs in removals.items()}

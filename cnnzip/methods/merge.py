@@ -22,7 +22,8 @@ from cnnzip.methods.base import Context, finetune, register
 from cnnzip.models.fold import fold_batchnorm, foldable_pairs
 from cnnzip.models.linearize import Candidate, candidates, finish_linearizing, linearize
 from cnnzip.models.merge import merge_all
-from cnnzip.modules import Linearizing
+from cnnzip.modules import CodebookLayer, Linearizing
+from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
 from cnnzip.train import TrainConfig
 
@@ -93,9 +94,10 @@ class MergeLayers:
 
 
 def _refuse_after_sharing(model: nn.Module, step: str) -> None:
-    if any(getattr(m, "wraps_layer", False) for m in model.modules()):
-        raise CnnzipError(f"{step}: fold and merge layers before weight sharing or quantization "
-                          "in a recipe")
+    if any(isinstance(m, CodebookLayer) for m in model.modules()):
+        raise CnnzipError(f"{step}: fold and merge layers before weight sharing in a recipe")
+    if step != "fold" and any(isinstance(m, QuantLayer) for m in model.modules()):
+        raise CnnzipError(f"{step}: merge layers before quantization in a recipe")
 
 
 def _fold(model: nn.Module, ctx: Context) -> list[str]:

@@ -28,7 +28,7 @@ from cnnzip.progress import progress_bar
 @dataclass(frozen=True)
 class Quantize:
     """Quantize every conv and linear layer's weights (symmetric, signed) and input feature map
-    (asymmetric, unsigned), BatchNorms folded first.
+    (asymmetric, unsigned), BatchNorms folded first (unless ``fold`` is false).
 
     Attributes:
         weight_bits: 1 to 8 (2 is ternary: {-1, 0, 1} times a scale; 1 binary: ±scale).
@@ -56,6 +56,13 @@ class Quantize:
             epochs with only the weights quantized, then calibrate the feature maps and train
             the rest (the two-stage order).
         lr: quantization-aware training peak learning rate.
+        fold: fold BatchNorms into the layers before quantizing, so the integers are those
+            integer kernels compute with. False keeps them for the training that follows
+            (quantization-aware training and, above all, retraining after structured pruning:
+            a deep net without BatchNorms retrains poorly); a later ``fold`` step then folds
+            them into the quantized layers exactly (the BatchNorm's scale moves into each
+            channel's weight scale; per-channel weights only). Layers followed by a BatchNorm
+            leave their outputs in float.
     """
 
     weight_bits: int = 8
@@ -74,6 +81,7 @@ class Quantize:
     epochs: int = 0
     weights_first: bool = False
     lr: float = 0.002
+    fold: bool = True
 
     def __post_init__(self) -> None:
         for bits in (self.weight_bits, *self.layers.values()):
@@ -92,6 +100,9 @@ class Quantize:
         if self.budget_bits is not None and not 2 <= self.budget_bits <= 8:
             raise CnnzipError(f"quantize: budget_bits is an average weight bit width in 2..8, "
                               f"got {self.budget_bits}")
+        if not self.fold and not self.per_channel:
+            raise CnnzipError("quantize: fold: false needs per_channel: true (a BatchNorm "
+                              "folded later scales each channel's weights differently)")
         if self.calibration < 1:
             raise CnnzipError(f"quantize: calibration needs at least one image, got "
                               f"{self.calibration}")
@@ -242,7 +253,8 @@ def _average_bits(layers: dict[str, QuantLayer]) -> float:
         / max(total, 1)
 
 
-def _calibration_images(ctx: Context, count: int) -> ImageSet:
+def calibration_images(ctx: Context, count: int) -> ImageSet:
+    """``count`` training images drawn with the run's seed."""
     train = ctx.splits.train
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))
     idx = order[:count]
@@ -260,7 +272,7 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     unknown = sorted((set(config.layers) | set(config.keep_float)) - set(layers))
     if unknown:
         raise CnnzipError(f"quantize: no conv or linear layer named {', '.join(unknown)}")
-    pairs = foldable_pairs(model)  # integer kernels see the folded weights
+    pairs = foldable_pairs(model) if config.fold else []  # kernels see the folded weights
     fold_batchnorm(model, pairs)
     ctx.folded.extend(pairs)
     wrapped: dict[str, QuantLayer] = {}
@@ -273,7 +285,7 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
                                out_bits=out_bits)
         layer.calibrate_weight(config.weight_observer)
         wrapped[name] = layer
-    images = _calibration_images(ctx, config.calibration)
+    images = calibration_images(ctx, config.calibration)
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("quantize: calibrating", total=None, status="")
         calibrate_feature_maps(model, wrapped, images, ctx, config.act_observer)

@@ -13,18 +13,21 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.models.edit import set_module, symbolic
+from cnnzip.modules.quant import QuantLayer
 
 FoldPair = tuple[str, str]  # (conv or linear layer, the BatchNorm folded into it)
 _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d), (nn.Linear, nn.BatchNorm1d))
 
 
 def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
+    if isinstance(layer, QuantLayer):
+        layer = layer.layer
     return any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS)
 
 
 def foldable_pairs(model: nn.Module) -> list[FoldPair]:
     """Every (layer, BatchNorm) of ``model`` that folds exactly, in execution order."""
-    graph = symbolic(model, "to find BatchNorms to fold").graph
+    graph = symbolic(model, "to find BatchNorms to fold", leaves=(QuantLayer,)).graph
     modules = dict(model.named_modules())
     calls: dict[str, int] = {}
     for node in graph.nodes:
@@ -65,6 +68,10 @@ def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...
         if not _foldable(layer, bn):
             raise ModelError(f"cannot fold {bn_name!r} into {layer_name!r}: not a conv or "
                              "linear layer followed by its BatchNorm")
+        if isinstance(layer, QuantLayer):
+            _fold_quantized(layer, bn, layer_name, bn_name)
+            set_module(model, bn_name, nn.Identity())
+            continue
         out = layer.weight.shape[0]
         if bn.num_features != out:
             raise ModelError(f"cannot fold {bn_name!r} ({bn.num_features} channels) into "
@@ -72,11 +79,41 @@ def fold_batchnorm(model: nn.Module, pairs: list[FoldPair] | tuple[FoldPair, ...
         with torch.no_grad():
             bias = layer.bias if layer.bias is not None else torch.zeros(out)
             if weights:
-                scale = torch.rsqrt(bn.running_var + bn.eps)
-                if bn.weight is not None:
-                    scale = scale * bn.weight
-                shift = bn.bias if bn.bias is not None else torch.zeros(out)
-                layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.dim() - 1)))
-                bias = (bias - bn.running_mean) * scale + shift
+                scale, bias = _affine(bn, bias)
+                layer.weight.mul_(_rows(scale, layer.weight))
             layer.bias = nn.Parameter(bias.detach().clone())
         set_module(model, bn_name, nn.Identity())
+
+
+def _affine(bn: nn.Module, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The BatchNorm's per-channel scale (eval mode), and ``bias`` carried through it."""
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
+    return scale, (bias - bn.running_mean) * scale + shift
+
+
+def _rows(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *[1] * (weight.dim() - 1))
+
+
+def _fold_quantized(wrapper: QuantLayer, bn: nn.Module, layer_name: str, bn_name: str) -> None:
+    """Fold ``bn`` into a quantized layer without moving its integers: each output channel's
+    weight scale takes the BatchNorm's |scale| and its integers its sign (the grid is
+    symmetric), so the layer computes the same and stores the same codes."""
+    if not wrapper.per_channel:
+        raise ModelError(f"cannot fold {bn_name!r} into {layer_name!r}: its weights have one "
+                         "scale for all channels, and a BatchNorm scales each differently; "
+                         "quantize per channel or fold before quantizing")
+    out = wrapper.latent.shape[0]
+    if bn.num_features != out:
+        raise ModelError(f"cannot fold {bn_name!r} ({bn.num_features} channels) into "
+                         f"{layer_name!r} ({out} outputs)")
+    layer = wrapper.layer
+    with torch.no_grad():
+        scale, bias = _affine(bn, layer.bias if layer.bias is not None else torch.zeros(out))
+        codes = wrapper.codes() * _rows(scale.sign().long(), wrapper.latent)
+        wrapper.w_scale.mul_(torch.where(scale == 0, 1.0, scale.abs()))
+        wrapper.load_codes(codes)  # the latent snaps to the grid: the folded layer is final
+        layer.bias = nn.Parameter(bias.detach().clone())

@@ -11,6 +11,7 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
+from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.quant import Quantize
 from cnnzip.methods.share import WeightSharing
@@ -211,7 +212,7 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
             layers[name].layer.bias[rows] = 0
     scales = {name: layers[name].w_scale.detach().clone() for name in gone}
     before = _logits(model)
-    apply(model, ChannelPrune(criterion=Criterion.L1, epochs=0,
+    apply(model, ChannelPrune(criterion=Criterion.L1, epochs=0, recalibrate=False,
                               layers={"features.3": 3 / 16, "classifier.0": 10 / 120}), ctx)
     layers = prunable_layers(model)
     assert all(isinstance(m, QuantLayer) for m in layers.values())
@@ -233,11 +234,14 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
 
 def test_quantized_resnet_prunes_across_residual_adds_to_the_budget():
     spec = resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)
-    _, model, ctx = _quantized(spec, outputs=True)
+    _, model, ctx = _quantized(spec, fold=False)
     bits = {n: m.weight_bits for n, m in prunable_layers(model).items()}
     base = metrics.count_macs(model, (1, 28, 28))
     apply(model, ChannelPrune(criterion=Criterion.TAYLOR, target_macs=0.5, batches=2,
                               epochs=1), ctx)
+    assert not ctx.folded and ctx.notes["channels"]["val_after_recalibration"] >= 0
+    apply(model, FoldBatchNorm(), ctx)
+    assert ctx.folded
     assert metrics.count_macs(model, (1, 28, 28)) <= 0.5 * base
     assert {n: m.weight_bits for n, m in prunable_layers(model).items()} == bits
     assert ctx.notes["channels"]["quantized"]
@@ -258,4 +262,35 @@ def test_quantize_then_prune_refuses_what_needs_float_layers():
 
 def test_quant_prune_recipe_loads():
     recipe = load_recipe("quant-prune")
-    assert [kind for kind, _ in recipe.steps] == ["quantize", "channels"]
+    assert [kind for kind, _ in recipe.steps] == ["quantize", "channels", "fold"]
+    assert not recipe.steps[0][1].fold
+
+
+def test_batchnorms_kept_through_quantization_fold_later_without_moving_the_integers(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(CONVBN).eval()
+    with torch.no_grad():
+        model.bn.weight.copy_(torch.tensor([1.5, -0.7, 0.0, 0.3]))
+        model.bn.bias.uniform_(-0.5, 0.5)
+        model.bn.running_mean.uniform_(-0.2, 0.2)
+        model.bn.running_var.uniform_(0.5, 2.0)
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, Quantize(calibration=128, fold=False, weight_bits=4), ctx)
+    assert isinstance(model.bn, torch.nn.BatchNorm2d) and ctx.folded == []
+    codes = model.conv.codes()
+    before = _logits(model)
+    apply(model, FoldBatchNorm(), ctx)
+    assert isinstance(model.bn, torch.nn.Identity) and ctx.folded == [("conv", "bn")]
+    sign = torch.tensor([1, -1, 0, 1]).view(-1, 1, 1, 1)
+    assert torch.equal(model.conv.codes(), codes * sign)
+    assert torch.allclose(_logits(model), before, atol=1e-4)
+    spec = ModelSpec(**{**CONVBN.__dict__, "folded": tuple(ctx.folded),
+                        "quantized": tuple(ctx.quantized)})
+    encode_file(tmp_path / "f.cnz", round_for_storage(model), spec)
+    decoded, _, _ = decode_file(tmp_path / "f.cnz")
+    assert torch.equal(_logits(model), _logits(decoded))
+
+
+def test_per_tensor_weights_cannot_keep_batchnorms_to_fold_later():
+    with pytest.raises(CnnzipError, match="per_channel"):
+        Quantize(fold=False, per_channel=False)
