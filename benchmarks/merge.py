@@ -1,7 +1,8 @@
 """Pruning plus layer merging on Fashion-MNIST: compress the trained baselines with the
 `prune-merge` recipe, time the shipped model against the original, and print the table.
 
-    python benchmarks/merge.py [--models lenet5 lenet5-caffe resnet20] [--out runs/bench-merge]
+    python benchmarks/merge.py [--models lenet5 lenet5-caffe resnet20] [--recipe prune-merge|merge]
+        [--out runs/bench-merge]
         [--finetune-epochs N] [--set STEP.KEY=VALUE ...]
 
 Targets (issue 5): lenet5 ≥ 20× smaller and ≥ 8× higher throughput at ≤ 0.5 points drop (the
