@@ -141,7 +141,8 @@ def _order(keys: dict[str, torch.Tensor]) -> list[str]:
 def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
               config: ChannelPrune) -> dict[str, list[int]]:
     """The lowest-scored channels of each group when the first ``count`` channels of the global
-    ``order`` go; each group keeps at least ``1 - max_ratio`` of its channels, overrides win."""
+    ``order`` go; each group keeps at least ``1 - max_ratio`` of its channels, overrides win,
+    and with ``round_to`` every group keeps a multiple of it (rounded up) or all its channels."""
     taken = dict.fromkeys(scores, 0)
     for root in order[:count]:
         taken[root] += 1
@@ -152,8 +153,13 @@ def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
             k = int(round(config.layers[root] * n))
         else:
             k = min(taken[root], int(config.max_ratio * n))
-        out[root] = min(k, n - 1)
+        kept = _round_up(n - min(k, n - 1), config.round_to)
+        out[root] = n - min(kept, n)
     return lowest(scores, out)
+
+
+def _round_up(count: int, multiple: int) -> int:
+    return -(-count // multiple) * multiple
 
 
 def lowest(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, list[int]]:
@@ -187,10 +193,11 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
     lo, hi = 0, len(order)
     reachable = cost(hi)
     if reachable > budget:
+        rounding = f" and round_to={config.round_to}" if config.round_to > 1 else ""
         raise CnnzipError(f"channels: cannot keep {kind} within {fraction:g} of the model's: "
-                          f"removing max_ratio={config.max_ratio} of every group still leaves "
-                          f"{reachable:,} of {budget / fraction:,.0f}; raise max_ratio or the "
-                          "target")
+                          f"removing max_ratio={config.max_ratio} of every group{rounding} "
+                          f"still leaves {reachable:,} of {budget / fraction:,.0f}; raise "
+                          "max_ratio or the target")
     while lo < hi:  # the smallest count that meets the budget
         mid = (lo + hi) // 2
         if cost(mid) <= budget:

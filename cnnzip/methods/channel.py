@@ -50,6 +50,9 @@ class ChannelPrune:
         layers: per-group pruning ratios by root layer name (overrides; with no target, the
             only ratios applied).
         max_ratio: no group loses more than this fraction of its channels.
+        round_to: every group keeps a multiple of this many channels (its count rounded up;
+            a group no larger keeps all): SIMD widths and accelerator lanes run whole blocks
+            of channels, so counts in between cost as much as the next multiple.
         indirect_weight: direct-indirect: the weight of the indirect (next-layer) term.
         global_weight: adaptive: the weight of the model-wide normalisation against the
             layer-wise one (a geometric mix).
@@ -80,6 +83,7 @@ class ChannelPrune:
     target_params: float | None = None
     layers: dict[str, float] = field(default_factory=dict)
     max_ratio: float = 0.9
+    round_to: int = 1
     indirect_weight: float = 0.5
     global_weight: float = 0.5
     cost_weight: float = 0.0
@@ -103,6 +107,9 @@ class ChannelPrune:
                                   f"got {value}")
         if not 0.0 < self.max_ratio < 1.0:
             raise CnnzipError(f"channels: max_ratio must be in (0, 1), got {self.max_ratio}")
+        if self.round_to < 1:
+            raise CnnzipError(f"channels: round_to must be a positive channel count, got "
+                              f"{self.round_to}")
         if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
             raise CnnzipError("channels: sensitivity_ratios must be fractions in (0, 1); got "
                               f"{list(self.sensitivity_ratios)}")

@@ -77,6 +77,22 @@ def test_budget_is_met_and_the_pruned_model_reloads(tmp_path, name, target, allo
     assert torch.allclose(loaded.model.eval()(x), model(x), atol=1e-5)
 
 
+def test_round_to_keeps_multiples_of_its_channel_count():
+    model = build_model(resolve_spec("vgg16", IN, 10, width=0.25)).eval()  # 16 to 128
+    base = metrics.count_macs(model, IN)
+
+    def widths():
+        return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    before = widths()
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, ChannelPrune(target_macs=0.5, round_to=8), ctx)
+    assert metrics.count_macs(model, IN) <= 0.5 * base
+    assert all(w % 8 == 0 for w in widths()) and widths() != before
+    with pytest.raises(CnnzipError, match="round_to"):
+        ChannelPrune(round_to=0)
+
+
 def test_unreachable_budget_and_bad_options_are_clear_errors():
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     with pytest.raises(CnnzipError, match="cannot keep macs"):
