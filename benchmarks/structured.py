@@ -14,8 +14,9 @@ global pruning, channels removed in small steps until the MACs budget is met. Bo
 at least 10% of every layer's channels (max_ratio 0.9), never prune the output layer, and
 fine-tune with the same distillation loss, epochs and learning rate. Our configurations are
 CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
-with the chosen channels zeroed and free to recover) and "+cost" or "+cost:POWER" to rank
-channels by importance per MAC (cost_weight 1 or POWER).
+with the chosen channels zeroed and free to recover), "+cost" or "+cost:POWER" to rank
+channels by importance per MAC (cost_weight 1 or POWER), and "+round:N" to keep channel
+counts multiples of N (round_to).
 
 Targets (issue 4): at 2× fewer MACs, ≤ 0.5 points accuracy drop on resnet20 and vgg16 and
 measured throughput ≥ 1.6× the baseline's; our best configuration at least matches
@@ -64,18 +65,20 @@ def torch_pruning_standard(model: torch.nn.Module, in_shape: tuple[int, ...],
 
 
 def ours(spec: str, target_macs: float, epochs: int, lr: float) -> ChannelPrune:
-    """CRITERION/ALLOCATION[+soft][+cost[:POWER]] as a ChannelPrune config."""
+    """CRITERION/ALLOCATION[+soft][+cost[:POWER]][+round:N] as a ChannelPrune config."""
     name, *flags = spec.split("+")
-    cost = 0.0
+    cost, round_to = 0.0, 1
     for flag in flags:
         if flag.startswith("cost"):
             cost = float(flag.partition(":")[2] or 1.0)
+        elif flag.startswith("round:"):
+            round_to = int(flag.partition(":")[2])
         elif flag != "soft":
-            raise SystemExit(f"{spec}: unknown flag {flag!r} (soft, cost, cost:POWER)")
+            raise SystemExit(f"{spec}: unknown flag {flag!r} (soft, cost, cost:POWER, round:N)")
     criterion, _, allocation = name.partition("/")
     return ChannelPrune(criterion=Criterion(criterion), allocation=Allocation(allocation),
                         target_macs=target_macs, max_ratio=MAX_RATIO, soft="soft" in flags,
-                        cost_weight=cost, epochs=epochs, lr=lr)
+                        cost_weight=cost, round_to=round_to, epochs=epochs, lr=lr)
 
 
 def main() -> int:
@@ -84,8 +87,8 @@ def main() -> int:
     parser.add_argument("--speedups", nargs="+", type=float, default=[2.0, 4.0],
                         help="MACs reduction factors (2: keep half the MACs)")
     parser.add_argument("--configs", nargs="+", default=["l2/global"],
-                        help="our CRITERION/ALLOCATION[+soft] settings, each run beside "
-                             "Torch-Pruning's")
+                        help="our CRITERION/ALLOCATION[+soft][+cost[:P]][+round:N] "
+                             "settings, each run beside Torch-Pruning's")
     parser.add_argument("--no-torch-pruning", action="store_true")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, both sides")
     parser.add_argument("--lr", type=float, default=0.01)
