@@ -57,9 +57,11 @@ def fp32_bytes(model: nn.Module) -> int:
 def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
     if isinstance(module, nn.Linear):
         return output.numel() // output.shape[-1] * module.in_features * module.out_features
-    # Conv: every output element takes (C_in / groups) · prod(kernel) MACs.
+    # Conv: every output element takes (C_in / groups) · prod(kernel) MACs; a convolution with
+    # its max pooling merged in computes every phase of the pooling window
     kernel = int(torch.tensor(module.kernel_size).prod())
-    return output.numel() * (module.in_channels // module.groups) * kernel
+    return output.numel() * getattr(module, "phases", 1) * (module.in_channels // module.groups) \
+        * kernel
 
 
 def _geometry(module: nn.Module) -> nn.Module | None:

@@ -29,7 +29,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
 from cnnzip.models.edit import symbolic
-from cnnzip.modules import CodebookLayer, FlatLinear, materialize
+from cnnzip.modules import CodebookLayer, ConvMaxPool, FlatLinear, materialize
 from cnnzip.modules.quant import QuantLayer
 
 OPSET = 17
@@ -87,10 +87,32 @@ def _conv_attrs(conv: nn.Conv2d, where: str) -> dict[str, Any]:
             "pads": _pads(conv.padding), "dilations": list(conv.dilation), "group": conv.groups}
 
 
+def _phases(layer: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """A weight (or per-channel tensor) as ``layer`` computes with it: a merged max pooling's
+    kernels for every phase of its window; others unchanged."""
+    if not isinstance(layer, ConvMaxPool):
+        return t
+    return layer.expand(t) if t.dim() == 4 else layer.expand_bias(t)
+
+
 def _layer(b: _Builder, name: str, layer: nn.Module, x: str, weight: str,
            bias: str | None) -> str:
-    """A conv, linear or flatten-linear computing on ``x`` with the named weight and bias."""
+    """A conv, linear or flatten-linear computing on ``x`` with the named weight and bias
+    (already expanded to every phase for a merged max pooling)."""
     inputs = [x, weight] + ([bias] if bias else [])
+    if isinstance(layer, ConvMaxPool):
+        attrs = _conv_attrs(layer, name)
+        attrs["kernel_shape"] = [k + s * (p - 1) for k, s, p in
+                                 zip(layer.kernel_size, layer.stride, layer.pool_kernel)]
+        attrs["strides"] = [s * t for s, t in zip(layer.stride, layer.pool_stride)]
+        y = b.op("Conv", inputs, name, **attrs)
+        c = layer.out_channels
+        phases = [b.op("Slice", [y, b.const(f"{name}.start{i}", np.array([i * c])),
+                                 b.const(f"{name}.end{i}", np.array([(i + 1) * c])),
+                                 b.const(f"{name}.axis{i}", np.array([1]))], f"{name}.phase{i}")
+                  for i in range(layer.phases)]
+        y = b.op("Max", phases, f"{name}.max")
+        return y if layer.act is None else _module(b, f"{name}.act", layer.act, y, (), False)
     if isinstance(layer, nn.Conv2d):
         return b.op("Conv", inputs, name, **_conv_attrs(layer, name))
     if isinstance(layer, FlatLinear):
@@ -103,18 +125,19 @@ def _float_layer(b: _Builder, name: str, layer: nn.Module, x: str,
                  weight: torch.Tensor) -> str:
     """``layer`` computing in float with ``weight`` (its own, or a quantized layer's rounded
     one)."""
-    w = b.const(f"{name}.weight", _f32(weight))
-    bias = b.const(f"{name}.bias", _f32(layer.bias)) if layer.bias is not None else None
+    w = b.const(f"{name}.weight", _f32(_phases(layer, weight)))
+    bias = b.const(f"{name}.bias", _f32(_phases(layer, layer.bias))) \
+        if layer.bias is not None else None
     return _layer(b, name, layer, x, w, bias)
 
 
 def _quant_layer(b: _Builder, name: str, q: QuantLayer, x: str, int8: bool) -> str:
     if not int8:
         return _float_layer(b, name, q.layer, x, q.weight)
-    w_scale = _f32(q.w_scale)
+    w_scale = _f32(_phases(q.layer, q.w_scale.reshape(-1)) if q.per_channel else q.w_scale)
     if q.a_grid is not None:
         x = _qdq(b, f"{name}.input", x, q.a_scale, q.a_zero, q.act_bits)
-    codes = q.codes().numpy().astype(np.int8)
+    codes = _phases(q.layer, q.codes()).numpy().astype(np.int8)
     scale = w_scale if q.per_channel else w_scale.reshape(())
     weight = b.op("DequantizeLinear",
                   [b.const(f"{name}.weight_int8", codes), b.const(f"{name}.weight_scale", scale),
@@ -125,13 +148,13 @@ def _quant_layer(b: _Builder, name: str, q: QuantLayer, x: str, int8: bool) -> s
         if q.a_grid is not None:  # int32 bias at input scale × weight scale, as kernels use
             s = (_f32(q.a_scale) * w_scale).astype(np.float32)
             s = np.broadcast_to(s, (codes.shape[0],)).copy()
-            b32 = np.round(_f32(q.layer.bias) / s).astype(np.int32)
+            b32 = np.round(_f32(_phases(q.layer, q.layer.bias)) / s).astype(np.int32)
             bias = b.op("DequantizeLinear",
                         [b.const(f"{name}.bias_int32", b32), b.const(f"{name}.bias_scale", s),
                          b.const(f"{name}.bias_zero", np.zeros(s.shape, dtype=np.int32))],
                         f"{name}.bias_dq", axis=0)
         else:
-            bias = b.const(f"{name}.bias", _f32(q.layer.bias))
+            bias = b.const(f"{name}.bias", _f32(_phases(q.layer, q.layer.bias)))
     y = _layer(b, name, q.layer, x, weight, bias)
     if q.o_grid is not None:
         y = _qdq(b, f"{name}.output", y, q.o_scale, q.o_zero, q.out_bits)

@@ -6,6 +6,7 @@ import torch.fx
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.modules.merged import ConvMaxPool
 
 
 class _LeafTracer(torch.fx.Tracer):
@@ -20,9 +21,9 @@ class _LeafTracer(torch.fx.Tracer):
 def symbolic(model: nn.Module, purpose: str, *,
              leaves: tuple[type, ...] = ()) -> torch.fx.GraphModule:
     """``torch.fx.symbolic_trace`` with a tracing failure reported as the model's; modules of
-    the ``leaves`` types stay whole (one node) besides torch.nn's own."""
+    the ``leaves`` types stay whole (one node) besides torch.nn's own and merged max poolings."""
     try:
-        return torch.fx.GraphModule(model, _LeafTracer(leaves).trace(model))
+        return torch.fx.GraphModule(model, _LeafTracer((*leaves, ConvMaxPool)).trace(model))
     except Exception as exc:  # tracing runs the user's forward: report it as the model's
         raise ModelError(f"cannot trace the model {purpose}: {type(exc).__name__}: {exc}") from None
 

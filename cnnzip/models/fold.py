@@ -13,6 +13,7 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.models.edit import set_module, symbolic
+from cnnzip.modules.merged import ConvMaxPool
 from cnnzip.modules.quant import QuantLayer
 
 FoldPair = tuple[str, str]  # (conv or linear layer, the BatchNorm folded into it)
@@ -22,6 +23,8 @@ _PAIRS = ((nn.Conv2d, nn.BatchNorm2d), (nn.Conv1d, nn.BatchNorm1d), (nn.Linear, 
 def _foldable(layer: nn.Module | None, bn: nn.Module | None) -> bool:
     if isinstance(layer, QuantLayer):
         layer = layer.layer
+    if isinstance(layer, ConvMaxPool):  # its output is pooled (and activated): nothing folds
+        return False
     return any(isinstance(layer, a) and type(bn) is b for a, b in _PAIRS)
 
 

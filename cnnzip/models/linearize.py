@@ -15,13 +15,12 @@ import torch.fx
 from torch import nn
 
 from cnnzip.models.edit import set_module
-from cnnzip.models.merge import find_merges, trace_graph
+from cnnzip.models.merge import MONOTONE, find_merges, trace_graph
 from cnnzip.models.replace import Replacement, pair, replace
 from cnnzip.modules.merged import Linearizing
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Tanh, nn.Sigmoid)
-MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)  # commute with max pooling
 
 
 @dataclass(frozen=True)

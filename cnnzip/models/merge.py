@@ -2,7 +2,9 @@
 
 Two linear operations with nothing nonlinear between them (linear∘linear, conv∘conv when the
 second reads no padding, conv∘average pooling, and a convolution or pooling followed by
-flatten and a linear layer) become one layer; the second becomes an identity. Each merge is
+flatten and a linear layer) become one layer; the second becomes an identity. A max pooling
+(with the activation before it) merges into the convolution before it on request
+(:func:`merge_max_pool`, a polyphase convolution). Each merge is
 checked against the unmerged model's output. Every structural change goes through
 :func:`cnnzip.models.replace.replace`, so ``ModelSpec.replaced`` rebuilds a merged
 architecture. The candidates for merging (nonlinearities, residual blocks) are in
@@ -21,7 +23,7 @@ from torch import nn
 from cnnzip.errors import ModelError
 from cnnzip.models.edit import symbolic
 from cnnzip.models.replace import Replacement, pair, replace
-from cnnzip.modules.merged import FlatLinear
+from cnnzip.modules.merged import ConvMaxPool, FlatLinear
 from cnnzip.ops.compose import average_kernel, compose_conv, compose_linear
 
 # --- the traced graph ---------------------------------------------------------------------------
@@ -88,11 +90,13 @@ def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
         return numel // module.out_features * module.in_features * module.out_features
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
-        return numel * module.in_channels // module.groups * kh * kw
+        return numel * getattr(module, "phases", 1) * module.in_channels // module.groups * kh * kw
     return 0
 
 
 # --- exact merges -------------------------------------------------------------------------------
+
+MONOTONE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU)  # commute with max pooling (non-negative slopes)
 
 @dataclass(frozen=True)
 class Merge:
@@ -183,7 +187,8 @@ def _plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
             return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
                          _macs(merged, out))
         lin = _flatten_to_linear(g, nxt)
-        if isinstance(a, (nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) and lin is not None:
+        if isinstance(a, (nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) \
+                and not isinstance(a, ConvMaxPool) and lin is not None:
             c = g.module(lin)
             in_shape = _shape(node.args[0])[1:]
 
@@ -198,6 +203,45 @@ def _plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
                          _macs(a, _shape(node)) + _macs(c, out), _macs(merged, out))
     return f"{name!r} ({type(a).__name__}) is followed by {b_name!r} ({type(b).__name__}), " \
            "not a layer it merges with exactly"
+
+
+def _monotone(m: nn.Module | None) -> bool:
+    return type(m) in MONOTONE and getattr(m, "negative_slope", 0.0) >= 0.0
+
+
+def _pool_plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
+    """The convolution (→ monotone activation) → max pooling that ends at ``node``, merged into
+    a :class:`ConvMaxPool`, or why there is none."""
+    pool, name = g.module(node), node.target
+    if not (type(pool) is nn.MaxPool2d and pair(pool.padding) == (0, 0)
+            and pair(pool.dilation) == (1, 1) and not pool.ceil_mode
+            and not pool.return_indices):
+        return f"{name!r} is not a max pooling without padding, dilation or ceil mode"
+    if g.calls.get(name) != 1:
+        return f"{name!r} is called more than once"
+    src = g.prev(node)
+    act = g.module(src)
+    names = [name]
+    if _monotone(act):
+        if not g.once(src):
+            return f"{src.target!r} is called more than once"
+        names.insert(0, src.target)
+        src = g.prev(src)
+    else:
+        act = None
+    conv = g.module(src)
+    if conv is None or not _plain_conv(conv) or not g.once(src):
+        return f"{name!r} does not pool a convolution's output (through a ReLU, ReLU6 or " \
+               "leaky ReLU) that nothing else reads"
+    if act is not None and getattr(act, "inplace", False):
+        act = type(act)(act.negative_slope) if isinstance(act, nn.LeakyReLU) else type(act)()
+    merged = ConvMaxPool(conv.in_channels, conv.out_channels, pair(conv.kernel_size),
+                         pair(conv.stride), pair(conv.padding), conv.bias is not None,
+                         pair(pool.kernel_size),
+                         pair(pool.stride if pool.stride is not None else pool.kernel_size), act)
+    merged.load_state_dict(conv.state_dict())
+    return Merge((src.target, *names), merged, _macs(conv, _shape(src)),
+                 _macs(merged, _shape(node)))
 
 
 def _check(before: torch.Tensor, model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
@@ -225,13 +269,38 @@ def merge_layers(model: nn.Module, first: str, in_shape: tuple[int, ...],
         ModelError: no such module, or the pattern does not merge exactly (a nonlinearity or a
             padded convolution between, an output read twice, ...).
     """
+    return _merge_at(model, first, in_shape, log, _plan)
+
+
+def merge_max_pool(model: nn.Module, pool: str, in_shape: tuple[int, ...],
+                   log: list[Replacement] | None = None) -> Merge:
+    """Merge the max pooling ``pool`` (and a ReLU, ReLU6 or leaky ReLU before it) into the
+    convolution it pools, exactly, as a :class:`ConvMaxPool`.
+
+    Raises:
+        ModelError: no such module, or it is not a plain max pooling of a plain convolution's
+            output that nothing else reads.
+    """
+    return _merge_at(model, pool, in_shape, log, _pool_plan)
+
+
+def max_pools(model: nn.Module, in_shape: tuple[int, ...]) -> list[str]:
+    """The max poolings :func:`merge_max_pool` can merge, in execution order."""
+    g = trace_graph(model, in_shape, "to find max poolings to merge")
+    return [n.target for n in g.graph.nodes
+            if type(g.module(n)) is nn.MaxPool2d and isinstance(_pool_plan(g, n), Merge)]
+
+
+def _merge_at(model: nn.Module, name: str, in_shape: tuple[int, ...],
+              log: list[Replacement] | None,
+              planner: Callable[[TracedGraph, torch.fx.Node], Merge | str]) -> Merge:
     g = trace_graph(model, in_shape, "to merge layers")
-    nodes = [n for n in g.graph.nodes if n.op == "call_module" and n.target == first]
+    nodes = [n for n in g.graph.nodes if n.op == "call_module" and n.target == name]
     if not nodes:
-        raise ModelError(f"cannot merge {first!r}: the model has no such module in its forward")
-    plan = _plan(g, nodes[0])
+        raise ModelError(f"cannot merge {name!r}: the model has no such module in its forward")
+    plan = planner(g, nodes[0])
     if isinstance(plan, str):
-        raise ModelError(f"cannot merge {first!r}: {plan}")
+        raise ModelError(f"cannot merge {name!r}: {plan}")
     x = torch.randn(4, *in_shape, generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():

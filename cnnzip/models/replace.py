@@ -13,7 +13,7 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.models.edit import set_module
-from cnnzip.modules.merged import FlatLinear
+from cnnzip.modules.merged import ConvMaxPool, FlatLinear
 
 Replacement = tuple[str, dict[str, Any]]
 
@@ -27,6 +27,22 @@ def _pool_args(m: nn.Module) -> dict[str, Any]:
             "stride": list(pair(m.stride if m.stride is not None else m.kernel_size))}
 
 
+def _conv_args(m: nn.Conv2d) -> dict[str, Any]:
+    return {"in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size),
+            "stride": list(m.stride), "padding": list(m.padding), "bias": m.bias is not None}
+
+
+def _conv_max_pool_args(m: ConvMaxPool) -> dict[str, Any]:
+    return {**_conv_args(m), "pool_kernel": list(m.pool_kernel),
+            "pool_stride": list(m.pool_stride), "act": describe(m.act) if m.act else None}
+
+
+def _conv_max_pool(d: dict[str, Any]) -> ConvMaxPool:
+    return ConvMaxPool(int(d["in"]), int(d["out"]), pair(d["kernel"]), pair(d["stride"]),
+                       pair(d["padding"]), bool(d["bias"]), pair(d["pool_kernel"]),
+                       pair(d["pool_stride"]), construct(d["act"]) if d["act"] else None)
+
+
 _DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
     nn.Identity: lambda m: {},
     nn.ReLU: lambda m: {},
@@ -37,9 +53,8 @@ _DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
     nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
     FlatLinear: lambda m: {"in": m.in_features, "out": m.out_features,
                            "bias": m.bias is not None},
-    nn.Conv2d: lambda m: {"in": m.in_channels, "out": m.out_channels,
-                          "kernel": list(m.kernel_size), "stride": list(m.stride),
-                          "padding": list(m.padding), "bias": m.bias is not None},
+    nn.Conv2d: _conv_args,
+    ConvMaxPool: _conv_max_pool_args,
 }
 _CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "Identity": lambda d: nn.Identity(),
@@ -53,6 +68,7 @@ _CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "Conv2d": lambda d: nn.Conv2d(int(d["in"]), int(d["out"]), pair(d["kernel"]),
                                   pair(d["stride"]), pair(d["padding"]),
                                   bias=bool(d["bias"])),
+    "ConvMaxPool": _conv_max_pool,
 }
 
 

@@ -107,3 +107,22 @@ def test_layers_before_residual_adds_quantize_their_outputs_so_every_conv_runs_i
 
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert ops.count("QLinearConv") == 21 and "Conv" not in ops
+
+
+def test_merged_max_poolings_export_float_and_int8():
+    from cnnzip.models.merge import max_pools, merge_max_pool
+
+    spec = ModelSpec("lenet5", (1, 28, 28), 10)
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    for pool in max_pools(model, (1, 28, 28)):
+        merge_max_pool(model, pool, (1, 28, 28))
+    with torch.no_grad():
+        assert torch.allclose(_run(model, X), model(X), atol=1e-4, rtol=1e-4)
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, Quantize(weight_bits=7, calibration=256), ctx)
+    model = round_for_storage(model)
+    with torch.no_grad():
+        expected = model(X)
+    plain = _run(model, X, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    assert torch.allclose(plain, expected, atol=1e-3, rtol=1e-3)

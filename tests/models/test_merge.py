@@ -14,8 +14,8 @@ from cnnzip.methods.merge import MergeLayers
 from cnnzip.methods.prune import MagnitudePrune
 from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
 from cnnzip.models.linearize import Candidate, candidates, linearize
-from cnnzip.models.merge import find_merges, merge_all, merge_layers
-from cnnzip.modules import FlatLinear, Linearizing
+from cnnzip.models.merge import find_merges, max_pools, merge_all, merge_layers, merge_max_pool
+from cnnzip.modules import ConvMaxPool, FlatLinear, Linearizing
 from cnnzip.ops.compose import compose_conv
 
 IN = (1, 28, 28)
@@ -198,3 +198,72 @@ def test_a_spec_whose_replacements_do_not_fit_is_a_clear_error():
         build_model(ModelSpec("lenet5", replaced=(("nope.3", {"type": "Identity"}),)))
     with pytest.raises(ModelError, match="malformed layer description"):
         build_model(ModelSpec("lenet5", replaced=(("features.0", {"type": "Transformer"}),)))
+
+
+POOLED = {
+    "lenet5": lambda: build_model(resolve_spec("lenet5", IN, 10)).eval(),
+    "lenet5-caffe (no activation)":
+        lambda: build_model(resolve_spec("lenet5-caffe", IN, 10)).eval(),
+    "strided conv, leaky ReLU, overlapping pool": lambda: _seq(
+        nn.Conv2d(1, 4, 3, stride=2, padding=1), nn.LeakyReLU(0.1), nn.MaxPool2d(3, 2),
+        nn.Flatten(), nn.Linear(4 * 6 * 6, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(POOLED))
+def test_max_poolings_merge_exactly_and_replay(case):
+    model = POOLED[case]()
+    x = torch.randn(5, *IN)
+    before = model(x)
+    pools, log = max_pools(model, IN), []
+    assert pools
+    macs = metrics.count_macs(model, IN)
+    for pool in pools:
+        merge_max_pool(model, pool, IN, log)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
+    assert sum(isinstance(m, ConvMaxPool) for m in model.modules()) == len(pools)
+    # every phase is counted (the zero padding not): the same MACs unless windows overlap
+    assert (metrics.count_macs(model, IN) > macs) == ("overlapping" in case)
+    torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
+    rebuilt = POOLED[case]()
+    from cnnzip.models.replace import replay
+    replay(rebuilt, log)
+    rebuilt.load_state_dict(model.state_dict())
+    torch.testing.assert_close(rebuilt(x), before, rtol=1e-5, atol=1e-5)
+
+
+POOL_REFUSED = {
+    "pool of a pool": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2), nn.MaxPool2d(2)), "2",
+                       "does not pool a convolution"),
+    "a decreasing activation": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.LeakyReLU(-0.5),
+                                             nn.MaxPool2d(2)), "2", "does not pool"),
+    "padded pool": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.MaxPool2d(2, padding=1)), "1",
+                    "without padding"),
+    "not a pool": (lambda: _seq(nn.Conv2d(1, 4, 3), nn.AvgPool2d(2)), "1", "not a max pooling"),
+}
+
+
+@pytest.mark.parametrize("case", list(POOL_REFUSED))
+def test_max_pool_merging_refuses_what_it_cannot_merge(case):
+    build, name, message = POOL_REFUSED[case]
+    with pytest.raises(ModelError, match=message):
+        merge_max_pool(build(), name, IN)
+
+
+def test_merge_step_merges_max_pools_exactly_and_the_container_reloads(tmp_path):
+    spec = resolve_spec("lenet5", IN, 10)
+    model = build_model(spec).eval()
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    x = torch.randn(3, *IN)
+    before = model(x)
+    model = apply(model, MergeLayers(max_pools=True, activations=False, samples=64), ctx)
+    assert len(ctx.notes["merge"]["max_pools"]) == 2 and ctx.notes["merge"]["chosen"] == []
+    torch.testing.assert_close(model.eval()(x), before, rtol=1e-5, atol=1e-5)
+    model = apply(model, MagnitudePrune(sparsity=0.5), ctx)  # prunes the original kernels
+    spec = dataclasses.replace(spec, replaced=tuple(ctx.replaced))
+    encode_file(tmp_path / "m.cnz", model, spec)
+    decoded, _, _ = decode_file(tmp_path / "m.cnz")
+    torch.testing.assert_close(decoded(x), model.eval()(x), rtol=1e-2, atol=1e-2)
+    with pytest.raises(CnnzipError, match="max_pools: 'features.1'.*features.2, features.5"):
+        apply(build_model(resolve_spec("lenet5", IN, 10)), MergeLayers(max_pools=("features.1",)),
+              Context(synthetic_splits(), finetune_epochs=0, quiet=True))
