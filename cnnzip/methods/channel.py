@@ -51,8 +51,9 @@ class ChannelPrune:
             only ratios applied).
         max_ratio: no group loses more than this fraction of its channels.
         round_to: every group keeps a multiple of this many channels (its count rounded up;
-            a group no larger keeps all): SIMD widths and accelerator lanes run whole blocks
-            of channels, so counts in between cost as much as the next multiple.
+            a group no larger keeps all), for targets that compute whole blocks of channels
+            (SIMD lanes, FPGA processing elements), where a count in between costs as much as
+            the next multiple.
         indirect_weight: direct-indirect: the weight of the indirect (next-layer) term.
         global_weight: adaptive: the weight of the model-wide normalisation against the
             layer-wise one (a geometric mix).
