@@ -55,3 +55,11 @@ def test_merge_recipe_removes_a_quarter_of_the_layers_then_folds():
     recipe = load_recipe("merge")
     assert [kind for kind, _ in recipe.steps] == ["merge", "fold"]
     assert recipe.steps[0][1].target_layers == 0.25
+
+
+def test_prune_merge_exact_recipe_merges_only_what_changes_no_output():
+    recipe = load_recipe("prune-merge-exact")
+    assert [kind for kind, _ in recipe.steps] == ["merge", "sensitivity", "prune", "share"]
+    merge = recipe.steps[0][1]
+    assert merge.max_pools is True and not merge.activations and not merge.blocks
+    assert merge.epochs == 0

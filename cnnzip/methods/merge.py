@@ -174,6 +174,8 @@ def _select(model: nn.Module, config: MergeLayers, ctx: Context, in_shape: tuple
     choices applied), measures validation accuracy and the MACs and layers left after merging,
     and takes the cheapest: the least accuracy lost per MAC saved (``target_macs``), per layer
     removed (``target_layers``), or simply the least accuracy lost (``max_drop``)."""
+    if not (config.activations or config.blocks or config.include):
+        return [], []  # nothing may be chosen: no scoring
     base = ctx.val_accuracy(model, config.samples)
     macs0, layers0 = _merged(model, in_shape)
     macs, layers = macs0, layers0
