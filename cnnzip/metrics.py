@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -54,14 +55,18 @@ def fp32_bytes(model: nn.Module) -> int:
     return 4 * count_params(model)
 
 
-def _layer_macs(module: nn.Module, output: torch.Tensor) -> int:
+def layer_macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of a conv or linear layer whose output has ``out_shape`` (0 for any
+    other module); bias adds are not counted."""
+    numel = math.prod(out_shape)
     if isinstance(module, nn.Linear):
-        return output.numel() // output.shape[-1] * module.in_features * module.out_features
-    # Conv: every output element takes (C_in / groups) · prod(kernel) MACs; a convolution with
-    # its max pooling merged in computes every phase of the pooling window
-    kernel = int(torch.tensor(module.kernel_size).prod())
-    return output.numel() * getattr(module, "phases", 1) * (module.in_channels // module.groups) \
-        * kernel
+        return numel // out_shape[-1] * module.in_features * module.out_features
+    if not isinstance(module, (nn.Conv1d, nn.Conv2d)):
+        return 0
+    # every output element takes (C_in / groups) · prod(kernel) MACs; a convolution with its
+    # max pooling merged in computes every phase of the pooling window
+    return numel * getattr(module, "phases", 1) * (module.in_channels // module.groups) \
+        * math.prod(module.kernel_size)
 
 
 def _geometry(module: nn.Module) -> nn.Module | None:
@@ -94,7 +99,7 @@ def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]
         nonzero = int(torch.count_nonzero(w)) + (int(torch.count_nonzero(bias))
                                                  if bias is not None else 0)
         seen.append(LayerStats(names[module], type(module).__name__, tuple(w.shape), params,
-                               nonzero, _layer_macs(geometry, output[:1])))
+                               nonzero, layer_macs(geometry, tuple(output[:1].shape))))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if _geometry(m) is not None]
     was_training = model.training

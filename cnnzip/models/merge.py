@@ -13,6 +13,7 @@ architecture. The candidates for merging (nonlinearities, residual blocks) are i
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -21,6 +22,7 @@ import torch.fx
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.metrics import layer_macs
 from cnnzip.models.edit import symbolic
 from cnnzip.models.replace import Replacement, pair, replace
 from cnnzip.modules.merged import ConvMaxPool, FlatLinear
@@ -80,18 +82,6 @@ def trace_graph(model: nn.Module, in_shape: tuple[int, ...], purpose: str) -> Tr
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
     return tuple(node.meta["tensor_meta"].shape)
-
-
-def _macs(module: nn.Module, out_shape: tuple[int, ...]) -> int:
-    numel = 1
-    for v in out_shape:
-        numel *= v
-    if isinstance(module, nn.Linear):
-        return numel // module.out_features * module.in_features * module.out_features
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        return numel * getattr(module, "phases", 1) * module.in_channels // module.groups * kh * kw
-    return 0
 
 
 # --- exact merges -------------------------------------------------------------------------------
@@ -167,8 +157,8 @@ def _plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
             merged = type(a)(a.in_features, b.out_features)
             merged.weight.copy_(w)
             merged.bias.copy_(bias)
-            return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
-                         _macs(merged, out))
+            return Merge((name, b_name), merged, layer_macs(a, _shape(node)) + layer_macs(b, out),
+                         layer_macs(merged, out))
         if _plain_conv(a) and (_plain_conv(b) or _plain_pool(b)):
             if _plain_conv(b) and pair(b.padding) != (0, 0):
                 return f"{b_name!r} pads its input: a merged kernel would read real inputs " \
@@ -184,8 +174,8 @@ def _plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
                                pair(a.padding))
             merged.weight.copy_(w)
             merged.bias.copy_(bias)
-            return Merge((name, b_name), merged, _macs(a, _shape(node)) + _macs(b, out),
-                         _macs(merged, out))
+            return Merge((name, b_name), merged, layer_macs(a, _shape(node)) + layer_macs(b, out),
+                         layer_macs(merged, out))
         lin = _flatten_to_linear(g, nxt)
         if isinstance(a, (nn.Conv2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)) \
                 and not isinstance(a, ConvMaxPool) and lin is not None:
@@ -200,7 +190,7 @@ def _plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
             merged.bias.copy_(bias)
             out = _shape(lin)
             return Merge((name, b_name, lin.target), merged,
-                         _macs(a, _shape(node)) + _macs(c, out), _macs(merged, out))
+                         layer_macs(a, _shape(node)) + layer_macs(c, out), layer_macs(merged, out))
     return f"{name!r} ({type(a).__name__}) is followed by {b_name!r} ({type(b).__name__}), " \
            "not a layer it merges with exactly"
 
@@ -233,15 +223,16 @@ def _pool_plan(g: TracedGraph, node: torch.fx.Node) -> Merge | str:
     if conv is None or not _plain_conv(conv) or not g.once(src):
         return f"{name!r} does not pool a convolution's output (through a ReLU, ReLU6 or " \
                "leaky ReLU) that nothing else reads"
-    if act is not None and getattr(act, "inplace", False):
-        act = type(act)(act.negative_slope) if isinstance(act, nn.LeakyReLU) else type(act)()
+    if act is not None and act.inplace:  # it would overwrite the maximum's saved output
+        act = copy.deepcopy(act)
+        act.inplace = False
     merged = ConvMaxPool(conv.in_channels, conv.out_channels, pair(conv.kernel_size),
                          pair(conv.stride), pair(conv.padding), conv.bias is not None,
                          pair(pool.kernel_size),
                          pair(pool.stride if pool.stride is not None else pool.kernel_size), act)
     merged.load_state_dict(conv.state_dict())
-    return Merge((src.target, *names), merged, _macs(conv, _shape(src)),
-                 _macs(merged, _shape(node)))
+    return Merge((src.target, *names), merged, layer_macs(conv, _shape(src)),
+                 layer_macs(merged, _shape(node)))
 
 
 def _check(before: torch.Tensor, model: nn.Module, x: torch.Tensor, what: str) -> torch.Tensor:
