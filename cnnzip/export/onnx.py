@@ -102,9 +102,8 @@ def _layer(b: _Builder, name: str, layer: nn.Module, x: str, weight: str,
     inputs = [x, weight] + ([bias] if bias else [])
     if isinstance(layer, ConvMaxPool):
         attrs = _conv_attrs(layer, name)
-        attrs["kernel_shape"] = [k + s * (p - 1) for k, s, p in
-                                 zip(layer.kernel_size, layer.stride, layer.pool_kernel)]
-        attrs["strides"] = [s * t for s, t in zip(layer.stride, layer.pool_stride)]
+        attrs.update(kernel_shape=list(layer.phase_kernel_size),
+                     strides=list(layer.phase_stride))
         y = b.op("Conv", inputs, name, **attrs)
         c = layer.out_channels
         phases = [b.op("Slice", [y, b.const(f"{name}.start{i}", np.array([i * c])),

@@ -83,6 +83,17 @@ class ConvMaxPool(nn.Conv2d):
     def phases(self) -> int:
         return self.pool_kernel[0] * self.pool_kernel[1]
 
+    @property
+    def phase_kernel_size(self) -> tuple[int, int]:
+        """The kernel of one phase: the original, zero-padded by the window's shifts."""
+        return tuple(k + s * (p - 1) for k, s, p in
+                     zip(self.kernel_size, self.stride, self.pool_kernel))
+
+    @property
+    def phase_stride(self) -> tuple[int, int]:
+        """The stride of one phase's convolution: the convolution's times the pooling's."""
+        return tuple(s * t for s, t in zip(self.stride, self.pool_stride))
+
     def expand(self, weight: torch.Tensor) -> torch.Tensor:
         """The kernel of every phase, stacked along the output channels (phase-major)."""
         (p, q), (sh, sw) = self.pool_kernel, self.stride
@@ -95,10 +106,9 @@ class ConvMaxPool(nn.Conv2d):
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor,
                       bias: torch.Tensor | None) -> torch.Tensor:
-        stride = (self.stride[0] * self.pool_stride[0], self.stride[1] * self.pool_stride[1])
         y = torch.nn.functional.conv2d(x, self.expand(weight),
                                        None if bias is None else self.expand_bias(bias),
-                                       stride, self.padding)
+                                       self.phase_stride, self.padding)
         y = y.unflatten(1, (self.phases, self.out_channels)).amax(1)
         return y if self.act is None else self.act(y)
 
