@@ -13,7 +13,7 @@ from torch import nn
 from cnnzip import metrics
 from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.data import Splits, load_dataset
-from cnnzip.errors import CnnzipError
+from cnnzip.errors import ArgumentError, CnnzipError
 from cnnzip.models import (ModelSpec, build_model, load_checkpoint, resolve_spec,
                            save_checkpoint)
 from cnnzip.models.checkpoint import assert_finite
@@ -28,7 +28,8 @@ __all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "export_f
 def input_record(splits: Splits) -> dict[str, Any]:
     """What a checkpoint records about its inputs (so a deployed model can normalise them)."""
     info = splits.info
-    return {"dataset": info.name, "mean": list(info.mean), "std": list(info.std)}
+    return {"dataset": info.name, "mean": list(info.mean), "std": list(info.std),
+            "split": dict(splits.split)}
 
 
 def train_baseline(model: str, dataset: str, out: str | Path, *,
@@ -43,7 +44,7 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     splits = load_dataset(dataset, data_dir, seed=config.seed)
     spec = resolve_spec(model, splits.info.in_shape, splits.info.num_classes, width)
     torch.manual_seed(config.seed)
-    net = build_model(spec)
+    net = build_model(spec, trust_code=True)  # the name is the user's own: consent
     start = time.perf_counter()
     result = fit(net, splits, config, quiet=quiet, description=f"train {model}")
     seconds = time.perf_counter() - start
@@ -64,15 +65,20 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     return {**summary, "file": str(out), "val_history": result.val_accuracy}
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+def load_model(path: str | Path, *, trust_code: bool = False,
+               ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Load any model file cnnzip writes (.safetensors checkpoint or .cnz container); returns
-    the model, its spec and input record."""
+    the model, its spec and input record.
+
+    Every field of the file is checked before use. An architecture named
+    ``package.module:factory`` is code: it is imported and called only with ``trust_code``.
+    """
     from cnnzip.codec import FORMAT, decode_file
     from cnnzip.models.checkpoint import read_metadata
 
     if FORMAT in read_metadata(path):
-        return decode_file(path)
-    ckpt = load_checkpoint(path)
+        return decode_file(path, trust_code=trust_code)
+    ckpt = load_checkpoint(path, trust_code=trust_code)
     return ckpt.model, ckpt.spec, ckpt.input
 
 
@@ -89,15 +95,16 @@ def _test_data(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
 
 
 def evaluate_file(path: str | Path, dataset: str | None = None, *,
-                  data_dir: str | Path | None = None) -> dict[str, Any]:
+                  data_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Test-set accuracy of the model stored in ``path``.
 
     Args:
-        path: a checkpoint written by cnnzip.
+        path: a checkpoint or container written by cnnzip.
         dataset: the dataset name; defaults to the one recorded in the file.
         data_dir: where the dataset's files are.
+        trust_code: as in :func:`load_model`.
     """
-    model, spec, input_info = load_model(path)
+    model, spec, input_info = load_model(path, trust_code=trust_code)
     dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
     start = time.perf_counter()
     accuracy = evaluate(model, splits.test, splits.info)
@@ -111,9 +118,10 @@ def inspect_model(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
             **metrics.summarize(model, spec.in_shape)}
 
 
-def inspect_file(path: str | Path) -> dict[str, Any]:
-    """``inspect_model`` of the model stored in ``path``."""
-    model, spec, _ = load_model(path)
+def inspect_file(path: str | Path, *, trust_code: bool = False) -> dict[str, Any]:
+    """``inspect_model`` of the model stored in ``path`` (``trust_code`` as in
+    :func:`load_model`)."""
+    model, spec, _ = load_model(path, trust_code=trust_code)
     return {"file": str(path), **inspect_model(model, spec)}
 
 
@@ -121,12 +129,12 @@ def inspect_name(name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_cl
                  width: float | None = None) -> dict[str, Any]:
     """``inspect_model`` of a freshly built zoo or user model."""
     spec = resolve_spec(name, in_shape, num_classes, width)
-    return inspect_model(build_model(spec), spec)
+    return inspect_model(build_model(spec, trust_code=True), spec)  # the user's own name
 
 
 def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int = 256,
-                rounds: int = 3, min_seconds: float = 1.0,
-                onnx: bool | None = None) -> dict[str, Any]:
+                rounds: int = 3, min_seconds: float = 1.0, onnx: bool | None = None,
+                trust_code: bool = False) -> dict[str, Any]:
     """Throughput of two model files timed alternately in this process and runtime
     (:func:`bench_models`).
 
@@ -134,14 +142,18 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     that of the model as it runs, not of decoding. With ``onnx`` (default: when the compressed
     model is quantized) both are also exported and timed in onnxruntime, the baseline in float
     and the compressed model with its integer kernels, in the same rounds; PyTorch runs a
-    quantized model as simulated (fake-quantized) float arithmetic.
+    quantized model as simulated (fake-quantized) float arithmetic. ``trust_code`` as in
+    :func:`load_model`.
     """
     from cnnzip.modules import materialize
     from cnnzip.modules.quant import QuantLayer
 
+    if batch_size < 1 or rounds < 1 or not min_seconds > 0:
+        raise ArgumentError(f"batch size ({batch_size}) and rounds ({rounds}) must be at least 1 "
+                            f"and the round time ({min_seconds} s) positive")
     models, specs = {}, []
     for key, path in (("baseline", baseline), ("compressed", compressed)):
-        model, spec, _ = load_model(path)
+        model, spec, _ = load_model(path, trust_code=trust_code)
         models[key] = materialize(model).eval()
         specs.append(spec)
     shapes = {tuple(spec.in_shape) for spec in specs}
@@ -176,19 +188,20 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
 
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
-                data_dir: str | Path | None = None) -> dict[str, Any]:
+                data_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
     """Export the model in ``path`` for deployment; quantized layers as int8 QDQ unless
     ``int8`` is False.
 
     With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
-    and its top-1 agreement with cnnzip's own (PyTorch) model are returned.
+    and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
+    in :func:`load_model`.
     """
     from cnnzip.data import batches
     from cnnzip.export import OrtModel, agreement, export_onnx
 
     if format != "onnx":
         raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx")
-    model, spec, input_info = load_model(path)
+    model, spec, input_info = load_model(path, trust_code=trust_code)
     size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
                               "bytes": size, "int8": int8}

@@ -15,3 +15,11 @@ class ModelError(CnnzipError):
 
 class CheckpointError(CnnzipError):
     """A checkpoint file is missing, damaged or was not written by cnnzip."""
+
+
+class UnforeseenContent(CheckpointError):
+    """A file's content failed in a way no explicit check caught (reported, never a traceback)."""
+
+
+class ArgumentError(CnnzipError):
+    """A command-line option or API argument out of its range."""

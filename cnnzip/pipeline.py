@@ -18,8 +18,10 @@ from cnnzip import metrics
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
+from cnnzip.fileio import atomic_path
 from cnnzip.methods.base import Context, apply
-from cnnzip.models import ModelSpec, load_checkpoint
+from cnnzip.data import Splits
+from cnnzip.models import Checkpoint, ModelSpec, load_checkpoint
 from cnnzip.modules import CodebookLayer, materialize, prunable_layers
 from cnnzip.recipes import Recipe, load_recipe
 from cnnzip.report import dense_rows, layer_rows, write_report
@@ -64,7 +66,7 @@ def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
              dataset: str | None = None, data_dir: str | Path | None = None, seed: int = 0,
              finetune_epochs: int | None = None, overrides: tuple[str, ...] = (),
-             quiet: bool = False) -> dict[str, Any]:
+             quiet: bool = False, trust_code: bool = False) -> dict[str, Any]:
     """Compress a checkpoint with a recipe; write ``model.cnz``, ``report.json``, ``report.md``.
 
     Args:
@@ -73,20 +75,25 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         out_dir: where the outputs go (created).
         dataset: defaults to the dataset recorded in the checkpoint.
         data_dir: where the dataset's files are.
-        seed: seeds clustering and retraining.
+        seed: seeds clustering and retraining (the validation split is the checkpoint's own,
+            recorded by ``train``, whatever the seed).
         finetune_epochs: overrides every retraining step's epochs (0 skips retraining).
         overrides: ``STEP.KEY=VALUE`` recipe options (with a recipe name or path).
         quiet: no progress bars.
+        trust_code: allow a checkpoint whose architecture is ``package.module:factory`` (code
+            that is imported and called).
 
     Returns:
         The report (also written to ``report.json``).
     """
+    if finetune_epochs is not None and finetune_epochs < 0:
+        raise CnnzipError(f"finetune epochs must be 0 or more, got {finetune_epochs}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
-    ckpt = load_checkpoint(model_path)
+    ckpt = load_checkpoint(model_path, trust_code=trust_code)
     dataset = dataset or ckpt.input.get("dataset")
     if not dataset:
         raise CnnzipError(f"{model_path}: no dataset recorded in the file; pass --dataset")
-    splits = load_dataset(dataset, data_dir, seed=seed)
+    splits = _training_splits(ckpt, dataset, data_dir)
     spec = ckpt.spec
     if tuple(splits.info.in_shape) != tuple(spec.in_shape):
         raise CnnzipError(f"{model_path}: model takes {spec.in_shape} inputs, {dataset} has "
@@ -114,11 +121,36 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
             stages[-1].update(_shipped(model, teacher, _spec_so_far(spec, ctx),
                                        out / ".stage.cnz"))
     spec = _spec_so_far(spec, ctx)
+    # model.cnz appears only when everything, report included, has succeeded
+    with atomic_path(out / "model.cnz") as container:
+        report = _finish(model, spec, ckpt, ctx, recipe, dataset, baseline, stages, seed,
+                         container, out, trust_code)
+    return report
+
+
+def _training_splits(ckpt: Checkpoint, dataset: str, data_dir: str | Path | None) -> Splits:
+    """The dataset with the validation split the checkpoint was trained with (recorded by
+    ``train``; older checkpoints: the training seed in their provenance, else 0)."""
+    split = ckpt.input.get("split") or {}
+    seed = split.get("seed", ckpt.extra.get("seed", 0))
+    if type(seed) is not int or seed < 0:
+        raise CnnzipError(f"the checkpoint's training seed {seed!r} is not a whole number")
+    if dataset == ckpt.input.get("dataset") and "sha256" in split:
+        return load_dataset(dataset, data_dir, seed=seed, val_size=split["val_size"],
+                            expect_sha256=split["sha256"])
+    return load_dataset(dataset, data_dir, seed=seed)
+
+
+def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, recipe: Recipe,
+            dataset: str, baseline: dict[str, Any], stages: list[dict[str, Any]], seed: int,
+            container: Path, out: Path, trust_code: bool) -> dict[str, Any]:
+    """Encode the container at ``container``, measure it from the file, write the reports."""
     start = time.perf_counter()
     round_for_storage(model)
-    container = out / "model.cnz"
+    teacher = ctx.teacher
     records = encode_file(container, model, spec, input=ckpt.input)
-    decoded, _, _ = decode_file(container)  # every reported figure is the file's
+    # every reported figure is the file's
+    decoded, _, _ = decode_file(container, trust_code=trust_code)
     stages.append(_stage("encode", decoded, ctx, spec.in_shape, time.perf_counter() - start,
                          realized=True))
     size = container.stat().st_size
@@ -128,7 +160,7 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     report = {
         "model": spec.name, "dataset": dataset, "recipe": recipe.name,
         "recipe_overrides": list(recipe.overrides), "seed": seed,
-        "baseline": baseline,
+        "validation_split": ctx.splits.split, "baseline": baseline,
         "compressed": {"accuracy": final["accuracy"], "params": metrics.count_params(decoded),
                        "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],
                        "container_bytes": size},

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Sequence
 
 from cnnzip import __version__
 from cnnzip.cli import bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd, train
+from cnnzip.cli.common import Parser
 from cnnzip.errors import CnnzipError
 
 COMMANDS = (train, compress, eval_cmd, bench, inspect_cmd, export, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="cnnzip",
         description="Compress trained convolutional networks into small, fast artifacts.",
         epilog="Run `cnnzip COMMAND --help` for a command's options.")
@@ -25,9 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(message: Warning | str, category: type[Warning], *_: object, **__: object) -> str:
+    return f"cnnzip: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line
     try:
         return int(args.run(args) or 0)
     except CnnzipError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnzip import api
-from cnnzip.cli.common import print_json
+from cnnzip.cli.common import add_trust_arg, positive_int, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,8 +15,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "report images per second and the speed-up.")
     p.add_argument("baseline", metavar="BASE", help="the original checkpoint")
     p.add_argument("compressed", metavar="COMPRESSED", help="a .cnz container or checkpoint")
-    p.add_argument("--batch-size", type=int, default=256, help="default 256")
-    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds, default 3")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="default 256")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="alternating timing rounds, default 3")
+    add_trust_arg(p)
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="also time both in onnxruntime (the baseline float, the compressed model "
                         "int8 where quantized); default: when the compressed model is quantized")
@@ -26,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = api.bench_files(args.baseline, args.compressed, batch_size=args.batch_size,
-                        rounds=args.rounds, onnx=args.onnx)
+                        rounds=args.rounds, onnx=args.onnx, trust_code=args.trust_code)
     if args.json:
         print_json(r)
     else:

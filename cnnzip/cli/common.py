@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-from typing import Any
+from typing import Any, Callable, NoReturn
 
 from cnnzip.data import DATASET_NAMES
 from cnnzip.models import ZOO
@@ -20,6 +21,50 @@ def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> 
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder holding the dataset files (default: the system location, "
                              "/usr/share/datasets/fashion-mnist for fashion-mnist)")
+
+
+TRUST_HELP = ("import and call the package.module:factory that a file names as its architecture "
+              "(that runs code from the file's say-so: only for files you trust; zoo models "
+              "never need it)")
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_trust_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trust-model-code", action="store_true", dest="trust_code",
+                        help=TRUST_HELP)
+
+
+def _bounded(kind: type, low: float, what: str) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+        if not (value >= low and math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+positive_int = _bounded(int, 1, "a whole number ≥ 1")
+count = _bounded(int, 0, "a whole number ≥ 0")
+positive_float = _bounded(float, 1e-300, "a positive number")
+non_negative_float = _bounded(float, 0.0, "a number ≥ 0")
+
+
+def fraction(text: str) -> float:
+    """A number in (0, 1]."""
+    value = positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1], got {text}")
+    return value
 
 
 def print_json(obj: Any) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnzip.cli.common import add_data_args, print_json
+from cnnzip.cli.common import add_data_args, add_trust_arg, count, fraction, print_json
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
 from cnnzip.recipes import builtin_names
@@ -24,15 +24,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
                    dest="overrides", help="change one recipe option, e.g. --set prune.epochs=20 "
                    "--set sensitivity.target_sparsity=0.92 (repeatable)")
-    p.add_argument("--target-macs", type=float, metavar="FRACTION",
+    p.add_argument("--target-macs", type=fraction, metavar="FRACTION",
                    help="structured pruning budget: keep at most this fraction of the MACs "
                         "(0.5: 2× fewer); the same as --set channels.target_macs=FRACTION")
-    p.add_argument("--target-params", type=float, metavar="FRACTION",
+    p.add_argument("--target-params", type=fraction, metavar="FRACTION",
                    help="or keep at most this fraction of the parameters "
                         "(--set channels.target_params=FRACTION)")
     add_data_args(p, required=False)
-    p.add_argument("--seed", type=int, default=0, help="default 0")
-    p.add_argument("--finetune-epochs", type=int, metavar="N",
+    p.add_argument("--seed", type=count, default=0,
+                   help="seeds clustering and retraining (default 0); the validation split is "
+                        "always the one the checkpoint was trained with")
+    add_trust_arg(p)
+    p.add_argument("--finetune-epochs", type=count, metavar="N",
                    help="override every retraining step's epochs (0 skips retraining)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     report = compress(args.file, args.recipe, args.out, dataset=args.dataset,
                       data_dir=args.data_dir, seed=args.seed,
                       finetune_epochs=args.finetune_epochs, overrides=overrides,
-                      quiet=args.quiet)
+                      quiet=args.quiet, trust_code=args.trust_code)
     if args.json:
         print_json(report)
     else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnzip import api
-from cnnzip.cli.common import add_data_args, print_json
+from cnnzip.cli.common import add_data_args, add_trust_arg, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,12 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "its accuracy and top-1 agreement with cnnzip's model")
     add_data_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+    add_trust_arg(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
+                        trust_code=args.trust_code,
                         check=args.check, dataset=args.dataset, data_dir=args.data_dir)
     if args.json:
         print_json(r)

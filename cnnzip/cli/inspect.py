@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnzip import api
-from cnnzip.cli.common import MODEL_HELP, print_json
+from cnnzip.cli.common import MODEL_HELP, add_trust_arg, positive_float, print_json
 from cnnzip.data import DATASET_NAMES, dataset_info
 from cnnzip.errors import CnnzipError
 
@@ -20,9 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", nargs="?",
                    help="a checkpoint or .cnz container written by cnnzip")
     p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
-    p.add_argument("--dataset", default="fashion-mnist", choices=DATASET_NAMES,
+    p.add_argument("--dataset", choices=DATASET_NAMES,
                    help="input shape for --model (default fashion-mnist: 1×28×28)")
-    p.add_argument("--width", type=float, help="width multiplier for --model")
+    p.add_argument("--width", type=positive_float, help="width multiplier for --model")
+    add_trust_arg(p)
     p.add_argument("--json", action="store_true",
                    help='print {"params", "macs", "layers", ...} as JSON on stdout')
     p.set_defaults(run=run)
@@ -32,9 +33,12 @@ def run(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.model is None):
         raise CnnzipError("give either FILE or --model NAME")
     if args.file:
-        result = api.inspect_file(args.file)
+        if args.dataset is not None or args.width is not None:
+            raise CnnzipError("--dataset and --width describe --model; a file records its own "
+                              "input shape and width")
+        result = api.inspect_file(args.file, trust_code=args.trust_code)
     else:
-        info = dataset_info(args.dataset)
+        info = dataset_info(args.dataset or "fashion-mnist")
         result = api.inspect_name(args.model, info.in_shape, info.num_classes, args.width)
     if args.json:
         print_json(result)

@@ -7,7 +7,8 @@ import shlex
 import sys
 
 from cnnzip import api
-from cnnzip.cli.common import MODEL_HELP, add_data_args, print_json
+from cnnzip.cli.common import (MODEL_HELP, add_data_args, count, non_negative_float,
+                               positive_float, positive_int, print_json)
 from cnnzip.train import TrainConfig
 
 _D = TrainConfig()
@@ -22,21 +23,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "untrained model.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     add_data_args(p)
-    p.add_argument("--width", type=float, help="width multiplier for alexnet, vgg16, resnet*, "
+    p.add_argument("--width", type=positive_float, help="width multiplier for alexnet, vgg16, resnet*, "
                                                "mobilenetv2 (default: the zoo's)")
-    p.add_argument("--epochs", type=int, default=_D.epochs, help=f"default {_D.epochs}")
-    p.add_argument("--batch-size", type=int, default=_D.batch_size,
+    p.add_argument("--epochs", type=count, default=_D.epochs, help=f"default {_D.epochs}")
+    p.add_argument("--batch-size", type=positive_int, default=_D.batch_size,
                    help=f"default {_D.batch_size}")
-    p.add_argument("--lr", type=float, default=_D.lr, help=f"peak learning rate, default {_D.lr}")
-    p.add_argument("--weight-decay", type=float, default=_D.weight_decay,
+    p.add_argument("--lr", type=positive_float, default=_D.lr, help=f"peak learning rate, default {_D.lr}")
+    p.add_argument("--weight-decay", type=non_negative_float, default=_D.weight_decay,
                    help=f"default {_D.weight_decay}")
-    p.add_argument("--augment-pad", type=int, default=_D.augment_pad,
+    p.add_argument("--augment-pad", type=count, default=_D.augment_pad,
                    help=f"random translation in pixels, 0 for none (default {_D.augment_pad})")
-    p.add_argument("--slimming", type=float, default=_D.slimming, metavar="LAMBDA",
+    p.add_argument("--slimming", type=non_negative_float, default=_D.slimming, metavar="LAMBDA",
                    help="L1 penalty on BatchNorm scales (network slimming), so that a later "
                         "channel-prune with criterion bn finds unimportant channels; 1e-4 to "
                         f"1e-3 is typical (default {_D.slimming})")
-    p.add_argument("--seed", type=int, default=_D.seed, help=f"default {_D.seed}")
+    p.add_argument("--seed", type=count, default=_D.seed, help=f"default {_D.seed}")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

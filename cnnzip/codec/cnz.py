@@ -8,7 +8,12 @@ Layout:
 - one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm, feature-map
   scales, layers that are neither shared nor quantized), flattened;
 - string metadata: format and version, the architecture, the input record, per-layer records
-  (shape, counts, stream lengths, CRC-32 of the payload) and the dense index.
+  (shape, counts, stream lengths, CRC-32 of the payload), the dense index, and (version 3) one
+  SHA-256 over all of that and every tensor (``cnnzip.integrity``).
+
+Decoding checks the file before building anything: the tensor table, the checksum, the metadata
+schema (bounded sizes, counts consistent with each layer's shape), then each payload against
+its record; no stream is decoded to more symbols than its layer holds.
 
 The model a user ships is the one ``round_for_storage`` produced: decoding rebuilds it bit for
 bit, so accuracy from the file equals accuracy in memory.
@@ -21,26 +26,31 @@ import math
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
-from safetensors import SafetensorError, safe_open
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from safetensors.torch import save_file
 from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
+from cnnzip.integrity import (CHECKSUM, MAX_PARAMS, InputRecord, RawFile, check_finite, digest,
+                              fail, guard, read_file, tensor_bytes, validate, verify)
 from cnnzip.models import ModelSpec, build_model
+from cnnzip.models.zoo import Name, SpecSchema
+from cnnzip.models.edit import set_module
 from cnnzip.modules import CodebookLayer
+from cnnzip.modules.codebook import PRUNABLE
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
 from cnnzip.ops.quant import pack, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 
 FORMAT = "cnnzip-cnz"
-VERSION = 2
-READS = (1, 2)  # version 2 added uniformly quantized layers
+VERSION = 3
+READS = (1, 2, 3)  # 2 added uniformly quantized layers, 3 the checksum over everything
 _SKIP = ("num_batches_tracked",)
 
 
@@ -153,158 +163,259 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     index = [[k, list(v.shape)] for k, v in dense.items()]
     # One metadata key: safetensors keeps metadata in a hash map, so several keys would be
     # written in varying order and the same model would not give the same bytes.
-    header = {"version": VERSION, "model": spec.to_dict(), "input": input or {},
-              "layers": [list(asdict(r).values()) for r in records],
-              "quant": [list(asdict(r).values()) for r in quant],
-              "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}
+    header = json.loads(json.dumps({
+        "version": VERSION, "model": spec.to_dict(), "input": input or {},
+        "layers": [list(asdict(r).values()) for r in records],
+        "quant": [list(asdict(r).values()) for r in quant],
+        "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}, allow_nan=False))
+    header[CHECKSUM] = digest(header, tensors)
     metadata = {FORMAT: json.dumps(header, separators=(",", ":"))}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return records
 
 
-def _fail(path: Path, message: str) -> CheckpointError:
-    return CheckpointError(f"{path}: {message}")
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_PARAMS)]
+Dim = Annotated[StrictInt, Field(ge=1, le=1 << 20)]
+Crc = Annotated[StrictInt, Field(ge=0, le=0xFFFFFFFF)]
+Shape = Annotated[list[Dim], Field(min_length=1, max_length=4)]
 
 
-def _read(path: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+class ContainerHeader(BaseModel):
+    """The schema of a container's metadata document (every version)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: StrictInt
+    model: SpecSchema
+    input: InputRecord = InputRecord()
+    # name, shape, nnz, k, d, max_gap, n_gaps, n_codes, pos_bytes, code_bytes, book_bytes, crc
+    layers: list[tuple[Name, Shape, Count, Annotated[StrictInt, Field(ge=1, le=1 << 16)],
+                       Annotated[StrictInt, Field(ge=1, le=1 << 16)],
+                       Annotated[StrictInt, Field(ge=1, le=1 << 16)], Count, Count, Count,
+                       Count, Count, Crc]] = Field(max_length=10_000)
+    # name, shape, bits, coding, code_bytes, scales, crc
+    quant: list[tuple[Name, Shape, Annotated[StrictInt, Field(ge=1, le=8)],
+                      Literal["packed", "entropy"], Count, Count, Crc]] = Field(
+        default=[], max_length=10_000)
+    dense: "DenseRecord"
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+
+class DenseRecord(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    index: list[tuple[Annotated[str, Field(max_length=256)],
+                      Annotated[list[Dim], Field(max_length=4)]]] = Field(max_length=100_000)
+    crc: Crc
+
+
+ContainerHeader.model_rebuild()
+
+
+def _read(path: Path) -> tuple[RawFile, ContainerHeader]:
+    raw = read_file(path, FORMAT, "cnnzip .cnz container", dtypes={"U8": torch.uint8,
+                                                                   "F16": torch.float16})
+    version = raw.meta.get("version")
+    if version not in READS or type(version) is not int:
+        raise fail(path, f"container version {version!r} is not supported (this cnnzip reads "
+                         f"versions {', '.join(map(str, READS))})")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(FORMAT)
-            if raw is None:
-                raise _fail(path, f"not a cnnzip .cnz container (no '{FORMAT}' metadata)")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise _fail(path, "file not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise _fail(path, f"not a readable safetensors file ({exc})") from None
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise _fail(path, f"damaged metadata ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("version") not in READS:
-        version = meta.get("version") if isinstance(meta, dict) else None
-        raise _fail(path, f"container version {version!r} is not supported (this cnnzip reads "
-                          f"versions {', '.join(map(str, READS))})")
-    return meta, tensors
+        verified = verify(raw)
+    except CheckpointError:
+        _name_damaged_layer(raw)
+        raise
+    if not verified and version >= 3:
+        raise fail(path, f"container version {version} without its checksum (damaged metadata)")
+    if version == 1 and "quant" in raw.meta:
+        raise fail(path, "damaged metadata: a version 1 container has no quantized layers")
+    header = validate(path, ContainerHeader, raw.meta)
+    expected = {"dense", *(f"w:{r[0]}" for r in header.layers),
+                *(f"q:{r[0]}" for r in header.quant)}
+    if len(expected) != 1 + len(header.layers) + len(header.quant):
+        raise fail(path, "damaged metadata: a layer is recorded twice")
+    if set(raw.tensors) != expected:
+        odd = sorted(set(raw.tensors) ^ expected)[0]
+        where = "has no payload" if odd in expected else "is not in the metadata"
+        raise fail(path, f"tensor {odd!r} {where}")
+    for name, tensor in raw.tensors.items():
+        want = torch.float16 if name == "dense" else torch.uint8
+        if tensor.dtype != want or tensor.dim() != 1:
+            raise fail(path, f"tensor {name!r} is {tensor.dtype} of shape {tuple(tensor.shape)}; "
+                             f"the format stores a flat {want}")
+    return raw, header
+
+
+def _name_damaged_layer(raw: RawFile) -> None:
+    """After a checksum mismatch: if one payload's own CRC-32 fails too, say which layer."""
+    for key, prefix in (("layers", "w:"), ("quant", "q:")):
+        rows = raw.meta.get(key)
+        for row in rows if isinstance(rows, list) else ():
+            if not (isinstance(row, list) and row and isinstance(row[0], str)):
+                continue
+            payload = raw.tensors.get(prefix + row[0])
+            if payload is not None and payload.dtype == torch.uint8 \
+                    and zlib.crc32(tensor_bytes(payload)) != row[-1]:
+                raise fail(raw.path, f"layer {row[0]!r}: checksum mismatch (its payload is "
+                                     "damaged)")
+
+
+def _layer_record(path: Path, row: tuple) -> LayerRecord:
+    """A codebook layer's record, its counts checked against its shape before any decoding."""
+    r = LayerRecord(row[0], tuple(row[1]), *row[2:])
+    size = math.prod(r.shape)
+    problems = [
+        (size > MAX_PARAMS, f"{size:,} weights, over the limit of {MAX_PARAMS:,}"),
+        (r.nnz > size, f"{r.nnz:,} non-zeros in {size:,} weights"),
+        (r.n_codes != -(-r.nnz // r.d), f"{r.n_codes:,} codes for {r.nnz:,} non-zeros in "
+                                        f"blocks of {r.d}"),
+        (r.n_gaps < r.nnz or r.n_gaps > r.nnz + size // r.max_gap + 1,
+         f"{r.n_gaps:,} gap symbols for {r.nnz:,} non-zeros in {size:,} weights"),
+        (r.book_bytes != 2 * r.k * r.d, f"codebook of {r.book_bytes} bytes for {r.k}×{r.d}"),
+    ]
+    for bad, what in problems:
+        if bad:
+            raise fail(path, f"layer {r.name!r}: record does not fit its shape {r.shape}: {what}")
+    return r
 
 
 def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
     if zlib.crc32(payload) != record.crc:
-        raise _fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
+        raise fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
     a, b = record.pos_bytes, record.pos_bytes + record.code_bytes
-    if len(payload) != b + record.book_bytes or record.book_bytes != 2 * record.k * record.d:
-        raise _fail(path, f"layer {record.name!r}: payload sizes do not match its record")
+    if len(payload) != b + record.book_bytes:
+        raise fail(path, f"layer {record.name!r}: payload sizes do not match its record")
     try:
-        positions = gaps_to_positions(decode_symbols(payload[:a], record.n_gaps), record.max_gap)
-        codes = decode_symbols(payload[a:b], record.n_codes)
+        gaps = decode_symbols(payload[:a], record.n_gaps, record.max_gap + 1)
+        positions = gaps_to_positions(gaps, record.max_gap)
+        codes = decode_symbols(payload[a:b], record.n_codes, record.k)
     except ValueError as exc:
-        raise _fail(path, f"layer {record.name!r}: {exc}") from None
+        raise fail(path, f"layer {record.name!r}: {exc}") from None
     book = np.frombuffer(payload[b:], dtype=np.float16).astype(np.float32)
     if (len(positions) != record.nnz or (positions.size and positions[-1] >= math.prod(record.shape))
             or (codes.size and codes.max() >= record.k)):
-        raise _fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")
+        raise fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")
     return (torch.from_numpy(positions), torch.from_numpy(book.reshape(record.k, record.d)),
             torch.from_numpy(codes))
 
 
 def _decode_quant(path: Path, record: QuantRecord, layer: QuantLayer, payload: bytes) -> None:
     if zlib.crc32(payload) != record.crc:
-        raise _fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
+        raise fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
     if tuple(layer.latent.shape) != record.shape or layer.weight_bits != record.bits \
             or layer.w_scale.numel() != record.scales \
             or len(payload) != record.code_bytes + 2 * record.scales:
-        raise _fail(path, f"layer {record.name!r}: its record does not fit the model")
-    count, stream = math.prod(record.shape), payload[:record.code_bytes]
+        raise fail(path, f"layer {record.name!r}: its record does not fit the model")
+    count, stream, grid = math.prod(record.shape), payload[:record.code_bytes], layer.w_grid
     try:
         if record.coding == "packed":
-            codes = unpack(stream, count, layer.w_grid)
-        elif record.coding == "entropy":
-            codes = torch.from_numpy(decode_symbols(stream, count).astype(np.int64))
-            codes = codes + layer.w_grid.qmin
+            codes = unpack(stream, count, grid)
         else:
-            raise ValueError(f"unknown coding {record.coding!r}")
+            symbols = decode_symbols(stream, count, grid.qmax - grid.qmin + 1)
+            codes = torch.from_numpy(symbols.astype(np.int64)) + grid.qmin
     except ValueError as exc:
-        raise _fail(path, f"layer {record.name!r}: {exc}") from None
-    if codes.numel() != count or (count and codes.max() > layer.w_grid.qmax):
-        raise _fail(path, f"layer {record.name!r}: decoded codes do not fit the layer")
-    scales = np.frombuffer(payload[record.code_bytes:], dtype=np.float16).astype(np.float32)
+        raise fail(path, f"layer {record.name!r}: {exc}") from None
+    if codes.numel() != count or (count and codes.max() > grid.qmax):
+        raise fail(path, f"layer {record.name!r}: decoded codes do not fit the layer")
+    scales = torch.from_numpy(np.frombuffer(payload[record.code_bytes:], dtype=np.float16)
+                              .astype(np.float32))
+    if not bool((torch.isfinite(scales) & (scales > 0)).all()):
+        raise fail(path, f"layer {record.name!r}: a weight scale is not a positive number")
     with torch.no_grad():
-        layer.w_scale.copy_(torch.from_numpy(scales))
+        layer.w_scale.copy_(scales)
     layer.load_codes(codes)
 
 
-def _records(path: Path, meta: dict[str, Any]) -> list[LayerRecord]:
-    try:
-        return [LayerRecord(r[0], tuple(r[1]), *r[2:]) for r in meta["layers"]]
-    except (KeyError, TypeError, IndexError) as exc:
-        raise _fail(path, f"damaged metadata ({exc})") from None
+def _check_ranges(path: Path, model: nn.Module) -> None:
+    """Feature-map scales positive, zero points whole numbers on their grids."""
+    for name, layer in model.named_modules():
+        if not isinstance(layer, QuantLayer):
+            continue
+        for scale, zero, grid in (("a_scale", "a_zero", layer.a_grid),
+                                  ("o_scale", "o_zero", layer.o_grid)):
+            if grid is None:
+                continue
+            s, z = getattr(layer, scale), getattr(layer, zero)
+            if not bool((s > 0).all()) or not bool(((z == z.round()) & (z >= grid.qmin)
+                                                    & (z <= grid.qmax)).all()):
+                raise fail(path, f"layer {name!r}: feature-map scale or zero point out of range")
 
 
 def layer_records(path: str | Path) -> tuple[dict[str, Any], list[LayerRecord]]:
-    """The container's metadata and per-layer records, without decoding payloads."""
-    meta, _ = _read(Path(path))
-    return meta, _records(Path(path), meta)
+    """The container's metadata and per-layer records, checked, without decoding payloads."""
+    raw, header = _read(Path(path))
+    return raw.meta, [_layer_record(Path(path), r) for r in header.layers]
 
 
-def decode_file(path: str | Path) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Rebuild the compressed model stored in a .cnz file.
+def decode_file(path: str | Path, *, trust_code: bool = False,
+                ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Check and rebuild the compressed model stored in a .cnz file.
+
+    Args:
+        path: the container.
+        trust_code: allow an architecture named ``package.module:factory`` to be imported
+            and called; without it such a file is refused before anything is imported.
 
     Returns:
-        The model (eval mode, codebook layers in place), its spec, and its input record.
+        The model (eval mode, codebook and quantized layers in place), its spec, and its input
+        record.
 
     Raises:
-        CheckpointError: missing, foreign, damaged or truncated file.
+        CheckpointError: missing, foreign, damaged, truncated or refused file; the message
+            names the file and the layer or field.
     """
     path = Path(path)
-    meta, tensors = _read(path)
-    records = _records(path, meta)
+    raw, header = _read(path)
+    records = [_layer_record(path, r) for r in header.layers]
+    quant = [QuantRecord(r[0], tuple(r[1]), *r[2:]) for r in header.quant]
     try:
-        spec = ModelSpec.from_dict(meta["model"])
-        input_info = dict(meta.get("input", {}))
-        dense_meta = dict(meta["dense"])
-    except (KeyError, TypeError, ValueError, ModelError) as exc:
-        raise _fail(path, f"damaged metadata ({exc})") from None
-    model = build_model(spec)
+        spec = ModelSpec.from_schema(header.model)
+        model = build_model(spec, trust_code=trust_code)
+    except ModelError as exc:
+        raise fail(path, str(exc)) from None
+    with guard(path, "decoding layers"):
+        _decode_into(path, model, raw.tensors, records, quant, header.dense)
+    check_finite(path, dict(model.state_dict()))
+    _check_ranges(path, model)
+    return model.eval(), spec, header.input.model_dump(exclude_unset=True)
+
+
+def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
+                 records: list[LayerRecord], quant: list[QuantRecord],
+                 dense: DenseRecord) -> None:
+    modules = dict(model.named_modules())
     for record in records:
-        key = f"w:{record.name}"
-        if key not in tensors:
-            raise _fail(path, f"layer {record.name!r} has no payload")
-        positions, book, codes = _decode_layer(path, record, tensors[key].numpy().tobytes())
-        try:
-            layer = model.get_submodule(record.name)
-        except AttributeError:
-            raise _fail(path, f"model {spec.name!r} has no layer {record.name!r}") from None
+        layer = modules.get(record.name)
+        if not isinstance(layer, PRUNABLE) or not isinstance(layer.weight, torch.Tensor):
+            raise fail(path, f"model has no convolution or linear layer {record.name!r}")
         if tuple(layer.weight.shape) != record.shape:
-            raise _fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
-        parent, _, child = record.name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child,
-                CodebookLayer(layer, positions, book, codes))
-    try:
-        quant = [QuantRecord(r[0], tuple(r[1]), *r[2:]) for r in meta.get("quant", [])]
-    except (TypeError, IndexError) as exc:
-        raise _fail(path, f"damaged metadata ({exc})") from None
+            raise fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
+        positions, book, codes = _decode_layer(path, record, tensor_bytes(tensors[f"w:{record.name}"]))
+        set_module(model, record.name, CodebookLayer(layer, positions, book, codes))
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     if {r.name for r in quant} != set(quantized):
-        raise _fail(path, "the quantized layers do not match the model's architecture")
+        raise fail(path, "the quantized layers do not match the model's architecture")
     for qrecord in quant:
-        payload = tensors.get(f"q:{qrecord.name}")
-        if payload is None:
-            raise _fail(path, f"layer {qrecord.name!r} has no payload")
-        _decode_quant(path, qrecord, quantized[qrecord.name], payload.numpy().tobytes())
-    flat = tensors.get("dense")
-    if flat is None or zlib.crc32(flat.numpy().tobytes()) != dense_meta.get("crc"):
-        raise _fail(path, "dense tensors: checksum mismatch (the file is damaged)")
+        _decode_quant(path, qrecord, quantized[qrecord.name],
+                      tensor_bytes(tensors[f"q:{qrecord.name}"]))
+    flat = tensors["dense"]
+    if zlib.crc32(tensor_bytes(flat)) != dense.crc:
+        raise fail(path, "dense tensors: checksum mismatch (the file is damaged)")
+    expected = {k: v.shape for k, v in _dense_state(model).items()}
+    keys = [key for key, _ in dense.index]
+    if set(keys) != set(expected) or len(keys) != len(set(keys)):
+        raise fail(path, "dense tensors do not match the model's architecture")
+    if sum(math.prod(shape) for _, shape in dense.index) != flat.numel():
+        raise fail(path, "dense tensors: the index does not cover the dense block exactly")
     state, offset = {}, 0
-    for key, shape in dense_meta["index"]:
+    for key, shape in dense.index:
+        if tuple(shape) != tuple(expected[key]):
+            raise fail(path, f"dense tensor {key!r} has shape {tuple(shape)}; the architecture "
+                             f"needs {tuple(expected[key])}")
         n = math.prod(shape)
-        state[key] = flat[offset:offset + n].float().view(shape)
+        state[key] = flat[offset:offset + n].float().view(tuple(shape))
         offset += n
-    expected = set(_dense_state(model))
-    if set(state) != expected or offset != flat.numel():
-        raise _fail(path, "dense tensors do not match the model's architecture")
     model.load_state_dict(state, strict=False)
-    return model.eval(), spec, input_info
 
 
 def stream_report(model: nn.Module, records: list[LayerRecord]) -> list[dict[str, Any]]:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -39,12 +40,18 @@ class DatasetInfo:
 
 @dataclass(frozen=True)
 class Splits:
-    """Train (for fitting), validation (for compression decisions) and test (for reporting)."""
+    """Train (for fitting), validation (for compression decisions) and test (for reporting).
+
+    ``split`` records how validation was drawn from the training files: ``{"seed",
+    "val_size", "sha256"}`` (the hash of the validation indices), so that ``compress`` can
+    take its decisions on the very images the baseline never trained on.
+    """
 
     info: DatasetInfo
     train: ImageSet
     val: ImageSet
     test: ImageSet
+    split: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -92,13 +99,14 @@ def _to_set(images: np.ndarray, labels: np.ndarray) -> ImageSet:
                     torch.from_numpy(labels.astype(np.int64)))
 
 
-def _split(full: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet]:
+def _split(full: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet, str]:
     if not 0 <= val_size < len(full):
         raise DataError(f"validation size {val_size} must be below the {len(full)} training images")
     order = torch.randperm(len(full), generator=torch.Generator().manual_seed(seed))
     val, train = order[:val_size], order[val_size:]
+    digest = hashlib.sha256(val.to(torch.int64).numpy().tobytes()).hexdigest()
     return (ImageSet(full.images[train], full.labels[train]),
-            ImageSet(full.images[val], full.labels[val]))
+            ImageSet(full.images[val], full.labels[val]), digest)
 
 
 def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
@@ -113,7 +121,8 @@ def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
         noisy = 0.6 * templates[labels] + 0.4 * torch.rand(n, *SYNTHETIC.in_shape, generator=g)
         return ImageSet((noisy * 255).round().to(torch.uint8), labels)
 
-    return Splits(SYNTHETIC, make(n_train, 1), make(n_val, 2), make(n_test, 3))
+    return Splits(SYNTHETIC, make(n_train, 1), make(n_val, 2), make(n_test, 3),
+                  {"seed": seed, "val_size": n_val})
 
 
 def dataset_info(name: str) -> DatasetInfo:
@@ -126,7 +135,7 @@ def dataset_info(name: str) -> DatasetInfo:
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int = 5000,
-                 seed: int = 0) -> Splits:
+                 seed: int = 0, expect_sha256: str | None = None) -> Splits:
     """Load a dataset by name, with a validation split drawn (seeded) from its training set.
 
     Args:
@@ -134,10 +143,12 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
         data_dir: where the files are; defaults to the dataset's system location.
         val_size: how many training images are held out for validation.
         seed: the seed of the split.
+        expect_sha256: the hash of the validation indices a checkpoint recorded; a split that
+            comes out differently (other files, another size) is an error.
 
     Raises:
         DataError: unknown name, or missing or damaged files (the message says where and how
-            to get them).
+            to get them), or a split other than the expected one.
     """
     if name == "synthetic":
         return synthetic_splits(seed=seed)
@@ -156,8 +167,13 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
     if tuple(train_full.images.shape[1:]) != expected:
         raise DataError(f"{name} in {directory}: images have shape "
                         f"{tuple(train_full.images.shape[1:])}, expected {expected}")
-    train, val = _split(train_full, val_size, seed)
-    return Splits(source.info, train, val, test)
+    train, val, digest = _split(train_full, val_size, seed)
+    if expect_sha256 is not None and digest != expect_sha256:
+        raise DataError(f"{name} in {directory}: the validation split (seed {seed}, {val_size} "
+                        "images) differs from the one the model was trained with; the training "
+                        "files are not the same")
+    return Splits(source.info, train, val, test,
+                  {"seed": seed, "val_size": val_size, "sha256": digest})
 
 
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:

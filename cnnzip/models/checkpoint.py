@@ -1,24 +1,41 @@
 """Model checkpoints in safetensors: weights as tensors, architecture and provenance as JSON
-metadata. Loading rebuilds the model from the metadata and never unpickles."""
+metadata, one SHA-256 over both. Loading checks the file (``cnnzip.integrity``), then rebuilds
+the model from the metadata; it never unpickles and never imports code the file names unless
+the caller trusts it."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from safetensors.torch import save_file
 from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.models.zoo import ModelSpec, build_model
+from cnnzip.integrity import (CHECKSUM, InputRecord, check_finite, digest, fail, guard,
+                              metadata_key, read_file, validate, verify)
+from cnnzip.models.zoo import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-checkpoint"
-VERSION = 1
+VERSION = 2  # version 2 added the checksum and the recorded validation split
+READS = (1, 2)
+
+
+class CheckpointHeader(BaseModel):
+    """The schema of a checkpoint's metadata document."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: StrictInt
+    model: SpecSchema
+    input: InputRecord = InputRecord()
+    extra: dict[str, Any] = {}
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
 @dataclass(frozen=True)
@@ -28,85 +45,85 @@ class Checkpoint:
     Attributes:
         model: the rebuilt module with the file's weights.
         spec: the architecture.
-        input: normalisation and dataset of the inputs it was trained on.
+        input: normalisation, dataset and validation split of the inputs it was trained on.
         extra: free-form provenance (training command, epochs, seed, accuracy).
+        verified: the file carries a checksum and it matched (False: an old file without one).
     """
 
     model: nn.Module
     spec: ModelSpec
     input: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    verified: bool = True
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *,
                     input: dict[str, Any] | None = None,
                     extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model``'s state dict and metadata to ``path`` atomically."""
+    """Write ``model``'s state dict and metadata to ``path`` atomically, with their checksum."""
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    meta = json.loads(json.dumps({"version": VERSION, "model": spec.to_dict(),
+                                  "input": input or {}, "extra": extra or {}}, allow_nan=False))
+    meta[CHECKSUM] = digest(meta, state)
     # one key: safetensors writes several metadata keys in varying order (a hash map)
-    metadata = {FORMAT: json.dumps({"version": VERSION, "model": spec.to_dict(),
-                                    "input": input or {}, "extra": extra or {}})}
+    metadata = {FORMAT: json.dumps(meta, separators=(",", ":"))}
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
     return Path(path)
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """Return a safetensors file's string metadata (empty if it has none); the file's format is
-    the key that holds its JSON document."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: file not found") from None
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+def read_metadata(path: str | Path) -> tuple[str, ...]:
+    """The metadata keys of a safetensors file: which cnnzip format wrote it, if any."""
+    return metadata_key(path)
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Rebuild the model recorded in ``path`` and load its weights.
+def load_checkpoint(path: str | Path, *, trust_code: bool = False) -> Checkpoint:
+    """Check ``path``, rebuild the model it records and load its weights.
+
+    Args:
+        path: a checkpoint written by ``cnnzip train`` (or ``save_checkpoint``).
+        trust_code: allow an architecture named ``package.module:factory`` to be imported and
+            called; without it such a file is refused before anything is imported.
 
     Raises:
-        CheckpointError: the file is missing, damaged, foreign, or its weights do not fit the
-            recorded architecture.
+        CheckpointError: the file is missing, damaged, foreign, refused, or its weights do not
+            fit the recorded architecture; the message names the file and the field or tensor.
     """
-    header = _header(path)
-    if header.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {header.get('version')!r} is not "
-                              f"supported (this cnnzip reads version {VERSION})")
+    raw = read_file(path, FORMAT, "cnnzip checkpoint")
+    version = raw.meta.get("version")
+    if version not in READS or type(version) is not int:
+        raise fail(path, f"checkpoint version {version!r} is not supported (this cnnzip reads "
+                         f"versions {', '.join(map(str, READS))})")
+    verified = verify(raw)
+    if version >= 2 and not verified:
+        raise fail(path, f"checkpoint version {version} without its checksum (damaged metadata)")
+    header = validate(path, CheckpointHeader, raw.meta)
     try:
-        spec = ModelSpec.from_dict(header["model"])
-        input_info = dict(header.get("input", {}))
-        extra = dict(header.get("extra", {}))
-    except (KeyError, TypeError, ValueError, ModelError) as exc:
-        raise CheckpointError(f"{path}: damaged metadata ({exc})") from None
-    try:
-        state = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: damaged tensor data ({exc})") from None
-    model = build_model(spec)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise CheckpointError(f"{path}: weights do not fit model {spec.name!r}: {first}") from None
-    return Checkpoint(model.eval(), spec, input_info, extra)
+        spec = ModelSpec.from_schema(header.model)
+        model = build_model(spec, trust_code=trust_code)
+    except ModelError as exc:
+        raise fail(path, str(exc)) from None
+    with guard(path, "loading weights"):
+        _check_tensors(path, model, raw.tensors)
+        check_finite(path, raw.tensors)
+        model.load_state_dict(raw.tensors, strict=True)
+    return Checkpoint(model.eval(), spec, header.input.model_dump(exclude_unset=True),
+                      header.extra, verified)
 
 
-def _header(path: str | Path) -> dict[str, Any]:
-    raw = read_metadata(path).get(FORMAT)
-    if raw is None:
-        raise CheckpointError(f"{path}: not a cnnzip checkpoint (no '{FORMAT}' metadata)")
-    try:
-        header = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: damaged metadata ({exc})") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path}: damaged metadata (not a JSON object)")
-    return header
-
+def _check_tensors(path: str | Path, model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    """The file's tensors are exactly the model's: names, shapes and dtypes."""
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        what = f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}"
+        raise fail(path, f"weights do not fit the recorded architecture: {what} "
+                         f"({len(missing)} missing, {len(unexpected)} unexpected)")
+    for name, want in expected.items():
+        got = tensors[name]
+        if tuple(got.shape) != tuple(want.shape) or got.dtype != want.dtype:
+            raise fail(path, f"tensor {name!r} is {got.dtype} {tuple(got.shape)}; the "
+                             f"architecture needs {want.dtype} {tuple(want.shape)}")
 
 
 def assert_finite(model: nn.Module, where: str) -> None:

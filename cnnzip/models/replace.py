@@ -7,11 +7,13 @@ merged model saves and reloads without pickle.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.integrity import MAX_PARAMS
 from cnnzip.models.edit import set_module
 from cnnzip.modules.merged import ConvMaxPool, FlatLinear
 
@@ -20,6 +22,33 @@ Replacement = tuple[str, dict[str, Any]]
 
 def pair(value: Any) -> tuple[int, int]:
     return (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+_BOUNDS = {"in": (1, 1 << 16), "out": (1, 1 << 16), "kernel": (1, 64), "stride": (1, 64),
+           "padding": (0, 64), "pool_kernel": (1, 64), "pool_stride": (1, 64)}
+
+
+def _check_fields(desc: dict[str, Any]) -> None:
+    """Bounds on a description's sizes (a file's record is hostile), and the parameter count of
+    the module it would build, before anything is allocated."""
+    for key, (lo, hi) in _BOUNDS.items():
+        if key not in desc:
+            continue
+        value = desc[key]
+        values = value if isinstance(value, list) and len(value) == 2 else [value]
+        if not all(type(v) is int and lo <= v <= hi for v in values):
+            raise ValueError(f"{key} must be an integer or a pair in [{lo}, {hi}], got {value!r}")
+    for key in ("bias",):
+        if key in desc and type(desc[key]) is not bool:
+            raise ValueError(f"{key} must be true or false, got {desc[key]!r}")
+    if "negative_slope" in desc:
+        slope = desc["negative_slope"]
+        if type(slope) not in (int, float) or not math.isfinite(slope):
+            raise ValueError(f"negative_slope must be a finite number, got {slope!r}")
+    if "in" in desc and "out" in desc:
+        kernel = pair(desc.get("kernel", 1))
+        if desc["in"] * desc["out"] * kernel[0] * kernel[1] > MAX_PARAMS:
+            raise ValueError(f"the layer would have over {MAX_PARAMS:,} parameters")
 
 
 def _pool_args(m: nn.Module) -> dict[str, Any]:
@@ -82,10 +111,18 @@ def describe(module: nn.Module) -> dict[str, Any]:
 
 
 def construct(desc: dict[str, Any]) -> nn.Module:
+    """The module a :func:`describe` record stands for (the record's fields checked first)."""
     try:
+        if not isinstance(desc, dict):
+            raise TypeError("a layer description must be an object")
+        _check_fields(desc)
+        if desc.get("act") is not None and not isinstance(desc["act"], dict):
+            raise TypeError("act must be an object or null")
         return _CONSTRUCT[desc["type"]](desc)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelError(f"malformed layer description {desc!r} ({exc})") from None
+    except (KeyError, TypeError, ValueError, IndexError, RuntimeError) as exc:
+        text = repr(desc)
+        text = text if len(text) <= 120 else text[:117] + "..."
+        raise ModelError(f"malformed layer description {text} ({exc})") from None
 
 
 def replace(model: nn.Module, name: str, module: nn.Module, log: list[Replacement]) -> None:

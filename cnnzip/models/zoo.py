@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from dataclasses import asdict, dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.integrity import MAX_PARAMS
 from cnnzip.models.alexnet import AlexNet
 from cnnzip.models.lenet import LeNet5, LeNet5Caffe, LeNet300
 from cnnzip.models.mobilenet import MobileNetV2
@@ -39,6 +43,33 @@ ZOO: dict[str, ZooEntry] = {
     "resnet56": ZooEntry(partial(CifarResNet, 56), 0.5, "CIFAR ResNet-56"),
     "mobilenetv2": ZooEntry(MobileNetV2, 0.5, "MobileNetV2, depthwise separable"),
 }
+
+
+FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
+TRUST_HINT = ("pass --trust-model-code (trust_code=True in Python) only if you trust where the "
+              "file came from")
+
+Name = Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9_.]*$")]
+Index = Annotated[StrictInt, Field(ge=0, le=1 << 20)]
+Bits = Annotated[StrictInt, Field(ge=0, le=16)]
+
+
+class SpecSchema(BaseModel):
+    """What a file's ``model`` record may hold; checked before anything is built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(max_length=256)]
+    in_shape: tuple[Annotated[StrictInt, Field(ge=1, le=64)],
+                    Annotated[StrictInt, Field(ge=1, le=4096)],
+                    Annotated[StrictInt, Field(ge=1, le=4096)]]
+    num_classes: Annotated[StrictInt, Field(ge=1, le=100_000)]
+    width: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False, strict=True)] | None = None
+    channel_plan: list[tuple[Name, StrictBool, list[Index]]] = Field(default=[], max_length=10_000)
+    folded: list[tuple[Name, Name]] = Field(default=[], max_length=10_000)
+    replaced: list[tuple[Name, dict[str, Any]]] = Field(default=[], max_length=10_000)
+    quantized: list[tuple[Name, Bits, Bits, StrictBool, Bits]] = Field(default=[],
+                                                                         max_length=10_000)
 
 
 @dataclass(frozen=True)
@@ -73,21 +104,27 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
+    def from_schema(cls, s: SpecSchema) -> "ModelSpec":
+        """The spec of a validated ``model`` record (:class:`SpecSchema`)."""
+        if s.name not in ZOO and not FACTORY.match(s.name):
+            raise ModelError(f"unknown model {s.name!r}: neither a zoo name "
+                             f"({', '.join(ZOO)}) nor package.module:factory")
+        return cls(name=s.name, in_shape=s.in_shape, num_classes=s.num_classes,
+                   width=None if s.width is None else float(s.width),
+                   channel_plan=tuple((r, o, tuple(i)) for r, o, i in s.channel_plan),
+                   folded=tuple(s.folded), replaced=tuple(s.replaced),
+                   quantized=tuple(s.quantized))
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelSpec":
+        from pydantic import ValidationError
+
         try:
-            plan = tuple((str(root), bool(out), tuple(int(i) for i in idxs))
-                         for root, out, idxs in data.get("channel_plan") or ())
-            folded = tuple((str(layer), str(bn)) for layer, bn in data.get("folded") or ())
-            replaced = tuple((str(name), dict(desc)) for name, desc in data.get("replaced") or ())
-            quantized = tuple((str(q[0]), int(q[1]), int(q[2]), bool(q[3]), int(q[4]))
-                              for q in data.get("quantized") or ())
-            return cls(name=str(data["name"]), in_shape=tuple(int(v) for v in data["in_shape"]),
-                       num_classes=int(data["num_classes"]),
-                       width=None if data.get("width") is None else float(data["width"]),
-                       channel_plan=plan, folded=folded, replaced=replaced,
-                       quantized=quantized)
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"malformed model spec {data!r}: {exc}") from None
+            return cls.from_schema(SpecSchema.model_validate(data))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ModelError(f"malformed model spec: field {'.'.join(map(str, err['loc']))}: "
+                             f"{err['msg']}") from None
 
 
 def resolve_spec(name: str, in_shape: tuple[int, int, int], num_classes: int,
@@ -103,11 +140,14 @@ def resolve_spec(name: str, in_shape: tuple[int, int, int], num_classes: int,
     return ModelSpec(name, tuple(in_shape), num_classes, width)
 
 
-def _user_factory(target: str) -> Callable[..., nn.Module]:
+def _user_factory(target: str, trust_code: bool) -> Callable[..., nn.Module]:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
         raise ModelError(f"unknown model {target!r}; choose one of {', '.join(ZOO)} "
                          "or give package.module:factory")
+    if not trust_code:
+        raise ModelError(f"the architecture is code to import and call, {target!r}; refused "
+                         f"(nothing was imported): {TRUST_HINT}")
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -118,14 +158,24 @@ def _user_factory(target: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def build_model(spec: ModelSpec) -> nn.Module:
+def build_model(spec: ModelSpec, *, trust_code: bool = False) -> nn.Module:
     """Build a freshly initialised model from its spec, its channel plan, folds, merges and
     quantized layers replayed.
 
     A user factory is called with whichever of ``in_shape``, ``num_classes`` and ``width`` its
     signature accepts, so ``def net(num_classes=10)`` and ``def net()`` both work.
+
+    Args:
+        spec: the architecture.
+        trust_code: allow a ``package.module:factory`` name to be imported and called. Pass
+            True only for a name the user gave (that is consent), never for one read from a
+            file the user did not vouch for.
+
+    Raises:
+        ModelError: a factory name without ``trust_code``, a zoo model past the parameter
+            limit, or a record that does not fit the architecture.
     """
-    model = _build_base(spec)
+    model = _build_base(spec, trust_code)
     if spec.channel_plan:
         _replay(model, spec)
     if spec.folded:
@@ -172,14 +222,15 @@ def _replay(model: nn.Module, spec: ModelSpec) -> None:
                          f"architecture ({exc})") from None
 
 
-def _build_base(spec: ModelSpec) -> nn.Module:
+def _build_base(spec: ModelSpec, trust_code: bool) -> nn.Module:
     entry = ZOO.get(spec.name)
     kwargs: dict[str, Any] = {"in_shape": spec.in_shape, "num_classes": spec.num_classes}
     if entry is not None:
         if spec.width is not None:
             kwargs["width"] = spec.width
+        _check_size(spec, entry.factory, kwargs)
         return entry.factory(**kwargs)
-    factory = _user_factory(spec.name)
+    factory = _user_factory(spec.name, trust_code)
     if spec.width is not None:
         kwargs["width"] = spec.width
     try:
@@ -196,3 +247,18 @@ def _build_base(spec: ModelSpec) -> nn.Module:
         raise ModelError(f"model factory {spec.name!r} returned {type(model).__name__}, "
                          "not a torch.nn.Module")
     return model
+
+
+def _check_size(spec: ModelSpec, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:
+    """Count a zoo model's parameters on the meta device (nothing allocated) and refuse one
+    past ``MAX_PARAMS`` or one the factory cannot build at all."""
+    try:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in factory(**kwargs).parameters())
+    except (ValueError, RuntimeError, TypeError, ZeroDivisionError) as exc:
+        raise ModelError(f"model {spec.name!r} cannot be built with in_shape {spec.in_shape}, "
+                         f"width {spec.width}, {spec.num_classes} classes ({exc})") from None
+    if count > MAX_PARAMS:
+        raise ModelError(f"model {spec.name!r} at width {spec.width} with {spec.num_classes} "
+                         f"classes would have {count:,} parameters, over the limit of "
+                         f"{MAX_PARAMS:,}")

@@ -81,8 +81,9 @@ def encode_symbols(symbols: np.ndarray) -> bytes:
     return write_varints([len(counts), *counts.tolist()]) + words.tobytes()
 
 
-def decode_symbols(data: bytes, n: int) -> np.ndarray:
-    """Inverse of ``encode_symbols``; ``n`` is the number of symbols.
+def decode_symbols(data: bytes, n: int, max_alphabet: int = 1 << 16) -> np.ndarray:
+    """Inverse of ``encode_symbols``; ``n`` is the number of symbols, each below
+    ``max_alphabet`` (a stream that claims a larger alphabet is refused before its table is read).
 
     Raises:
         ValueError: the bytes are not a valid stream of ``n`` symbols.
@@ -92,6 +93,8 @@ def decode_symbols(data: bytes, n: int) -> np.ndarray:
             raise ValueError("stream of 0 symbols has a payload")
         return np.zeros(0, np.int64)
     (alphabet,), offset = read_varints(data, 1)
+    if not 1 <= alphabet <= max_alphabet:
+        raise ValueError(f"stream alphabet of {alphabet} symbols, expected 1 to {max_alphabet}")
     counts, offset = read_varints(data, alphabet, offset)
     if sum(counts) != n:
         raise ValueError(f"stream table counts {sum(counts)} symbols, expected {n}")

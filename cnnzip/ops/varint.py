@@ -24,7 +24,7 @@ def read_varints(data: bytes, count: int, offset: int = 0) -> tuple[list[int], i
     """Read ``count`` varints from ``data`` at ``offset``; returns the values and the new offset.
 
     Raises:
-        ValueError: the data ends inside a varint.
+        ValueError: the data ends inside a varint, or a varint is longer than 64 bits.
     """
     values = []
     for _ in range(count):
@@ -36,6 +36,8 @@ def read_varints(data: bytes, count: int, offset: int = 0) -> tuple[list[int], i
             offset += 1
             value |= (byte & 0x7F) << shift
             shift += 7
+            if byte & 0x80 and shift >= 64:
+                raise ValueError("varint longer than 64 bits")
             if not byte & 0x80:
                 break
         values.append(value)

@@ -27,7 +27,7 @@ CONVBN = ModelSpec("tests.helpers:ConvBN", (1, 28, 28), 10)
 
 def _quantized(spec=LENET, seed=0, **options):
     torch.manual_seed(seed)
-    model = build_model(spec).eval()
+    model = build_model(spec, trust_code=True).eval()
     ctx = Context(synthetic_splits(), finetune_epochs=options.pop("epochs", 0), quiet=True)
     before = copy.deepcopy(model)
     apply(model, Quantize(calibration=256, **options), ctx)
@@ -74,7 +74,7 @@ def test_container_stores_the_integers_packed_and_decodes_the_same_model(tmp_pat
     round_for_storage(model)
     path = tmp_path / "q.cnz"
     encode_file(path, model, spec)
-    decoded, got_spec, _ = decode_file(path)
+    decoded, got_spec, _ = decode_file(path, trust_code=True)
     assert got_spec.quantized == spec.quantized
     assert torch.equal(_logits(model), _logits(decoded))
     meta, _ = layer_records(path)
@@ -95,7 +95,7 @@ def test_a_pruned_layer_is_entropy_coded_when_that_is_smaller(tmp_path):
     meta, _ = layer_records(tmp_path / "p.cnz")
     coding = {r[0]: r[3] for r in meta["quant"]}
     assert coding["classifier.0"] == coding["features.3"] == "entropy"  # the big layers
-    decoded, _, _ = decode_file(tmp_path / "p.cnz")
+    decoded, _, _ = decode_file(tmp_path / "p.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
 
 
@@ -115,7 +115,7 @@ def test_damaged_quantized_payload_is_a_clear_error(tmp_path):
     from cnnzip.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match="features.0.*checksum"):
-        decode_file(path)
+        decode_file(path, trust_code=True)
 
 
 def test_quantization_aware_training_moves_weights_and_scales_and_keeps_masks():
@@ -198,7 +198,7 @@ def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
     meta, _ = layer_records(tmp_path / "b.cnz")
     sizes = {r[0]: r[4] for r in meta["quant"]}
     assert sizes["classifier.0"] <= 400 * 120 / 8 + 1
-    decoded, _, _ = decode_file(tmp_path / "b.cnz")
+    decoded, _, _ = decode_file(tmp_path / "b.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
 
 
@@ -228,7 +228,7 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
     spec = ModelSpec(**{**LENET.__dict__, "channel_plan": tuple(ctx.channel_plan),
                         "folded": tuple(ctx.folded), "quantized": tuple(ctx.quantized)})
     encode_file(tmp_path / "qp.cnz", round_for_storage(model), spec)
-    decoded, _, _ = decode_file(tmp_path / "qp.cnz")
+    decoded, _, _ = decode_file(tmp_path / "qp.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
 
 
@@ -268,7 +268,7 @@ def test_quant_prune_recipe_loads():
 
 def test_batchnorms_kept_through_quantization_fold_later_without_moving_the_integers(tmp_path):
     torch.manual_seed(0)
-    model = build_model(CONVBN).eval()
+    model = build_model(CONVBN, trust_code=True).eval()
     with torch.no_grad():
         model.bn.weight.copy_(torch.tensor([1.5, -0.7, 0.0, 0.3]))
         model.bn.bias.uniform_(-0.5, 0.5)
@@ -287,7 +287,7 @@ def test_batchnorms_kept_through_quantization_fold_later_without_moving_the_inte
     spec = ModelSpec(**{**CONVBN.__dict__, "folded": tuple(ctx.folded),
                         "quantized": tuple(ctx.quantized)})
     encode_file(tmp_path / "f.cnz", round_for_storage(model), spec)
-    decoded, _, _ = decode_file(tmp_path / "f.cnz")
+    decoded, _, _ = decode_file(tmp_path / "f.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
 
 

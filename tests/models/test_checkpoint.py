@@ -54,7 +54,7 @@ def test_weights_that_do_not_fit(tmp_path):
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(spec), spec)
     other = ModelSpec("lenet300", (1, 28, 28), 10)
     save_checkpoint(path, build_model(other), spec)  # lenet300 weights under a lenet5 spec
-    with pytest.raises(CheckpointError, match="do not fit model 'lenet5'"):
+    with pytest.raises(CheckpointError, match="weights do not fit the recorded architecture"):
         load_checkpoint(path)
 
 
