@@ -117,3 +117,28 @@ def write_mnist_like(directory: Path, n_train: int = 300, n_test: int = 100, *,
         write_idx(directory / f"{prefix}-labels-idx1-ubyte{suffix}",
                   rng.integers(0, 10, (n,), dtype=np.uint8), compress=compress)
     return directory
+
+
+def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = True) -> Path:
+    """Rewrite a cnnzip safetensors file in place as an attacker would: edit its metadata
+    document and/or tensors, then (``checksum``) recompute the checksum so only the schema and
+    the decoders stand in the way."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cnnzip.integrity import CHECKSUM, digest
+
+    with safe_open(str(path), framework="pt") as f:
+        (key, raw), = f.metadata().items()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    meta = json.loads(raw)
+    if edit_meta is not None:
+        edit_meta(meta)
+    if edit_tensors is not None:
+        edit_tensors(tensors)
+    if checksum:
+        meta[CHECKSUM] = digest(meta, tensors)
+    save_file(tensors, str(path), metadata={key: json.dumps(meta)})
+    return path

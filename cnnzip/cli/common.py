@@ -45,7 +45,7 @@ def _bounded(kind: type, low: float, what: str) -> Callable[[str], Any]:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__}") from None
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
         if not (value >= low and math.isfinite(value)):
             raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
         return value

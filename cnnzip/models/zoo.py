@@ -109,6 +109,8 @@ class ModelSpec:
         if s.name not in ZOO and not FACTORY.match(s.name):
             raise ModelError(f"unknown model {s.name!r}: neither a zoo name "
                              f"({', '.join(ZOO)}) nor package.module:factory")
+        if s.name in ZOO and ZOO[s.name].default_width is None and s.width is not None:
+            raise ModelError(f"model {s.name!r} has a fixed width, the record says {s.width}")
         return cls(name=s.name, in_shape=s.in_shape, num_classes=s.num_classes,
                    width=None if s.width is None else float(s.width),
                    channel_plan=tuple((r, o, tuple(i)) for r, o, i in s.channel_plan),

@@ -76,3 +76,35 @@ def test_module_entry_point_help():
                           text=True, check=True)
     for command in ("train", "eval", "inspect", "env"):
         assert command in done.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rounds", "0"], "argument --rounds: must be a whole number ≥ 1, got 0"),
+    (["--batch-size", "0"], "argument --batch-size: must be a whole number ≥ 1, got 0"),
+    (["--batch-size", "-5"], "argument --batch-size: must be a whole number ≥ 1, got -5"),
+    (["--batch-size", "x"], "argument --batch-size: must be a whole number ≥ 1, got 'x'"),
+])
+def test_bad_values_are_one_line_before_any_work(trained, capsys, args, message):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", str(trained), str(trained), *args])
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--model", "lenet5", "--dataset", "synthetic", "--lr", "nan", "--out", "x"],
+    ["train", "--model", "lenet5", "--dataset", "synthetic", "--epochs", "-1", "--out", "x"],
+    ["compress", "x", "--recipe", "int8", "--target-macs", "1.5", "--out", "x"],
+    ["compress", "x", "--recipe", "int8", "--finetune-epochs", "-2", "--out", "x"],
+    ["inspect", "--model", "vgg16", "--width", "0"],
+])
+def test_out_of_range_options_are_refused(capsys, argv):
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and len(err.strip().splitlines()) == 1 and "must be" in err
+
+
+def test_inspect_file_refuses_model_options(trained, capsys):
+    code, _, err = run(capsys, "inspect", str(trained), "--width", "7", "--dataset", "cifar10")
+    assert code == 1 and "describe --model" in err
