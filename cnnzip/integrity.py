@@ -231,3 +231,18 @@ def guard(path: str | Path, stage: str) -> Iterator[None]:
             TypeError, ValueError, RecursionError, MemoryError) as exc:
         raise UnforeseenContent(f"{path}: {stage}: the file's content does not fit "
                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+def check_runs(path: str | Path, model: torch.nn.Module, in_shape: tuple[int, ...],
+               num_classes: int) -> None:
+    """Run the rebuilt model once on a blank input: a record whose layers do not chain (a
+    merged layer of the wrong width, say) is refused here, not at the user's first batch."""
+    try:
+        with torch.no_grad():
+            out = model.eval()(torch.zeros(1, *in_shape))
+    except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+        raise fail(path, f"the recorded architecture does not run on inputs of shape "
+                         f"{tuple(in_shape)} ({_first_line(exc)})") from None
+    if isinstance(out, torch.Tensor) and tuple(out.shape) != (1, num_classes):
+        raise fail(path, f"the recorded architecture gives outputs of shape "
+                         f"{tuple(out.shape)[1:]}, not the {num_classes} classes it records")

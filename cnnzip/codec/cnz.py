@@ -36,7 +36,8 @@ from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, MAX_PARAMS, InputRecord, RawFile, check_finite, digest,
+from cnnzip.integrity import (CHECKSUM, MAX_PARAMS, InputRecord, RawFile, check_finite,
+                              check_runs, digest,
                               fail, guard, read_file, tensor_bytes, validate, verify)
 from cnnzip.models import ModelSpec, build_model
 from cnnzip.models.zoo import Name, SpecSchema
@@ -377,6 +378,7 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
         _decode_into(path, model, raw.tensors, records, quant, header.dense)
     check_finite(path, dict(model.state_dict()))
     _check_ranges(path, model)
+    check_runs(path, model, spec.in_shape, spec.num_classes)
     return model.eval(), spec, header.input.model_dump(exclude_unset=True)
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, InputRecord, check_finite, digest, fail, guard,
+from cnnzip.integrity import (CHECKSUM, InputRecord, check_finite, check_runs, digest, fail, guard,
                               metadata_key, read_file, validate, verify)
 from cnnzip.models.zoo import ModelSpec, SpecSchema, build_model
 
@@ -107,6 +107,7 @@ def load_checkpoint(path: str | Path, *, trust_code: bool = False) -> Checkpoint
         _check_tensors(path, model, raw.tensors)
         check_finite(path, raw.tensors)
         model.load_state_dict(raw.tensors, strict=True)
+    check_runs(path, model, spec.in_shape, spec.num_classes)
     return Checkpoint(model.eval(), spec, header.input.model_dump(exclude_unset=True),
                       header.extra, verified)
 

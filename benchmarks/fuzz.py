@@ -1,0 +1,511 @@
+"""Fuzz every kind of file cnnzip writes and classify what loading each mutant does.
+
+    python benchmarks/fuzz.py [--cases 100000] [--workers 2] [--seed 0] [--out runs/fuzz]
+
+Corpus (built here, synthetic data, no retraining): containers of a pruned + k-means-shared
+lenet5, a pruned + product-quantized lenet5, an int8 lenet5, a channel-pruned resnet20 (BatchNorms
+folded, residual adds), a lenet5 with max poolings merged into its convolutions then pruned and
+shared, and a lenet5 checkpoint. Mutation families:
+
+- untargeted: ``bitflip`` (1-8 bits anywhere), ``truncate``, ``append``, ``header`` (bytes of the
+  safetensors header changed in place), ``metadata`` (a valid-JSON edit of one metadata field,
+  the checksum left as it was), ``table`` (a tensor's dtype, shape or offsets edited in the
+  tensor table), ``dtype`` (a tensor's dtype swapped);
+- targeted, as an attacker would: ``metadata+sum``, ``table+sum``, ``tensor+sum`` (the same
+  edits, or tensor values overwritten with NaN, extremes or random bytes, then the checksum
+  recomputed, and for ``tensor+sum`` the payload CRCs too). A checksum detects damage; it is not
+  a signature, so a targeted edit may be accepted as a different model: that is reported
+  separately, never counted as a failure.
+
+Each case runs ``cnnzip.api.load_model`` (no ``trust_code``) in a worker process under a time
+and address-space limit and is classified: ``clean`` (a CnnzipError, one line, naming the
+file), ``net`` (clean, but caught by the last-resort guard: a check still to write),
+``identical`` (accepted, same spec and bit-identical weights and outputs), ``different``
+(accepted, another model), ``exception`` (any other exception: a defect), ``crash`` (the worker
+died), ``hang`` (over the time limit). Prints a table per family and per kind and writes
+``OUT/fuzz.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import multiprocessing as mp
+import os
+import random
+import struct
+import sys
+import tempfile
+import time
+import traceback
+import zlib
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any, Callable
+
+FAMILIES = ("bitflip", "truncate", "append", "header", "metadata", "table", "dtype",
+            "metadata+sum", "table+sum", "tensor+sum")
+OUTCOMES = ("clean", "net", "identical", "different", "exception", "crash", "hang")
+FAILURES = ("exception", "crash", "hang")
+_DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"]
+
+# ---------------------------------------------------------------------------------- corpus
+
+_RECIPES = {
+    "shared": ("lenet5", None, "- prune: {sparsity: 0.8, schedule: one-shot}\n"
+                               "- share: {method: kmeans, conv_bits: 5, fc_bits: 4}"),
+    "pq": ("lenet5", None, "- prune: {sparsity: 0.7, schedule: one-shot}\n"
+                           "- share: {method: pq, block: 4, conv_bits: 6, fc_bits: 5}"),
+    "int8": ("lenet5", None, "- quantize: {weight_bits: 7, act_bits: 8, calibration: 256}"),
+    "channel": ("resnet20", 0.25, "- channels: {target_macs: 0.5}"),
+    "merged": ("lenet5", None, "- merge: {max_pools: true, activations: false, blocks: false}\n"
+                               "- prune: {sparsity: 0.8, schedule: one-shot}\n"
+                               "- share: {method: kmeans, conv_bits: 5, fc_bits: 4}"),
+}
+KINDS = (*_RECIPES, "checkpoint")
+
+
+def build_corpus(directory: Path) -> dict[str, Path]:
+    """Write one file of each kind into ``directory`` (seeded: the same bytes every run)."""
+    import torch
+    import yaml
+
+    from cnnzip.codec import encode_file, round_for_storage
+    from cnnzip.data import synthetic_splits
+    from cnnzip.methods.base import Context, apply
+    from cnnzip.models import build_model, resolve_spec, save_checkpoint
+    from cnnzip.pipeline import _spec_so_far
+    from cnnzip.recipes import parse_recipe
+
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for kind, (name, width, steps) in _RECIPES.items():
+        spec = resolve_spec(name, (1, 28, 28), 10, width)
+        torch.manual_seed(0)
+        model = build_model(spec).eval()
+        ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+        recipe = parse_recipe({"name": kind, "steps": yaml.safe_load(steps)}, kind)
+        for _, config in recipe.steps:
+            model = apply(model, config, ctx)
+        files[kind] = directory / f"{kind}.cnz"
+        encode_file(files[kind], round_for_storage(model), _spec_so_far(spec, ctx),
+                    input={"dataset": "synthetic"})
+    spec = resolve_spec("lenet5", (1, 28, 28), 10)
+    torch.manual_seed(0)
+    files["checkpoint"] = save_checkpoint(directory / "checkpoint.safetensors",
+                                          build_model(spec), spec,
+                                          input={"dataset": "synthetic"}, extra={"seed": 0})
+    return files
+
+# ------------------------------------------------------------------------- the file layout
+
+
+def split_file(data: bytes) -> tuple[dict[str, Any], bytes]:
+    """safetensors bytes → (header JSON, tensor data)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8:8 + n]), data[8 + n:]
+
+
+def join_file(header: dict[str, Any], body: bytes) -> bytes:
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + body
+
+
+def _meta_doc(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    (key, raw), = header["__metadata__"].items()
+    return key, json.loads(raw)
+
+
+def _recompute(data: bytes, crcs: bool = False) -> bytes:
+    """Recompute the file's checksum (and with ``crcs`` its payload CRCs) as an attacker would.
+    Unreadable files are returned as they are."""
+    from safetensors.torch import load
+
+    from cnnzip.integrity import CHECKSUM, digest, tensor_bytes
+
+    try:
+        header, body = split_file(data)
+        key, meta = _meta_doc(header)
+        tensors = load(data)
+    except Exception:  # noqa: BLE001  the mutant is unreadable: nothing to recompute
+        return data
+    if crcs and isinstance(meta, dict):
+        for rows, prefix in ((meta.get("layers"), "w:"), (meta.get("quant"), "q:")):
+            for row in rows if isinstance(rows, list) else ():
+                if isinstance(row, list) and row and isinstance(row[0], str) \
+                        and prefix + row[0] in tensors:
+                    row[-1] = zlib.crc32(tensor_bytes(tensors[prefix + row[0]]))
+        if isinstance(meta.get("dense"), dict) and "dense" in tensors:
+            meta["dense"]["crc"] = zlib.crc32(tensor_bytes(tensors["dense"]))
+    if isinstance(meta, dict):
+        meta[CHECKSUM] = digest(meta, tensors)
+    header["__metadata__"] = {key: json.dumps(meta)}
+    return join_file(header, body)
+
+# ------------------------------------------------------------------------------- mutations
+
+
+def _leaves(value: Any, path: tuple = ()) -> list[tuple]:
+    out = [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _leaves(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _leaves(v, (*path, i))
+    return out
+
+
+def _edit_value(value: Any, rng: random.Random) -> Any:
+    choices: list[Callable[[], Any]] = [
+        lambda: None, lambda: True, lambda: "os:abort", lambda: [], lambda: {},
+        lambda: rng.choice([0, -1, 1, 2**31, 2**63, 10**30, -(2**40)]),
+        lambda: rng.choice([0.5, -3.0, 1e300, 1e-310]),
+        lambda: json.loads("[" * 60 + "]" * 60),
+    ]
+    if isinstance(value, bool):
+        choices.append(lambda: not value)
+    elif isinstance(value, int):
+        choices += [lambda: value + 1, lambda: value - 1, lambda: value * 2, lambda: value * 1000,
+                    lambda: -value, lambda: value // 2, lambda: value + rng.randint(-9, 9)] * 3
+    elif isinstance(value, float):
+        choices += [lambda: value * 2, lambda: -value, lambda: value + 1e-3, lambda: 0.0] * 3
+    elif isinstance(value, str):
+        choices += [lambda: value + "x", lambda: value[:-1], lambda: "", lambda: value.upper(),
+                    lambda: "builtins:exit", lambda: "features.0", lambda: value * 50] * 2
+    elif isinstance(value, list):
+        choices += [lambda: value[:-1], lambda: value + value[-1:], lambda: value[::-1],
+                    lambda: value[1:], lambda: [value]] * 3
+    elif isinstance(value, dict):
+        choices += [lambda: {**value, "unknown": 1},
+                    lambda: {k: v for i, (k, v) in enumerate(value.items()) if i}] * 3
+    return rng.choice(choices)()
+
+
+def _set(doc: Any, path: tuple, value: Any) -> Any:
+    if not path:
+        return value
+    target = doc
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = value
+    return doc
+
+
+def mutate_metadata(data: bytes, rng: random.Random) -> bytes:
+    header, body = split_file(data)
+    key, meta = _meta_doc(header)
+    for _ in range(rng.choice([1, 1, 1, 2, 3])):
+        path = rng.choice(_leaves(meta)[1:])
+        old = meta
+        for step in path:
+            old = old[step]
+        meta = _set(meta, path, _edit_value(copy.deepcopy(old), rng))
+    header["__metadata__"] = {key: json.dumps(meta)}
+    return join_file(header, body)
+
+
+def mutate_table(data: bytes, rng: random.Random, dtype_only: bool = False) -> bytes:
+    header, body = split_file(data)
+    names = [k for k in header if k != "__metadata__"]
+    entry = header[rng.choice(names)]
+    op = "dtype" if dtype_only else rng.choice(["dtype", "shape", "offsets", "swap", "drop"])
+    if op == "dtype":
+        entry["dtype"] = rng.choice([d for d in _DTYPES if d != entry["dtype"]])
+    elif op == "shape":
+        shape = entry["shape"] or [1]
+        i = rng.randrange(len(shape))
+        shape[i] = rng.choice([0, 1, shape[i] // 2, shape[i] * 2, shape[i] + 1])
+        entry["shape"] = rng.choice([shape, shape + [1], shape[:-1]])
+    elif op == "offsets":
+        start, end = entry["data_offsets"]
+        delta = rng.choice([-8, -2, -1, 1, 2, 8])
+        entry["data_offsets"] = rng.choice([[start + delta, end + delta], [start, end + delta],
+                                            [start + delta, end]])
+    elif op == "swap" and len(names) > 1:
+        a, b = rng.sample(names, 2)
+        header[a], header[b] = header[b], header[a]
+    elif op == "drop":
+        del header[rng.choice(names)]
+    return join_file(header, body)
+
+
+def mutate_tensor(data: bytes, rng: random.Random) -> bytes:
+    """Overwrite some values of one tensor (NaN, infinity, extremes, random bytes)."""
+    header, body = split_file(data)
+    names = [k for k in header if k != "__metadata__"]
+    entry = header[rng.choice(names)]
+    start, end = entry["data_offsets"]
+    if end <= start:
+        return data
+    body = bytearray(body)
+    size = {"F32": 4, "F16": 2, "I64": 8}.get(entry["dtype"], 1)
+    specials = {4: [b"\x00\x00\xc0\x7f", b"\x00\x00\x80\x7f", b"\xff\xff\x7f\x7f",
+                    b"\x00\x00\x00\x00"],
+                2: [b"\x00\x7e", b"\x00\x7c", b"\xff\x7b", b"\x00\x00"], 8: [b"\xff" * 8],
+                1: [b"\xff", b"\x00", b"\x80"]}[size]
+    for _ in range(rng.choice([1, 1, 2, 8])):
+        at = start + size * rng.randrange((end - start) // size)
+        body[at:at + size] = rng.choice(specials) if rng.random() < 0.6 \
+            else bytes(rng.randrange(256) for _ in range(size))
+    return join_file(header, bytes(body))
+
+
+def mutate(family: str, data: bytes, rng: random.Random) -> bytes:
+    """One mutant of ``data`` from ``family`` (deterministic given ``rng``)."""
+    n = 8 + struct.unpack("<Q", data[:8])[0]  # header end
+    if family == "bitflip":
+        out = bytearray(data)
+        for _ in range(rng.choice([1, 1, 1, 2, 4, 8])):
+            i = rng.randrange(len(out))
+            out[i] ^= 1 << rng.randrange(8)
+        return bytes(out)
+    if family == "truncate":
+        return data[:rng.randrange(len(data))]
+    if family == "append":
+        return data + bytes(rng.randrange(256) for _ in range(rng.choice([1, 7, 8, 100])))
+    if family == "header":
+        out = bytearray(data)
+        for _ in range(rng.choice([1, 1, 2, 3])):
+            i = rng.randrange(8, n)
+            out[i] = rng.choice(b'0123456789"{}[],:- abcdefxyzFI.\\e')
+        return bytes(out)
+    if family in ("metadata", "metadata+sum"):
+        out = mutate_metadata(data, rng)
+    elif family in ("table", "table+sum", "dtype"):
+        out = mutate_table(data, rng, dtype_only=family == "dtype")
+    elif family == "tensor+sum":
+        return _recompute(mutate_tensor(data, rng), crcs=True)
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return _recompute(out) if family.endswith("+sum") else out
+
+# ------------------------------------------------------------------------ the worker side
+
+
+def _fingerprint(model: Any, spec: Any) -> tuple:
+    import torch
+
+    x = torch.randn(4, *spec.in_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = model.eval()(x)
+    state = model.state_dict()
+    return spec, tuple((k, tuple(v.shape), v.dtype, v.numpy().tobytes()) for k, v in state.items()
+                       ), out.numpy().tobytes()
+
+
+def classify(path: Path, reference: tuple) -> tuple[str, str]:
+    """Load ``path`` as a user would; (outcome, detail)."""
+    import warnings
+
+    from cnnzip.api import load_model
+    from cnnzip.errors import CnnzipError, UnforeseenContent
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, spec, _ = load_model(path)
+            got = _fingerprint(model, spec)
+    except UnforeseenContent as exc:
+        return "net", str(exc)
+    except CnnzipError as exc:
+        text = str(exc)
+        if "\n" in text or str(path) not in text:
+            return "exception", f"CnnzipError without the file or on several lines: {text!r}"
+        return "clean", text
+    except Exception as exc:  # noqa: BLE001  this is what the harness looks for
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        return "exception", (f"{type(exc).__name__}: {str(exc)[:200]} "
+                             f"({Path(frame.filename).name}:{frame.lineno})")
+    return ("identical" if got == reference else "different"), ""
+
+
+def _worker(conn: Connection, corpus: dict[str, bytes], memory: int) -> None:
+    import resource
+
+    import torch
+
+    torch.set_num_threads(1)
+    from cnnzip.api import load_model
+
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
+    scratch = Path(tempfile.mkdtemp(prefix="cnnzip-fuzz-"))
+    references = {}
+    for kind, data in corpus.items():
+        path = scratch / f"ref-{kind}"
+        path.write_bytes(data)
+        model, spec, _ = load_model(path)
+        references[kind] = _fingerprint(model, spec)
+    conn.send("ready")
+    while True:
+        job = conn.recv()
+        if job is None:
+            break
+        index, kind, data = job
+        path = scratch / f"case-{index}"
+        path.write_bytes(data)
+        conn.send((index, *classify(path, references[kind])))
+        path.unlink()
+
+
+@dataclass
+class _Slot:
+    process: mp.Process
+    conn: Connection
+    job: tuple | None = None
+    started: float = 0.0
+
+
+def run(files: dict[str, Path], cases: int, *, workers: int = 2, seed: int = 0,
+        timeout: float = 20.0, memory_mb: int = 4096, progress: bool = True,
+        ) -> list[dict[str, Any]]:
+    """Generate ``cases`` mutants round-robin over kinds and families and classify each.
+
+    Returns one record per case: index, kind, family, outcome, detail.
+    """
+    ctx = mp.get_context("spawn")  # fork after torch's threads have started can deadlock
+    corpus = {kind: Path(path).read_bytes() for kind, path in files.items()}
+    kinds = list(corpus)
+    memory = memory_mb * 2**20
+
+    def spawn() -> _Slot:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(child, corpus, memory), daemon=True)
+        process.start()
+        child.close()
+        if not parent.poll(120) or parent.recv() != "ready":
+            raise RuntimeError("a fuzz worker did not start")
+        return _Slot(process, parent)
+
+    def job(index: int) -> tuple:
+        rng = random.Random(seed * 1_000_003 + index)
+        kind = kinds[index % len(kinds)]
+        family = FAMILIES[(index // len(kinds)) % len(FAMILIES)]
+        return index, kind, family, mutate(family, corpus[kind], rng)
+
+    results: dict[int, dict[str, Any]] = {}
+    slots = [spawn() for _ in range(workers)]
+    pending = iter(range(cases))
+    start, last = time.time(), 0.0
+
+    def feed(slot: _Slot) -> None:
+        index = next(pending, None)
+        if index is None:
+            slot.job = None
+            return
+        slot.job = job(index)
+        slot.started = time.time()
+        slot.conn.send((slot.job[0], slot.job[1], slot.job[3]))
+
+    def record(slot: _Slot, outcome: str, detail: str) -> None:
+        index, kind, family, _ = slot.job
+        results[index] = {"index": index, "kind": kind, "family": family, "outcome": outcome,
+                          "detail": detail}
+
+    for slot in slots:
+        feed(slot)
+    while any(slot.job for slot in slots):
+        busy = [slot for slot in slots if slot.job]
+        ready = wait([slot.conn for slot in busy], timeout=1.0)
+        for i, slot in enumerate(slots):
+            if not slot.job:
+                continue
+            if slot.conn in ready:
+                try:
+                    _, outcome, detail = slot.conn.recv()
+                    record(slot, outcome, detail)
+                    feed(slot)
+                    continue
+                except (EOFError, OSError):
+                    slot.process.join(5)
+                    record(slot, "crash", f"worker died, exit code {slot.process.exitcode}")
+            elif time.time() - slot.started > timeout:
+                slot.process.kill()
+                slot.process.join(5)
+                record(slot, "hang", f"over {timeout:.0f} s")
+            else:
+                continue
+            slots[i] = spawn()
+            feed(slots[i])
+        if progress and time.time() - last > 10:
+            last = time.time()
+            rate = len(results) / (last - start)
+            print(f"\r{len(results):,}/{cases:,} cases, {rate:.0f}/s", end="", file=sys.stderr)
+    for slot in slots:
+        slot.conn.send(None)
+        slot.process.join(5)
+    if progress:
+        print(file=sys.stderr)
+    return [results[i] for i in sorted(results)]
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
+    by_family: dict[str, Counter] = defaultdict(Counter)
+    by_kind: dict[str, Counter] = defaultdict(Counter)
+    examples: dict[str, list[str]] = defaultdict(list)
+    for r in results:
+        by_family[r["family"]][r["outcome"]] += 1
+        by_kind[r["kind"]][r["outcome"]] += 1
+        if r["outcome"] not in ("clean", "identical") and len(examples[r["outcome"]]) < 10:
+            examples[r["outcome"]].append(f"{r['kind']}/{r['family']}#{r['index']}: {r['detail']}")
+    untargeted = [r for r in results if not r["family"].endswith("+sum")]
+    return {
+        "cases": len(results),
+        "by_family": {f: dict(c) for f, c in by_family.items()},
+        "by_kind": {k: dict(c) for k, c in by_kind.items()},
+        "failures": sum(r["outcome"] in FAILURES for r in results),
+        "untargeted_different": sum(r["outcome"] == "different" for r in untargeted),
+        "net": sum(r["outcome"] == "net" for r in results),
+        "examples": dict(examples),
+    }
+
+
+def table(rows: dict[str, dict[str, int]], label: str) -> str:
+    lines = [f"| {label} | " + " | ".join(OUTCOMES) + " | cases |",
+             "|---|" + "---:|" * (len(OUTCOMES) + 1)]
+    for name, counts in rows.items():
+        lines.append(f"| {name} | " + " | ".join(f"{counts.get(o, 0):,}" for o in OUTCOMES)
+                     + f" | {sum(counts.values()):,} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=20.0, help="seconds per case")
+    parser.add_argument("--memory-mb", type=int, default=4096,
+                        help="address space of a worker (torch itself maps about 1.5 GB)")
+    parser.add_argument("--out", default="runs/fuzz")
+    args = parser.parse_args()
+    out = Path(args.out)
+    start = time.time()
+    files = build_corpus(out / "corpus")
+    results = run(files, args.cases, workers=args.workers, seed=args.seed,
+                  timeout=args.timeout, memory_mb=args.memory_mb)
+    summary = {**summarize(results), "seconds": round(time.time() - start),
+               "corpus_bytes": {k: Path(p).stat().st_size for k, p in files.items()},
+               "command": "python benchmarks/fuzz.py " + " ".join(sys.argv[1:])}
+    (out / "fuzz.json").write_text(json.dumps(summary, indent=2))
+    print(f"{summary['cases']:,} cases in {summary['seconds']} s; failures (exception, crash, "
+          f"hang): {summary['failures']}; untargeted accepted as a different model: "
+          f"{summary['untargeted_different']}; caught by the last-resort guard: "
+          f"{summary['net']}\n")
+    print(table(summary["by_family"], "family") + "\n")
+    print(table(summary["by_kind"], "kind"))
+    for outcome, lines in summary["examples"].items():
+        print(f"\n{outcome}:\n  " + "\n  ".join(lines))
+    return 1 if summary["failures"] or summary["untargeted_different"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
