@@ -20,7 +20,10 @@ shared, and a lenet5 checkpoint. Mutation families:
 Each case runs ``cnnzip.api.load_model`` (no ``trust_code``) in a worker process under a time
 and address-space limit and is classified: ``clean`` (a CnnzipError, one line, naming the
 file), ``net`` (clean, but caught by the last-resort guard: a check still to write),
-``identical`` (accepted, same spec and bit-identical weights and outputs), ``different``
+``no-op`` (accepted and identical, and the mutant's metadata document and tensors are the
+original's: the mutation changed only formatting, e.g. a space in the header),
+``identical`` (accepted, same spec and bit-identical weights and outputs, though the file's
+content changed: e.g. a provenance field), ``different``
 (accepted, another model), ``exception`` (any other exception: a defect), ``crash`` (the worker
 died), ``hang`` (over the time limit). Prints a table per family and per kind and writes
 ``OUT/fuzz.json``.
@@ -48,7 +51,7 @@ from typing import Any, Callable
 
 FAMILIES = ("bitflip", "truncate", "append", "header", "metadata", "table", "dtype",
             "metadata+sum", "table+sum", "tensor+sum")
-OUTCOMES = ("clean", "net", "identical", "different", "exception", "crash", "hang")
+OUTCOMES = ("clean", "net", "no-op", "identical", "different", "exception", "crash", "hang")
 FAILURES = ("exception", "crash", "hang")
 _DTYPES = ["F32", "F16", "BF16", "F64", "I64", "I32", "I16", "I8", "U8", "BOOL"]
 
@@ -118,6 +121,22 @@ def join_file(header: dict[str, Any], body: bytes) -> bytes:
 def _meta_doc(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     (key, raw), = header["__metadata__"].items()
     return key, json.loads(raw)
+
+
+def content(data: bytes) -> Any:
+    """What a file holds, formatting aside: its metadata documents and its tensors (None when
+    safetensors cannot read it)."""
+    from safetensors.torch import load
+
+    try:
+        header, _ = split_file(data)
+        meta = {k: json.loads(v) for k, v in header.get("__metadata__", {}).items()}
+        tensors = {k: (str(v.dtype), tuple(v.shape), v.contiguous().view(-1).view(
+            __import__("torch").uint8).numpy().tobytes() if v.numel() else b"")
+            for k, v in load(data).items()}
+    except Exception:  # noqa: BLE001  unreadable mutants have no content to compare
+        return None
+    return meta, tensors
 
 
 def _recompute(data: bytes, crcs: bool = False) -> bytes:
@@ -370,6 +389,7 @@ def run(files: dict[str, Path], cases: int, *, workers: int = 2, seed: int = 0,
     """
     ctx = mp.get_context("spawn")  # fork after torch's threads have started can deadlock
     corpus = {kind: Path(path).read_bytes() for kind, path in files.items()}
+    originals = {kind: content(data) for kind, data in corpus.items()}
     kinds = list(corpus)
     memory = memory_mb * 2**20
 
@@ -403,7 +423,9 @@ def run(files: dict[str, Path], cases: int, *, workers: int = 2, seed: int = 0,
         slot.conn.send((slot.job[0], slot.job[1], slot.job[3]))
 
     def record(slot: _Slot, outcome: str, detail: str) -> None:
-        index, kind, family, _ = slot.job
+        index, kind, family, data = slot.job
+        if outcome == "identical" and content(data) == originals[kind]:
+            outcome = "no-op"
         results[index] = {"index": index, "kind": kind, "family": family, "outcome": outcome,
                           "detail": detail}
 
@@ -454,7 +476,7 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
     for r in results:
         by_family[r["family"]][r["outcome"]] += 1
         by_kind[r["kind"]][r["outcome"]] += 1
-        if r["outcome"] not in ("clean", "identical") and len(examples[r["outcome"]]) < 10:
+        if r["outcome"] not in ("clean", "no-op") and len(examples[r["outcome"]]) < 10:
             examples[r["outcome"]].append(f"{r['kind']}/{r['family']}#{r['index']}: {r['detail']}")
     untargeted = [r for r in results if not r["family"].endswith("+sum")]
     return {
@@ -463,6 +485,8 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
         "by_kind": {k: dict(c) for k, c in by_kind.items()},
         "failures": sum(r["outcome"] in FAILURES for r in results),
         "untargeted_different": sum(r["outcome"] == "different" for r in untargeted),
+        "untargeted_changed_but_accepted": sum(r["outcome"] in ("identical", "different")
+                                               for r in untargeted),
         "net": sum(r["outcome"] == "net" for r in results),
         "examples": dict(examples),
     }
@@ -498,13 +522,14 @@ def main() -> int:
     (out / "fuzz.json").write_text(json.dumps(summary, indent=2))
     print(f"{summary['cases']:,} cases in {summary['seconds']} s; failures (exception, crash, "
           f"hang): {summary['failures']}; untargeted accepted as a different model: "
-          f"{summary['untargeted_different']}; caught by the last-resort guard: "
+          f"{summary['untargeted_different']}; untargeted with changed content accepted at all: "
+          f"{summary['untargeted_changed_but_accepted']}; caught by the last-resort guard: "
           f"{summary['net']}\n")
     print(table(summary["by_family"], "family") + "\n")
     print(table(summary["by_kind"], "kind"))
     for outcome, lines in summary["examples"].items():
         print(f"\n{outcome}:\n  " + "\n  ".join(lines))
-    return 1 if summary["failures"] or summary["untargeted_different"] else 0
+    return 1 if summary["failures"] or summary["untargeted_changed_but_accepted"] else 0
 
 
 if __name__ == "__main__":
