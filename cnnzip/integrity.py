@@ -45,19 +45,26 @@ def fail(path: str | Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
 
 
-def metadata_key(path: str | Path) -> tuple[str, ...]:
-    """The string metadata keys of a safetensors file (which format wrote it)."""
+@contextmanager
+def _opened(path: str | Path) -> Iterator[Any]:
+    """``safe_open(path)``, with every way it fails as one clear CheckpointError."""
     from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
-            return tuple((f.metadata() or {}).keys())
+            yield f
     except FileNotFoundError:
         raise fail(path, "file not found") from None
     except IsADirectoryError:
         raise fail(path, "is a directory, not a file") from None
     except (SafetensorError, OSError, ValueError, OverflowError) as exc:
         raise fail(path, f"not a readable safetensors file ({_first_line(exc)})") from None
+
+
+def metadata_key(path: str | Path) -> tuple[str, ...]:
+    """The string metadata keys of a safetensors file (which format wrote it)."""
+    with _opened(path) as f:
+        return tuple((f.metadata() or {}).keys())
 
 
 def read_file(path: str | Path, key: str, what: str,
@@ -74,29 +81,19 @@ def read_file(path: str | Path, key: str, what: str,
         CheckpointError: missing, unreadable, foreign file, a tensor of another dtype, metadata
             that is not a JSON object of bounded depth.
     """
-    from safetensors import SafetensorError, safe_open
-
     allowed = dict(dtypes or _DTYPES)
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(key)
-            if raw is None:
-                raise fail(path, f"not a {what} (no '{key}' metadata)")
-            table = {k: (f.get_slice(k).get_dtype(), f.get_slice(k).get_shape()) for k in f.keys()}
-            for name, (dtype, shape) in table.items():
-                if dtype not in allowed:
-                    raise fail(path, f"tensor {name!r} has dtype {dtype}, which a {what} "
-                                     f"never holds")
-                if math.prod(shape) > MAX_PARAMS:
-                    raise fail(path, f"tensor {name!r} has {math.prod(shape):,} elements, over "
-                                     f"the limit of {MAX_PARAMS:,}")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise fail(path, "file not found") from None
-    except IsADirectoryError:
-        raise fail(path, "is a directory, not a file") from None
-    except (SafetensorError, OSError, ValueError, OverflowError) as exc:
-        raise fail(path, f"not a readable safetensors file ({_first_line(exc)})") from None
+    with _opened(path) as f:
+        raw = (f.metadata() or {}).get(key)
+        if raw is None:
+            raise fail(path, f"not a {what} (no '{key}' metadata)")
+        for name in f.keys():
+            dtype, shape = f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()
+            if dtype not in allowed:
+                raise fail(path, f"tensor {name!r} has dtype {dtype}, which a {what} never holds")
+            if math.prod(shape) > MAX_PARAMS:
+                raise fail(path, f"tensor {name!r} has {math.prod(shape):,} elements, over the "
+                                 f"limit of {MAX_PARAMS:,}")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
     return RawFile(Path(path), parse_metadata(path, raw), tensors)
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.errors import CheckpointError, ModelError
+from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import (CHECKSUM, InputRecord, check_finite, check_runs, digest, fail, guard,
                               metadata_key, read_file, validate, verify)
@@ -129,6 +129,4 @@ def _check_tensors(path: str | Path, model: nn.Module, tensors: dict[str, torch.
 
 def assert_finite(model: nn.Module, where: str) -> None:
     """Refuse weights holding NaN or infinity (a diverged run should not be saved silently)."""
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{where}: tensor {name!r} holds NaN or infinity")
+    check_finite(where, model.state_dict())
