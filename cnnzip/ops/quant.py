@@ -20,6 +20,9 @@ import numpy as np
 import torch
 
 OBSERVERS = ("minmax", "percentile", "mse")
+# The smallest scale: the smallest positive float16, so that a scale survives the container's
+# float16 storage (a fully pruned channel's scale would otherwise round to 0 and its codes to NaN).
+MIN_SCALE = 2.0 ** -24
 
 
 @dataclass(frozen=True)
@@ -64,11 +67,10 @@ def qparams(lo: torch.Tensor, hi: torch.Tensor, grid: Grid) -> tuple[torch.Tenso
 
     A symmetric grid gets zero point 0 and covers ±max(|lo|, |hi|)."""
     lo, hi = torch.minimum(lo, torch.zeros_like(lo)), torch.maximum(hi, torch.zeros_like(hi))
-    tiny = torch.finfo(torch.float32).tiny
     if grid.symmetric:
-        scale = (torch.maximum(-lo, hi) / grid.qmax).clamp(min=tiny)
+        scale = (torch.maximum(-lo, hi) / grid.qmax).clamp(min=MIN_SCALE)
         return scale, torch.zeros_like(scale)
-    scale = ((hi - lo) / (grid.qmax - grid.qmin)).clamp(min=tiny)
+    scale = ((hi - lo) / (grid.qmax - grid.qmin)).clamp(min=MIN_SCALE)
     zero = (grid.qmin - lo / scale).round().clamp(grid.qmin, grid.qmax)
     return scale, zero
 
@@ -135,7 +137,7 @@ def calibrate(x: torch.Tensor, grid: Grid, *, per_channel: bool = False,
         raise ValueError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
     flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)  # a row per scale
     if grid.binary:  # the least-squares scale of sign(x) is mean |x|
-        scale = flat.abs().mean(1).clamp(min=torch.finfo(torch.float32).tiny)
+        scale = flat.abs().mean(1).clamp(min=MIN_SCALE)
         return scale, torch.zeros_like(scale)
     lo, hi = _extremes(flat, observer)
     if observer != "mse":

@@ -294,3 +294,20 @@ def test_batchnorms_kept_through_quantization_fold_later_without_moving_the_inte
 def test_per_tensor_weights_cannot_keep_batchnorms_to_fold_later():
     with pytest.raises(CnnzipError, match="per_channel"):
         Quantize(fold=False, per_channel=False)
+
+
+def test_a_fully_pruned_channel_survives_quantization_and_the_container(tmp_path):
+    """Prune → quantize: an all-zero output channel's scale must stay positive in float16
+    (it used to round to 0, its codes to NaN, and the encoder to crash)."""
+    torch.manual_seed(0)
+    model = build_model(LENET).eval()
+    with torch.no_grad():
+        model.get_submodule("features.0").weight[2].zero_()
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, Quantize(calibration=256), ctx)
+    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    encode_file(tmp_path / "z.cnz", round_for_storage(model), spec)
+    decoded, _, _ = decode_file(tmp_path / "z.cnz")
+    layer = decoded.get_submodule("features.0")
+    assert bool((layer.w_scale > 0).all()) and bool((layer.codes()[2] == 0).all())
+    assert torch.equal(_logits(decoded), _logits(model))
