@@ -148,7 +148,9 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
     start = time.perf_counter()
     round_for_storage(model)
     teacher = ctx.teacher
-    records = encode_file(container, model, spec, input=ckpt.input)
+    # the split is the checkpoint's business (compress reads it there), not the shipped file's
+    shipped_input = {k: v for k, v in ckpt.input.items() if k != "split"}
+    records = encode_file(container, model, spec, input=shipped_input)
     # every reported figure is the file's
     decoded, _, _ = decode_file(container, trust_code=trust_code)
     stages.append(_stage("encode", decoded, ctx, spec.in_shape, time.perf_counter() - start,
