@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from cnnzip.data import Splits
+from cnnzip.modules.quant import QuantLayer
 from cnnzip.train import TrainConfig, evaluate, fit
 
 
@@ -97,6 +98,9 @@ def finetune(model: nn.Module, ctx: Context, *, epochs: int, lr: float,
 
     def hold(m: nn.Module) -> None:
         apply_masks(m, ctx.masks)
+        for module in m.modules():
+            if isinstance(module, QuantLayer):
+                module.keep_scales_positive()
         if after_step is not None:
             after_step(m)
 

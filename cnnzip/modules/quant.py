@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from cnnzip.modules.codebook import PRUNABLE, run_layer
-from cnnzip.ops.quant import Grid, calibrate, dequantize, fake_quantize, quantize
+from cnnzip.ops.quant import (MIN_SCALE, Grid, calibrate, dequantize, fake_quantize,
+                              quantize)
 
 
 class QuantLayer(nn.Module):
@@ -71,6 +72,15 @@ class QuantLayer(nn.Module):
         """Move the weights to a ``bits``-bit grid, its scale from ``observer``."""
         self.w_grid, self.weight_bits = Grid.weights(bits), bits
         self.calibrate_weight(observer)
+
+    def keep_scales_positive(self) -> None:
+        """Clamp the learned scales to at least ``MIN_SCALE`` (LSQ steps are unconstrained; a
+        scale at or below zero has no integer kernel and the container refuses it)."""
+        with torch.no_grad():
+            for name in ("w_scale", "a_scale", "o_scale"):
+                scale = getattr(self, name, None)
+                if isinstance(scale, torch.Tensor):
+                    scale.clamp_(min=MIN_SCALE)
 
     def set_input_range(self, scale: torch.Tensor, zero: torch.Tensor) -> None:
         with torch.no_grad():

@@ -311,3 +311,16 @@ def test_a_fully_pruned_channel_survives_quantization_and_the_container(tmp_path
     layer = decoded.get_submodule("features.0")
     assert bool((layer.w_scale > 0).all()) and bool((layer.codes()[2] == 0).all())
     assert torch.equal(_logits(decoded), _logits(model))
+
+
+def test_learned_scales_are_kept_positive_while_training():
+    from cnnzip.ops.quant import MIN_SCALE
+
+    _, model, ctx = _quantized()
+    layer = model.get_submodule("features.0")
+    with torch.no_grad():
+        layer.w_scale[0] = -0.5
+        layer.a_scale.fill_(0.0)
+    layer.keep_scales_positive()
+    assert layer.w_scale[0].item() == MIN_SCALE and layer.a_scale.item() == MIN_SCALE
+    assert bool((layer.w_scale[1:] > MIN_SCALE).all())  # the others untouched
