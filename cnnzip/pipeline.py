@@ -15,7 +15,8 @@ from typing import Any
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
+from cnnzip.codec.cnz import (decode_file, encode_file, quant_records, round_for_storage,
+                              stream_report)
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
@@ -23,8 +24,9 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.data import Splits
 from cnnzip.models import Checkpoint, ModelSpec, load_checkpoint
 from cnnzip.modules import CodebookLayer, materialize, prunable_layers
+from cnnzip.modules.quant import QuantLayer
 from cnnzip.recipes import Recipe, load_recipe
-from cnnzip.report import dense_rows, layer_rows, write_report
+from cnnzip.report import dense_rows, layer_rows, quant_rows, write_report
 from cnnzip.train import evaluate
 
 
@@ -128,6 +130,16 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     return report
 
 
+def _layer_rows(container: Path, decoded: nn.Module, records: list) -> list[dict[str, Any]]:
+    """Per-layer rows from the container's own records: codebook, quantized, then float16."""
+    layers = prunable_layers(decoded)
+    quantized = {n: m for n, m in layers.items() if isinstance(m, QuantLayer)}
+    return [*layer_rows(records, stream_report(decoded, records)),
+            *quant_rows(quant_records(container), quantized),
+            *dense_rows({n: m.weight for n, m in layers.items()
+                         if not isinstance(m, (CodebookLayer, QuantLayer))})]
+
+
 def _training_splits(ckpt: Checkpoint, dataset: str, data_dir: str | Path | None) -> Splits:
     """The dataset with the validation split the checkpoint was trained with (recorded by
     ``train``; older checkpoints: the training seed in their provenance, else 0)."""
@@ -169,9 +181,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
         "compression_ratio": baseline["bytes_fp32"] / size,
         "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),
         "stages": stages,
-        "layers": [*layer_rows(records, stream_report(decoded, records)),
-                   *dense_rows({n: m.weight for n, m in prunable_layers(decoded).items()
-                                if not isinstance(m, CodebookLayer)})],
+        "layers": _layer_rows(container, decoded, records),
         "notes": ctx.notes,
     }
     write_report(out, report)

@@ -348,6 +348,12 @@ def layer_records(path: str | Path) -> tuple[dict[str, Any], list[LayerRecord]]:
     return raw.meta, [_layer_record(Path(path), r) for r in header.layers]
 
 
+def quant_records(path: str | Path) -> list[QuantRecord]:
+    """The container's uniformly quantized layers' records, checked, without decoding."""
+    _, header = _read(Path(path))
+    return [QuantRecord(r[0], tuple(r[1]), *r[2:]) for r in header.quant]
+
+
 def decode_file(path: str | Path, *, trust_code: bool = False,
                 ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
     """Check and rebuild the compressed model stored in a .cnz file.

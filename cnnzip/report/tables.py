@@ -22,7 +22,7 @@ def layer_rows(records: list, streams: list[dict[str, Any]]) -> list[dict[str, A
         rows.append({
             "name": rec.name, "shape": list(rec.shape),
             "sparsity": 1 - rec.nnz / total, "weights_kept": rec.nnz / total,
-            "k": rec.k, "d": rec.d,
+            "k": rec.k, "d": rec.d, "format": f"codebook {rec.k}×{rec.d}",
             "bits": 8 * payload / nnz,  # all bits per surviving weight, codebook included
             "code_bits_raw": math.log2(max(rec.k, 2)) / rec.d,
             "code_bits_coded": 8 * rec.code_bytes / nnz,
@@ -35,6 +35,30 @@ def layer_rows(records: list, streams: list[dict[str, Any]]) -> list[dict[str, A
     return rows
 
 
+def quant_rows(records: list, layers: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per uniformly quantized layer, from its container record: integer bits, packed or
+    entropy-coded, bytes of codes plus float16 scales.
+
+    Args:
+        records: the container's ``QuantRecord`` list.
+        layers: the decoded ``QuantLayer``s by name (for the share of zero weights).
+    """
+    rows = []
+    for rec in records:
+        total = math.prod(rec.shape)
+        kept = float((layers[rec.name].codes() != 0).float().mean())
+        payload = rec.code_bytes + 2 * rec.scales
+        rows.append({
+            "name": rec.name, "shape": list(rec.shape), "sparsity": 1 - kept,
+            "weights_kept": kept, "k": 0, "d": 0, "format": f"int{rec.bits} {rec.coding}",
+            "bits": 8 * payload / total,  # all bits per weight, scales included
+            "code_bits_raw": float(rec.bits), "code_bits_coded": 8 * rec.code_bytes / total,
+            "index_bits_raw": 0.0, "index_bits_coded": 0.0, "codebook_bytes": 0,
+            "bytes": payload, "streams": {},
+        })
+    return rows
+
+
 def dense_rows(weights: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows for conv and linear weights stored as plain float16 tensors (not codebook-shared)."""
     rows = []
@@ -42,7 +66,8 @@ def dense_rows(weights: dict[str, Any]) -> list[dict[str, Any]]:
         weight = weight.detach()
         kept = float((weight != 0).float().mean())
         rows.append({"name": name, "shape": list(weight.shape), "sparsity": 1 - kept,
-                     "weights_kept": kept, "k": 0, "d": 0, "bits": 16.0, "code_bits_raw": 16.0,
+                     "weights_kept": kept, "k": 0, "d": 0, "format": "fp16", "bits": 16.0,
+                     "code_bits_raw": 16.0,
                      "code_bits_coded": 16.0, "index_bits_raw": 0.0, "index_bits_coded": 0.0,
                      "codebook_bytes": 0, "bytes": 2 * weight.numel(), "streams": {}})
     return rows

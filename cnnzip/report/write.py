@@ -110,22 +110,27 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
         if folded:
             lines += [f"BatchNorms folded into the layers before them: {len(folded)}.", ""]
     lines += [ "## Layers", "",
-              "| layer | shape | kept | k×d | code bits raw→coded | index bits raw→coded "
+              "| layer | shape | kept | format | code bits raw→coded | index bits raw→coded "
               "| bits/weight all-in | bytes |", "|---|---|---|---|---|---|---|---|"]
     for r in report["layers"]:
-        book = f"{r['k']}×{r['d']}" if r["k"] else "fp16"
+        book = r.get("format") or (f"{r['k']}×{r['d']}" if r["k"] else "fp16")
         lines.append(f"| {r['name']} | {'×'.join(map(str, r['shape']))} | "
                      f"{100 * r['weights_kept']:.1f}% | {book} | "
                      f"{r['code_bits_raw']:.2f}→{r['code_bits_coded']:.2f} | "
                      f"{r['index_bits_raw']:.2f}→{r['index_bits_coded']:.2f} | "
                      f"{r['bits']:.2f} | {r['bytes']:,} |")
     e = report["entropy"]
-    lines += ["", "## Entropy coding", "",
-              f"All streams: empirical entropy {e['entropy_bits'] / 8:,.0f} B, ANS payload "
-              f"{e['coded_bits'] / 8:,.0f} B ({100 * (e['coded_over_entropy'] - 1):+.2f}%), "
-              f"Huffman {e['huffman_bits'] / 8:,.0f} B "
-              f"({100 * (e['huffman_over_entropy'] - 1):+.2f}%); frequency tables "
-              f"{e['table_bits'] / 8:,.0f} B.", ""]
+    lines += ["", "## Entropy coding", ""]
+    if not e["entropy_bits"]:
+        lines += ["No codebook streams: every layer is stored as packed or entropy-coded "
+                  "integers or as float16 (see the table above).", ""]
+    else:
+        lines += [
+            f"All streams: empirical entropy {e['entropy_bits'] / 8:,.0f} B, ANS payload "
+            f"{e['coded_bits'] / 8:,.0f} B ({100 * (e['coded_over_entropy'] - 1):+.2f}%), "
+            f"Huffman {e['huffman_bits'] / 8:,.0f} B "
+            f"({100 * (e['huffman_over_entropy'] - 1):+.2f}%); frequency tables "
+            f"{e['table_bits'] / 8:,.0f} B.", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 

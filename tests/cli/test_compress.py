@@ -135,6 +135,14 @@ def test_int8_recipe_then_bench_times_onnxruntime_and_export_agrees(tmp_path, ch
     assert [s["name"] for s in report["stages"]] == ["quantize", "encode"]
     assert report["compression_ratio"] > 4.0  # 7-bit integers, packed or entropy-coded
     assert abs(report["accuracy_drop"]) < 5.0
+    # per-layer rows come from the container's records: the integers' bytes, not float16
+    layers = report["layers"]
+    assert {r["format"] for r in layers} <= {"int7 packed", "int7 entropy"} and len(layers) == 5
+    payload = sum(r["bytes"] for r in layers)
+    assert payload < report["compressed"]["container_bytes"] < payload + 4000
+    assert all(7 < r["bits"] < 8.5 for r in layers if r["format"] == "int7 packed")
+    md = (out / "report.md").read_text()
+    assert "int7" in md and "ANS payload 0 B" not in md
     assert main(["bench", str(checkpoint), str(out / "model.cnz"), "--batch-size", "8",
                  "--rounds", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
