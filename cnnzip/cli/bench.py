@@ -36,6 +36,10 @@ def run(args: argparse.Namespace) -> int:
               f"compressed {r['compressed_images_per_s']:10.0f} images/s\n"
               f"speed-up   {r['speedup']:10.2f}×  (batch {r['batch_size']}, {r['runtime']}"
               + (", compressed model simulated in float)" if r["compressed_simulated"] else ")"))
+        if r["baseline_batchnorms_folded"]:
+            print(f"against the baseline with its {r['baseline_batchnorms_folded']} BatchNorms "
+                  f"folded ({r['baseline_folded_images_per_s']:.0f} images/s): "
+                  f"{r['speedup_vs_folded_baseline']:.2f}×")
         ort = r.get("onnxruntime")
         if ort:
             kind = "int8" if ort["compressed_int8"] else "fp32"

@@ -77,6 +77,7 @@ def test_bench_times_both_models(tmp_path, checkpoint, capsys):
     assert r["baseline_images_per_s"] > 0 and r["compressed_images_per_s"] > 0
     assert r["speedup"] == pytest.approx(r["compressed_images_per_s"] / r["baseline_images_per_s"])
     assert r["batch_size"] == 8 and "pytorch" in r["runtime"]
+    assert r["baseline_batchnorms_folded"] == 0 and r["speedup_vs_folded_baseline"] == r["speedup"]
 
 
 def test_same_command_gives_the_same_file(tmp_path, checkpoint, capsys):
@@ -103,6 +104,13 @@ def test_channel_prune_folds_batchnorms_and_the_container_reloads(tmp_path, resn
     assert len(report["notes"]["fold"]["folded"]) == 21
     assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+    # bench also compares against the baseline with its BatchNorms folded, timed alongside
+    assert main(["bench", str(resnet), str(out / "model.cnz"), "--batch-size", "8",
+                 "--rounds", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["baseline_batchnorms_folded"] == 21 and r["baseline_folded_images_per_s"] > 0
+    assert r["speedup_vs_folded_baseline"] == pytest.approx(
+        r["compressed_images_per_s"] / r["baseline_folded_images_per_s"])
 
 
 def test_prune_merge_makes_the_model_shallower_and_the_container_reloads(tmp_path, resnet,
