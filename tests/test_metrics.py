@@ -33,4 +33,8 @@ def test_layer_stats_and_nonzeros():
 
 def test_throughput_is_positive_and_model_left_in_eval():
     model = tiny("mlp").train()
+    modes = []
+    model.register_forward_hook(lambda m, i, o: modes.append(m.training))
     assert throughput(model, (1, 28, 28), batch_size=8, min_seconds=0.01, min_runs=2) > 0
+    assert len(modes) >= 4 and not any(modes)  # warm-up and timed passes all in eval mode
+    assert not model.training

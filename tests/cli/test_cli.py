@@ -36,8 +36,17 @@ def test_train_eval_inspect(trained, capsys):
 def test_epochs_zero_writes_an_untrained_checkpoint(tmp_path, capsys):
     path = tmp_path / "u.safetensors"
     code, _, _ = run(capsys, "train", "--model", "lenet300", "--dataset",
-                     "synthetic", "--epochs", "0", "--quiet", "--out", str(path))
-    assert code == 0 and path.is_file()
+                     "synthetic", "--epochs", "0", "--seed", "5", "--quiet", "--out", str(path))
+    assert code == 0
+    import torch
+
+    from cnnzip.models import build_model, load_checkpoint
+
+    loaded = load_checkpoint(path)
+    torch.manual_seed(5)
+    fresh = build_model(loaded.spec).state_dict()  # the initialisation, untouched by training
+    assert all(torch.equal(v, fresh[k]) for k, v in loaded.model.state_dict().items())
+    assert loaded.extra["epochs"] == 0 and loaded.input["split"]["seed"] == 5
 
 
 def test_inspect_by_model_name(capsys):

@@ -184,8 +184,19 @@ def test_mixed_precision_without_a_budget_stops_at_the_accuracy_tolerance():
     assert set(loose.notes["quantize"]["bits"].values()) == {2}
 
 
-def test_two_stage_training_trains_weights_first_then_feature_maps():
-    _, model, ctx = _quantized(epochs=2, weights_first=True, weight_bits=4)
+@pytest.mark.parametrize("weights_first", [True, False])
+def test_two_stage_training_trains_weights_first_then_feature_maps(monkeypatch, weights_first):
+    import cnnzip.methods.quant as quant_method
+
+    stages = []  # per fine-tuning call: (epochs, are feature maps quantized while it trains)
+
+    def recording(model, ctx, *, epochs, **kwargs):
+        stages.append((epochs, all(m.a_grid is not None
+                                   for m in prunable_layers(model).values())))
+
+    monkeypatch.setattr(quant_method, "finetune", recording)
+    _, model, ctx = _quantized(epochs=2, weights_first=weights_first, weight_bits=4)
+    assert stages == ([(1, False), (1, True)] if weights_first else [(2, True)])
     assert all(m.a_grid is not None for m in prunable_layers(model).values())
 
 
@@ -237,9 +248,13 @@ def test_quantized_resnet_prunes_across_residual_adds_to_the_budget():
     _, model, ctx = _quantized(spec, fold=False)
     bits = {n: m.weight_bits for n, m in prunable_layers(model).items()}
     base = metrics.count_macs(model, (1, 28, 28))
+    ranges = {n: m.a_scale.item() for n, m in prunable_layers(model).items()}
     apply(model, ChannelPrune(criterion=Criterion.TAYLOR, target_macs=0.5, batches=2,
-                              epochs=1), ctx)
-    assert not ctx.folded and ctx.notes["channels"]["val_after_recalibration"] >= 0
+                              epochs=1), ctx)  # ctx.finetune_epochs = 0: no retraining after
+    assert not ctx.folded
+    # the ranges were measured again, and the note is the recalibrated model's accuracy
+    assert any(m.a_scale.item() != ranges[n] for n, m in prunable_layers(model).items())
+    assert ctx.notes["channels"]["val_after_recalibration"] == ctx.val_accuracy(model)
     apply(model, FoldBatchNorm(), ctx)
     assert ctx.folded
     assert metrics.count_macs(model, (1, 28, 28)) <= 0.5 * base
