@@ -5,9 +5,13 @@ recomputed checksum may load as another model."""
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 
 import fuzz  # noqa: E402
+
+pytestmark = pytest.mark.slow
 
 
 def test_short_fuzz_run_has_no_failures(tmp_path):

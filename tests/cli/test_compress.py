@@ -4,6 +4,8 @@ import pytest
 
 from cnnzip.cli import main
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def checkpoint(tmp_path, capsys):
