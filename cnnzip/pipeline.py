@@ -39,23 +39,27 @@ def _stage(name: str, model: nn.Module, ctx: Context, in_shape: tuple[int, ...],
             "seconds": round(seconds, 2), "realized": realized}
 
 
-def _speed(model: nn.Module, teacher: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:
+def _speed(model: nn.Module, teacher: nn.Module, in_shape: tuple[int, ...],
+           bench: bool) -> dict[str, Any]:
     """Throughput of ``model`` (codebooks materialised) and its speed-up over the original,
-    both timed now in this process (batch 256)."""
+    both timed now in this process (batch 256); None for both when ``bench`` is off."""
+    if not bench:
+        return {"images_per_s": None, "speedup": None}
     speed = metrics.bench_models({"baseline": teacher, "stage": materialize(model)}, in_shape,
                                  rounds=2, min_seconds=0.5)
     return {"images_per_s": round(speed["stage"]),
             "speedup": speed["stage"] / speed["baseline"]}
 
 
-def _shipped(model: nn.Module, teacher: nn.Module, spec: ModelSpec, path: Path) -> dict[str, Any]:
+def _shipped(model: nn.Module, teacher: nn.Module, spec: ModelSpec, path: Path,
+             bench: bool) -> dict[str, Any]:
     """A stage's model as the user would ship it: the bytes of its container (written to
     ``path`` and removed) and its measured speed."""
     shipped = round_for_storage(copy.deepcopy(model))
     encode_file(path, shipped, spec)
     size = path.stat().st_size
     path.unlink()
-    return {"bytes": size, **_speed(shipped, teacher, tuple(spec.in_shape))}
+    return {"bytes": size, **_speed(shipped, teacher, tuple(spec.in_shape), bench)}
 
 
 def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
@@ -68,7 +72,8 @@ def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
              dataset: str | None = None, data_dir: str | Path | None = None, seed: int = 0,
              finetune_epochs: int | None = None, overrides: tuple[str, ...] = (),
-             quiet: bool = False, trust_code: bool = False) -> dict[str, Any]:
+             quiet: bool = False, trust_code: bool = False,
+             stage_bench: bool = True) -> dict[str, Any]:
     """Compress a checkpoint with a recipe; write ``model.cnz``, ``report.json``, ``report.md``.
 
     Args:
@@ -84,6 +89,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         quiet: no progress bars.
         trust_code: allow a checkpoint whose architecture is ``package.module:factory`` (code
             that is imported and called).
+        stage_bench: time every stage's model against the original (False: sizes and
+            accuracies only, for quick runs and tests).
 
     Returns:
         The report (also written to ``report.json``).
@@ -121,12 +128,12 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
                                  realized=kind in ("channels", "fold", "merge")))
             stages[-1].update(_shipped(model, teacher, _spec_so_far(spec, ctx),
-                                       out / ".stage.cnz"))
+                                       out / ".stage.cnz", stage_bench))
     spec = _spec_so_far(spec, ctx)
     # model.cnz appears only when everything, report included, has succeeded
     with atomic_path(out / "model.cnz") as container:
         report = _finish(model, spec, ckpt, ctx, recipe, dataset, baseline, stages, seed,
-                         container, out, trust_code)
+                         container, out, trust_code, stage_bench)
     return report
 
 
@@ -155,7 +162,7 @@ def _training_splits(ckpt: Checkpoint, dataset: str, data_dir: str | Path | None
 
 def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, recipe: Recipe,
             dataset: str, baseline: dict[str, Any], stages: list[dict[str, Any]], seed: int,
-            container: Path, out: Path, trust_code: bool) -> dict[str, Any]:
+            container: Path, out: Path, trust_code: bool, bench: bool) -> dict[str, Any]:
     """Encode the container at ``container``, measure it from the file, write the reports."""
     start = time.perf_counter()
     round_for_storage(model)
@@ -169,7 +176,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
                          realized=True))
     size = container.stat().st_size
     stages[-1].update(bytes=size, **_speed(copy.deepcopy(decoded), teacher,
-                                           tuple(spec.in_shape)))
+                                           tuple(spec.in_shape), bench))
     final = stages[-1]
     report = {
         "model": spec.name, "dataset": dataset, "recipe": recipe.name,

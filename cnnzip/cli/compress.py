@@ -39,6 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override every retraining step's epochs (0 skips retraining)")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--json", action="store_true", help="print report.json on stdout")
+    p.add_argument("--no-stage-bench", dest="stage_bench", action="store_false",
+                   help="skip timing each stage's model against the original (sizes and "
+                        "accuracies are still measured)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -60,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     report = compress(args.file, args.recipe, args.out, dataset=args.dataset,
                       data_dir=args.data_dir, seed=args.seed,
                       finetune_epochs=args.finetune_epochs, overrides=overrides,
-                      quiet=args.quiet, trust_code=args.trust_code)
+                      quiet=args.quiet, trust_code=args.trust_code,
+                      stage_bench=args.stage_bench)
     if args.json:
         print_json(report)
     else:

@@ -23,12 +23,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "untrained model.")
     p.add_argument("--model", required=True, help=MODEL_HELP)
     add_data_args(p)
-    p.add_argument("--width", type=positive_float, help="width multiplier for alexnet, vgg16, resnet*, "
-                                               "mobilenetv2 (default: the zoo's)")
+    p.add_argument("--width", type=positive_float,
+                   help="width multiplier for alexnet, vgg16, resnet*, mobilenetv2 "
+                        "(default: the zoo's)")
     p.add_argument("--epochs", type=count, default=_D.epochs, help=f"default {_D.epochs}")
     p.add_argument("--batch-size", type=positive_int, default=_D.batch_size,
                    help=f"default {_D.batch_size}")
-    p.add_argument("--lr", type=positive_float, default=_D.lr, help=f"peak learning rate, default {_D.lr}")
+    p.add_argument("--lr", type=positive_float, default=_D.lr,
+                   help=f"peak learning rate, default {_D.lr}")
     p.add_argument("--weight-decay", type=non_negative_float, default=_D.weight_decay,
                    help=f"default {_D.weight_decay}")
     p.add_argument("--augment-pad", type=count, default=_D.augment_pad,

@@ -398,7 +398,8 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
             raise fail(path, f"model has no convolution or linear layer {record.name!r}")
         if tuple(layer.weight.shape) != record.shape:
             raise fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
-        positions, book, codes = _decode_layer(path, record, tensor_bytes(tensors[f"w:{record.name}"]))
+        payload = tensor_bytes(tensors[f"w:{record.name}"])
+        positions, book, codes = _decode_layer(path, record, payload)
         set_module(model, record.name, CodebookLayer(layer, positions, book, codes))
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     if {r.name for r in quant} != set(quantized):

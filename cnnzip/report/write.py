@@ -10,6 +10,14 @@ from cnnzip.fileio import atomic_path
 from cnnzip.report.tables import entropy_summary
 
 
+def _count(value: float | None) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def _times(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
 def _plots(out: Path, report: dict[str, Any]) -> list[str]:
     import matplotlib
 
@@ -68,8 +76,8 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
     for s in report["stages"]:
         lines.append(f"| {s['name']} | {s['accuracy']:.4f} | {s['val_accuracy']:.4f} "
                      f"| {s['nonzero_params']:,} | {s['macs']:,} | {s.get('layers', '')} "
-                     f"| {s.get('bytes', 0):,} | {s.get('images_per_s', 0):,} "
-                     f"| {s.get('speedup', 0):.2f}× | {s['seconds']:.1f} "
+                     f"| {s.get('bytes', 0):,} | {_count(s.get('images_per_s'))} "
+                     f"| {_times(s.get('speedup'))} | {s['seconds']:.1f} "
                      f"| {'yes' if s['realized'] else 'simulated'} |")
     lines += ["", "MACs are dense MACs: unstructured sparsity does not reduce them on a dense "
               "runtime; removed channels and merged layers do. Layers: conv and linear layers. "
