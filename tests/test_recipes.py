@@ -63,3 +63,19 @@ def test_prune_merge_exact_recipe_merges_only_what_changes_no_output():
     merge = recipe.steps[0][1]
     assert merge.max_pools is True and not merge.activations and not merge.blocks
     assert merge.epochs == 0
+
+
+def test_every_step_option_is_documented_and_docs_recipes_md_is_current():
+    import dataclasses
+    from pathlib import Path
+
+    from cnnzip.recipes import STEPS
+    from cnnzip.recipes.docs import options, recipes_markdown
+
+    for name, config_type in STEPS.items():
+        documented = options(config_type)
+        for field in dataclasses.fields(config_type):
+            assert documented.get(field.name), f"{name}.{field.name} has no docstring entry"
+    page = Path(__file__).parent.parent / "docs" / "recipes.md"
+    assert page.read_text() == recipes_markdown(), \
+        "docs/recipes.md is stale: python -m cnnzip.recipes.docs > docs/recipes.md"
