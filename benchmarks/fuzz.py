@@ -5,7 +5,8 @@
 Corpus (built here, synthetic data, no retraining): containers of a pruned + k-means-shared
 lenet5, a pruned + product-quantized lenet5, an int8 lenet5, a channel-pruned resnet20 (BatchNorms
 folded, residual adds), a lenet5 with max poolings merged into its convolutions then pruned and
-shared, and a lenet5 checkpoint. Mutation families:
+shared, a binary lenet5 (ternary first layer), a 4-bit resnet20 channel-pruned after
+quantization with its BatchNorms folded into the quantized layers, and a lenet5 checkpoint. Mutation families:
 
 - untargeted: ``bitflip`` (1-8 bits anywhere), ``truncate``, ``append``, ``header`` (bytes of the
   safetensors header changed in place), ``metadata`` (a valid-JSON edit of one metadata field,
@@ -67,6 +68,12 @@ _RECIPES = {
     "merged": ("lenet5", None, "- merge: {max_pools: true, activations: false, blocks: false}\n"
                                "- prune: {sparsity: 0.8, schedule: one-shot}\n"
                                "- share: {method: kmeans, conv_bits: 5, fc_bits: 4}"),
+    "binary": ("lenet5", None, "- quantize: {weight_bits: 1, act_bits: 8, calibration: 256,"
+                               " layers: {features.0: 2}}"),
+    "quant-prune": ("resnet20", 0.25, "- quantize: {weight_bits: 4, act_bits: 8, fold: false,"
+                                      " calibration: 256}\n"
+                                      "- channels: {target_macs: 0.5, batches: 1}\n"
+                                      "- fold: {}"),
 }
 KINDS = (*_RECIPES, "checkpoint")
 
