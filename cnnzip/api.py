@@ -14,7 +14,7 @@ from torch import nn
 from cnnzip import metrics
 from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.data import Splits, load_dataset
-from cnnzip.errors import ArgumentError, CnnzipError
+from cnnzip.errors import ArgumentError, CnnzipError, ModelError
 from cnnzip.models import (ModelSpec, build_model, load_checkpoint, resolve_spec,
                            save_checkpoint)
 from cnnzip.models.checkpoint import assert_finite
@@ -75,9 +75,9 @@ def load_model(path: str | Path, *, trust_code: bool = False,
     ``package.module:factory`` is code: it is imported and called only with ``trust_code``.
     """
     from cnnzip.codec import FORMAT, decode_file
-    from cnnzip.models.checkpoint import read_metadata
+    from cnnzip.integrity import metadata_keys
 
-    if FORMAT in read_metadata(path):
+    if FORMAT in metadata_keys(path):
         return decode_file(path, trust_code=trust_code)
     ckpt = load_checkpoint(path, trust_code=trust_code)
     return ckpt.model, ckpt.spec, ckpt.input
@@ -198,7 +198,6 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
 def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     """A copy of ``model`` with every foldable BatchNorm folded, and how many (None, 0: nothing
     to fold, or a model that does not trace)."""
-    from cnnzip.errors import ModelError
     from cnnzip.models.fold import fold_batchnorm, foldable_pairs
 
     copy = deepcopy(model)

@@ -17,7 +17,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Mapping
+from typing import Annotated, Any, Callable, Iterator, Mapping
 
 import torch
 from pydantic import (BaseModel, ConfigDict, Field, FiniteFloat, StrictInt, StringConstraints,
@@ -28,6 +28,7 @@ from cnnzip.errors import CheckpointError, CnnzipError, UnforeseenContent
 CHECKSUM = "sha256"  # the metadata key holding the checksum of the rest
 MAX_PARAMS = 200_000_000  # the largest model a file may describe (800 MB of fp32 weights)
 MAX_DEPTH = 32  # nesting depth of metadata JSON
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "I64": torch.int64, "U8": torch.uint8,
            "I32": torch.int32, "BOOL": torch.bool}
 
@@ -61,7 +62,7 @@ def _opened(path: str | Path) -> Iterator[Any]:
         raise fail(path, f"not a readable safetensors file ({_first_line(exc)})") from None
 
 
-def metadata_key(path: str | Path) -> tuple[str, ...]:
+def metadata_keys(path: str | Path) -> tuple[str, ...]:
     """The string metadata keys of a safetensors file (which format wrote it)."""
     with _opened(path) as f:
         return tuple((f.metadata() or {}).keys())
@@ -95,6 +96,35 @@ def read_file(path: str | Path, key: str, what: str,
                                  f"limit of {MAX_PARAMS:,}")
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     return RawFile(Path(path), parse_metadata(path, raw), tensors)
+
+
+def read_versioned(path: str | Path, key: str, what: str, *, reads: tuple[int, ...],
+                   checksum_since: int, dtypes: Mapping[str, torch.dtype] | None = None,
+                   on_mismatch: Callable[[RawFile], None] | None = None) -> tuple[RawFile, bool]:
+    """:func:`read_file`, then the format version (one of ``reads``) and the checksum, which
+    files of version ``checksum_since`` and later must carry.
+
+    Args:
+        on_mismatch: called with the file when the checksum fails, before the error is raised
+            (to name the damaged part more precisely by raising first).
+
+    Returns:
+        The file, and whether its checksum was verified (False: an older file without one).
+    """
+    raw = read_file(path, key, what, dtypes)
+    version = raw.meta.get("version")
+    if version not in reads or type(version) is not int:
+        raise fail(path, f"{what} version {version!r} is not supported (this cnnzip reads "
+                         f"versions {', '.join(map(str, reads))})")
+    try:
+        verified = verify(raw)
+    except CheckpointError:
+        if on_mismatch is not None:
+            on_mismatch(raw)
+        raise
+    if not verified and version >= checksum_since:
+        raise fail(path, f"{what} version {version} without its checksum (damaged metadata)")
+    return raw, verified
 
 
 def parse_metadata(path: str | Path, raw: str) -> dict[str, Any]:
@@ -139,7 +169,7 @@ def digest(meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> str:
     body = {k: v for k, v in meta.items() if k != CHECKSUM}
     h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
     for name in sorted(tensors):
-        tensor = tensors[name].contiguous()
+        tensor = tensors[name]
         h.update(json.dumps([name, str(tensor.dtype), list(tensor.shape)]).encode())
         h.update(tensor_bytes(tensor))
     return h.hexdigest()
@@ -162,13 +192,13 @@ def verify(raw: RawFile) -> bool:
     return True
 
 
-def validate(path: str | Path, schema: type[BaseModel], data: Any, where: str = "") -> Any:
+def validate(path: str | Path, schema: type[BaseModel], data: Any) -> Any:
     """``schema.model_validate(data)``, a failure as one line naming the first bad field."""
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
-        loc = ".".join(str(p) for p in (where, *err["loc"]) if p != "")
+        loc = ".".join(str(p) for p in err["loc"])
         value = repr(err.get("input"))
         value = value if len(value) <= 60 else value[:57] + "..."
         raise fail(path, f"damaged metadata: field {loc or '(top)'}: {err['msg']} "
@@ -201,7 +231,7 @@ class SplitRecord(BaseModel):
 
     seed: Annotated[StrictInt, Field(ge=0, le=(1 << 63) - 1)]
     val_size: Annotated[StrictInt, Field(ge=0, le=1 << 31)]
-    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+    sha256: Sha256 | None = None
 
 
 class InputRecord(BaseModel):

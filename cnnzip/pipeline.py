@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.codec.cnz import (decode_file, encode_file, quant_records, round_for_storage,
-                              stream_report)
+from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
+from cnnzip.codec.records import quant_records
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path

@@ -1,7 +1,7 @@
 """The .cnz container: encode a compressed model, decode it bit for bit, verify it."""
 
-from cnnzip.codec.cnz import (FORMAT, LayerRecord, decode_file, encode_file, round_for_storage,
-                              layer_records)
+from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage
+from cnnzip.codec.records import FORMAT, LayerRecord, layer_records, quant_records
 
 __all__ = ["FORMAT", "LayerRecord", "decode_file", "encode_file", "layer_records",
-           "round_for_storage"]
+           "quant_records", "round_for_storage"]

@@ -8,17 +8,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, StrictInt
 from safetensors.torch import save_file
 from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, InputRecord, check_finite, check_runs, digest, fail, guard,
-                              metadata_key, read_file, validate, verify)
+from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest,
+                              fail, guard, read_versioned, validate)
 from cnnzip.models.zoo import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-checkpoint"
@@ -35,7 +35,7 @@ class CheckpointHeader(BaseModel):
     model: SpecSchema
     input: InputRecord = InputRecord()
     extra: dict[str, Any] = {}
-    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
+    sha256: Sha256 | None = None
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,6 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     return Path(path)
 
 
-def read_metadata(path: str | Path) -> tuple[str, ...]:
-    """The metadata keys of a safetensors file: which cnnzip format wrote it, if any."""
-    return metadata_key(path)
-
-
 def load_checkpoint(path: str | Path, *, trust_code: bool = False) -> Checkpoint:
     """Check ``path``, rebuild the model it records and load its weights.
 
@@ -89,14 +84,8 @@ def load_checkpoint(path: str | Path, *, trust_code: bool = False) -> Checkpoint
         CheckpointError: the file is missing, damaged, foreign, refused, or its weights do not
             fit the recorded architecture; the message names the file and the field or tensor.
     """
-    raw = read_file(path, FORMAT, "cnnzip checkpoint")
-    version = raw.meta.get("version")
-    if version not in READS or type(version) is not int:
-        raise fail(path, f"checkpoint version {version!r} is not supported (this cnnzip reads "
-                         f"versions {', '.join(map(str, READS))})")
-    verified = verify(raw)
-    if version >= 2 and not verified:
-        raise fail(path, f"checkpoint version {version} without its checksum (damaged metadata)")
+    raw, verified = read_versioned(path, FORMAT, "cnnzip checkpoint", reads=READS,
+                                   checksum_since=2)
     header = validate(path, CheckpointHeader, raw.meta)
     try:
         spec = ModelSpec.from_schema(header.model)

@@ -6,7 +6,7 @@ import torch
 
 from cnnzip import metrics
 from cnnzip.codec import decode_file, encode_file, round_for_storage
-from cnnzip.codec.cnz import layer_records
+from cnnzip.codec import layer_records
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
