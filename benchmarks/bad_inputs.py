@@ -24,7 +24,8 @@ from tests.helpers import rewrite, write_mnist_like  # noqa: E402
 def _cases(d: Path) -> list[tuple[str, list[str]]]:
     import torch
 
-    from cnnzip.models import build_model, resolve_spec, save_checkpoint
+    from cnnzip.codec import save_checkpoint
+    from cnnzip.surgery import build_model, resolve_spec
 
     spec = resolve_spec("lenet5", (1, 28, 28), 10)
     torch.manual_seed(0)

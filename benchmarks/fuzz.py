@@ -86,8 +86,8 @@ def build_corpus(directory: Path) -> dict[str, Path]:
     from cnnzip.codec import encode_file, round_for_storage
     from cnnzip.data import synthetic_splits
     from cnnzip.methods.base import Context, apply
-    from cnnzip.models import build_model, resolve_spec, save_checkpoint
-    from cnnzip.pipeline import _spec_so_far
+    from cnnzip.codec import save_checkpoint
+    from cnnzip.surgery import build_model, resolve_spec
     from cnnzip.recipes import parse_recipe
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -101,7 +101,7 @@ def build_corpus(directory: Path) -> dict[str, Path]:
         for _, config in recipe.steps:
             model = apply(model, config, ctx)
         files[kind] = directory / f"{kind}.cnz"
-        encode_file(files[kind], round_for_storage(model), _spec_so_far(spec, ctx),
+        encode_file(files[kind], round_for_storage(model), spec.with_edits(ctx.edits),
                     input={"dataset": "synthetic"})
     spec = resolve_spec("lenet5", (1, 28, 28), 10)
     torch.manual_seed(0)

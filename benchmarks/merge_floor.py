@@ -23,7 +23,7 @@ from common import write_results
 from cnnzip.metrics import bench_models, count_macs, runtime_name
 from cnnzip.models.channels import prune_channels, trace
 from cnnzip.models.lenet import LeNet5
-from cnnzip.models.merge import max_pools, merge_max_pool
+from cnnzip.surgery.merge import max_pools, merge_max_pool
 
 IN_SHAPE = (1, 28, 28)
 

@@ -40,7 +40,7 @@ from cnnzip.data import load_dataset
 from cnnzip.graph.groups import output_layer
 from cnnzip.methods.base import Context, apply, finetune
 from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
-from cnnzip.models import load_checkpoint
+from cnnzip.codec import load_checkpoint
 from cnnzip.train import evaluate
 from common import baselines
 

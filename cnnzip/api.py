@@ -15,9 +15,9 @@ from cnnzip import metrics
 from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import ArgumentError, CnnzipError, ModelError
-from cnnzip.models import (ModelSpec, build_model, load_checkpoint, resolve_spec,
-                           save_checkpoint)
-from cnnzip.models.checkpoint import assert_finite
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
+from cnnzip.codec.checkpoint import assert_finite
 from cnnzip.pipeline import compress
 from cnnzip.train import TrainConfig, evaluate, fit
 
@@ -146,7 +146,7 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     quantized model as simulated (fake-quantized) float arithmetic. ``trust_code`` as in
     :func:`load_model`.
     """
-    from cnnzip.modules import materialize
+    from cnnzip.surgery import materialize
     from cnnzip.modules.quant import QuantLayer
 
     if batch_size < 1 or rounds < 1 or not min_seconds > 0:
@@ -198,7 +198,8 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
 def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     """A copy of ``model`` with every foldable BatchNorm folded, and how many (None, 0: nothing
     to fold, or a model that does not trace)."""
-    from cnnzip.models.fold import fold_batchnorm, foldable_pairs
+    from cnnzip.graph import foldable_pairs
+    from cnnzip.surgery import fold_batchnorm
 
     copy = deepcopy(model)
     try:

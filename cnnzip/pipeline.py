@@ -7,26 +7,24 @@ data), the container's bytes on disk, and the accuracy of the model decoded from
 from __future__ import annotations
 
 import copy
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from cnnzip import metrics
+from cnnzip import metrics, stages as stage_files
+from cnnzip.codec import Checkpoint, load_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.codec.records import quant_records
-from cnnzip.data import load_dataset
+from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.methods.base import Context, apply
-from cnnzip.data import Splits
-from cnnzip.models import Checkpoint, ModelSpec, load_checkpoint
-from cnnzip.modules import CodebookLayer, materialize, prunable_layers
-from cnnzip.modules.quant import QuantLayer
-from cnnzip.recipes import Recipe, load_recipe
+from cnnzip.methods import STEPS, Context, apply
+from cnnzip.modules import CodebookLayer, QuantLayer, weight_layers
+from cnnzip.recipes import Recipe, check_order, load_recipe
 from cnnzip.report import dense_rows, layer_rows, quant_rows, write_report
+from cnnzip.surgery import ModelSpec, materialize
 from cnnzip.train import evaluate
 
 
@@ -62,19 +60,14 @@ def _shipped(model: nn.Module, teacher: nn.Module, spec: ModelSpec, path: Path,
     return {"bytes": size, **_speed(shipped, teacher, tuple(spec.in_shape), bench)}
 
 
-def _spec_so_far(spec: ModelSpec, ctx: Context) -> ModelSpec:
-    return dataclasses.replace(spec, channel_plan=(*spec.channel_plan, *ctx.channel_plan),
-                               folded=(*spec.folded, *ctx.folded),
-                               replaced=(*spec.replaced, *ctx.replaced),
-                               quantized=(*spec.quantized, *ctx.quantized))
-
-
 def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
              dataset: str | None = None, data_dir: str | Path | None = None, seed: int = 0,
              finetune_epochs: int | None = None, overrides: tuple[str, ...] = (),
-             quiet: bool = False, trust_code: bool = False,
-             stage_bench: bool = True) -> dict[str, Any]:
+             quiet: bool = False, trust_code: bool = False, stage_bench: bool = True,
+             resume: bool = False) -> dict[str, Any]:
     """Compress a checkpoint with a recipe; write ``model.cnz``, ``report.json``, ``report.md``.
+
+    After every step the model and what later steps need are saved under ``OUT/stages/``.
 
     Args:
         model_path: a .safetensors checkpoint written by ``cnnzip train``.
@@ -91,6 +84,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
             that is imported and called).
         stage_bench: time every stage's model against the original (False: sizes and
             accuracies only, for quick runs and tests).
+        resume: continue from the last step saved in ``OUT/stages/`` by an interrupted run of
+            the same command (the result is byte for byte the uninterrupted run's).
 
     Returns:
         The report (also written to ``report.json``).
@@ -98,6 +93,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     if finetune_epochs is not None and finetune_epochs < 0:
         raise CnnzipError(f"finetune epochs must be 0 or more, got {finetune_epochs}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
+    kinds = [kind for kind, _ in recipe.steps]
+    check_order(kinds, recipe.source)
     ckpt = load_checkpoint(model_path, trust_code=trust_code)
     dataset = dataset or ckpt.input.get("dataset")
     if not dataset:
@@ -107,29 +104,41 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     if tuple(splits.info.in_shape) != tuple(spec.in_shape):
         raise CnnzipError(f"{model_path}: model takes {spec.in_shape} inputs, {dataset} has "
                           f"{splits.info.in_shape}")
-    if spec.replaced and any(kind == "channels" for kind, _ in recipe.steps):
-        raise CnnzipError(f"{model_path}: the model's layers are merged; structured pruning "
-                          "must come before layer merging")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     teacher = ckpt.model
-    model = copy.deepcopy(teacher)
     ctx = Context(splits, teacher=teacher, seed=seed, finetune_epochs=finetune_epochs,
                   quiet=quiet)
     baseline = {"accuracy": evaluate(teacher, splits.test, splits.info),
                 "params": metrics.count_params(teacher),
                 "macs": metrics.count_macs(teacher, spec.in_shape),
                 "bytes_fp32": metrics.fp32_bytes(teacher)}
-    stages = []
-    for kind, config in recipe.steps:
+    run = stage_files.fingerprint(model=stage_files.file_sha256(model_path),
+                                  steps=recipe.steps, seed=seed, dataset=dataset,
+                                  split=splits.split, finetune_epochs=finetune_epochs,
+                                  bench=stage_bench)
+    saved_dir = out / "stages"
+    saved = stage_files.latest(saved_dir, kinds, run, trust_code=trust_code) if resume else None
+    if saved is None:
+        stage_files.clear(saved_dir) if saved_dir.is_dir() else None
+        model, stages, first = copy.deepcopy(teacher), [], 0
+    else:
+        model, first = saved.model, saved.step + 1
+        ctx.masks, ctx.edits = saved.masks, list(saved.spec.edits[len(spec.edits):])
+        ctx.sparsities, ctx.notes = saved.values.get("sparsities"), saved.values["notes"]
+        stages = saved.values["stages"]
+    for i, (kind, config) in enumerate(recipe.steps[first:], first):
         start = time.perf_counter()
-        model = apply(model, config, ctx)
-        if kind != "sensitivity":  # removed channels are real; masks and codebooks simulated
+        model = apply(model, config, ctx).eval()
+        if STEPS[kind].stage:
             stages.append(_stage(kind, model, ctx, spec.in_shape, time.perf_counter() - start,
-                                 realized=kind in ("channels", "fold", "merge")))
-            stages[-1].update(_shipped(model, teacher, _spec_so_far(spec, ctx),
+                                 realized=STEPS[kind].realized))
+            stages[-1].update(_shipped(model, teacher, spec.with_edits(ctx.edits),
                                        out / ".stage.cnz", stage_bench))
-    spec = _spec_so_far(spec, ctx)
+        stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits), ctx.masks,
+                         {"sparsities": ctx.sparsities, "notes": ctx.notes, "stages": stages},
+                         run)
+    spec = spec.with_edits(ctx.edits)
     # model.cnz appears only when everything, report included, has succeeded
     with atomic_path(out / "model.cnz") as container:
         report = _finish(model, spec, ckpt, ctx, recipe, dataset, baseline, stages, seed,
@@ -139,7 +148,7 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
 
 def _layer_rows(container: Path, decoded: nn.Module, records: list) -> list[dict[str, Any]]:
     """Per-layer rows from the container's own records: codebook, quantized, then float16."""
-    layers = prunable_layers(decoded)
+    layers = weight_layers(decoded)
     quantized = {n: m for n, m in layers.items() if isinstance(m, QuantLayer)}
     return [*layer_rows(records, stream_report(decoded, records)),
             *quant_rows(quant_records(container), quantized),

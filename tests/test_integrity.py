@@ -19,7 +19,8 @@ from cnnzip.integrity import MAX_DEPTH, tensor_bytes
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import WeightSharing
-from cnnzip.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model
 from tests.helpers import rewrite
 
 GOLDEN = __import__("pathlib").Path(__file__).parent / "data" / "golden"

@@ -2,7 +2,7 @@ import torch
 from torch import nn
 
 from cnnzip.metrics import count_macs, count_nonzero, count_params, layer_stats, throughput
-from cnnzip.models import build_model, resolve_spec
+from cnnzip.surgery import build_model, resolve_spec
 from tests.helpers import tiny
 
 

@@ -5,7 +5,7 @@ import pytest
 from cnnzip.api import train_baseline
 from cnnzip.data import load_dataset
 from cnnzip.errors import DataError
-from cnnzip.models import load_checkpoint
+from cnnzip.codec import load_checkpoint
 from cnnzip.pipeline import _training_splits
 from cnnzip.train import TrainConfig
 from tests.helpers import write_mnist_like
@@ -42,4 +42,6 @@ def test_a_failed_compress_leaves_no_container(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "write_report", broken)
     with pytest.raises(CnnzipError, match="disk full"):
         pipeline.compress(path, str(recipe), tmp_path / "out", quiet=True)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == []
+    # no container; the step's stage file stays for --resume
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["stages"]
+    assert [p.name for p in (tmp_path / "out" / "stages").iterdir()] == ["01-prune.safetensors"]

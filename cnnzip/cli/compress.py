@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "scan, pruning, weight sharing, with distillation from the "
                                    "original while retraining), then the entropy-coded .cnz "
                                    "container. Writes OUT/model.cnz, OUT/report.json, "
-                                   "OUT/report.md and plots.")
+                                   "OUT/report.md and plots; after every step, the model so "
+                                   "far goes to OUT/stages/ (for --resume).")
     p.add_argument("file", metavar="FILE.safetensors", help="a checkpoint from `cnnzip train`")
     p.add_argument("--recipe", required=True,
                    help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
@@ -42,6 +43,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-stage-bench", dest="stage_bench", action="store_false",
                    help="skip timing each stage's model against the original (sizes and "
                         "accuracies are still measured)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run of the same command from the last step "
+                        "saved in OUT/stages/ (the same model.cnz as an uninterrupted run)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
@@ -64,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
                       data_dir=args.data_dir, seed=args.seed,
                       finetune_epochs=args.finetune_epochs, overrides=overrides,
                       quiet=args.quiet, trust_code=args.trust_code,
-                      stage_bench=args.stage_bench)
+                      stage_bench=args.stage_bench, resume=args.resume)
     if args.json:
         print_json(report)
     else:

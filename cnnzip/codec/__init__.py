@@ -1,7 +1,9 @@
-"""The .cnz container: encode a compressed model, decode it bit for bit, verify it."""
+"""Files: the .cnz container (encode a compressed model, decode it bit for bit, verify it) and
+training checkpoints."""
 
+from cnnzip.codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage
 from cnnzip.codec.records import FORMAT, LayerRecord, layer_records, quant_records
 
-__all__ = ["FORMAT", "LayerRecord", "decode_file", "encode_file", "layer_records",
-           "quant_records", "round_for_storage"]
+__all__ = ["Checkpoint", "FORMAT", "LayerRecord", "decode_file", "encode_file", "layer_records",
+           "load_checkpoint", "quant_records", "round_for_storage", "save_checkpoint"]

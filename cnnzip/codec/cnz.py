@@ -39,14 +39,13 @@ from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import (CHECKSUM, check_finite, check_runs, digest, fail, guard,
                               tensor_bytes)
-from cnnzip.models import ModelSpec, build_model
-from cnnzip.models.edit import set_module
 from cnnzip.modules import CodebookLayer
-from cnnzip.modules.codebook import PRUNABLE
+from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
 from cnnzip.ops.quant import pack, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
+from cnnzip.surgery import ModelSpec, build_model, share_layer
 
 _SKIP = ("num_batches_tracked",)
 
@@ -108,7 +107,7 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
 
     ``CodebookLayer``s and ``QuantLayer``s get coded payloads; every other float tensor (dense
-    conv and linear weights included, at the widths ``spec.channel_plan`` rebuilds) goes to the
+    conv and linear weights included, at the widths the spec's edits rebuild) goes to the
     float16 ``dense`` block. Returns the codebook layers' records.
     """
     tensors: dict[str, torch.Tensor] = {}
@@ -241,15 +240,27 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
                  records: list[LayerRecord], quant: list[QuantRecord],
                  dense: DenseRecord) -> None:
     modules = dict(model.named_modules())
+    shared = {n: m for n, m in modules.items() if isinstance(m, CodebookLayer)}
+    if shared and set(shared) != {r.name for r in records}:  # containers from version 4 on
+        raise fail(path, "the shared layers do not match the model's architecture")
     for record in records:
         layer = modules.get(record.name)
-        if not isinstance(layer, PRUNABLE) or not isinstance(layer.weight, torch.Tensor):
+        if isinstance(layer, CodebookLayer):
+            k, d = layer.codebook.shape
+            shape = layer.weight_shape
+            if (layer.nnz, k, d) != (record.nnz, record.k, record.d):
+                raise fail(path, f"layer {record.name!r}: the payload's {record.nnz} weights "
+                                 f"in {record.k} × {record.d} centroids do not fit the "
+                                 f"architecture's {layer.nnz} in {k} × {d}")
+        elif isinstance(layer, WEIGHT_LAYERS) and isinstance(layer.weight, torch.Tensor):
+            shape = tuple(layer.weight.shape)
+        else:
             raise fail(path, f"model has no convolution or linear layer {record.name!r}")
-        if tuple(layer.weight.shape) != record.shape:
+        if shape != record.shape:
             raise fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
         payload = tensor_bytes(tensors[f"w:{record.name}"])
         positions, book, codes = _decode_layer(path, record, payload)
-        set_module(model, record.name, CodebookLayer(layer, positions, book, codes))
+        share_layer(model, record.name, positions, book, codes)
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     if {r.name for r in quant} != set(quantized):
         raise fail(path, "the quantized layers do not match the model's architecture")

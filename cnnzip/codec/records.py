@@ -15,11 +15,13 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 from cnnzip.integrity import (MAX_PARAMS, InputRecord, RawFile, Sha256, fail, read_versioned,
                               tensor_bytes, validate)
-from cnnzip.models.zoo import Name, SpecSchema
+from cnnzip.surgery.edits import Name
+from cnnzip.surgery.spec import SpecSchema
 
 FORMAT = "cnnzip-cnz"
-VERSION = 3
-READS = (1, 2, 3)  # 2 added uniformly quantized layers, 3 the checksum over everything
+VERSION = 4
+# 2 added uniformly quantized layers, 3 the checksum over everything, 4 the ordered edits
+READS = (1, 2, 3, 4)
 
 @dataclass(frozen=True)
 class LayerRecord:

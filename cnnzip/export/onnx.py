@@ -28,8 +28,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.models.edit import symbolic
-from cnnzip.modules import CodebookLayer, ConvMaxPool, FlatLinear, materialize
+from cnnzip.graph import symbolic
+from cnnzip.modules import CodebookLayer, ConvMaxPool, FlatLinear
+from cnnzip.surgery import materialize
 from cnnzip.modules.quant import QuantLayer
 
 OPSET = 17

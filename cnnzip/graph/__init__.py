@@ -1,6 +1,11 @@
-"""Tracing and coupled-channel groups, on Torch-Pruning's dependency graph."""
+"""All tracing: fx graphs with shapes, Torch-Pruning's dependency graph, coupled-channel groups,
+foldable BatchNorms. Nothing here changes a model."""
 
-from cnnzip.graph.groups import ChannelGroup, Member, channel_groups
-from cnnzip.models.channels import trace
+from cnnzip.graph.fold import FoldPair, foldable, foldable_pairs
+from cnnzip.graph.groups import ChannelGroup, Member, Role, channel_groups
+from cnnzip.graph.trace import (TracedGraph, dependency_graph, is_residual, same_shape_modules,
+                                shape_of, symbolic, trace_graph, with_shapes)
 
-__all__ = ["ChannelGroup", "Member", "channel_groups", "trace"]
+__all__ = ["ChannelGroup", "FoldPair", "Member", "Role", "TracedGraph", "channel_groups",
+           "dependency_graph", "foldable", "foldable_pairs", "is_residual",
+           "same_shape_modules", "shape_of", "symbolic", "trace_graph", "with_shapes"]

@@ -8,14 +8,23 @@ layers that read them (input channels, through flatten, concatenation or a depth
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 import torch_pruning as tp
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.modules.codebook import WEIGHT_LAYERS as PRODUCERS
 
-PRODUCERS = (nn.Conv2d, nn.Linear)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+class Role(str, Enum):
+    """What a group member does with the group's channels."""
+
+    OUT = "out"  # a conv or linear layer producing them
+    NORM = "norm"  # a BatchNorm on them
+    IN = "in"  # a conv or linear layer reading them
 
 
 @dataclass(frozen=True)
@@ -25,15 +34,14 @@ class Member:
     Attributes:
         name: module name.
         module: the module.
-        role: "out" (a conv or linear producing the channels), "norm" (a BatchNorm on them) or
-            "in" (a conv or linear reading them).
+        role: what the module does with the channels.
         idxs: indices along the module's channel dimension, one per entry of ``root_idxs``.
         root_idxs: the root channel each index belongs to.
     """
 
     name: str
     module: nn.Module
-    role: str
+    role: Role
     idxs: tuple[int, ...]
     root_idxs: tuple[int, ...]
 
@@ -46,7 +54,7 @@ class ChannelGroup:
     channels: int
     members: tuple[Member, ...]
 
-    def of_role(self, role: str) -> list[Member]:
+    def of_role(self, role: Role) -> list[Member]:
         return [m for m in self.members if m.role == role]
 
 
@@ -72,7 +80,7 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
             if module not in names or not isinstance(module, (*PRODUCERS, *NORMS)):
                 continue  # functional ops (add, flatten): nothing to score or remove
             out = graph.is_out_channel_pruning_fn(item.dep.handler)
-            role = "norm" if isinstance(module, NORMS) else "out" if out else "in"
+            role = Role.NORM if isinstance(module, NORMS) else Role.OUT if out else Role.IN
             members.append(Member(names[module], module, role, tuple(item.idxs),
                                   tuple(item.root_idxs)))
         root = group.items[0].dep.target.module

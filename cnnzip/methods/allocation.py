@@ -14,7 +14,7 @@ from torch import nn
 
 from cnnzip import metrics
 from cnnzip.errors import CnnzipError
-from cnnzip.graph import ChannelGroup, trace
+from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
@@ -108,9 +108,9 @@ def channel_costs(model: nn.Module, groups: list[ChannelGroup],
     for group in groups:
         total = 0.0
         for member in group.members:
-            if member.role == "norm" or member.name not in macs:
+            if member.role is Role.NORM or member.name not in macs:
                 continue
-            module, out = member.module, member.role == "out"
+            module, out = member.module, member.role is Role.OUT
             if isinstance(module, nn.Linear):
                 width = module.out_features if out else module.in_features
             else:
@@ -187,7 +187,7 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
 
     def cost(count: int) -> int:
         trial = copy.deepcopy(model)
-        remove_channels(trial, trace(trial, in_shape), _removals(scores, order, count, config))
+        remove_channels(trial, dependency_graph(trial, in_shape), _removals(scores, order, count, config))
         return _measure(trial, in_shape, kind)
 
     lo, hi = 0, len(order)

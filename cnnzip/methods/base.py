@@ -1,4 +1,5 @@
-"""What every method shares: the run context, the registry, and fine-tuning under masks."""
+"""What every method shares: the run context, the one step registry, and fine-tuning under
+masks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from torch import nn
 
 from cnnzip.data import Splits
 from cnnzip.modules.quant import QuantLayer
+from cnnzip.surgery import Edit
 from cnnzip.train import TrainConfig, evaluate, fit
 
 
@@ -24,11 +26,11 @@ class Context:
         finetune_epochs: when set, overrides every step's retraining epochs (0 skips them).
         quiet: no progress bars.
         masks: surviving weights by layer name; every later step keeps them.
+        sparsities: per-layer sparsities a sensitivity scan chose, for the pruning step after
+            it (None: no scan has run).
+        edits: every change the steps made to the model so far, in order (the spec's record
+            continues with them).
         notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
-        channel_plan: channels removed so far, in order (the architecture's ``channel_plan``).
-        folded: (layer, BatchNorm) pairs folded so far (the architecture's ``folded``).
-        replaced: modules replaced by layer merging so far (the architecture's ``replaced``).
-        quantized: layers wrapped by uniform quantization (the architecture's ``quantized``).
     """
 
     splits: Splits
@@ -37,11 +39,9 @@ class Context:
     finetune_epochs: int | None = None
     quiet: bool = False
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    sparsities: dict[str, float] | None = None
+    edits: list[Edit] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
-    channel_plan: list[tuple[str, bool, tuple[int, ...]]] = field(default_factory=list)
-    folded: list[tuple[str, str]] = field(default_factory=list)
-    replaced: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-    quantized: list[tuple[str, int, int, bool, int]] = field(default_factory=list)
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs
@@ -54,24 +54,54 @@ class Context:
 
 
 Handler = Callable[[nn.Module, Any, Context], nn.Module]
-_HANDLERS: dict[type, Handler] = {}
 
 
-def register(config_type: type) -> Callable[[Handler], Handler]:
-    """Register the handler that applies configs of ``config_type``."""
+@dataclass(frozen=True)
+class Step:
+    """A kind of recipe step.
+
+    Attributes:
+        name: its key in a recipe.
+        config: the frozen dataclass of its options.
+        handler: applies a config to a model in a context; returns the model.
+        realized: its result is real (removed channels, folded and merged layers); False when
+            it is simulated until encoding (masks, codebooks, fake quantization) or changes
+            nothing (a scan).
+        stage: it is a stage of the report (and of resuming); a scan only feeds the next step.
+        after: steps that may not come before this one in a recipe, and why.
+    """
+
+    name: str
+    config: type
+    handler: Handler
+    realized: bool = False
+    stage: bool = True
+    after: tuple[tuple[str, str], ...] = ()
+
+
+STEPS: dict[str, Step] = {}
+
+
+def register(name: str, config: type, *, realized: bool = False, stage: bool = True,
+             after: tuple[tuple[str, str], ...] = ()) -> Callable[[Handler], Handler]:
+    """Register the handler of the step ``name``, whose options are a ``config``."""
     def wrap(handler: Handler) -> Handler:
-        _HANDLERS[config_type] = handler
+        STEPS[name] = Step(name, config, handler, realized, stage, after)
         return handler
     return wrap
 
 
+def step_of(config: Any) -> Step:
+    """The step whose options ``config`` holds."""
+    for step in STEPS.values():
+        if type(config) is step.config:
+            return step
+    raise TypeError(f"no step takes {type(config).__name__}")
+
+
 def apply(model: nn.Module, config: Any, ctx: Context) -> nn.Module:
-    """Apply one method's config to ``model``; returns the (possibly replaced) model."""
-    try:
-        handler = _HANDLERS[type(config)]
-    except KeyError:
-        raise TypeError(f"no handler registered for {type(config).__name__}") from None
-    return handler(model, config, ctx)
+    """Apply one step's config to ``model``; returns the (possibly replaced) model."""
+    return step_of(config).handler(model, config, ctx)
 
 
 def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:

@@ -16,13 +16,15 @@ from torch import nn
 
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
-from cnnzip.graph import ChannelGroup, channel_groups, trace
+from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
 from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, ranking_keys,
                                        sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.methods.quant import calibrate_feature_maps, calibration_images
-from cnnzip.modules.quant import QuantLayer, plain_layers
+from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
+from cnnzip.modules.quant import QuantLayer
+from cnnzip.surgery import plain_layers
 from cnnzip.ops import importance
+from cnnzip.ops.quant import Observer
 from cnnzip.surgery import remove_channels, silence_channels
 
 __all__ = ["Allocation", "ChannelPrune", "Criterion", "group_scores", "sensitivity_keys"]
@@ -122,8 +124,8 @@ class ChannelPrune:
                                   f"[0, max_ratio={self.max_ratio}]")
 
 
-def _weight_dim(member_role: str) -> int:
-    return 0 if member_role in ("out", "norm") else 1
+def _weight_dim(member_role: Role) -> int:
+    return 0 if member_role in (Role.OUT, Role.NORM) else 1
 
 
 def _scatter(total: torch.Tensor, member, values: torch.Tensor) -> None:
@@ -138,10 +140,10 @@ def _readable(member) -> bool:
     return not (isinstance(module, nn.Conv2d) and module.groups > 1)
 
 
-def _sum(group: ChannelGroup, role: str, score) -> torch.Tensor:
+def _sum(group: ChannelGroup, role: Role, score) -> torch.Tensor:
     total = torch.zeros(group.channels)
     for member in group.of_role(role):
-        if role == "in" and not _readable(member):
+        if role is Role.IN and not _readable(member):
             continue
         _scatter(total, member, score(member))
     return total
@@ -159,7 +161,7 @@ def _data_stats(model: nn.Module, groups: list[ChannelGroup], config: ChannelPru
     hooks = []
     if config.criterion is Criterion.APOZ:
         for group in groups:
-            watched = group.of_role("norm") or group.of_role("out")
+            watched = group.of_role(Role.NORM) or group.of_role(Role.OUT)
             for member in watched:
                 def hook(module, inputs, output, name=member.name):
                     fraction = importance.active_fraction(output)
@@ -202,17 +204,17 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
     weights = weights or {}
     weight = lambda m: weights[m.name] if m.name in weights else m.module.weight  # noqa: E731
     if c is Criterion.L1:
-        return _sum(group, "out", lambda m: importance.lp_norm(weight(m), 0, 1))
-    if c is Criterion.BN and group.of_role("norm"):
-        return _sum(group, "norm", lambda m: weight(m).detach().abs())
+        return _sum(group, Role.OUT, lambda m: importance.lp_norm(weight(m), 0, 1))
+    if c is Criterion.BN and group.of_role(Role.NORM):
+        return _sum(group, Role.NORM, lambda m: weight(m).detach().abs())
     if c in (Criterion.L2, Criterion.BN):
-        return _sum(group, "out", lambda m: importance.lp_norm(weight(m), 0, 2))
+        return _sum(group, Role.OUT, lambda m: importance.lp_norm(weight(m), 0, 2))
     if c is Criterion.FPGM:
-        return _sum(group, "out", lambda m: importance.geometric_median_distance(weight(m)))
+        return _sum(group, Role.OUT, lambda m: importance.geometric_median_distance(weight(m)))
     if c is Criterion.DIRECT_INDIRECT:
         direct = importance.normalized(
-            _sum(group, "out", lambda m: importance.lp_norm(weight(m), 0, 2)))
-        indirect = _sum(group, "in", lambda m: importance.lp_norm(weight(m), 1, 2))
+            _sum(group, Role.OUT, lambda m: importance.lp_norm(weight(m), 0, 2)))
+        indirect = _sum(group, Role.IN, lambda m: importance.lp_norm(weight(m), 1, 2))
         if not indirect.any():
             return direct
         a = config.indirect_weight
@@ -221,13 +223,13 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
         grads = grads or {}
         total = torch.zeros(group.channels)
         for member in group.members:
-            if member.name in grads and (member.role != "in" or _readable(member)):
+            if member.name in grads and (member.role is not Role.IN or _readable(member)):
                 dim = _weight_dim(member.role)
                 _scatter(total, member, importance.taylor(weight(member), grads[member.name], dim))
         return total
     if c is Criterion.APOZ:
         active = active or {}
-        watched = [m for m in (group.of_role("norm") or group.of_role("out")) if m.name in active]
+        watched = [m for m in (group.of_role(Role.NORM) or group.of_role(Role.OUT)) if m.name in active]
         total = torch.zeros(group.channels)
         for member in watched:
             _scatter(total, member, active[member.name])
@@ -245,26 +247,14 @@ def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
     return {g.root: group_scores(g, config, grads, active, weights) for g in groups}
 
 
-def _removed_rows(groups: list[ChannelGroup],
-                  removals: dict[str, list[int]]) -> dict[str, list[int]]:
-    """The output rows each producing layer loses with ``removals``."""
-    rows: dict[str, list[int]] = {}
-    for group in groups:
-        gone = set(removals.get(group.root, ()))
-        for member in group.of_role("out"):
-            rows.setdefault(member.name, []).extend(
-                i for i, r in zip(member.idxs, member.root_idxs) if r in gone)
-    return rows
-
-
-@register(ChannelPrune)
+@register("channels", ChannelPrune, realized=True,
+          after=(("prune", "prune channels before unstructured pruning"),
+                 ("share", "prune channels before weight sharing"),
+                 ("merge", "prune channels before merging layers")))
 def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Module:
     if ctx.masks:
         raise CnnzipError("channels: structured pruning must come before unstructured pruning "
                           "and weight sharing in a recipe")
-    if ctx.replaced:
-        raise CnnzipError("channels: structured pruning must come before layer merging in a "
-                          "recipe")
     quantized = any(isinstance(m, QuantLayer) for m in model.modules())
     if quantized:
         unsupported = [what for what, on in (
@@ -275,7 +265,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
                               "model; prune before quantizing, or use another allocation")
     in_shape = tuple(ctx.splits.info.in_shape)
     with plain_layers(model):  # a quantized model is traced as its plain layers
-        graph = trace(model, in_shape)
+        graph = dependency_graph(model, in_shape)
         groups = channel_groups(model, graph)
     unknown = sorted(set(config.layers) - {g.root for g in groups})
     if unknown:
@@ -316,11 +306,12 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
     before = {g.root: g.channels for g in groups}
-    with plain_layers(model, _removed_rows(groups, removals)) as wrappers:
-        ctx.channel_plan.extend(remove_channels(model, graph, removals))
+    rows: dict[str, list[int]] = {}
+    with plain_layers(model, rows) as wrappers:
+        ctx.edits.append(remove_channels(model, graph, removals, rows))
     if wrappers and config.recalibrate:  # the feature maps changed: their ranges are measured again
         calibrate_feature_maps(model, wrappers, calibration_images(ctx, 1024), ctx,
-                               "percentile")
+                               Observer.PERCENTILE)
         notes["val_after_recalibration"] = ctx.val_accuracy(model)
     notes["groups"] = {root: {"channels": before[root], "removed": len(idxs),
                               "ratio": len(idxs) / before[root]}

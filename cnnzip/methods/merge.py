@@ -20,9 +20,10 @@ from torch import nn
 from cnnzip import metrics
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.models.fold import fold_batchnorm, foldable_pairs
-from cnnzip.models.linearize import Candidate, candidates, finish_linearizing, linearize
-from cnnzip.models.merge import max_pools, merge_all, merge_max_pool
+from cnnzip.graph import foldable_pairs
+from cnnzip.surgery import fold_batchnorm
+from cnnzip.surgery.linearize import Candidate, candidates, finish_linearizing, linearize
+from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
 from cnnzip.modules import CodebookLayer, Linearizing
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
@@ -111,12 +112,12 @@ def _refuse_after_sharing(model: nn.Module, step: str) -> None:
 
 def _fold(model: nn.Module, ctx: Context) -> list[str]:
     pairs = foldable_pairs(model)
-    fold_batchnorm(model, pairs)
-    ctx.folded.extend(pairs)
+    ctx.edits += fold_batchnorm(model, pairs)
     return [f"{bn} → {layer}" for layer, bn in pairs]
 
 
-@register(FoldBatchNorm)
+@register("fold", FoldBatchNorm, realized=True,
+          after=(("share", "fold BatchNorms before weight sharing"),))
 def fold(model: nn.Module, config: FoldBatchNorm, ctx: Context) -> nn.Module:
     _refuse_after_sharing(model, "fold")
     ctx.notes["fold"] = {"folded": _fold(model, ctx)}
@@ -156,9 +157,8 @@ def _merge_pools(model: nn.Module, pools: list[str], ctx: Context,
     fold_batchnorm(trial, pairs)
     convs = {merge_max_pool(trial, pool, in_shape).names[0] for pool in pools}
     needed = [(layer, bn) for layer, bn in pairs if layer in convs]
-    fold_batchnorm(model, needed)
-    ctx.folded.extend(needed)
-    return [merge_max_pool(model, pool, in_shape, ctx.replaced).describe() for pool in pools]
+    ctx.edits += fold_batchnorm(model, needed)
+    return [merge_max_pool(model, pool, in_shape, ctx.edits).describe() for pool in pools]
 
 
 def _merged(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, int]:
@@ -236,7 +236,9 @@ def _norms_in_merges(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[
     return [(layer, bn) for layer, bn in pairs if layer in merged]
 
 
-@register(MergeLayers)
+@register("merge", MergeLayers, realized=True,
+          after=(("share", "merge layers before weight sharing"),
+                 ("quantize", "merge layers before quantization")))
 def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
     _refuse_after_sharing(model, "merge")
     if ctx.masks:
@@ -253,7 +255,7 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
     pools = _exact_pools(folded, config, in_shape)
     chosen, notes["rounds"] = _select(folded, config, ctx, in_shape, pools)
     for cand in chosen:
-        linearize(model, cand, ctx.replaced, gradual=True)
+        linearize(model, cand, ctx.edits, gradual=True)
     blends = [m for m in model.modules() if isinstance(m, Linearizing)]
     epochs = ctx.epochs(config.epochs)
     fading = math.ceil(epochs * config.ramp) if blends else 0  # epochs while they fade out
@@ -274,14 +276,13 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
              after_step=fade)
     for blend in blends:
         blend.set_progress(1.0)
-    finish_linearizing(model, ctx.replaced)
+    finish_linearizing(model, ctx.edits)
     # only the BatchNorms in the way of a merge fold here; the others stay for later retraining
     # (a deep net retrained without them diverged), and a recipe's last `fold` step takes them
     needed = _norms_in_merges(model, in_shape)
-    fold_batchnorm(model, needed)
-    ctx.folded.extend(needed)
+    ctx.edits += fold_batchnorm(model, needed)
     notes["folded"] = [f"{bn} → {layer}" for layer, bn in needed]
-    merges = merge_all(model, in_shape, ctx.replaced)
+    merges = merge_all(model, in_shape, ctx.edits)
     # the rest of the retraining trains the merged layers themselves (a merged kernel has more
     # free weights than the layers it came from, and the shallower model trains faster)
     finetune(model, resolved, epochs=epochs - fading, lr=config.lr,

@@ -11,7 +11,7 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply_masks, finetune, register
-from cnnzip.modules import prunable_layers
+from cnnzip.modules import weight_layers
 from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
 from cnnzip.progress import progress_bar
 
@@ -69,9 +69,9 @@ class MagnitudePrune:
     lr: float = 0.01
 
 
-@register(SensitivityScan)
+@register("sensitivity", SensitivityScan, stage=False)
 def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     base = ctx.val_accuracy(model, config.samples)
     table: dict[str, list[tuple[float, float]]] = {}
     chosen: dict[str, float] = {}
@@ -94,6 +94,7 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
                                      config.max_sparsity)
     else:
         chosen = choose_sparsities(table, base, config.tolerance, config.max_sparsity)
+    ctx.sparsities = chosen
     ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": config.tolerance,
                                 "target_sparsity": config.target_sparsity, "table": table,
                                 "chosen": chosen}
@@ -153,7 +154,7 @@ def allocate_for_target(table: dict[str, list[tuple[float, float]]], base: float
 
 
 def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str, float]:
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     unknown = sorted(set(config.layers) - set(layers))
     if unknown:
         raise CnnzipError(f"prune: no conv or linear layer named {', '.join(unknown)}; "
@@ -163,8 +164,8 @@ def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str
                 for n, m in layers.items()}
     if config.sparsity is not None:
         targets = {n: config.sparsity for n in layers}
-    elif "sensitivity" in ctx.notes:
-        targets = dict(ctx.notes["sensitivity"]["chosen"])
+    elif ctx.sparsities is not None:
+        targets = dict(ctx.sparsities)
     else:
         raise CnnzipError("prune: give a sparsity or run a sensitivity scan first")
     return {**targets, **config.layers}
@@ -172,13 +173,13 @@ def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str
 
 def _set_masks(model: nn.Module, targets: dict[str, float], fraction: float,
                ctx: Context) -> None:
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     for name, final in targets.items():
         ctx.masks[name] = magnitude_mask(layers[name].weight, final * fraction)
     apply_masks(model, ctx.masks)
 
 
-@register(MagnitudePrune)
+@register("prune", MagnitudePrune)
 def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
     targets = _targets(model, config, ctx)
     ctx.notes["prune"] = {"targets": targets, "schedule": config.schedule.value}
@@ -217,4 +218,4 @@ def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
 def sparsity_of(model: nn.Module) -> dict[str, float]:
     """Fraction of exact zeros in each conv and linear weight."""
     return {n: 1.0 - float(torch.count_nonzero(m.weight)) / m.weight.numel()
-            for n, m in prunable_layers(model).items()}
+            for n, m in weight_layers(model).items()}

@@ -4,25 +4,25 @@ scales)."""
 
 from __future__ import annotations
 
-import contextlib
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.data import ImageSet, batches
 from cnnzip.errors import CnnzipError
+from cnnzip.graph import foldable_pairs, symbolic
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.models.edit import symbolic
-from cnnzip.models.fold import fold_batchnorm, foldable_pairs
-from cnnzip.modules import CodebookLayer, prunable_layers
-from cnnzip.modules.quant import QuantLayer, quantize_layer
-from cnnzip.ops.quant import OBSERVERS, calibrate, sqnr_db
+from cnnzip.methods.calibration import (calibrate_feature_maps, calibration_images,
+                                        float_feature_maps)
+from cnnzip.modules import CodebookLayer, weight_layers
+from cnnzip.modules.quant import QuantLayer
+from cnnzip.ops.quant import Observer, sqnr_db
 from cnnzip.progress import progress_bar
+from cnnzip.surgery import fold_batchnorm, quantize_layer, quantized_edit
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,8 @@ class Quantize:
     per_channel: bool = True
     layers: dict[str, int] = field(default_factory=dict)
     keep_float: list[str] = field(default_factory=list)
-    weight_observer: str = "mse"
-    act_observer: str = "percentile"
+    weight_observer: Observer = Observer.MSE
+    act_observer: Observer = Observer.PERCENTILE
     outputs: bool = True
     calibration: int = 1024
     budget_bits: float | None = None
@@ -90,10 +90,6 @@ class Quantize:
         if self.act_bits != 0 and not 2 <= self.act_bits <= 8:
             raise CnnzipError(f"quantize: act_bits must be 0 (float) or in 2..8, got "
                               f"{self.act_bits}")
-        for what, observer in (("weight", self.weight_observer), ("act", self.act_observer)):
-            if observer not in OBSERVERS:
-                raise CnnzipError(f"quantize: {what}_observer {observer!r} is not one of "
-                                  f"{', '.join(OBSERVERS)}")
         if any(not 1 <= b <= 8 for b in self.candidate_bits):
             raise CnnzipError(f"quantize: candidate_bits must be in 1..8, got "
                               f"{self.candidate_bits}")
@@ -133,65 +129,6 @@ def _joined_layers(model: nn.Module, names: list[str]) -> set[str]:
     return {node.target for node in graph.graph.nodes
             if node.op == "call_module" and node.target in names
             and _feeds_a_join(modules, node)}
-
-
-@contextlib.contextmanager
-def _float_feature_maps(layers: dict[str, QuantLayer]) -> Iterator[None]:
-    """The layers' input and output quantizers bypassed, restored on exit."""
-    grids = {name: (layer.a_grid, layer.o_grid) for name, layer in layers.items()}
-    for layer in layers.values():
-        layer.a_grid = layer.o_grid = None
-    try:
-        yield
-    finally:
-        for name, layer in layers.items():
-            layer.a_grid, layer.o_grid = grids[name]
-
-
-@contextlib.contextmanager
-def _float_recording(model: nn.Module, layers: dict[str, QuantLayer],
-                     limit: int) -> Iterator[dict[tuple[str, str], list[torch.Tensor]]]:
-    """Record each layer's float input and output (its feature-map quantizers bypassed), at
-    most ``limit`` values per batch, subsampled deterministically."""
-    seen: dict[tuple[str, str], list[torch.Tensor]] = {}
-    generator = torch.Generator().manual_seed(0)
-
-    def keep(key: tuple[str, str], t: torch.Tensor) -> None:
-        flat = t.detach().flatten()
-        if flat.numel() > limit:
-            flat = flat[torch.randint(flat.numel(), (limit,), generator=generator)]
-        seen.setdefault(key, []).append(flat)
-
-    def hook(name: str):
-        def record(module: QuantLayer, args: tuple[Any, ...], out: torch.Tensor) -> None:
-            keep((name, "input"), args[0])
-            keep((name, "output"), out)
-        return record
-
-    handles = [layer.register_forward_hook(hook(name)) for name, layer in layers.items()]
-    try:
-        with _float_feature_maps(layers):
-            yield seen
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def calibrate_feature_maps(model: nn.Module, layers: dict[str, QuantLayer], images: ImageSet,
-                           ctx: Context, observer: str) -> None:
-    """Set every layer's input (and output) scale and zero point from ``images``, in one float
-    pass."""
-    model.eval()
-    with _float_recording(model, layers, limit=200_000) as seen, torch.no_grad():
-        for x, _ in batches(images, ctx.splits.info, 256):
-            model(x)
-    for name, layer in layers.items():
-        if layer.a_grid is not None:
-            values = torch.cat(seen[name, "input"])
-            layer.set_input_range(*calibrate(values, layer.a_grid, observer=observer))
-        if layer.o_grid is not None:
-            values = torch.cat(seen[name, "output"])
-            layer.set_output_range(*calibrate(values, layer.o_grid, observer=observer))
 
 
 def _sensitivities(model: nn.Module, layers: dict[str, QuantLayer], steps: list[int],
@@ -253,17 +190,11 @@ def _average_bits(layers: dict[str, QuantLayer]) -> float:
         / max(total, 1)
 
 
-def calibration_images(ctx: Context, count: int) -> ImageSet:
-    """``count`` training images drawn with the run's seed."""
-    train = ctx.splits.train
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(ctx.seed))
-    idx = order[:count]
-    return ImageSet(train.images[idx], train.labels[idx])
-
-
-@register(Quantize)
+@register("quantize", Quantize,
+          after=(("share", "the weights are shared already; use weight sharing or uniform "
+                            "quantization, not both"),))
 def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     if any(isinstance(m, CodebookLayer) for m in layers.values()):
         raise CnnzipError("quantize: the weights are already shared (k-means / product "
                           "quantization); use one of the two")
@@ -273,8 +204,7 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     if unknown:
         raise CnnzipError(f"quantize: no conv or linear layer named {', '.join(unknown)}")
     pairs = foldable_pairs(model) if config.fold else []  # kernels see the folded weights
-    fold_batchnorm(model, pairs)
-    ctx.folded.extend(pairs)
+    ctx.edits += fold_batchnorm(model, pairs)
     wrapped: dict[str, QuantLayer] = {}
     names = [name for name in layers if name not in config.keep_float]
     joined = _joined_layers(model, names) if config.outputs and config.act_bits else set()
@@ -295,8 +225,7 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
         base = ctx.val_accuracy(ctx.teacher, config.samples) if ctx.teacher is not None \
             else ctx.val_accuracy(model, config.samples)
         notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base)
-    ctx.quantized.extend((name, layer.weight_bits, layer.act_bits, layer.per_channel,
-                          layer.out_bits) for name, layer in wrapped.items())
+    ctx.edits += [quantized_edit(name, layer) for name, layer in wrapped.items()]
     sqnr = {name: round(sqnr_db(layer.latent, layer.weight.detach()), 2)
             for name, layer in wrapped.items()}
     ctx.notes["quantize"] = {
@@ -310,7 +239,7 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
                      "integer execution is the ONNX export in onnxruntime"}
     epochs = ctx.epochs(config.epochs)
     if config.weights_first and config.act_bits and epochs >= 2:
-        with _float_feature_maps(wrapped):  # stage 1: weights only
+        with float_feature_maps(wrapped):  # stage 1: weights only
             finetune(model, ctx, epochs=epochs // 2, lr=config.lr,
                      description="quantization-aware training: weights")
         calibrate_feature_maps(model, wrapped, images, ctx, config.act_observer)

@@ -12,8 +12,9 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.models.edit import set_module
-from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.modules.quant import QuantLayer
+from cnnzip.surgery import share_layer
+from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.codebook import expand
 from cnnzip.ops.cluster import Init, kmeans, to_blocks
 from cnnzip.progress import progress_bar
@@ -74,11 +75,6 @@ def cluster_weight(weight: torch.Tensor, bits: int, block: int, init: Init,
     return positions, torch.from_numpy(centroids), torch.from_numpy(codes)
 
 
-def share_layer(layer: nn.Module, bits: int, block: int, init: Init, seed: int) -> CodebookLayer:
-    """Replace one layer's dense weight by a codebook over its non-zero entries."""
-    return CodebookLayer(layer, *cluster_weight(layer.weight, bits, block, init, seed))
-
-
 def _configured_bits(config: WeightSharing, name: str, layer: nn.Module) -> int:
     return config.layers.get(name, config.fc_bits if isinstance(layer, nn.Linear)
                              else config.conv_bits)
@@ -116,12 +112,14 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
     return chosen, table
 
 
-@register(WeightSharing)
+@register("share", WeightSharing,
+          after=(("quantize", "the weights are quantized already; use weight sharing or "
+                              "uniform quantization, not both"),))
 def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
-    if ctx.quantized:
+    if any(isinstance(m, QuantLayer) for m in model.modules()):
         raise CnnzipError("share: the weights are already quantized; use weight sharing or "
                           "uniform quantization, not both")
-    layers = {n: m for n, m in prunable_layers(model).items() if not isinstance(m, CodebookLayer)}
+    layers = {n: m for n, m in weight_layers(model).items() if not isinstance(m, CodebookLayer)}
     unknown = sorted(set(config.layers) - set(layers))
     if unknown:
         raise CnnzipError(f"share: no conv or linear layer named {', '.join(unknown)}")
@@ -134,8 +132,9 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
         for name, layer in layers.items():
-            set_module(model, name, share_layer(layer, chosen[name], config.block, config.init,
-                                                 ctx.seed))
+            positions, codebook, codes = cluster_weight(layer.weight, chosen[name],
+                                                        config.block, config.init, ctx.seed)
+            ctx.edits.append(share_layer(model, name, positions, codebook, codes))
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")

@@ -1,7 +1,5 @@
-"""Reference CNNs, user models by import path, and checkpoints."""
+"""The reference CNNs by name, and user models by ``package.module:factory``."""
 
-from cnnzip.models.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from cnnzip.models.zoo import ZOO, ModelSpec, build_model, resolve_spec
+from cnnzip.models.zoo import FACTORY, TRUST_HINT, ZOO, ZooEntry, build_network, check_name
 
-__all__ = ["Checkpoint", "ModelSpec", "ZOO", "build_model", "load_checkpoint", "resolve_spec",
-           "save_checkpoint"]
+__all__ = ["FACTORY", "TRUST_HINT", "ZOO", "ZooEntry", "build_network", "check_name"]

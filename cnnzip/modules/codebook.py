@@ -16,7 +16,7 @@ from torch import nn
 
 from cnnzip.modules.merged import FlatLinear
 
-PRUNABLE = (nn.Conv2d, nn.Linear)
+WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # the layers with a weight to prune, quantize, share
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -41,12 +41,12 @@ def expand(codebook: torch.Tensor, codes: torch.Tensor, positions: torch.Tensor,
     return flat.scatter(0, positions, values).view(shape)
 
 
-def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Convolution and linear layers (dense, codebook-shared or quantized) by qualified name, in
     definition order; each has a ``weight`` tensor."""
     return {name: m for name, m in model.named_modules()
             if getattr(m, "wraps_layer", False)
-            or (isinstance(m, PRUNABLE) and isinstance(getattr(m, "weight", None), nn.Parameter))}
+            or (isinstance(m, WEIGHT_LAYERS) and isinstance(getattr(m, "weight", None), nn.Parameter))}
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -75,11 +75,16 @@ class CodebookLayer(nn.Module):
     def __init__(self, layer: nn.Module, positions: torch.Tensor, codebook: torch.Tensor,
                  codes: torch.Tensor):
         super().__init__()
-        if not isinstance(layer, PRUNABLE):
+        if not isinstance(layer, WEIGHT_LAYERS):
             raise TypeError(f"cannot share weights of {type(layer).__name__}")
         self.weight_shape = tuple(layer.weight.shape)
         del layer.weight
         self.layer = layer
+        self.assign(positions, codebook, codes)
+
+    def assign(self, positions: torch.Tensor, codebook: torch.Tensor,
+               codes: torch.Tensor) -> None:
+        """Take new surviving positions, centroids and codes (sizes may change)."""
         self.codebook = nn.Parameter(codebook.detach().float().clone())
         self.register_buffer("positions", positions.long().clone())
         self.register_buffer("codes", codes.long().clone())
@@ -116,18 +121,3 @@ class CodebookLayer(nn.Module):
         sparsity = 1 - self.nnz / math.prod(self.weight_shape)
         return (f"shape={self.weight_shape}, k={k}, d={d}, bits/weight={self.bits:.2f}, "
                 f"sparsity={sparsity:.3f}")
-
-
-def materialize(model: nn.Module) -> nn.Module:
-    """Replace every ``CodebookLayer`` by a plain layer holding its dense weight, in place.
-
-    The result computes exactly what the codebook layers compute (same weight tensors) without
-    rebuilding weights on every call: the form to run, time and export.
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, CodebookLayer):
-            layer = module.layer
-            layer.weight = nn.Parameter(module.dense_weight().detach().clone())
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, layer)
-    return model

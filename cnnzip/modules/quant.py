@@ -11,13 +11,10 @@ onnxruntime as QuantizeLinear / DequantizeLinear pairs.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Mapping
-
 import torch
 from torch import nn
 
-from cnnzip.modules.codebook import PRUNABLE, run_layer
+from cnnzip.modules.codebook import WEIGHT_LAYERS, run_layer
 from cnnzip.ops.quant import (MIN_SCALE, Grid, calibrate, dequantize, fake_quantize,
                               quantize)
 
@@ -40,7 +37,7 @@ class QuantLayer(nn.Module):
     def __init__(self, layer: nn.Module, weight_bits: int, act_bits: int = 0, *,
                  per_channel: bool = True, out_bits: int = 0):
         super().__init__()
-        if not isinstance(layer, PRUNABLE):
+        if not isinstance(layer, WEIGHT_LAYERS):
             raise TypeError(f"cannot quantize {type(layer).__name__}")
         self.w_grid = Grid.weights(weight_bits)
         self.a_grid = Grid.activations(act_bits) if act_bits else None
@@ -129,57 +126,3 @@ class QuantLayer(nn.Module):
         acts = f"{self.act_bits}-bit" if self.act_bits else "float"
         outs = f", outputs={self.out_bits}-bit" if self.out_bits else ""
         return f"weights={self.weight_bits}-bit per {grain}, inputs={acts}{outs}"
-
-
-def quantize_layer(model: nn.Module, name: str, weight_bits: int, act_bits: int = 0, *,
-                   per_channel: bool = True, out_bits: int = 0) -> QuantLayer:
-    """Replace the conv or linear layer ``name`` of ``model`` by a :class:`QuantLayer`."""
-    wrapped = QuantLayer(model.get_submodule(name), weight_bits, act_bits,
-                         per_channel=per_channel, out_bits=out_bits)
-    _swap(model, name, wrapped)
-    return wrapped
-
-
-def _swap(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, child, module)
-
-
-@contextlib.contextmanager
-def plain_layers(model: nn.Module, removed_rows: Mapping[str, list[int]] | None = None
-                 ) -> Iterator[dict[str, QuantLayer]]:
-    """Every :class:`QuantLayer` of ``model`` replaced by its plain layer, whose ``weight`` is
-    the float latent weight (the same parameter), so that structural tools (dependency tracing,
-    channel removal) see ordinary convolutions; wrapped again on exit, each with the weight
-    its layer then has, its bits and its scales.
-
-    Args:
-        model: changed in place; a model without quantized layers is left alone.
-        removed_rows: output channels (rows) each layer loses inside the block: their
-            per-channel weight scales are dropped on exit, so the others stay as learned.
-
-    Yields:
-        The wrappers by layer name.
-    """
-    removed_rows = removed_rows or {}
-    wrappers = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
-    for name, wrapper in wrappers.items():
-        wrapper.layer.weight = wrapper.latent
-        _swap(model, name, wrapper.layer)
-    try:
-        yield wrappers
-    finally:
-        for name, wrapper in wrappers.items():
-            layer = wrapper.layer
-            weight = layer.weight
-            del layer.weight
-            if wrapper.per_channel and weight.shape[0] != wrapper.w_scale.numel():
-                gone = set(removed_rows.get(name, ()))
-                kept = [r for r in range(wrapper.w_scale.numel()) if r not in gone]
-                if len(kept) != weight.shape[0]:
-                    raise RuntimeError(f"{name}: {weight.shape[0]} output channels remain but "
-                                       f"{len(kept)} weight scales")
-                wrapper.w_scale = nn.Parameter(wrapper.w_scale.detach()[kept].clone())
-                wrapper.w_zero = torch.zeros_like(wrapper.w_scale)
-            wrapper.latent = weight if isinstance(weight, nn.Parameter) else nn.Parameter(weight)
-            _swap(model, name, wrapper)

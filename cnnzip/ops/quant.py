@@ -14,12 +14,20 @@ whose quantized values have the least squared error).
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-OBSERVERS = ("minmax", "percentile", "mse")
+
+class Observer(str, enum.Enum):
+    """How a quantizer's range is chosen from the values it will see."""
+
+    MINMAX = "minmax"  # the extremes
+    PERCENTILE = "percentile"  # the 0.01% and 99.99% quantiles
+    MSE = "mse"  # the clip with the least squared rounding error
+
 # The smallest scale: the smallest positive float16, so that a scale survives the container's
 # float16 storage (a fully pruned channel's scale would otherwise round to 0 and its codes to NaN).
 MIN_SCALE = 2.0 ** -24
@@ -116,9 +124,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, grid
     return (q - z) * s
 
 
-def _extremes(flat: torch.Tensor, observer: str) -> tuple[torch.Tensor, ...]:
+def _extremes(flat: torch.Tensor, observer: Observer) -> tuple[torch.Tensor, ...]:
     """Per-row low and high ends of ``flat`` (rows × values)."""
-    if observer == "percentile":
+    if observer is Observer.PERCENTILE:
         # quantile has an input-size limit; a strided subsample of large tensors is plenty
         step = max(1, flat.shape[1] // 1_000_000)
         sample = flat[:, ::step].float()
@@ -127,20 +135,23 @@ def _extremes(flat: torch.Tensor, observer: str) -> tuple[torch.Tensor, ...]:
 
 
 def calibrate(x: torch.Tensor, grid: Grid, *, per_channel: bool = False,
-              observer: str = "minmax") -> tuple[torch.Tensor, torch.Tensor]:
+              observer: Observer | str = Observer.MINMAX) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point (shape (channels,) per channel, else (1,)) for the values ``x``.
 
     Raises:
         ValueError: an unknown observer.
     """
-    if observer not in OBSERVERS:
-        raise ValueError(f"unknown observer {observer!r}; choose from {', '.join(OBSERVERS)}")
+    try:
+        observer = Observer(observer)
+    except ValueError:
+        raise ValueError(f"unknown observer {observer!r}; choose from "
+                         f"{', '.join(o.value for o in Observer)}") from None
     flat = x.detach().reshape(x.shape[0] if per_channel else 1, -1)  # a row per scale
     if grid.binary:  # the least-squares scale of sign(x) is mean |x|
         scale = flat.abs().mean(1).clamp(min=MIN_SCALE)
         return scale, torch.zeros_like(scale)
     lo, hi = _extremes(flat, observer)
-    if observer != "mse":
+    if observer is not Observer.MSE:
         return qparams(lo, hi, grid)
     best_err = torch.full_like(lo, float("inf"))
     best = qparams(lo, hi, grid)

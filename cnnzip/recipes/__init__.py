@@ -11,15 +11,8 @@ import pydantic
 import yaml
 
 from cnnzip.errors import CnnzipError
-from cnnzip.methods.channel import ChannelPrune
-from cnnzip.methods.merge import FoldBatchNorm, MergeLayers
-from cnnzip.methods.prune import MagnitudePrune, SensitivityScan
-from cnnzip.methods.quant import Quantize
-from cnnzip.methods.share import WeightSharing
+from cnnzip.methods import STEPS
 
-STEPS: dict[str, type] = {"sensitivity": SensitivityScan, "prune": MagnitudePrune,
-                          "channels": ChannelPrune, "fold": FoldBatchNorm, "merge": MergeLayers,
-                          "share": WeightSharing, "quantize": Quantize}
 BUILTIN = Path(__file__).parent
 
 
@@ -43,7 +36,7 @@ def _step(where: str, kind: str, options: Any) -> Any:
     options = options or {}
     if not isinstance(options, dict):
         raise CnnzipError(f"{where} ({kind}): options must be a mapping")
-    config_type = STEPS[kind]
+    config_type = STEPS[kind].config
     known = {f.name for f in dataclasses.fields(config_type)}
     unknown = sorted(set(options) - known)
     if unknown:
@@ -75,7 +68,17 @@ def parse_recipe(data: Any, source: str) -> Recipe:
             raise CnnzipError(f"{source}: step {i} must be one mapping like '- prune: {{...}}'")
         (kind, options), = item.items()
         parsed.append((kind, _step(f"{source}: step {i}", kind, options)))
+    check_order([kind for kind, _ in parsed], source)
     return Recipe(str(data.get("name", Path(source).stem)), tuple(parsed), source)
+
+
+def check_order(kinds: list[str], source: str) -> None:
+    """Refuse a step that comes after one it may not follow (before anything runs)."""
+    for i, kind in enumerate(kinds):
+        for earlier, why in STEPS[kind].after:
+            if earlier in kinds[:i]:
+                raise CnnzipError(f"{source}: step {i + 1} ({kind}) comes after step "
+                                  f"{kinds.index(earlier) + 1} ({earlier}): {why}")
 
 
 def apply_overrides(data: Any, overrides: tuple[str, ...] | list[str], source: str) -> Any:

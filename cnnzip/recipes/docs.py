@@ -103,7 +103,8 @@ def recipes_markdown() -> str:
              "errors that name the file, the step and the option. `cnnzip compress --set "
              "STEP.OPTION=VALUE` changes one option of a recipe from the command line.", "",
              "## Steps", ""]
-    for name, config_type in STEPS.items():
+    for name, step in STEPS.items():
+        config_type = step.config
         lines += step_section(name, config_type)
     lines += ["## Built-in recipes", ""]
     for name in builtin_names():

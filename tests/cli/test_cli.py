@@ -40,7 +40,8 @@ def test_epochs_zero_writes_an_untrained_checkpoint(tmp_path, capsys):
     assert code == 0
     import torch
 
-    from cnnzip.models import build_model, load_checkpoint
+    from cnnzip.codec import load_checkpoint
+    from cnnzip.surgery import build_model
 
     loaded = load_checkpoint(path)
     torch.manual_seed(5)

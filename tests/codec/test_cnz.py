@@ -11,7 +11,7 @@ from cnnzip.errors import CheckpointError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import Sharing, WeightSharing
-from cnnzip.models import ModelSpec, build_model
+from cnnzip.surgery import ModelSpec, build_model
 from cnnzip.modules import CodebookLayer
 from cnnzip.train import evaluate
 

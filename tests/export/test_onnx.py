@@ -11,7 +11,7 @@ from cnnzip.data import batches, synthetic_splits
 from cnnzip.export import ExportError, OrtModel, agreement, export_onnx, to_onnx
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.quant import Quantize
-from cnnzip.models import ModelSpec, build_model
+from cnnzip.surgery import ModelSpec, build_model
 from tests.helpers import TINY_ZOO, tiny
 
 X = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(0))
@@ -80,7 +80,7 @@ def test_export_cli_checks_the_file_in_onnxruntime(tmp_path, capsys):
     spec = ModelSpec("lenet5", (1, 28, 28), 10)
     model, ctx = _quantized(spec)
     path = tmp_path / "q.cnz"
-    encode_file(path, model, ModelSpec(**{**spec.__dict__, "quantized": tuple(ctx.quantized)}),
+    encode_file(path, model, spec.with_edits(ctx.edits),
                 input={"dataset": "synthetic"})
     out = tmp_path / "q.onnx"
     assert main(["export", str(path), "--check", "--json", "--out", str(out)]) == 0
@@ -110,7 +110,7 @@ def test_layers_before_residual_adds_quantize_their_outputs_so_every_conv_runs_i
 
 
 def test_merged_max_poolings_export_float_and_int8():
-    from cnnzip.models.merge import max_pools, merge_max_pool
+    from cnnzip.surgery.merge import max_pools, merge_max_pool
 
     spec = ModelSpec("lenet5", (1, 28, 28), 10)
     torch.manual_seed(0)

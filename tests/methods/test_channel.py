@@ -1,4 +1,3 @@
-import dataclasses
 
 import pytest
 import torch
@@ -6,12 +5,14 @@ import torch
 from cnnzip import metrics
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
-from cnnzip.graph import channel_groups, trace
+from cnnzip.graph import channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats,
                                     group_scores, sensitivity_keys)
-from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.surgery import remove_channels, silence_channels
+from cnnzip.surgery import ChannelsRemoved
 from tests.helpers import TINY_ZOO, tiny
 
 IN = (1, 28, 28)
@@ -20,7 +21,7 @@ IN = (1, 28, 28)
 @pytest.mark.parametrize("name", ["convbn", "residual", "concat", "depthwise", "grouped", "mlp"])
 def test_removing_silent_channels_leaves_outputs_unchanged(name):
     model = tiny(name)
-    groups = channel_groups(model, trace(model, IN))
+    groups = channel_groups(model, dependency_graph(model, IN))
     assert groups, name
     removals = {}
     for group in groups:
@@ -33,7 +34,7 @@ def test_removing_silent_channels_leaves_outputs_unchanged(name):
     x = torch.randn(3, *IN)
     before = model(x)
     params = metrics.count_params(model)
-    remove_channels(model, trace(model, IN), removals)
+    remove_channels(model, dependency_graph(model, IN), removals)
     assert metrics.count_params(model) < params
     assert torch.allclose(model(x), before, atol=1e-5)
 
@@ -43,7 +44,7 @@ def test_every_criterion_scores_every_channel(criterion):
     model = tiny("residual")
     ctx = Context(synthetic_splits(), quiet=True)
     config = ChannelPrune(criterion=criterion, batches=2)
-    groups = channel_groups(model, trace(model, IN))
+    groups = channel_groups(model, dependency_graph(model, IN))
     grads, active = _data_stats(model, groups, config, ctx)
     for group in groups:
         scores = group_scores(group, config, grads, active)
@@ -54,7 +55,7 @@ def test_l1_ranks_the_weakest_filter_lowest():
     model = tiny("convbn")
     with torch.no_grad():
         model.conv.weight[2] *= 0.01
-    (group,) = channel_groups(model, trace(model, IN))
+    (group,) = channel_groups(model, dependency_graph(model, IN))
     scores = group_scores(group, ChannelPrune(criterion=Criterion.L1))
     assert int(scores.argmin()) == 2
 
@@ -70,7 +71,7 @@ def test_budget_is_met_and_the_pruned_model_reloads(tmp_path, name, target, allo
     apply(model, ChannelPrune(allocation=allocation, target_macs=target), ctx)
     macs = metrics.count_macs(model, IN)
     assert 0.8 * target * base <= macs <= target * base
-    spec = dataclasses.replace(spec, channel_plan=tuple(ctx.channel_plan))
+    spec = spec.with_edits(ctx.edits)
     path = save_checkpoint(tmp_path / "p.safetensors", model.eval(), spec)
     loaded = load_checkpoint(path)
     x = torch.randn(2, *IN)
@@ -106,8 +107,8 @@ def test_unreachable_budget_and_bad_options_are_clear_errors():
 
 
 def test_a_plan_that_does_not_fit_is_a_clear_error():
-    spec = ModelSpec("lenet5", channel_plan=(("features.0", True, (0, 99)),))
-    with pytest.raises(ModelError, match="channel plan"):
+    spec = ModelSpec("lenet5", edits=(ChannelsRemoved((("features.0", (0, 99)),)),))
+    with pytest.raises(ModelError, match="channels_removed.*does not fit"):
         build_model(spec)
 
 
@@ -122,7 +123,7 @@ def test_user_models_prune_too():
 
 def test_recoverable_silence_keeps_gradients_flowing_to_the_zeroed_filters():
     model = tiny("convbn").train()
-    (group,) = channel_groups(model, trace(model, IN))
+    (group,) = channel_groups(model, dependency_graph(model, IN))
     with torch.no_grad():
         model.bn.bias.fill_(0.1)  # an open ReLU, as a trained shift usually gives
     silence_channels(group, [1], recoverable=True)
@@ -142,14 +143,14 @@ def test_soft_pruning_meets_the_budget_and_reselects_every_epoch():
     apply(model, ChannelPrune(target_macs=0.5, soft=True, epochs=2, lr=0.05), ctx)
     assert metrics.count_macs(model, IN) <= 0.5 * base
     assert len(ctx.notes["channels"]["soft_reselected"]) == 2
-    rebuilt = build_model(dataclasses.replace(spec, channel_plan=tuple(ctx.channel_plan)))
+    rebuilt = build_model(spec.with_edits(ctx.edits))
     assert metrics.count_params(rebuilt) == metrics.count_params(model)
 
 
 def test_sensitivity_keys_follow_each_groups_measured_cost():
     model = tiny("residual")
     ctx = Context(synthetic_splits(), quiet=True)
-    groups = channel_groups(model, trace(model, IN))
+    groups = channel_groups(model, dependency_graph(model, IN))
     config = ChannelPrune(allocation=Allocation.SENSITIVITY)
     scores = {g.root: group_scores(g, config) for g in groups}
     state = {k: v.clone() for k, v in model.state_dict().items()}

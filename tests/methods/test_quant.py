@@ -1,5 +1,4 @@
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -15,11 +14,12 @@ from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.quant import Quantize
 from cnnzip.methods.share import WeightSharing
-from cnnzip.models import ModelSpec, build_model, resolve_spec
-from cnnzip.modules import prunable_layers
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
+from cnnzip.modules import weight_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import sqnr_db
 from cnnzip.recipes import load_recipe
+from cnnzip.surgery import NormFolded
 
 LENET = ModelSpec("lenet5", (1, 28, 28), 10)
 CONVBN = ModelSpec("tests.helpers:ConvBN", (1, 28, 28), 10)
@@ -34,6 +34,10 @@ def _quantized(spec=LENET, seed=0, **options):
     return before, model, ctx
 
 
+def spec_folds(ctx):
+    return [e for e in ctx.edits if isinstance(e, NormFolded)]
+
+
 def _logits(model, n=64):
     x = torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
@@ -42,9 +46,9 @@ def _logits(model, n=64):
 
 def test_ptq_wraps_every_layer_on_its_grid_and_keeps_the_function():
     before, model, ctx = _quantized()
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     assert all(isinstance(m, QuantLayer) for m in layers.values())
-    assert [name for name, *_ in ctx.quantized] == list(layers)
+    assert [e.name for e in ctx.edits] == list(layers)
     for layer in layers.values():
         steps = layer.weight.detach() / layer.w_scale.view(-1, *[1] * (layer.latent.dim() - 1))
         assert torch.allclose(steps, steps.round(), atol=1e-4)  # integer multiples of the scale
@@ -64,18 +68,18 @@ def test_fewer_bits_cost_more_and_per_layer_bits_apply():
 
 def test_batchnorm_folds_before_quantization():
     _, model, ctx = _quantized(CONVBN)
-    assert ctx.folded == [("conv", "bn")]
+    assert ctx.edits[0] == NormFolded("conv", "bn")
     assert isinstance(model.bn, torch.nn.Identity)
 
 
 def test_container_stores_the_integers_packed_and_decodes_the_same_model(tmp_path):
     _, model, ctx = _quantized(weight_bits=4)
-    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     round_for_storage(model)
     path = tmp_path / "q.cnz"
     encode_file(path, model, spec)
     decoded, got_spec, _ = decode_file(path, trust_code=True)
-    assert got_spec.quantized == spec.quantized
+    assert got_spec.edits == spec.edits
     assert torch.equal(_logits(model), _logits(decoded))
     meta, _ = layer_records(path)
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("latent"))
@@ -90,7 +94,7 @@ def test_a_pruned_layer_is_entropy_coded_when_that_is_smaller(tmp_path):
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, MagnitudePrune(sparsity=0.9, schedule=Schedule.ONE_SHOT), ctx)
     apply(model, Quantize(calibration=128), ctx)
-    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "p.cnz", round_for_storage(model), spec)
     meta, _ = layer_records(tmp_path / "p.cnz")
     coding = {r[0]: r[3] for r in meta["quant"]}
@@ -101,7 +105,7 @@ def test_a_pruned_layer_is_entropy_coded_when_that_is_smaller(tmp_path):
 
 def test_damaged_quantized_payload_is_a_clear_error(tmp_path):
     _, model, ctx = _quantized()
-    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     path = tmp_path / "q.cnz"
     encode_file(path, round_for_storage(model), spec)
     from safetensors import safe_open
@@ -140,12 +144,18 @@ def test_quantization_aware_training_moves_weights_and_scales_and_keeps_masks():
 @pytest.mark.parametrize("options,message", [
     ({"weight_bits": 0}, "weight bits must be in 1..8"),
     ({"act_bits": 9}, "act_bits"),
-    ({"weight_observer": "median"}, "weight_observer"),
     ({"layers": {"nope": 4}}, "no conv or linear layer named nope"),
 ])
 def test_bad_options_are_clear_errors(options, message):
     with pytest.raises(CnnzipError, match=message):
         _quantized(**options)
+
+
+def test_an_unknown_observer_is_refused_when_the_recipe_is_read():
+    from cnnzip.recipes import parse_recipe
+
+    with pytest.raises(CnnzipError, match="weight_observer.*'minmax', 'percentile' or 'mse'"):
+        parse_recipe({"steps": [{"quantize": {"weight_observer": "median"}}]}, "r.yaml")
 
 
 def test_sharing_and_quantizing_twice_are_refused():
@@ -172,7 +182,7 @@ def test_mixed_precision_meets_the_average_bit_budget_lowering_the_least_sensiti
     assert set(mixed["sensitivity"]) == set(notes["bits"])
     assert mixed["steps"] and mixed["steps"][-1]["average_bits"] == pytest.approx(
         notes["average_bits"], abs=1e-3)
-    assert [b for _, b, *_ in ctx.quantized] == list(notes["bits"].values())
+    assert [e.weight_bits for e in ctx.edits] == list(notes["bits"].values())
     for name, bits in notes["bits"].items():
         assert model.get_submodule(name).w_grid.qmax == 2 ** (bits - 1) - 1
 
@@ -192,19 +202,19 @@ def test_two_stage_training_trains_weights_first_then_feature_maps(monkeypatch, 
 
     def recording(model, ctx, *, epochs, **kwargs):
         stages.append((epochs, all(m.a_grid is not None
-                                   for m in prunable_layers(model).values())))
+                                   for m in weight_layers(model).values())))
 
     monkeypatch.setattr(quant_method, "finetune", recording)
     _, model, ctx = _quantized(epochs=2, weights_first=weights_first, weight_bits=4)
     assert stages == ([(1, False), (1, True)] if weights_first else [(2, True)])
-    assert all(m.a_grid is not None for m in prunable_layers(model).values())
+    assert all(m.a_grid is not None for m in weight_layers(model).values())
 
 
 def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
     _, model, ctx = _quantized(weight_bits=1, layers={"features.0": 2}, epochs=1)
     assert set(model.get_submodule("classifier.0").codes().unique().tolist()) == {-1, 1}
     assert set(model.get_submodule("features.0").codes().unique().tolist()) <= {-1, 0, 1}
-    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "b.cnz", round_for_storage(model), spec)
     meta, _ = layer_records(tmp_path / "b.cnz")
     sizes = {r[0]: r[4] for r in meta["quant"]}
@@ -215,7 +225,7 @@ def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
 
 def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_path):
     _, model, ctx = _quantized(layers={"features.3": 4, "classifier.0": 3})
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     gone = {"features.3": [1, 5, 9], "classifier.0": list(range(10))}
     with torch.no_grad():
         for name, rows in gone.items():
@@ -225,7 +235,7 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
     before = _logits(model)
     apply(model, ChannelPrune(criterion=Criterion.L1, epochs=0, recalibrate=False,
                               layers={"features.3": 3 / 16, "classifier.0": 10 / 120}), ctx)
-    layers = prunable_layers(model)
+    layers = weight_layers(model)
     assert all(isinstance(m, QuantLayer) for m in layers.values())
     assert {n: m.weight_bits for n, m in layers.items()} == {
         "features.0": 8, "features.3": 4, "classifier.0": 3, "classifier.2": 8,
@@ -236,8 +246,7 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
         kept = [r for r in range(len(scales[name])) if r not in rows]
         assert torch.equal(layers[name].w_scale.detach(), scales[name][kept])
     assert torch.allclose(_logits(model), before, atol=1e-5)
-    spec = ModelSpec(**{**LENET.__dict__, "channel_plan": tuple(ctx.channel_plan),
-                        "folded": tuple(ctx.folded), "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "qp.cnz", round_for_storage(model), spec)
     decoded, _, _ = decode_file(tmp_path / "qp.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
@@ -246,23 +255,21 @@ def test_quantize_then_prune_removes_the_weakest_quantized_channels_exactly(tmp_
 def test_quantized_resnet_prunes_across_residual_adds_to_the_budget():
     spec = resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)
     _, model, ctx = _quantized(spec, fold=False)
-    bits = {n: m.weight_bits for n, m in prunable_layers(model).items()}
+    bits = {n: m.weight_bits for n, m in weight_layers(model).items()}
     base = metrics.count_macs(model, (1, 28, 28))
-    ranges = {n: m.a_scale.item() for n, m in prunable_layers(model).items()}
+    ranges = {n: m.a_scale.item() for n, m in weight_layers(model).items()}
     apply(model, ChannelPrune(criterion=Criterion.TAYLOR, target_macs=0.5, batches=2,
                               epochs=1), ctx)  # ctx.finetune_epochs = 0: no retraining after
-    assert not ctx.folded
+    assert not [e for e in ctx.edits if isinstance(e, NormFolded)]
     # the ranges were measured again, and the note is the recalibrated model's accuracy
-    assert any(m.a_scale.item() != ranges[n] for n, m in prunable_layers(model).items())
+    assert any(m.a_scale.item() != ranges[n] for n, m in weight_layers(model).items())
     assert ctx.notes["channels"]["val_after_recalibration"] == ctx.val_accuracy(model)
     apply(model, FoldBatchNorm(), ctx)
-    assert ctx.folded
+    assert [e for e in ctx.edits if isinstance(e, NormFolded)]
     assert metrics.count_macs(model, (1, 28, 28)) <= 0.5 * base
-    assert {n: m.weight_bits for n, m in prunable_layers(model).items()} == bits
+    assert {n: m.weight_bits for n, m in weight_layers(model).items()} == bits
     assert ctx.notes["channels"]["quantized"]
-    rebuilt = build_model(dataclasses.replace(spec, channel_plan=tuple(ctx.channel_plan),
-                                              folded=tuple(ctx.folded),
-                                              quantized=tuple(ctx.quantized)))
+    rebuilt = build_model(spec.with_edits(ctx.edits))
     rebuilt.load_state_dict(model.state_dict())
     assert torch.equal(_logits(rebuilt), _logits(model))
 
@@ -291,16 +298,15 @@ def test_batchnorms_kept_through_quantization_fold_later_without_moving_the_inte
         model.bn.running_var.uniform_(0.5, 2.0)
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, Quantize(calibration=128, fold=False, weight_bits=4), ctx)
-    assert isinstance(model.bn, torch.nn.BatchNorm2d) and ctx.folded == []
+    assert isinstance(model.bn, torch.nn.BatchNorm2d) and not spec_folds(ctx)
     codes = model.conv.codes()
     before = _logits(model)
     apply(model, FoldBatchNorm(), ctx)
-    assert isinstance(model.bn, torch.nn.Identity) and ctx.folded == [("conv", "bn")]
+    assert isinstance(model.bn, torch.nn.Identity) and spec_folds(ctx) == [NormFolded("conv", "bn")]
     sign = torch.tensor([1, -1, 0, 1]).view(-1, 1, 1, 1)
     assert torch.equal(model.conv.codes(), codes * sign)
     assert torch.allclose(_logits(model), before, atol=1e-4)
-    spec = ModelSpec(**{**CONVBN.__dict__, "folded": tuple(ctx.folded),
-                        "quantized": tuple(ctx.quantized)})
+    spec = CONVBN.with_edits(ctx.edits)
     encode_file(tmp_path / "f.cnz", round_for_storage(model), spec)
     decoded, _, _ = decode_file(tmp_path / "f.cnz", trust_code=True)
     assert torch.equal(_logits(model), _logits(decoded))
@@ -320,7 +326,7 @@ def test_a_fully_pruned_channel_survives_quantization_and_the_container(tmp_path
         model.get_submodule("features.0").weight[2].zero_()
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, Quantize(calibration=256), ctx)
-    spec = ModelSpec(**{**LENET.__dict__, "quantized": tuple(ctx.quantized)})
+    spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "z.cnz", round_for_storage(model), spec)
     decoded, _, _ = decode_file(tmp_path / "z.cnz")
     layer = decoded.get_submodule("features.0")

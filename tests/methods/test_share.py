@@ -5,7 +5,7 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.share import WeightSharing, scan_bits
-from cnnzip.modules import prunable_layers
+from cnnzip.modules import weight_layers
 from tests.helpers import tiny
 
 
@@ -32,10 +32,10 @@ def test_bits_scan_with_no_tolerance_keeps_the_configured_bits():
 
 def test_bits_scan_restores_the_weights_it_tries():
     model = tiny("mlp")
-    before = {n: l.weight.detach().clone() for n, l in prunable_layers(model).items()}
+    before = {n: l.weight.detach().clone() for n, l in weight_layers(model).items()}
     ctx = Context(synthetic_splits(), quiet=True)
-    scan_bits(model, prunable_layers(model), WeightSharing(fc_bits=4, bits_tolerance=0.0), ctx)
-    for name, layer in prunable_layers(model).items():
+    scan_bits(model, weight_layers(model), WeightSharing(fc_bits=4, bits_tolerance=0.0), ctx)
+    for name, layer in weight_layers(model).items():
         assert torch.equal(layer.weight, before[name])
 
 

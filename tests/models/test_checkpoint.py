@@ -3,7 +3,8 @@ import torch
 from safetensors.torch import save_file
 
 from cnnzip.errors import CheckpointError
-from cnnzip.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model
 
 
 def _saved(tmp_path):

@@ -1,4 +1,3 @@
-import dataclasses
 
 import pytest
 import torch
@@ -9,8 +8,10 @@ from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.share import WeightSharing
-from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
-from cnnzip.models.fold import fold_batchnorm, foldable_pairs
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
+from cnnzip.graph import foldable_pairs
+from cnnzip.surgery import NormFolded, fold_batchnorm
 from tests.helpers import tiny
 
 IN = (1, 28, 28)
@@ -74,8 +75,8 @@ def test_only_exact_folds_are_found_and_a_wrong_pair_is_a_clear_error():
     assert foldable_pairs(model) == []
     with pytest.raises(ModelError, match="cannot fold 'fc'"):
         fold_batchnorm(model, [("a", "fc")])
-    with pytest.raises(ModelError, match="folded BatchNorms do not fit"):
-        build_model(ModelSpec("lenet5", folded=(("features.0", "nope"),)))
+    with pytest.raises(ModelError, match="edit 1 .norm_folded. does not fit"):
+        build_model(ModelSpec("lenet5", edits=(NormFolded("features.0", "nope"),)))
 
 
 def test_fold_step_records_the_pairs_and_the_model_reloads(tmp_path):
@@ -83,8 +84,8 @@ def test_fold_step_records_the_pairs_and_the_model_reloads(tmp_path):
     model = _randomize_norms(build_model(spec))
     ctx = Context(synthetic_splits(), quiet=True)
     apply(model, FoldBatchNorm(), ctx)
-    assert len(ctx.folded) == 21
-    spec = dataclasses.replace(spec, folded=tuple(ctx.folded))
+    assert len(ctx.edits) == 21
+    spec = spec.with_edits(ctx.edits)
     path = save_checkpoint(tmp_path / "f.safetensors", model, spec)
     loaded = load_checkpoint(path).model.eval()
     x = torch.randn(2, *IN)

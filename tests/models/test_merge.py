@@ -1,5 +1,4 @@
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -12,11 +11,14 @@ from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.methods.prune import MagnitudePrune
-from cnnzip.models import ModelSpec, build_model, load_checkpoint, resolve_spec, save_checkpoint
-from cnnzip.models.linearize import Candidate, candidates, linearize
-from cnnzip.models.merge import find_merges, max_pools, merge_all, merge_layers, merge_max_pool
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
+from cnnzip.surgery.linearize import Candidate, candidates, linearize
+from cnnzip.surgery.merge import find_merges, max_pools, merge_all, merge_layers, merge_max_pool
 from cnnzip.modules import ConvMaxPool, FlatLinear, Linearizing
 from cnnzip.ops.compose import compose_conv
+from cnnzip.surgery import ModuleReplaced
+from cnnzip.surgery.spec import replay
 
 IN = (1, 28, 28)
 
@@ -51,8 +53,7 @@ def test_every_exact_merge_equals_the_unmerged_model(case):
                                          for n in merge.names[1:])
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
     rebuilt = copy.deepcopy(build())  # the replacements replay on a fresh model
-    from cnnzip.models.replace import replay
-    replay(rebuilt, log)
+    replay(rebuilt, log, IN)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt(x), before, rtol=1e-4, atol=1e-5)
 
@@ -115,7 +116,7 @@ def test_lenet5_candidates_and_their_merges():
     assert len(merges) == 4 and metrics.count_layers(model) == 3
     assert metrics.count_macs(model, IN) < metrics.count_macs(build_model(
         resolve_spec("lenet5", IN, 10)), IN) / 3
-    spec = dataclasses.replace(resolve_spec("lenet5", IN, 10), replaced=tuple(log))
+    spec = resolve_spec("lenet5", IN, 10).with_edits(log)
     rebuilt = build_model(spec)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt.eval()(x), model(x))
@@ -151,7 +152,7 @@ def _merged_lenet(tmp_path, epochs):
     config = MergeLayers(include=("features.2", "features.5", "classifier.3"),
                          exclude=("classifier.1",), samples=64)
     model = apply(model, config, ctx)
-    return model, dataclasses.replace(spec, replaced=tuple(ctx.replaced)), ctx
+    return model, spec.with_edits(ctx.edits), ctx
 
 
 def test_merge_step_makes_lenet5_shallower_and_the_model_reloads(tmp_path):
@@ -194,10 +195,10 @@ def test_merge_refuses_after_unstructured_pruning_and_bad_options():
 
 
 def test_a_spec_whose_replacements_do_not_fit_is_a_clear_error():
-    with pytest.raises(ModelError, match="merged layers do not fit"):
-        build_model(ModelSpec("lenet5", replaced=(("nope.3", {"type": "Identity"}),)))
+    with pytest.raises(ModelError, match="edit 1 .module_replaced. does not fit"):
+        build_model(ModelSpec("lenet5", edits=(ModuleReplaced("nope.3", {"type": "Identity"}),)))
     with pytest.raises(ModelError, match="malformed layer description"):
-        build_model(ModelSpec("lenet5", replaced=(("features.0", {"type": "Transformer"}),)))
+        build_model(ModelSpec("lenet5", edits=(ModuleReplaced("features.0", {"type": "Transformer"}),)))
 
 
 POOLED = {
@@ -226,8 +227,7 @@ def test_max_poolings_merge_exactly_and_replay(case):
     assert (metrics.count_macs(model, IN) > macs) == ("overlapping" in case)
     torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-5)
     rebuilt = POOLED[case]()
-    from cnnzip.models.replace import replay
-    replay(rebuilt, log)
+    replay(rebuilt, log, IN)
     rebuilt.load_state_dict(model.state_dict())
     torch.testing.assert_close(rebuilt(x), before, rtol=1e-5, atol=1e-5)
 
@@ -260,7 +260,7 @@ def test_merge_step_merges_max_pools_exactly_and_the_container_reloads(tmp_path)
     assert len(ctx.notes["merge"]["max_pools"]) == 2 and ctx.notes["merge"]["chosen"] == []
     torch.testing.assert_close(model.eval()(x), before, rtol=1e-5, atol=1e-5)
     model = apply(model, MagnitudePrune(sparsity=0.5), ctx)  # prunes the original kernels
-    spec = dataclasses.replace(spec, replaced=tuple(ctx.replaced))
+    spec = spec.with_edits(ctx.edits)
     encode_file(tmp_path / "m.cnz", model, spec)
     decoded, _, _ = decode_file(tmp_path / "m.cnz")
     torch.testing.assert_close(decoded(x), model.eval()(x), rtol=1e-2, atol=1e-2)

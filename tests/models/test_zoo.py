@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from cnnzip.errors import ModelError
-from cnnzip.models import ZOO, ModelSpec, build_model, resolve_spec
+from cnnzip.models import ZOO
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 
 
 @pytest.mark.parametrize("name", list(ZOO))

@@ -6,7 +6,7 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import Sharing, WeightSharing
 from cnnzip.metrics import count_macs, count_nonzero, count_params
-from cnnzip.modules import CodebookLayer, prunable_layers
+from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.train import TrainConfig, fit
 from tests.helpers import tiny
 
@@ -44,7 +44,7 @@ def test_masks_survive_finetuning():
     model = tiny("mlp")
     ctx = Context(splits, teacher=tiny("mlp", seed=5), quiet=True)
     apply(model, MagnitudePrune(sparsity=0.8, schedule=Schedule.AGP, epochs=2, rounds=3), ctx)
-    for name, layer in prunable_layers(model).items():
+    for name, layer in weight_layers(model).items():
         assert torch.equal(layer.weight != 0, ctx.masks[name])
         assert abs((layer.weight == 0).float().mean() - 0.8) < 0.01
 
@@ -55,9 +55,9 @@ def test_centroid_finetuning_keeps_the_number_of_distinct_values():
     ctx = Context(splits, finetune_epochs=0, quiet=True)
     apply(model, MagnitudePrune(sparsity=0.5, schedule=Schedule.ONE_SHOT), ctx)
     apply(model, WeightSharing(fc_bits=3), ctx)
-    before = {n: l.codebook.detach().clone() for n, l in prunable_layers(model).items()}
+    before = {n: l.codebook.detach().clone() for n, l in weight_layers(model).items()}
     fit(model, splits, TrainConfig(epochs=1, lr=0.01), quiet=True)
-    for name, layer in prunable_layers(model).items():
+    for name, layer in weight_layers(model).items():
         w = layer.weight.detach()
         assert len(torch.unique(w[w != 0])) <= 8
         assert not torch.equal(layer.codebook, before[name])  # the centroids did move
@@ -67,13 +67,13 @@ def test_product_quantization_blocks():
     model = tiny("mlp")
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, WeightSharing(method=Sharing.PQ, block=4, fc_bits=6), ctx)
-    layer = prunable_layers(model)["net.1"]
+    layer = weight_layers(model)["net.1"]
     assert layer.codebook.shape == (64, 4) and layer.codes.numel() == 784 * 16 // 4
     assert layer.bits == 1.5
 
 
 def test_materialize_computes_the_same():
-    from cnnzip.modules import materialize
+    from cnnzip.surgery import materialize
 
     model = tiny("convbn")
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)

@@ -19,11 +19,11 @@ from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest,
                               fail, guard, read_versioned, validate)
-from cnnzip.models.zoo import ModelSpec, SpecSchema, build_model
+from cnnzip.surgery import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-checkpoint"
-VERSION = 2  # version 2 added the checksum and the recorded validation split
-READS = (1, 2)
+VERSION = 3  # 2 added the checksum and the recorded validation split, 3 the ordered edits
+READS = (1, 2, 3)
 
 
 class CheckpointHeader(BaseModel):

@@ -1,9 +1,5 @@
-"""Module replacements: the record that rebuilds a merged architecture.
-
-Every structural change layer merging makes is "put this module under that name", recorded as
-``(name, description)``; ``ModelSpec.replaced`` replays them on a freshly built model, so a
-merged model saves and reloads without pickle.
-"""
+"""Putting a module under a name: the one ``set_module``, and the JSON descriptions that let a
+:class:`~cnnzip.surgery.edits.ModuleReplaced` edit rebuild a merged layer without pickle."""
 
 from __future__ import annotations
 
@@ -14,10 +10,19 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.integrity import MAX_PARAMS
-from cnnzip.models.edit import set_module
 from cnnzip.modules.merged import ConvMaxPool, FlatLinear
+from cnnzip.surgery.edits import Edit, ModuleReplaced
 
-Replacement = tuple[str, dict[str, Any]]
+
+def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` in ``model`` under the qualified ``name`` (every change to a model's
+    module tree goes through here)."""
+    parent, _, attr = name.rpartition(".")
+    try:
+        owner = model.get_submodule(parent) if parent else model
+    except AttributeError:
+        raise ModelError(f"the model has no module {parent!r} (to hold {name!r})") from None
+    setattr(owner, attr, module)
 
 
 def pair(value: Any) -> tuple[int, int]:
@@ -125,13 +130,7 @@ def construct(desc: dict[str, Any]) -> nn.Module:
         raise ModelError(f"malformed layer description {text} ({exc})") from None
 
 
-def replace(model: nn.Module, name: str, module: nn.Module, log: list[Replacement]) -> None:
-    """Put ``module`` under ``name`` and record it in ``log``."""
+def replace(model: nn.Module, name: str, module: nn.Module, log: list[Edit]) -> None:
+    """Put ``module`` under ``name`` and append its :class:`ModuleReplaced` edit to ``log``."""
     set_module(model, name, module)
-    log.append((name, describe(module)))
-
-
-def replay(model: nn.Module, replaced: tuple[Replacement, ...] | list[Replacement]) -> None:
-    """Apply recorded replacements to a freshly built model (structure only)."""
-    for name, desc in replaced:
-        set_module(model, name, construct(desc))
+    log.append(ModuleReplaced(name, describe(module)))

@@ -6,83 +6,29 @@ flatten and a linear layer) become one layer; the second becomes an identity. A 
 (with the activation before it) merges into the convolution before it on request
 (:func:`merge_max_pool`, a polyphase convolution). Each merge is
 checked against the unmerged model's output. Every structural change goes through
-:func:`cnnzip.models.replace.replace`, so ``ModelSpec.replaced`` rebuilds a merged
-architecture. The candidates for merging (nonlinearities, residual blocks) are in
-:mod:`cnnzip.models.linearize`.
+:func:`cnnzip.surgery.replace.replace`, which logs a ``ModuleReplaced`` edit, so the spec rebuilds
+a merged architecture. The candidates for merging (nonlinearities, residual blocks) are in
+:mod:`cnnzip.surgery.linearize`.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.fx
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.graph import TracedGraph, trace_graph
+from cnnzip.graph import shape_of as _shape
 from cnnzip.metrics import layer_macs
-from cnnzip.models.edit import symbolic
-from cnnzip.models.replace import Replacement, pair, replace
 from cnnzip.modules.merged import ConvMaxPool, FlatLinear
 from cnnzip.ops.compose import average_kernel, compose_conv, compose_linear
-
-# --- the traced graph ---------------------------------------------------------------------------
-
-@dataclass
-class TracedGraph:
-    graph: torch.fx.Graph
-    modules: dict[str, nn.Module]
-    calls: dict[str, int]
-
-    def module(self, node: Any) -> nn.Module | None:
-        if isinstance(node, torch.fx.Node) and node.op == "call_module":
-            return self.modules[node.target]
-        return None
-
-    def once(self, node: torch.fx.Node) -> bool:
-        """Called once in the graph, and its output read by one node."""
-        return self.calls.get(node.target, 0) == 1 and len(node.users) == 1
-
-    def next(self, node: torch.fx.Node) -> torch.fx.Node | None:
-        """The one node reading ``node`` (through identities), or None."""
-        while len(node.users) == 1:
-            (user,) = node.users
-            if not isinstance(self.module(user), nn.Identity):
-                return user
-            node = user
-        return None
-
-    def prev(self, node: torch.fx.Node) -> torch.fx.Node | None:
-        """The node ``node`` reads (through identities) when that is its only reader."""
-        src = node.args[0] if node.args else None
-        while isinstance(self.module(src), nn.Identity) and len(src.users) == 1:
-            src = src.args[0]
-        return src if isinstance(src, torch.fx.Node) and len(src.users) == 1 else None
-
-
-def trace_graph(model: nn.Module, in_shape: tuple[int, ...], purpose: str) -> TracedGraph:
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    gm = symbolic(model, purpose)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(1, *in_shape))
-    finally:
-        model.train(was_training)
-    calls: dict[str, int] = {}
-    for node in gm.graph.nodes:
-        if node.op == "call_module":
-            calls[node.target] = calls.get(node.target, 0) + 1
-    return TracedGraph(gm.graph, dict(model.named_modules()), calls)
-
-
-def _shape(node: torch.fx.Node) -> tuple[int, ...]:
-    return tuple(node.meta["tensor_meta"].shape)
-
+from cnnzip.surgery.edits import Edit
+from cnnzip.surgery.replace import pair, replace
 
 # --- exact merges -------------------------------------------------------------------------------
 
@@ -246,14 +192,14 @@ def _check(before: torch.Tensor, model: nn.Module, x: torch.Tensor, what: str) -
     return after
 
 
-def _apply(model: nn.Module, merge: Merge, log: list[Replacement]) -> None:
+def _apply(model: nn.Module, merge: Merge, log: list[Edit]) -> None:
     replace(model, merge.names[0], merge.module, log)
     for other in merge.names[1:]:
         replace(model, other, nn.Identity(), log)
 
 
 def merge_layers(model: nn.Module, first: str, in_shape: tuple[int, ...],
-                 log: list[Replacement] | None = None) -> Merge:
+                 log: list[Edit] | None = None) -> Merge:
     """Merge module ``first`` with the layer that reads its output, exactly.
 
     Raises:
@@ -264,7 +210,7 @@ def merge_layers(model: nn.Module, first: str, in_shape: tuple[int, ...],
 
 
 def merge_max_pool(model: nn.Module, pool: str, in_shape: tuple[int, ...],
-                   log: list[Replacement] | None = None) -> Merge:
+                   log: list[Edit] | None = None) -> Merge:
     """Merge the max pooling ``pool`` (and a ReLU, ReLU6 or leaky ReLU before it) into the
     convolution it pools, exactly, as a :class:`ConvMaxPool`.
 
@@ -283,7 +229,7 @@ def max_pools(model: nn.Module, in_shape: tuple[int, ...]) -> list[str]:
 
 
 def _merge_at(model: nn.Module, name: str, in_shape: tuple[int, ...],
-              log: list[Replacement] | None,
+              log: list[Edit] | None,
               planner: Callable[[TracedGraph, torch.fx.Node], Merge | str]) -> Merge:
     g = trace_graph(model, in_shape, "to merge layers")
     nodes = [n for n in g.graph.nodes if n.op == "call_module" and n.target == name]
@@ -311,7 +257,7 @@ def find_merges(model: nn.Module, in_shape: tuple[int, ...], *,
             and (not only_smaller or p.macs_after <= p.macs_before)]
 
 
-def merge_all(model: nn.Module, in_shape: tuple[int, ...], log: list[Replacement], *,
+def merge_all(model: nn.Module, in_shape: tuple[int, ...], log: list[Edit], *,
               only_smaller: bool = True) -> list[Merge]:
     """Merge until nothing merges (chains merge pair by pair), checking each merge against the
     previous output; returns the merges in order."""

@@ -6,18 +6,16 @@ that can be skipped; and their replacement by linear counterparts, at once or gr
 from __future__ import annotations
 
 import copy
-import operator
 from dataclasses import dataclass
-from typing import Any
 
-import torch
-import torch.fx
 from torch import nn
 
-from cnnzip.models.edit import set_module
-from cnnzip.models.merge import MONOTONE, find_merges, trace_graph
-from cnnzip.models.replace import Replacement, pair, replace
+from cnnzip.graph import is_residual, same_shape_modules, trace_graph
+from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.merged import Linearizing
+from cnnzip.surgery.edits import Edit
+from cnnzip.surgery.merge import MONOTONE, find_merges
+from cnnzip.surgery.replace import pair, replace, set_module
 
 ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Hardswish,
                nn.Tanh, nn.Sigmoid)
@@ -40,51 +38,7 @@ class Candidate:
     swap: str | None = None
 
 
-def _is_residual(module: nn.Module) -> bool:
-    """Whether ``module``'s forward adds its own input to something (through identities)."""
-    try:
-        graph = torch.fx.symbolic_trace(module).graph
-    except Exception:  # not traceable alone: not a candidate
-        return False
-    modules = dict(module.named_modules())
-    inputs = [n for n in graph.nodes if n.op == "placeholder"]
-    if len(inputs) != 1:
-        return False
-
-    def source(arg: Any) -> Any:
-        while isinstance(arg, torch.fx.Node) and arg.op == "call_module" \
-                and isinstance(modules.get(arg.target), nn.Identity):
-            arg = arg.args[0]
-        return arg
-
-    adds = [n for n in graph.nodes
-            if (n.op == "call_function" and n.target in (operator.add, torch.add))
-            or (n.op == "call_method" and n.target in ("add", "add_"))]
-    return any(source(a) is inputs[0] for n in adds for a in n.args)
-
-
-def _same_shape_modules(model: nn.Module, in_shape: tuple[int, ...]) -> set[str]:
-    """Modules called exactly once whose output has its input's shape."""
-    seen: dict[str, list[bool]] = {}
-    handles = []
-    for name, m in model.named_modules():
-        if name:
-            def hook(_m: nn.Module, args: Any, out: Any, name: str = name) -> None:
-                same = bool(args) and isinstance(out, torch.Tensor) \
-                    and isinstance(args[0], torch.Tensor) and args[0].shape == out.shape
-                seen.setdefault(name, []).append(same)
-            handles.append(m.register_forward_hook(hook))
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *in_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return {name for name, calls in seen.items() if calls == [True]}
-
-
-def linearize(model: nn.Module, cand: Candidate, log: list[Replacement], *,
+def linearize(model: nn.Module, cand: Candidate, log: list[Edit], *,
               gradual: bool = False) -> None:
     """Replace a candidate by its linear counterpart, or (``gradual``) by a
     :class:`Linearizing` blend that :func:`finish_linearizing` settles later."""
@@ -107,7 +61,7 @@ def linearize(model: nn.Module, cand: Candidate, log: list[Replacement], *,
         replace(model, target, linear, log)
 
 
-def finish_linearizing(model: nn.Module, log: list[Replacement]) -> None:
+def finish_linearizing(model: nn.Module, log: list[Edit]) -> None:
     """Replace every :class:`Linearizing` by its linear counterpart (exact once t = 1)."""
     for name, m in list(model.named_modules()):
         if isinstance(m, Linearizing):
@@ -140,11 +94,10 @@ def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candid
         gained = len(find_merges(trial, in_shape)) - base
         if gained > 0:  # an activation's merges each remove a layer; a pool's, only the pool
             found.append((cand, gained if cand.kind == "activation" else 0))
-    same = _same_shape_modules(model, in_shape)
-    weight_layers = (nn.Conv2d, nn.Linear)
+    same = same_shape_modules(model, in_shape)
     for name, m in model.named_modules():
-        if name in same and not isinstance(m, weight_layers) \
-                and any(isinstance(x, weight_layers) for x in m.modules()) and _is_residual(m):
+        if name in same and not isinstance(m, WEIGHT_LAYERS) \
+                and any(isinstance(x, WEIGHT_LAYERS) for x in m.modules()) and is_residual(m):
             found.append((Candidate("block", name),
-                          sum(isinstance(x, weight_layers) for x in m.modules())))
+                          sum(isinstance(x, WEIGHT_LAYERS) for x in m.modules())))
     return found

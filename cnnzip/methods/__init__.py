@@ -1,0 +1,9 @@
+"""One file per method: a frozen config dataclass and its registered step; ``base`` holds what
+they share (the context, the registry, fine-tuning), ``allocation`` and ``calibration`` helpers
+that more than one method uses. A method never imports another method."""
+
+from cnnzip.methods.base import STEPS, Context, Step, apply, step_of
+from cnnzip.methods import prune, channel, merge, share, quant  # they register, in this order
+
+__all__ = ["Context", "STEPS", "Step", "apply", "channel", "merge", "prune", "quant", "share",
+           "step_of"]

@@ -1,0 +1,132 @@
+"""Stage files: after each recipe step, ``compress`` saves the model, its spec and what later
+steps need under ``OUT/stages/``, so that ``--resume`` after a kill continues from the last
+step saved and writes the same bytes as an uninterrupted run.
+
+A stage file is a safetensors file like a checkpoint: the model's state and the pruning masks
+as tensors, one JSON document (the spec, the run's fingerprint, the steps' notes and stage
+figures, the context's typed values) and one SHA-256 over both. It is read with every check a
+checkpoint gets; a file of another run (another model file, recipe, seed, dataset or
+options) is refused by its fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from cnnzip.errors import CnnzipError, ModelError
+from cnnzip.fileio import atomic_path
+from cnnzip.integrity import CHECKSUM, check_finite, digest, fail, guard, read_versioned
+from cnnzip.modules import CodebookLayer
+from cnnzip.surgery import ModelSpec, build_model
+
+FORMAT = "cnnzip-stage"
+VERSION = 1
+
+
+def fingerprint(**inputs: Any) -> str:
+    """A SHA-256 of everything that decides a run's result (``repr`` of each input)."""
+    return hashlib.sha256(repr(sorted(inputs.items())).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Saved:
+    """A run as a stage file left it."""
+
+    step: int  # index of the last step done (0-based)
+    model: nn.Module
+    spec: ModelSpec
+    masks: dict[str, torch.Tensor]
+    values: dict[str, Any]  # the context's typed values and notes, the stage records
+
+
+def _path(directory: Path, step: int, kind: str) -> Path:
+    return directory / f"{step + 1:02d}-{kind}.safetensors"
+
+
+def save(directory: Path, step: int, kind: str, model: nn.Module, spec: ModelSpec,
+         masks: dict[str, torch.Tensor], values: dict[str, Any], run: str) -> Path:
+    """Write step ``step``'s stage file (atomically) and remove those of later steps."""
+    tensors = {f"model/{k}": v.detach().contiguous().clone()
+               for k, v in model.state_dict().items()}
+    tensors.update({f"mask/{k}": v.detach().contiguous().clone() for k, v in masks.items()})
+    meta = json.loads(json.dumps({"version": VERSION, "run": run, "step": step, "kind": kind,
+                                  "model": spec.to_dict(), "values": values}, allow_nan=False))
+    meta[CHECKSUM] = digest(meta, tensors)
+    path = _path(directory, step, kind)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta, separators=(",", ":"))})
+    for later in directory.glob("*.safetensors"):
+        if later.name[:2].isdigit() and int(later.name[:2]) > step + 1:
+            later.unlink()
+    return path
+
+
+def clear(directory: Path) -> None:
+    """Remove every stage file (a fresh run)."""
+    for path in directory.glob("[0-9][0-9]-*.safetensors"):
+        path.unlink()
+
+
+def latest(directory: Path, kinds: list[str], run: str, *, trust_code: bool) -> Saved | None:
+    """The last stage file of this run, ``kinds`` being its recipe's steps; None when there is
+    none.
+
+    Raises:
+        CnnzipError: a stage file of another run, or a damaged one.
+    """
+    found = sorted(directory.glob("[0-9][0-9]-*.safetensors")) if directory.is_dir() else []
+    if not found:
+        return None
+    path = found[-1]
+    raw, _ = read_versioned(path, FORMAT, "cnnzip stage file", reads=(VERSION,),
+                            checksum_since=VERSION)
+    meta = raw.meta
+    if meta.get("run") != run:
+        raise CnnzipError(f"{path}: saved by a run with another model file, recipe, seed, "
+                          "dataset or options; remove the stages folder or drop --resume")
+    step = meta.get("step")
+    if type(step) is not int or not 0 <= step < len(kinds) or meta.get("kind") != kinds[step] \
+            or path != _path(directory, step, kinds[step]):
+        raise fail(path, f"step {step!r} ({meta.get('kind')!r}) is not a step of this recipe")
+    try:
+        spec = ModelSpec.from_dict(meta["model"])
+        model = build_model(spec, trust_code=trust_code)
+    except (ModelError, KeyError, TypeError) as exc:
+        raise fail(path, f"cannot rebuild the model ({exc})") from None
+    state = {k[6:]: v for k, v in raw.tensors.items() if k.startswith("model/")}
+    masks = {k[5:]: v for k, v in raw.tensors.items() if k.startswith("mask/")}
+    check_finite(path, state)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise fail(path, f"the weights do not fit the architecture "
+                         f"({str(exc).splitlines()[0]})") from None
+    modules = dict(model.named_modules())
+    for name, mask in masks.items():
+        weight = getattr(modules.get(name), "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.shape != mask.shape:
+            raise fail(path, f"mask {name!r} fits no layer of the model")
+    with guard(path, "loading the stage's weights"):
+        for module in model.modules():
+            if isinstance(module, CodebookLayer):  # derived from the codes just loaded
+                module.assign(module.positions, module.codebook.data, module.codes)
+    values = meta.get("values")
+    if not isinstance(values, dict):
+        raise fail(path, "no values recorded")
+    return Saved(step, model.eval(), spec, masks, values)
