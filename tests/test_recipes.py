@@ -72,10 +72,31 @@ def test_every_step_option_is_documented_and_docs_recipes_md_is_current():
     from cnnzip.recipes import STEPS
     from cnnzip.recipes.docs import options, recipes_markdown
 
-    for name, config_type in STEPS.items():
-        documented = options(config_type)
-        for field in dataclasses.fields(config_type):
+    for name, step in STEPS.items():
+        documented = options(step.config)
+        for field in dataclasses.fields(step.config):
             assert documented.get(field.name), f"{name}.{field.name} has no docstring entry"
     page = Path(__file__).parent.parent / "docs" / "recipes.md"
     assert page.read_text() == recipes_markdown(), \
         "docs/recipes.md is stale: python -m cnnzip.recipes.docs > docs/recipes.md"
+
+
+@pytest.mark.parametrize("steps,message", [
+    (["share", "quantize"], r"step 2 \(quantize\) comes after step 1 \(share\)"),
+    (["quantize", "share"], r"step 2 \(share\) comes after step 1 \(quantize\)"),
+    (["prune", "fold", "channels"], r"step 3 \(channels\) comes after step 1 \(prune\)"),
+    (["quantize", "merge"], "merge layers before quantization"),
+])
+def test_steps_out_of_order_are_refused_when_the_recipe_is_read(steps, message):
+    from cnnzip.recipes import parse_recipe
+
+    with pytest.raises(CnnzipError, match=message):
+        parse_recipe({"steps": [{kind: {}} for kind in steps]}, "r.yaml")
+
+
+def test_channels_may_follow_merging_now_that_edits_replay_in_order():
+    from cnnzip.recipes import parse_recipe
+
+    recipe = parse_recipe({"steps": [{"merge": {}}, {"channels": {"target_macs": 0.5}}]},
+                          "r.yaml")
+    assert [kind for kind, _ in recipe.steps] == ["merge", "channels"]

@@ -249,8 +249,7 @@ def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
 
 @register("channels", ChannelPrune, realized=True,
           after=(("prune", "prune channels before unstructured pruning"),
-                 ("share", "prune channels before weight sharing"),
-                 ("merge", "prune channels before merging layers")))
+                 ("share", "prune channels before weight sharing")))
 def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Module:
     if ctx.masks:
         raise CnnzipError("channels: structured pruning must come before unstructured pruning "

@@ -14,6 +14,7 @@ import re
 import sys
 from typing import Any
 
+from cnnzip.methods import Step
 from cnnzip.recipes import BUILTIN, STEPS, builtin_names
 
 _OPTION = re.compile(r"^(\w+): (.*)$")
@@ -71,10 +72,14 @@ def _choices(field: dataclasses.Field) -> str:
     return ""
 
 
-def step_section(name: str, config_type: type) -> list[str]:
+def step_section(step: Step) -> list[str]:
+    name, config_type = step.name, step.config
     summary = (inspect.getdoc(config_type) or "").split("\n\n")[0].replace("\n", " ")
     meanings = options(config_type)
     lines = [f"### `{name}`", "", summary, ""]
+    if step.after:
+        rules = "; ".join(f"not after `{earlier}` ({why})" for earlier, why in step.after)
+        lines += [f"In a recipe: {rules}.", ""]
     fields = dataclasses.fields(config_type)
     if fields:
         lines += ["| option | default | meaning |", "|---|---|---|"]
@@ -103,9 +108,8 @@ def recipes_markdown() -> str:
              "errors that name the file, the step and the option. `cnnzip compress --set "
              "STEP.OPTION=VALUE` changes one option of a recipe from the command line.", "",
              "## Steps", ""]
-    for name, step in STEPS.items():
-        config_type = step.config
-        lines += step_section(name, config_type)
+    for step in STEPS.values():
+        lines += step_section(step)
     lines += ["## Built-in recipes", ""]
     for name in builtin_names():
         lines += recipe_section(name)

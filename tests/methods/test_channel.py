@@ -10,9 +10,10 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats,
                                     group_scores, sensitivity_keys)
 from cnnzip.codec import load_checkpoint, save_checkpoint
-from cnnzip.surgery import ModelSpec, build_model, resolve_spec
-from cnnzip.surgery import remove_channels, silence_channels
-from cnnzip.surgery import ChannelsRemoved
+from cnnzip.methods.merge import MergeLayers
+from cnnzip.modules import ConvMaxPool
+from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,
+                            remove_channels, resolve_spec, silence_channels)
 from tests.helpers import TINY_ZOO, tiny
 
 IN = (1, 28, 28)
@@ -110,6 +111,23 @@ def test_a_plan_that_does_not_fit_is_a_clear_error():
     spec = ModelSpec("lenet5", edits=(ChannelsRemoved((("features.0", (0, 99)),)),))
     with pytest.raises(ModelError, match="channels_removed.*does not fit"):
         build_model(spec)
+
+
+def test_channels_prune_after_layer_merging_and_the_record_rebuilds_it():
+    spec = resolve_spec("lenet5", (1, 28, 28), 10)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, MergeLayers(max_pools=True, activations=False, blocks=False, epochs=0), ctx)
+    macs = metrics.count_macs(model, (1, 28, 28))
+    apply(model, ChannelPrune(target_macs=0.5, epochs=0), ctx)
+    assert metrics.count_macs(model, (1, 28, 28)) <= 0.5 * macs + 1
+    assert isinstance(model.features[0], ConvMaxPool)
+    assert [type(e) for e in ctx.edits[-2:]] == [ModuleReplaced, ChannelsRemoved]
+    rebuilt = build_model(spec.with_edits(ctx.edits))  # replayed in the order they happened
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(4, 1, 28, 28)
+    assert torch.equal(rebuilt.eval()(x), model.eval()(x))
 
 
 def test_user_models_prune_too():

@@ -1,0 +1,92 @@
+"""Resuming: a run killed after any step and resumed writes the uninterrupted run's bytes."""
+
+import hashlib
+import json
+
+import pytest
+
+from cnnzip import pipeline, stages
+from cnnzip.api import train_baseline
+from cnnzip.errors import CnnzipError
+from cnnzip.pipeline import compress
+from cnnzip.train import TrainConfig
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no handler catches it."""
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _figures(report):
+    """Everything but the timings."""
+    text = json.dumps(report, sort_keys=True)
+    out = json.loads(text)
+    for stage in out["stages"]:
+        stage.pop("seconds")
+    return out
+
+
+CASES = {
+    # merge (max poolings, folds) → sensitivity → prune → share: every kind of simulated state
+    "prune-merge-exact": ("lenet5", None, ["prune.epochs=2", "share.epochs=1"]),
+    # quantize → channels removed from the quantized model → fold into quantized layers
+    "quant-prune": ("resnet20", 0.25, ["quantize.budget_bits=null", "quantize.epochs=1",
+                                       "channels.epochs=1"]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", list(CASES))
+def test_a_run_killed_after_any_step_resumes_to_the_same_bytes(tmp_path, monkeypatch, recipe):
+    model, width, overrides = CASES[recipe]
+    path = tmp_path / "m.safetensors"
+    train_baseline(model, "synthetic", path, width=width, config=TrainConfig(epochs=1),
+                   quiet=True)
+    run = dict(overrides=tuple(overrides), quiet=True, stage_bench=False)
+    whole = compress(path, recipe, tmp_path / "whole", **run)
+    expected = _sha(tmp_path / "whole" / "model.cnz")
+    steps = len(list((tmp_path / "whole" / "stages").iterdir()))
+    assert steps == len(whole["notes"]) >= 3
+    save, apply = stages.save, pipeline.apply
+    for killed_after in range(steps):
+        out = tmp_path / f"killed-{killed_after}"
+
+        def dies(directory, step, *args, **kwargs):
+            written = save(directory, step, *args, **kwargs)
+            if step == killed_after:
+                raise Killed
+            return written
+
+        monkeypatch.setattr(stages, "save", dies)
+        with pytest.raises(Killed):
+            compress(path, recipe, out, **run)
+        monkeypatch.setattr(stages, "save", save)
+        assert not (out / "model.cnz").exists()
+        applied = []
+        monkeypatch.setattr(pipeline, "apply",
+                            lambda m, c, ctx: applied.append(c) or apply(m, c, ctx))
+        resumed = compress(path, recipe, out, resume=True, **run)
+        monkeypatch.setattr(pipeline, "apply", apply)
+        assert len(applied) == steps - killed_after - 1  # only the steps not saved ran again
+        assert _sha(out / "model.cnz") == expected, f"killed after step {killed_after + 1}"
+        assert _figures(resumed) == _figures(whole)
+
+
+def test_resuming_refuses_the_stages_of_another_run(tmp_path):
+    path = tmp_path / "m.safetensors"
+    train_baseline("lenet300", "synthetic", path, config=TrainConfig(epochs=0), quiet=True)
+    compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, quiet=True,
+             stage_bench=False)
+    with pytest.raises(CnnzipError, match="another model file, recipe, seed"):
+        compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, seed=1,
+                 quiet=True, stage_bench=False, resume=True)
+    damaged = sorted((tmp_path / "out" / "stages").iterdir())[-1]
+    data = bytearray(damaged.read_bytes())
+    data[-1] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(CnnzipError, match="checksum"):
+        compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, quiet=True,
+                 stage_bench=False, resume=True)
