@@ -21,6 +21,7 @@ bit, so accuracy from the file equals accuracy in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import zlib
@@ -45,7 +46,7 @@ from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
 from cnnzip.ops.quant import pack, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
-from cnnzip.surgery import ModelSpec, build_model, share_layer
+from cnnzip.surgery import ModelSpec, WeightsShared, build_model, share_layer
 
 _SKIP = ("num_batches_tracked",)
 
@@ -129,7 +130,7 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     # One metadata key: safetensors keeps metadata in a hash map, so several keys would be
     # written in varying order and the same model would not give the same bytes.
     header = json.loads(json.dumps({
-        "version": VERSION, "model": spec.to_dict(), "input": input or {},
+        "version": VERSION, "model": _without_sharing(spec).to_dict(), "input": input or {},
         "layers": [list(asdict(r).values()) for r in records],
         "quant": [list(asdict(r).values()) for r in quant],
         "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}, allow_nan=False))
@@ -138,6 +139,15 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
     return records
+
+
+def _without_sharing(spec: ModelSpec) -> ModelSpec:
+    """The spec without its last edits when they share weights: each shared layer's record
+    (name, shape, nnz, k, d) holds the same facts, and decoding restores them."""
+    edits = list(spec.edits)
+    while edits and isinstance(edits[-1], WeightsShared):
+        edits.pop()
+    return dataclasses.replace(spec, edits=tuple(edits))
 
 
 def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
@@ -229,7 +239,8 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
     except ModelError as exc:
         raise fail(path, str(exc)) from None
     with guard(path, "decoding layers"):
-        _decode_into(path, model, raw.tensors, records, quant, header.dense)
+        shared = _decode_into(path, model, raw.tensors, records, quant, header.dense)
+    spec = spec.with_edits(shared)
     check_finite(path, dict(model.state_dict()))
     _check_ranges(path, model)
     check_runs(path, model, spec.in_shape, spec.num_classes)
@@ -238,8 +249,11 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
 
 def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
                  records: list[LayerRecord], quant: list[QuantRecord],
-                 dense: DenseRecord) -> None:
+                 dense: DenseRecord) -> list[WeightsShared]:
+    """Fill ``model`` from the file's payloads; returns the sharing edits the records stand
+    for (those the architecture did not replay already)."""
     modules = dict(model.named_modules())
+    restored = []
     shared = {n: m for n, m in modules.items() if isinstance(m, CodebookLayer)}
     if shared and set(shared) != {r.name for r in records}:  # containers from version 4 on
         raise fail(path, "the shared layers do not match the model's architecture")
@@ -260,7 +274,9 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
             raise fail(path, f"layer {record.name!r} shape {record.shape} does not fit model")
         payload = tensor_bytes(tensors[f"w:{record.name}"])
         positions, book, codes = _decode_layer(path, record, payload)
-        share_layer(model, record.name, positions, book, codes)
+        edit = share_layer(model, record.name, positions, book, codes)
+        if not isinstance(layer, CodebookLayer):
+            restored.append(edit)
     quantized = {n: m for n, m in model.named_modules() if isinstance(m, QuantLayer)}
     if {r.name for r in quant} != set(quantized):
         raise fail(path, "the quantized layers do not match the model's architecture")
@@ -285,6 +301,7 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
         state[key] = flat[offset:offset + n].float().view(tuple(shape))
         offset += n
     model.load_state_dict(state, strict=False)
+    return restored
 
 
 def stream_report(model: nn.Module, records: list[LayerRecord]) -> list[dict[str, Any]]:

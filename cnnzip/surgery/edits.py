@@ -9,10 +9,11 @@ are the file's tensors.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from dataclasses import astuple, dataclass
+from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import (Field, StrictBool, StrictInt, StringConstraints, TypeAdapter,
+                      ValidationError)
 
 Name = Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9_.]*$")]
 Index = Annotated[StrictInt, Field(ge=0, le=1 << 20)]
@@ -75,64 +76,64 @@ class WeightsShared:
 
 
 Edit = Union[ChannelsRemoved, NormFolded, ModuleReplaced, LayerQuantized, WeightsShared]
-EDITS: dict[str, type] = {t.op: t for t in (ChannelsRemoved, NormFolded, ModuleReplaced,
-                                             LayerQuantized, WeightsShared)}
+
+# An edit's fields as a file stores them (positional, in field order), checked before use.
+_ITEM: dict[type, TypeAdapter] = {
+    ChannelsRemoved: TypeAdapter(tuple[Annotated[list[tuple[Name, Annotated[
+        list[Index], Field(min_length=1, max_length=1 << 16)]]], Field(min_length=1,
+                                                                       max_length=MAX_EDITS)]]),
+    NormFolded: TypeAdapter(tuple[Name, Name]),
+    ModuleReplaced: TypeAdapter(tuple[Name, dict[str, Any]]),
+    LayerQuantized: TypeAdapter(tuple[Name, Annotated[StrictInt, Field(ge=1, le=16)], Bits,
+                                      StrictBool, Bits]),
+    WeightsShared: TypeAdapter(tuple[Name, Annotated[StrictInt, Field(ge=1, le=1 << 16)],
+                                     Annotated[StrictInt, Field(ge=1, le=64)],
+                                     Annotated[StrictInt, Field(ge=0, le=200_000_000)]]),
+}
+EDITS: dict[str, type] = {t.op: t for t in _ITEM}
 
 
-def to_json(edit: Edit) -> dict[str, Any]:
-    """The edit as a JSON object, its kind under ``op``."""
-    return {"op": edit.op, **asdict(edit)}
+def to_json(edits: tuple[Edit, ...] | list[Edit]) -> list[list[Any]]:
+    """The edits as JSON: runs of edits of one kind grouped as ``[op, fields, fields, ...]``
+    (each edit's fields positional, in order), so a long record costs little more than its
+    names and numbers."""
+    groups: list[list[Any]] = []
+    for edit in edits:
+        fields = list(astuple(edit))
+        if groups and groups[-1][0] == edit.op:
+            groups[-1].append(fields)
+        else:
+            groups.append([edit.op, fields])
+    return groups
 
 
-class _Schema(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def from_json(groups: Any) -> tuple[Edit, ...]:
+    """The edits a :func:`to_json` record describes, every field checked.
 
-
-class ChannelsRemovedSchema(_Schema):
-    op: Literal["channels_removed"]
-    removed: list[tuple[Name, Annotated[list[Index], Field(min_length=1, max_length=1 << 16)]]] \
-        = Field(min_length=1, max_length=MAX_EDITS)
-
-
-class NormFoldedSchema(_Schema):
-    op: Literal["norm_folded"]
-    layer: Name
-    norm: Name
-
-
-class ModuleReplacedSchema(_Schema):
-    op: Literal["module_replaced"]
-    name: Name
-    module: dict[str, Any]
-
-
-class LayerQuantizedSchema(_Schema):
-    op: Literal["layer_quantized"]
-    name: Name
-    weight_bits: Annotated[StrictInt, Field(ge=1, le=16)]
-    act_bits: Bits
-    per_channel: StrictBool
-    out_bits: Bits
-
-
-class WeightsSharedSchema(_Schema):
-    op: Literal["weights_shared"]
-    name: Name
-    k: Annotated[StrictInt, Field(ge=1, le=1 << 16)]
-    d: Annotated[StrictInt, Field(ge=1, le=64)]
-    nnz: Annotated[StrictInt, Field(ge=0, le=200_000_000)]
-
-
-EditSchema = Annotated[Union[ChannelsRemovedSchema, NormFoldedSchema, ModuleReplacedSchema,
-                             LayerQuantizedSchema, WeightsSharedSchema], Field(discriminator="op")]
-
-
-def from_schema(s: BaseModel) -> Edit:
-    """The edit a validated schema object describes."""
-    fields = s.model_dump()
-    kind = EDITS[fields.pop("op")]
-    if kind is ChannelsRemoved:
-        fields["removed"] = tuple((root, tuple(idxs)) for root, idxs in fields["removed"])
-    if kind is ModuleReplaced:
-        fields["module"] = s.module  # as read (the description is checked when it is built)
-    return kind(**fields)
+    Raises:
+        ValueError: a record that is not a list of ``[op, fields, ...]`` groups of known kinds
+            with valid fields, or one of more than ``MAX_EDITS`` edits.
+    """
+    if not isinstance(groups, list):
+        raise ValueError("edits must be a list of [op, fields, ...] groups")
+    edits: list[Edit] = []
+    for g, group in enumerate(groups, 1):
+        if not isinstance(group, list) or len(group) < 2 or group[0] not in EDITS:
+            raise ValueError(f"edit group {g} is not [op, fields, ...] with op one of "
+                             f"{', '.join(EDITS)}")
+        kind = EDITS[group[0]]
+        if len(edits) + len(group) - 1 > MAX_EDITS:
+            raise ValueError(f"more than {MAX_EDITS:,} edits")
+        for k, fields in enumerate(group[1:], 1):
+            try:
+                values = _ITEM[kind].validate_python(fields, strict=False)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(map(str, err["loc"]))
+                raise ValueError(f"edit group {g} ({group[0]}), edit {k}: "
+                                 f"{'field ' + where + ': ' if where else ''}{err['msg']}") \
+                    from None
+            if kind is ChannelsRemoved:
+                values = (tuple((root, tuple(idxs)) for root, idxs in values[0]),)
+            edits.append(kind(*values))
+    return tuple(edits)

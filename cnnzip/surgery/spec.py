@@ -36,7 +36,7 @@ class SpecSchema(BaseModel):
                     Annotated[StrictInt, Field(ge=1, le=4096)]]
     num_classes: Annotated[StrictInt, Field(ge=1, le=100_000)]
     width: Annotated[float, Field(gt=0, le=64, allow_inf_nan=False, strict=True)] | None = None
-    edits: list[E.EditSchema] = Field(default=[], max_length=E.MAX_EDITS)
+    edits: list[list[Any]] = Field(default=[], max_length=E.MAX_EDITS)
     channel_plan: list[tuple[E.Name, StrictBool, list[E.Index]]] = \
         Field(default=[], max_length=E.MAX_EDITS)
     folded: list[tuple[E.Name, E.Name]] = Field(default=[], max_length=E.MAX_EDITS)
@@ -48,6 +48,7 @@ class SpecSchema(BaseModel):
     def _one_record(self) -> "SpecSchema":
         if self.edits and any(getattr(self, k) for k in _LEGACY):
             raise ValueError("a record holds either edits or the older lists of edits, not both")
+        E.from_json(self.edits)  # every field checked here, before anything is built
         return self
 
 
@@ -85,7 +86,7 @@ class ModelSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "in_shape": list(self.in_shape),
                 "num_classes": self.num_classes, "width": self.width,
-                "edits": [E.to_json(e) for e in self.edits]}
+                "edits": E.to_json(self.edits)}
 
     def with_edits(self, edits: Iterable[Edit]) -> "ModelSpec":
         """This spec with ``edits`` made after its own."""
@@ -99,7 +100,7 @@ class ModelSpec:
     def from_schema(cls, s: SpecSchema) -> "ModelSpec":
         """The spec of a validated ``model`` record (:class:`SpecSchema`)."""
         check_name(s.name, s.width)
-        edits = tuple(E.from_schema(e) for e in s.edits) if s.edits else _legacy_edits(s)
+        edits = E.from_json(s.edits) if s.edits else _legacy_edits(s)
         return cls(name=s.name, in_shape=s.in_shape, num_classes=s.num_classes,
                    width=None if s.width is None else float(s.width), edits=edits)
 
@@ -109,8 +110,10 @@ class ModelSpec:
             return cls.from_schema(SpecSchema.model_validate(data))
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ModelError(f"malformed model spec: field {'.'.join(map(str, err['loc']))}: "
-                             f"{err['msg']}") from None
+            where = ".".join(map(str, err["loc"]))
+            message = err["msg"].removeprefix("Value error, ")
+            raise ModelError(f"malformed model spec: {'field ' + where + ': ' if where else ''}"
+                             f"{message}") from None
 
 
 def resolve_spec(name: str, in_shape: tuple[int, int, int], num_classes: int,

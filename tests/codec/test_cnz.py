@@ -13,6 +13,7 @@ from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import Sharing, WeightSharing
 from cnnzip.surgery import ModelSpec, build_model
 from cnnzip.modules import CodebookLayer
+from cnnzip.surgery import WeightsShared
 from cnnzip.train import evaluate
 
 SPEC = ModelSpec("lenet5", (1, 28, 28), 10)
@@ -38,9 +39,12 @@ def _assert_same(a: nn.Module, b: nn.Module):
 def test_round_trip_is_bit_exact(tmp_path, method, block):
     model = _compressed(method=method, block=block)
     path = tmp_path / "m.cnz"
-    encode_file(path, model, SPEC, input={"dataset": "synthetic"})
+    shared = tuple(WeightsShared(n, *m.codebook.shape, m.nnz) for n, m in model.named_modules()
+                   if isinstance(m, CodebookLayer))
+    encode_file(path, model, SPEC.with_edits(shared), input={"dataset": "synthetic"})
     decoded, spec, info = decode_file(path)
-    assert spec == SPEC and info == {"dataset": "synthetic"}
+    assert spec == SPEC.with_edits(shared) and info == {"dataset": "synthetic"}
+    assert len(shared) == 5
     _assert_same(model, decoded)
     splits = synthetic_splits()
     assert evaluate(decoded, splits.test, splits.info) == evaluate(model, splits.test, splits.info)
