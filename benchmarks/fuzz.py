@@ -83,12 +83,11 @@ def build_corpus(directory: Path) -> dict[str, Path]:
     import torch
     import yaml
 
-    from cnnzip.codec import encode_file, round_for_storage
+    from cnnzip.codec import encode_file, round_for_storage, save_checkpoint
     from cnnzip.data import synthetic_splits
     from cnnzip.methods.base import Context, apply
-    from cnnzip.codec import save_checkpoint
-    from cnnzip.surgery import build_model, resolve_spec
     from cnnzip.recipes import parse_recipe
+    from cnnzip.surgery import build_model, resolve_spec
 
     directory.mkdir(parents=True, exist_ok=True)
     files = {}

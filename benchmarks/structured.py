@@ -36,11 +36,11 @@ import torch_pruning as tp
 
 from cnnzip import metrics
 from cnnzip.api import bench_models, runtime_name
+from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
 from cnnzip.graph.groups import output_layer
 from cnnzip.methods.base import Context, apply, finetune
 from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
-from cnnzip.codec import load_checkpoint
 from cnnzip.train import evaluate
 from common import baselines
 

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.metrics import bench_models, runtime_name
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.codec.checkpoint import assert_finite
 from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import ArgumentError, CnnzipError, ModelError
-from cnnzip.codec import load_checkpoint, save_checkpoint
-from cnnzip.surgery import ModelSpec, build_model, resolve_spec
-from cnnzip.codec.checkpoint import assert_finite
+from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.pipeline import compress
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
 __all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "export_file",
@@ -146,8 +146,8 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     quantized model as simulated (fake-quantized) float arithmetic. ``trust_code`` as in
     :func:`load_model`.
     """
-    from cnnzip.surgery import materialize
     from cnnzip.modules.quant import QuantLayer
+    from cnnzip.surgery import materialize
 
     if batch_size < 1 or rounds < 1 or not min_seconds > 0:
         raise ArgumentError(f"batch size ({batch_size}) and rounds ({rounds}) must be at least 1 "

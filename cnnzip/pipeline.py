@@ -23,7 +23,7 @@ from cnnzip.fileio import atomic_path
 from cnnzip.methods import STEPS, Context, apply
 from cnnzip.modules import CodebookLayer, QuantLayer, weight_layers
 from cnnzip.recipes import Recipe, check_order, load_recipe
-from cnnzip.report import dense_rows, layer_rows, quant_rows, write_report
+from cnnzip.report import codebook_rows, dense_rows, quant_rows, write_report
 from cnnzip.surgery import ModelSpec, materialize
 from cnnzip.train import evaluate
 
@@ -150,7 +150,7 @@ def _layer_rows(container: Path, decoded: nn.Module, records: list) -> list[dict
     """Per-layer rows from the container's own records: codebook, quantized, then float16."""
     layers = weight_layers(decoded)
     quantized = {n: m for n, m in layers.items() if isinstance(m, QuantLayer)}
-    return [*layer_rows(records, stream_report(decoded, records)),
+    return [*codebook_rows(records, stream_report(decoded, records)),
             *quant_rows(quant_records(container), quantized),
             *dense_rows({n: m.weight for n, m in layers.items()
                          if not isinstance(m, (CodebookLayer, QuantLayer))})]

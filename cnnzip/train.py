@@ -42,6 +42,10 @@ class TrainConfig:
     alpha: float = 0.7
     slimming: float = 0.0
 
+    def steps_per_epoch(self, samples: int) -> int:
+        """Optimiser steps in one epoch over ``samples`` training images."""
+        return -(-samples // self.batch_size)
+
 
 @dataclass
 class FitResult:
@@ -111,7 +115,7 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
     opt = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],
                           lr=config.lr, momentum=0.9, nesterov=True)
-    steps = -(-len(splits.train) // config.batch_size)
+    steps = config.steps_per_epoch(len(splits.train))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, epochs=config.epochs,
                                                 steps_per_epoch=steps, pct_start=0.15)
     if teacher is not None:

@@ -12,14 +12,14 @@ from safetensors.torch import load_file
 
 from cnnzip.api import load_model
 from cnnzip.cli import main
-from cnnzip.codec import decode_file, encode_file, round_for_storage
+from cnnzip.codec import (decode_file, encode_file, load_checkpoint, round_for_storage,
+                          save_checkpoint)
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CheckpointError
 from cnnzip.integrity import MAX_DEPTH, tensor_bytes
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import WeightSharing
-from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.surgery import ModelSpec, build_model
 from tests.helpers import rewrite
 

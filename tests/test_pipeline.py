@@ -3,9 +3,9 @@
 import pytest
 
 from cnnzip.api import train_baseline
+from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
 from cnnzip.errors import DataError
-from cnnzip.codec import load_checkpoint
 from cnnzip.pipeline import _training_splits
 from cnnzip.train import TrainConfig
 from tests.helpers import write_mnist_like

@@ -3,7 +3,8 @@ training checkpoints."""
 
 from cnnzip.codec.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage
-from cnnzip.codec.records import FORMAT, LayerRecord, layer_records, quant_records
+from cnnzip.codec.records import FORMAT, CodebookRecord, Coding, codebook_records, quant_records
 
-__all__ = ["Checkpoint", "FORMAT", "LayerRecord", "decode_file", "encode_file", "layer_records",
-           "load_checkpoint", "quant_records", "round_for_storage", "save_checkpoint"]
+__all__ = ["Checkpoint", "CodebookRecord", "Coding", "FORMAT", "codebook_records", "decode_file",
+           "encode_file", "load_checkpoint", "quant_records", "round_for_storage",
+           "save_checkpoint"]

@@ -17,8 +17,8 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest,
-                              fail, guard, read_versioned, validate)
+from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest, fail,
+                              guard, read_versioned, validate)
 from cnnzip.surgery import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-checkpoint"

@@ -34,12 +34,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.codec.records import (FORMAT, VERSION, DenseRecord, LayerRecord, QuantRecord,
-                                  layer_record, quant_record, read_container)
+from cnnzip.codec.records import (FORMAT, VERSION, CodebookRecord, Coding, DenseRecord, QuantRecord,
+                                  codebook_record, quant_record, read_container)
 from cnnzip.errors import ModelError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, check_finite, check_runs, digest, fail, guard,
-                              tensor_bytes)
+from cnnzip.integrity import CHECKSUM, check_finite, check_runs, digest, fail, guard, tensor_bytes
 from cnnzip.modules import CodebookLayer
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
@@ -60,7 +59,7 @@ def round_for_storage(model: nn.Module) -> nn.Module:
     return model
 
 
-def _encode_layer(name: str, layer: CodebookLayer) -> tuple[LayerRecord, np.ndarray]:
+def _encode_layer(name: str, layer: CodebookLayer) -> tuple[CodebookRecord, np.ndarray]:
     positions = layer.positions.numpy()
     max_gap = choose_max_gap(positions)
     gaps = positions_to_gaps(positions, max_gap)
@@ -69,7 +68,7 @@ def _encode_layer(name: str, layer: CodebookLayer) -> tuple[LayerRecord, np.ndar
     book = layer.codebook.detach().half().numpy().tobytes()
     payload = np.frombuffer(pos + codes + book, dtype=np.uint8)
     k, d = layer.codebook.shape
-    record = LayerRecord(name, layer.weight_shape, layer.nnz, k, d, max_gap, len(gaps),
+    record = CodebookRecord(name, layer.weight_shape, layer.nnz, k, d, max_gap, len(gaps),
                          int(layer.codes.numel()), len(pos), len(codes), len(book),
                          zlib.crc32(payload.tobytes()))
     return record, payload
@@ -79,7 +78,8 @@ def _encode_quant(name: str, layer: QuantLayer) -> tuple[QuantRecord, np.ndarray
     codes = layer.codes().flatten()
     packed = pack(codes, layer.w_grid)
     coded = encode_symbols((codes - layer.w_grid.qmin).numpy())
-    coding, stream = ("entropy", coded) if len(coded) < len(packed) else ("packed", packed)
+    coding, stream = (Coding.ENTROPY, coded) if len(coded) < len(packed) \
+        else (Coding.PACKED, packed)
     scales = layer.w_scale.detach().half().numpy().tobytes()
     payload = np.frombuffer(stream + scales, dtype=np.uint8)
     record = QuantRecord(name, tuple(layer.latent.shape), layer.weight_bits, coding, len(stream),
@@ -104,7 +104,7 @@ def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
-                input: dict[str, Any] | None = None) -> list[LayerRecord]:
+                input: dict[str, Any] | None = None) -> list[CodebookRecord]:
     """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
 
     ``CodebookLayer``s and ``QuantLayer``s get coded payloads; every other float tensor (dense
@@ -150,7 +150,7 @@ def _without_sharing(spec: ModelSpec) -> ModelSpec:
     return dataclasses.replace(spec, edits=tuple(edits))
 
 
-def _decode_layer(path: Path, record: LayerRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
+def _decode_layer(path: Path, record: CodebookRecord, payload: bytes) -> tuple[torch.Tensor, ...]:
     if zlib.crc32(payload) != record.crc:
         raise fail(path, f"layer {record.name!r}: checksum mismatch (the file is damaged)")
     a, b = record.pos_bytes, record.pos_bytes + record.code_bytes
@@ -179,7 +179,7 @@ def _decode_quant(path: Path, record: QuantRecord, layer: QuantLayer, payload: b
         raise fail(path, f"layer {record.name!r}: its record does not fit the model")
     count, stream, grid = math.prod(record.shape), payload[:record.code_bytes], layer.w_grid
     try:
-        if record.coding == "packed":
+        if record.coding is Coding.PACKED:
             codes = unpack(stream, count, grid)
         else:
             symbols = decode_symbols(stream, count, grid.qmax - grid.qmin + 1)
@@ -231,7 +231,7 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
     """
     path = Path(path)
     raw, header = read_container(path)
-    records = [layer_record(path, r) for r in header.layers]
+    records = [codebook_record(path, r) for r in header.layers]
     quant = [quant_record(r) for r in header.quant]
     try:
         spec = ModelSpec.from_schema(header.model)
@@ -248,7 +248,7 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
 
 
 def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
-                 records: list[LayerRecord], quant: list[QuantRecord],
+                 records: list[CodebookRecord], quant: list[QuantRecord],
                  dense: DenseRecord) -> list[WeightsShared]:
     """Fill ``model`` from the file's payloads; returns the sharing edits the records stand
     for (those the architecture did not replay already)."""
@@ -304,7 +304,7 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
     return restored
 
 
-def stream_report(model: nn.Module, records: list[LayerRecord]) -> list[dict[str, Any]]:
+def stream_report(model: nn.Module, records: list[CodebookRecord]) -> list[dict[str, Any]]:
     """Per-layer entropy, Huffman and coded sizes of the position and code streams, with the
     filler lengths the container chose (``records``, in the same order)."""
     rows = []

@@ -4,6 +4,7 @@ schema, tensor names and dtypes, each layer's counts against its shape)."""
 
 from __future__ import annotations
 
+import enum
 import math
 import zlib
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ VERSION = 4
 READS = (1, 2, 3, 4)
 
 @dataclass(frozen=True)
-class LayerRecord:
+class CodebookRecord:
     """How one codebook layer is stored."""
 
     name: str
@@ -41,14 +42,21 @@ class LayerRecord:
     crc: int
 
 
+class Coding(enum.StrEnum):
+    """How a quantized layer's integers are stored."""
+
+    PACKED = "packed"  # at their bit width, back to back
+    ENTROPY = "entropy"  # ANS-coded (when that is smaller)
+
+
 @dataclass(frozen=True)
 class QuantRecord:
-    """How one uniformly quantized layer is stored (``coding``: "packed" or "entropy")."""
+    """How one uniformly quantized layer is stored."""
 
     name: str
     shape: tuple[int, ...]
     bits: int
-    coding: str
+    coding: Coding
     code_bytes: int
     scales: int
     crc: int
@@ -130,9 +138,9 @@ def _name_damaged_layer(raw: RawFile) -> None:
                                      "damaged)")
 
 
-def layer_record(path: Path, row: tuple) -> LayerRecord:
+def codebook_record(path: Path, row: tuple) -> CodebookRecord:
     """A codebook layer's record, its counts checked against its shape before any decoding."""
-    r = LayerRecord(row[0], tuple(row[1]), *row[2:])
+    r = CodebookRecord(row[0], tuple(row[1]), *row[2:])
     size = math.prod(r.shape)
     problems = [
         (size > MAX_PARAMS, f"{size:,} weights, over the limit of {MAX_PARAMS:,}"),
@@ -149,10 +157,10 @@ def layer_record(path: Path, row: tuple) -> LayerRecord:
     return r
 
 
-def layer_records(path: str | Path) -> tuple[dict[str, Any], list[LayerRecord]]:
+def codebook_records(path: str | Path) -> tuple[dict[str, Any], list[CodebookRecord]]:
     """The container's metadata and per-layer records, checked, without decoding payloads."""
     raw, header = read_container(Path(path))
-    return raw.meta, [layer_record(Path(path), r) for r in header.layers]
+    return raw.meta, [codebook_record(Path(path), r) for r in header.layers]
 
 
 def quant_records(path: str | Path) -> list[QuantRecord]:
@@ -162,4 +170,4 @@ def quant_records(path: str | Path) -> list[QuantRecord]:
 
 
 def quant_record(row: tuple) -> QuantRecord:
-    return QuantRecord(row[0], tuple(row[1]), *row[2:])
+    return QuantRecord(row[0], tuple(row[1]), row[2], Coding(row[3]), *row[4:])

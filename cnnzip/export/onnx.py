@@ -24,14 +24,13 @@ import torch.fx
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.graph import symbolic
-from cnnzip.modules import CodebookLayer, ConvMaxPool, FlatLinear
+from cnnzip.graph import shape_of, with_shapes
+from cnnzip.modules import WEIGHT_LAYERS, CodebookLayer, ConvMaxPool, FlatLinear, QuantLayer
 from cnnzip.surgery import materialize
-from cnnzip.modules.quant import QuantLayer
+from cnnzip.surgery.replace import pair
 
 OPSET = 17
 
@@ -77,7 +76,7 @@ def _pads(padding: Any) -> list[int]:
 
 
 def _pair(v: Any) -> list[int]:
-    return [v, v] if isinstance(v, int) else list(v)
+    return list(pair(v))
 
 
 def _conv_attrs(conv: nn.Conv2d, where: str) -> dict[str, Any]:
@@ -179,7 +178,7 @@ def _module(b: _Builder, name: str, m: nn.Module, x: str, shape: tuple[int, ...]
             int8: bool) -> str:
     if isinstance(m, QuantLayer):
         return _quant_layer(b, name, m, x, int8)
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
+    if isinstance(m, WEIGHT_LAYERS):
         if isinstance(m, nn.Linear) and not isinstance(m, FlatLinear) and len(shape) != 2:
             raise ExportError(f"{name}: a linear layer on a {len(shape)}-d input is not exported")
         return _float_layer(b, name, m, x, m.weight)
@@ -279,9 +278,7 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, int8: bool = True) -
     model = copy.deepcopy(model).eval()
     if any(isinstance(m, CodebookLayer) for m in model.modules()):
         materialize(model)
-    graph = symbolic(model, "for export", leaves=(QuantLayer, FlatLinear))
-    with torch.no_grad():
-        ShapeProp(graph).propagate(torch.zeros(1, *in_shape))
+    graph = with_shapes(model, in_shape, "for export", leaves=(QuantLayer, FlatLinear))
     modules = dict(graph.named_modules())
     b = _Builder()
     env: dict[str, Any] = {}
@@ -299,7 +296,7 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, int8: bool = True) -
         if node.op == "placeholder":
             env[node.name] = b.unique("input")
         elif node.op == "call_module":
-            shape = tuple(node.args[0].meta["tensor_meta"].shape)
+            shape = shape_of(node.args[0])
             env[node.name] = _module(b, node.target, modules[node.target], args[0], shape, int8)
         elif node.op == "call_function":
             env[node.name] = _function(b, node, args)

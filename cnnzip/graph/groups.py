@@ -8,7 +8,7 @@ layers that read them (input channels, through flatten, concatenation or a depth
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import torch_pruning as tp
 from torch import nn
@@ -19,7 +19,7 @@ from cnnzip.modules.codebook import WEIGHT_LAYERS as PRODUCERS
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
-class Role(str, Enum):
+class Role(StrEnum):
     """What a group member does with the group's channels."""
 
     OUT = "out"  # a conv or linear layer producing them

@@ -22,10 +22,9 @@ from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, rankin
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.modules.quant import QuantLayer
-from cnnzip.surgery import plain_layers
 from cnnzip.ops import importance
 from cnnzip.ops.quant import Observer
-from cnnzip.surgery import remove_channels, silence_channels
+from cnnzip.surgery import plain_layers, remove_channels, silence_channels
 
 __all__ = ["Allocation", "ChannelPrune", "Criterion", "group_scores", "sensitivity_keys"]
 

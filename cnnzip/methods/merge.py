@@ -19,14 +19,14 @@ from torch import nn
 
 from cnnzip import metrics
 from cnnzip.errors import CnnzipError
-from cnnzip.methods.base import Context, finetune, register
 from cnnzip.graph import foldable_pairs
-from cnnzip.surgery import fold_batchnorm
-from cnnzip.surgery.linearize import Candidate, candidates, finish_linearizing, linearize
-from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
+from cnnzip.methods.base import Context, finetune, register
 from cnnzip.modules import CodebookLayer, Linearizing
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
+from cnnzip.surgery import fold_batchnorm
+from cnnzip.surgery.linearize import Candidate, Kind, candidates, finish_linearizing, linearize
+from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
 from cnnzip.train import TrainConfig
 
 
@@ -125,7 +125,7 @@ def fold(model: nn.Module, config: FoldBatchNorm, ctx: Context) -> nn.Module:
 
 
 def _allowed(cand: Candidate, config: MergeLayers, pools: list[str]) -> bool:
-    wanted = config.blocks if cand.kind == "block" else config.activations
+    wanted = config.blocks if cand.kind is Kind.BLOCK else config.activations
     return (wanted or cand.name in config.include) and cand.name not in config.exclude \
         and cand.name not in pools
 

@@ -14,6 +14,7 @@ from cnnzip.methods.base import Context, apply_masks, finetune, register
 from cnnzip.modules import weight_layers
 from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
 from cnnzip.progress import progress_bar
+from cnnzip.train import TrainConfig
 
 DEFAULT_SPARSITIES = (0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.96, 0.98, 0.99)
 
@@ -197,7 +198,7 @@ def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
             finetune(model, ctx, epochs=e, lr=config.lr, description=f"prune round {i + 1}")
         return model
     # AGP: masks are recomputed along the cubic curve over the first ~2/3 of the steps.
-    steps_per_epoch = -(-len(ctx.splits.train) // 128)
+    steps_per_epoch = TrainConfig().steps_per_epoch(len(ctx.splits.train))  # finetune's
     ramp = max(1, int(steps_per_epoch * epochs * 2 / 3))
     every = max(1, ramp // max(1, config.rounds))
     counter = {"step": 0}

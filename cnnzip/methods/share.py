@@ -12,12 +12,12 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.modules.quant import QuantLayer
-from cnnzip.surgery import share_layer
 from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.codebook import expand
+from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.cluster import Init, kmeans, to_blocks
 from cnnzip.progress import progress_bar
+from cnnzip.surgery import share_layer
 
 
 class Sharing(enum.Enum):

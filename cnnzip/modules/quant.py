@@ -15,8 +15,7 @@ import torch
 from torch import nn
 
 from cnnzip.modules.codebook import WEIGHT_LAYERS, run_layer
-from cnnzip.ops.quant import (MIN_SCALE, Grid, calibrate, dequantize, fake_quantize,
-                              quantize)
+from cnnzip.ops.quant import MIN_SCALE, Grid, calibrate, dequantize, fake_quantize, quantize
 
 
 class QuantLayer(nn.Module):

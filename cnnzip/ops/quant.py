@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 
-class Observer(str, enum.Enum):
+class Observer(enum.StrEnum):
     """How a quantizer's range is chosen from the values it will see."""
 
     MINMAX = "minmax"  # the extremes

@@ -6,12 +6,12 @@ import math
 from typing import Any
 
 
-def layer_rows(records: list, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def codebook_rows(records: list, streams: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per container layer: weights kept, bits per weight and per index before and after
     entropy coding, bytes.
 
     Args:
-        records: the container's ``LayerRecord`` list.
+        records: the container's ``CodebookRecord`` list.
         streams: ``stream_report`` rows (entropy, Huffman and coded sizes), same order.
     """
     rows = []

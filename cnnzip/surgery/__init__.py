@@ -4,8 +4,8 @@ modules, wrap layers in quantized or codebook modules. Each change returns a typ
 replays."""
 
 from cnnzip.surgery.channels import remove_channels, silence_channels
-from cnnzip.surgery.edits import (ChannelsRemoved, Edit, LayerQuantized, ModuleReplaced,
-                                  NormFolded, WeightsShared)
+from cnnzip.surgery.edits import (ChannelsRemoved, Edit, LayerQuantized, ModuleReplaced, NormFolded,
+                                  WeightsShared)
 from cnnzip.surgery.fold import fold_batchnorm
 from cnnzip.surgery.replace import set_module
 from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model, resolve_spec

@@ -6,6 +6,7 @@ that can be skipped; and their replacement by linear counterparts, at once or gr
 from __future__ import annotations
 
 import copy
+import enum
 from dataclasses import dataclass
 
 from torch import nn
@@ -21,19 +22,26 @@ ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Har
                nn.Tanh, nn.Sigmoid)
 
 
+class Kind(enum.StrEnum):
+    """What merging a candidate takes away."""
+
+    ACTIVATION = "activation"  # the nonlinearity becomes the identity
+    POOL = "pool"  # a max pooling becomes an average pooling
+    BLOCK = "block"  # a residual block is replaced by its shortcut, the identity
+
+
 @dataclass(frozen=True)
 class Candidate:
     """A nonlinearity to linearize or a block to skip.
 
     Attributes:
-        kind: "activation" (becomes the identity), "pool" (max → average pooling) or "block"
-            (a residual block replaced by its shortcut, the identity).
+        kind: what merging it takes away.
         name: the module.
         swap: for a pool, the monotone activation between the convolution and the pool, which
             moves after the pool (exact: they commute) so the pooling meets the convolution.
     """
 
-    kind: str
+    kind: Kind
     name: str
     swap: str | None = None
 
@@ -43,11 +51,11 @@ def linearize(model: nn.Module, cand: Candidate, log: list[Edit], *,
     """Replace a candidate by its linear counterpart, or (``gradual``) by a
     :class:`Linearizing` blend that :func:`finish_linearizing` settles later."""
     modules = dict(model.named_modules())
-    if cand.kind == "block":
+    if cand.kind is Kind.BLOCK:
         replace(model, cand.name, nn.Identity(), log)
         return
     module = modules[cand.name]
-    if cand.kind == "activation":
+    if cand.kind is Kind.ACTIVATION:
         linear: nn.Module = nn.Identity()
     else:
         linear = nn.AvgPool2d(module.kernel_size, module.stride)
@@ -80,12 +88,12 @@ def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candid
             continue
         cand = None
         if type(m) in ACTIVATIONS:
-            cand = Candidate("activation", node.target)
+            cand = Candidate(Kind.ACTIVATION, node.target)
         elif type(m) is nn.MaxPool2d and pair(m.padding) == (0, 0) \
                 and pair(m.dilation) == (1, 1) and not m.ceil_mode:
             prev = g.prev(node)
             swap = g.module(prev)
-            cand = Candidate("pool", node.target,
+            cand = Candidate(Kind.POOL, node.target,
                              prev.target if type(swap) in MONOTONE and g.once(prev) else None)
         if cand is None:
             continue
@@ -93,11 +101,11 @@ def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candid
         linearize(trial, cand, [])
         gained = len(find_merges(trial, in_shape)) - base
         if gained > 0:  # an activation's merges each remove a layer; a pool's, only the pool
-            found.append((cand, gained if cand.kind == "activation" else 0))
+            found.append((cand, gained if cand.kind is Kind.ACTIVATION else 0))
     same = same_shape_modules(model, in_shape)
     for name, m in model.named_modules():
         if name in same and not isinstance(m, WEIGHT_LAYERS) \
                 and any(isinstance(x, WEIGHT_LAYERS) for x in m.modules()) and is_residual(m):
-            found.append((Candidate("block", name),
+            found.append((Candidate(Kind.BLOCK, name),
                           sum(isinstance(x, WEIGHT_LAYERS) for x in m.modules())))
     return found

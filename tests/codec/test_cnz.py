@@ -11,9 +11,8 @@ from cnnzip.errors import CheckpointError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.share import Sharing, WeightSharing
-from cnnzip.surgery import ModelSpec, build_model
 from cnnzip.modules import CodebookLayer
-from cnnzip.surgery import WeightsShared
+from cnnzip.surgery import ModelSpec, WeightsShared, build_model
 from cnnzip.train import evaluate
 
 SPEC = ModelSpec("lenet5", (1, 28, 28), 10)

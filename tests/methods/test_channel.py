@@ -3,13 +3,13 @@ import pytest
 import torch
 
 from cnnzip import metrics
+from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats,
-                                    group_scores, sensitivity_keys)
-from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats, group_scores,
+                                    sensitivity_keys)
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.modules import ConvMaxPool
 from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from cnnzip import metrics
-from cnnzip.codec import decode_file, encode_file, round_for_storage
-from cnnzip.codec import layer_records
+from cnnzip.codec import codebook_records, decode_file, encode_file, round_for_storage
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
@@ -14,12 +13,11 @@ from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.quant import Quantize
 from cnnzip.methods.share import WeightSharing
-from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.modules import weight_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import sqnr_db
 from cnnzip.recipes import load_recipe
-from cnnzip.surgery import NormFolded
+from cnnzip.surgery import ModelSpec, NormFolded, build_model, resolve_spec
 
 LENET = ModelSpec("lenet5", (1, 28, 28), 10)
 CONVBN = ModelSpec("tests.helpers:ConvBN", (1, 28, 28), 10)
@@ -81,7 +79,7 @@ def test_container_stores_the_integers_packed_and_decodes_the_same_model(tmp_pat
     decoded, got_spec, _ = decode_file(path, trust_code=True)
     assert got_spec.edits == spec.edits
     assert torch.equal(_logits(model), _logits(decoded))
-    meta, _ = layer_records(path)
+    meta, _ = codebook_records(path)
     weights = sum(p.numel() for n, p in model.named_parameters() if n.endswith("latent"))
     coded = sum(r[4] for r in meta["quant"])
     assert coded <= weights * 4 / 8 + len(meta["quant"])  # at most 4 bits per weight
@@ -96,7 +94,7 @@ def test_a_pruned_layer_is_entropy_coded_when_that_is_smaller(tmp_path):
     apply(model, Quantize(calibration=128), ctx)
     spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "p.cnz", round_for_storage(model), spec)
-    meta, _ = layer_records(tmp_path / "p.cnz")
+    meta, _ = codebook_records(tmp_path / "p.cnz")
     coding = {r[0]: r[3] for r in meta["quant"]}
     assert coding["classifier.0"] == coding["features.3"] == "entropy"  # the big layers
     decoded, _, _ = decode_file(tmp_path / "p.cnz", trust_code=True)
@@ -216,7 +214,7 @@ def test_binary_and_ternary_layers_store_one_and_two_bits_per_weight(tmp_path):
     assert set(model.get_submodule("features.0").codes().unique().tolist()) <= {-1, 0, 1}
     spec = LENET.with_edits(ctx.edits)
     encode_file(tmp_path / "b.cnz", round_for_storage(model), spec)
-    meta, _ = layer_records(tmp_path / "b.cnz")
+    meta, _ = codebook_records(tmp_path / "b.cnz")
     sizes = {r[0]: r[4] for r in meta["quant"]}
     assert sizes["classifier.0"] <= 400 * 120 / 8 + 1
     decoded, _, _ = decode_file(tmp_path / "b.cnz", trust_code=True)

@@ -3,8 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnzip.ops.entropy import (decode_symbols, empirical_entropy_bits, encode_symbols,
-                                stream_stats)
+from cnnzip.ops.entropy import decode_symbols, empirical_entropy_bits, encode_symbols, stream_stats
 from cnnzip.ops.varint import read_varints, write_varints
 
 symbols = st.lists(st.integers(0, 300), min_size=0, max_size=400).map(np.array)

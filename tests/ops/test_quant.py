@@ -3,17 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnzip.ops.quant import (
-    Grid,
-    calibrate,
-    dequantize,
-    fake_quantize,
-    pack,
-    qparams,
-    quantize,
-    sqnr_db,
-    unpack,
-)
+from cnnzip.ops.quant import (Grid, calibrate, dequantize, fake_quantize, pack, qparams, quantize,
+                              sqnr_db, unpack)
 
 
 def _reference(x, scale, zero, qmin, qmax):

@@ -2,8 +2,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cnnzip.errors import CheckpointError
 from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.errors import CheckpointError
 from cnnzip.surgery import ModelSpec, build_model
 
 

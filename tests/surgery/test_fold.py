@@ -3,15 +3,14 @@ import pytest
 import torch
 from torch import nn
 
+from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
+from cnnzip.graph import foldable_pairs
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.share import WeightSharing
-from cnnzip.codec import load_checkpoint, save_checkpoint
-from cnnzip.surgery import ModelSpec, build_model, resolve_spec
-from cnnzip.graph import foldable_pairs
-from cnnzip.surgery import NormFolded, fold_batchnorm
+from cnnzip.surgery import ModelSpec, NormFolded, build_model, fold_batchnorm, resolve_spec
 from tests.helpers import tiny
 
 IN = (1, 28, 28)

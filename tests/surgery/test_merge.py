@@ -5,19 +5,17 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.codec import decode_file, encode_file
+from cnnzip.codec import decode_file, encode_file, load_checkpoint, save_checkpoint
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.methods.prune import MagnitudePrune
-from cnnzip.codec import load_checkpoint, save_checkpoint
-from cnnzip.surgery import ModelSpec, build_model, resolve_spec
-from cnnzip.surgery.linearize import Candidate, candidates, linearize
-from cnnzip.surgery.merge import find_merges, max_pools, merge_all, merge_layers, merge_max_pool
 from cnnzip.modules import ConvMaxPool, FlatLinear, Linearizing
 from cnnzip.ops.compose import compose_conv
-from cnnzip.surgery import ModuleReplaced
+from cnnzip.surgery import ModelSpec, ModuleReplaced, build_model, resolve_spec
+from cnnzip.surgery.linearize import Candidate, candidates, linearize
+from cnnzip.surgery.merge import find_merges, max_pools, merge_all, merge_layers, merge_max_pool
 from cnnzip.surgery.spec import replay
 
 IN = (1, 28, 28)
