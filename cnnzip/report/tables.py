@@ -81,5 +81,7 @@ def entropy_summary(rows: list[dict[str, Any]]) -> dict[str, float]:
             for key in out:
                 out[key] += stream[key]
     out["coded_over_entropy"] = out["coded_bits"] / max(out["entropy_bits"], 1.0)
+    out["coded_with_tables_over_entropy"] = (out["coded_bits"] + out["table_bits"]) \
+        / max(out["entropy_bits"], 1.0)
     out["huffman_over_entropy"] = out["huffman_bits"] / max(out["entropy_bits"], 1.0)
     return out

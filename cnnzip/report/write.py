@@ -136,9 +136,10 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
         lines += [
             f"All streams: empirical entropy {e['entropy_bits'] / 8:,.0f} B, ANS payload "
             f"{e['coded_bits'] / 8:,.0f} B ({100 * (e['coded_over_entropy'] - 1):+.2f}%), "
-            f"Huffman {e['huffman_bits'] / 8:,.0f} B "
-            f"({100 * (e['huffman_over_entropy'] - 1):+.2f}%); frequency tables "
-            f"{e['table_bits'] / 8:,.0f} B.", ""]
+            f"with its frequency tables {(e['coded_bits'] + e['table_bits']) / 8:,.0f} B "
+            f"({100 * (e['coded_with_tables_over_entropy'] - 1):+.2f}%); Huffman "
+            f"{e['huffman_bits'] / 8:,.0f} B ({100 * (e['huffman_over_entropy'] - 1):+.2f}%, "
+            "its code tables not counted).", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 

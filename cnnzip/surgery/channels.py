@@ -8,6 +8,7 @@ from torch import nn
 
 from cnnzip.errors import ModelError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
+from cnnzip.modules import WEIGHT_LAYERS
 from cnnzip.surgery.edits import ChannelsRemoved
 from cnnzip.surgery.wrappers import plain_layers
 
@@ -49,7 +50,7 @@ def remove_channels(model: nn.Module, graph: tp.DependencyGraph,
             for item in group.items:
                 module = item.dep.target.module
                 if module in names and graph.is_out_channel_pruning_fn(item.dep.handler) \
-                        and isinstance(module, (nn.Conv2d, nn.Linear)):
+                        and isinstance(module, WEIGHT_LAYERS):
                     rows.setdefault(names[module], []).extend(item.idxs)
         group.prune(record_history=False)
     return edit

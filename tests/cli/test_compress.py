@@ -30,6 +30,12 @@ def test_compress_writes_container_and_report(tmp_path, checkpoint, capsys):
     assert report["stages"][-1]["realized"] and not report["stages"][0]["realized"]
     assert {r["name"] for r in report["layers"]} == {"features.0", "features.3", "classifier.0",
                                                      "classifier.2", "classifier.4"}
+    e = report["entropy"]  # the frequency tables count once, and only where they are named
+    assert e["table_bits"] > 0 and e["coded_with_tables_over_entropy"] > e["coded_over_entropy"]
+    md = (out / "report.md").read_text()
+    assert f"with its frequency tables {(e['coded_bits'] + e['table_bits']) / 8:,.0f} B" in md
+    assert [p.name for p in sorted((out / "stages").iterdir())] == [
+        "01-sensitivity.safetensors", "02-prune.safetensors", "03-share.safetensors"]
     # accuracy evaluated from the file equals the report's
     assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
