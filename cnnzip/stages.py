@@ -21,11 +21,12 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.errors import CnnzipError, ModelError
+from cnnzip.codec.records import rebuild
+from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import CHECKSUM, check_finite, digest, fail, guard, read_versioned
 from cnnzip.modules import CodebookLayer
-from cnnzip.surgery import ModelSpec, build_model
+from cnnzip.surgery import ModelSpec
 
 FORMAT = "cnnzip-stage"
 VERSION = 1
@@ -104,11 +105,9 @@ def latest(directory: Path, kinds: list[str], run: str, *, trust_code: bool) -> 
     if type(step) is not int or not 0 <= step < len(kinds) or meta.get("kind") != kinds[step] \
             or path != _path(directory, step, kinds[step]):
         raise fail(path, f"step {step!r} ({meta.get('kind')!r}) is not a step of this recipe")
-    try:
-        spec = ModelSpec.from_dict(meta["model"])
-        model = build_model(spec, trust_code=trust_code)
-    except (ModelError, KeyError, TypeError) as exc:
-        raise fail(path, f"cannot rebuild the model ({exc})") from None
+    if not isinstance(meta.get("model"), dict):
+        raise fail(path, "no model record")
+    spec, model = rebuild(path, meta["model"], trust_code=trust_code)
     state = {k[6:]: v for k, v in raw.tensors.items() if k.startswith("model/")}
     masks = {k[5:]: v for k, v in raw.tensors.items() if k.startswith("mask/")}
     check_finite(path, state)

@@ -15,11 +15,11 @@ from pydantic import BaseModel, ConfigDict, StrictInt
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.errors import ModelError
+from cnnzip.codec.records import rebuild
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest, fail,
                               guard, read_versioned, validate)
-from cnnzip.surgery import ModelSpec, SpecSchema, build_model
+from cnnzip.surgery import ModelSpec, SpecSchema
 
 FORMAT = "cnnzip-checkpoint"
 VERSION = 3  # 2 added the checksum and the recorded validation split, 3 the ordered edits
@@ -87,11 +87,7 @@ def load_checkpoint(path: str | Path, *, trust_code: bool = False) -> Checkpoint
     raw, verified = read_versioned(path, FORMAT, "cnnzip checkpoint", reads=READS,
                                    checksum_since=2)
     header = validate(path, CheckpointHeader, raw.meta)
-    try:
-        spec = ModelSpec.from_schema(header.model)
-        model = build_model(spec, trust_code=trust_code)
-    except ModelError as exc:
-        raise fail(path, str(exc)) from None
+    spec, model = rebuild(path, header.model, trust_code=trust_code)
     with guard(path, "loading weights"):
         _check_tensors(path, model, raw.tensors)
         check_finite(path, raw.tensors)

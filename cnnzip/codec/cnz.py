@@ -34,9 +34,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.codec.records import (FORMAT, VERSION, CodebookRecord, Coding, DenseRecord, QuantRecord,
-                                  codebook_record, quant_record, read_container)
-from cnnzip.errors import ModelError
+from cnnzip.codec.records import (FORMAT, VERSION, CodebookRecord, Coding, DenseRecord,
+                                  QuantRecord, codebook_record, quant_record, read_container,
+                                  rebuild)
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import CHECKSUM, check_finite, check_runs, digest, fail, guard, tensor_bytes
 from cnnzip.modules import CodebookLayer
@@ -45,7 +45,7 @@ from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
 from cnnzip.ops.quant import pack, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
-from cnnzip.surgery import ModelSpec, WeightsShared, build_model, share_layer
+from cnnzip.surgery import ModelSpec, WeightsShared, share_layer
 
 _SKIP = ("num_batches_tracked",)
 
@@ -233,11 +233,7 @@ def decode_file(path: str | Path, *, trust_code: bool = False,
     raw, header = read_container(path)
     records = [codebook_record(path, r) for r in header.layers]
     quant = [quant_record(r) for r in header.quant]
-    try:
-        spec = ModelSpec.from_schema(header.model)
-        model = build_model(spec, trust_code=trust_code)
-    except ModelError as exc:
-        raise fail(path, str(exc)) from None
+    spec, model = rebuild(path, header.model, trust_code=trust_code)
     with guard(path, "decoding layers"):
         shared = _decode_into(path, model, raw.tensors, records, quant, header.dense)
     spec = spec.with_edits(shared)

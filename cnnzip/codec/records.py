@@ -13,11 +13,13 @@ from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from torch import nn
 
+from cnnzip.errors import ModelError
 from cnnzip.integrity import (MAX_PARAMS, InputRecord, RawFile, Sha256, fail, read_versioned,
                               tensor_bytes, validate)
 from cnnzip.surgery.edits import Name
-from cnnzip.surgery.spec import SpecSchema
+from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-cnz"
 VERSION = 4
@@ -155,6 +157,18 @@ def codebook_record(path: Path, row: tuple) -> CodebookRecord:
         if bad:
             raise fail(path, f"layer {r.name!r}: record does not fit its shape {r.shape}: {what}")
     return r
+
+
+def rebuild(path: str | Path, record: SpecSchema | dict[str, Any], *,
+            trust_code: bool) -> tuple[ModelSpec, nn.Module]:
+    """The spec a file records and the architecture it describes (weights not loaded); an
+    error names the file."""
+    try:
+        spec = ModelSpec.from_schema(record) if isinstance(record, SpecSchema) \
+            else ModelSpec.from_dict(record)
+        return spec, build_model(spec, trust_code=trust_code)
+    except ModelError as exc:
+        raise fail(path, str(exc)) from None
 
 
 def codebook_records(path: str | Path) -> tuple[dict[str, Any], list[CodebookRecord]]:

@@ -187,7 +187,8 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
 
     def cost(count: int) -> int:
         trial = copy.deepcopy(model)
-        remove_channels(trial, dependency_graph(trial, in_shape), _removals(scores, order, count, config))
+        remove_channels(trial, dependency_graph(trial, in_shape),
+                        _removals(scores, order, count, config))
         return _measure(trial, in_shape, kind)
 
     lo, hi = 0, len(order)

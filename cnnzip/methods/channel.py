@@ -228,7 +228,8 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
         return total
     if c is Criterion.APOZ:
         active = active or {}
-        watched = [m for m in (group.of_role(Role.NORM) or group.of_role(Role.OUT)) if m.name in active]
+        watched = [m for m in (group.of_role(Role.NORM) or group.of_role(Role.OUT))
+                   if m.name in active]
         total = torch.zeros(group.channels)
         for member in watched:
             _scatter(total, member, active[member.name])
