@@ -120,13 +120,13 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     saved_dir = out / "stages"
     saved = stage_files.latest(saved_dir, kinds, run, trust_code=trust_code) if resume else None
     if saved is None:
-        stage_files.clear(saved_dir) if saved_dir.is_dir() else None
+        stage_files.clear(saved_dir)
         model, stages, first = copy.deepcopy(teacher), [], 0
     else:
         model, first = saved.model, saved.step + 1
         ctx.masks, ctx.edits = saved.masks, list(saved.spec.edits[len(spec.edits):])
-        ctx.sparsities, ctx.notes = saved.values.get("sparsities"), saved.values["notes"]
-        stages = saved.values["stages"]
+        ctx.sparsities, ctx.notes = saved.values.sparsities, saved.values.notes
+        stages = saved.values.stages
     for i, (kind, config) in enumerate(recipe.steps[first:], first):
         start = time.perf_counter()
         model = apply(model, config, ctx).eval()
@@ -136,8 +136,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
             stages[-1].update(_shipped(model, teacher, spec.with_edits(ctx.edits),
                                        out / ".stage.cnz", stage_bench))
         stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits), ctx.masks,
-                         {"sparsities": ctx.sparsities, "notes": ctx.notes, "stages": stages},
-                         run)
+                         stage_files.Values(sparsities=ctx.sparsities, notes=ctx.notes,
+                                            stages=stages), run)
     spec = spec.with_edits(ctx.edits)
     # model.cnz appears only when everything, report included, has succeeded
     with atomic_path(out / "model.cnz") as container:

@@ -15,21 +15,24 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import save_file
 from torch import nn
 
 from cnnzip.codec.records import rebuild
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import CHECKSUM, check_finite, digest, fail, guard, read_versioned
+from cnnzip.integrity import (CHECKSUM, check_finite, digest, fail, guard, read_versioned,
+                              validate)
 from cnnzip.modules import CodebookLayer
 from cnnzip.surgery import ModelSpec
 
 FORMAT = "cnnzip-stage"
 VERSION = 1
+PATTERN = "[0-9][0-9]-*.safetensors"  # NN-STEP: the step's number in the recipe, its kind
 
 
 def fingerprint(**inputs: Any) -> str:
@@ -45,6 +48,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+class Values(BaseModel):
+    """What the steps after a stage need besides the model: the context's typed values, the
+    notes so far, and the figures of the stages so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sparsities: dict[str, Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]] | None
+    notes: dict[str, Any]
+    stages: list[dict[str, Any]]
+
+
 @dataclass
 class Saved:
     """A run as a stage file left it."""
@@ -53,7 +67,7 @@ class Saved:
     model: nn.Module
     spec: ModelSpec
     masks: dict[str, torch.Tensor]
-    values: dict[str, Any]  # the context's typed values and notes, the stage records
+    values: Values
 
 
 def _path(directory: Path, step: int, kind: str) -> Path:
@@ -61,26 +75,27 @@ def _path(directory: Path, step: int, kind: str) -> Path:
 
 
 def save(directory: Path, step: int, kind: str, model: nn.Module, spec: ModelSpec,
-         masks: dict[str, torch.Tensor], values: dict[str, Any], run: str) -> Path:
+         masks: dict[str, torch.Tensor], values: Values, run: str) -> Path:
     """Write step ``step``'s stage file (atomically) and remove those of later steps."""
     tensors = {f"model/{k}": v.detach().contiguous().clone()
                for k, v in model.state_dict().items()}
     tensors.update({f"mask/{k}": v.detach().contiguous().clone() for k, v in masks.items()})
     meta = json.loads(json.dumps({"version": VERSION, "run": run, "step": step, "kind": kind,
-                                  "model": spec.to_dict(), "values": values}, allow_nan=False))
+                                  "model": spec.to_dict(), "values": values.model_dump()},
+                                 allow_nan=False))
     meta[CHECKSUM] = digest(meta, tensors)
     path = _path(directory, step, kind)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta, separators=(",", ":"))})
-    for later in directory.glob("*.safetensors"):
-        if later.name[:2].isdigit() and int(later.name[:2]) > step + 1:
+    for later in directory.glob(PATTERN):
+        if int(later.name[:2]) > step + 1:
             later.unlink()
     return path
 
 
 def clear(directory: Path) -> None:
     """Remove every stage file (a fresh run)."""
-    for path in directory.glob("[0-9][0-9]-*.safetensors"):
+    for path in directory.glob(PATTERN):
         path.unlink()
 
 
@@ -91,7 +106,7 @@ def latest(directory: Path, kinds: list[str], run: str, *, trust_code: bool) -> 
     Raises:
         CnnzipError: a stage file of another run, or a damaged one.
     """
-    found = sorted(directory.glob("[0-9][0-9]-*.safetensors")) if directory.is_dir() else []
+    found = sorted(directory.glob(PATTERN))
     if not found:
         return None
     path = found[-1]
@@ -125,7 +140,4 @@ def latest(directory: Path, kinds: list[str], run: str, *, trust_code: bool) -> 
         for module in model.modules():
             if isinstance(module, CodebookLayer):  # derived from the codes just loaded
                 module.assign(module.positions, module.codebook.data, module.codes)
-    values = meta.get("values")
-    if not isinstance(values, dict):
-        raise fail(path, "no values recorded")
-    return Saved(step, model.eval(), spec, masks, values)
+    return Saved(step, model.eval(), spec, masks, validate(path, Values, meta.get("values")))

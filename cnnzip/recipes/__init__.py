@@ -62,6 +62,8 @@ def parse_recipe(data: Any, source: str) -> Recipe:
     steps = data.get("steps")
     if not isinstance(steps, list) or not steps:
         raise CnnzipError(f"{source}: 'steps' must be a non-empty list")
+    if len(steps) > 99:
+        raise CnnzipError(f"{source}: {len(steps)} steps; a recipe has at most 99")
     parsed = []
     for i, item in enumerate(steps, 1):
         if not isinstance(item, dict) or len(item) != 1:
