@@ -118,7 +118,8 @@ def from_json(groups: Any) -> tuple[Edit, ...]:
         raise ValueError("edits must be a list of [op, fields, ...] groups")
     edits: list[Edit] = []
     for g, group in enumerate(groups, 1):
-        if not isinstance(group, list) or len(group) < 2 or group[0] not in EDITS:
+        if not isinstance(group, list) or len(group) < 2 or not isinstance(group[0], str) \
+                or group[0] not in EDITS:
             raise ValueError(f"edit group {g} is not [op, fields, ...] with op one of "
                              f"{', '.join(EDITS)}")
         kind = EDITS[group[0]]

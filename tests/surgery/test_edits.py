@@ -68,3 +68,11 @@ def test_edits_replay_in_the_order_they_were_made():
                                        ChannelsRemoved((("features.0", (0,)),))))
     with pytest.raises(ModelError, match=r"edit 2 \(channels_removed\) does not fit"):
         build_model(wrong)
+
+
+@pytest.mark.parametrize("edits", [[[["norm_folded"], ["a", "b"]]], [[None, ["a", "b"]]],
+                                   [{"op": "norm_folded"}], [["norm_folded"]], "edits"])
+def test_a_record_of_the_wrong_shape_is_a_clear_error(edits):
+    record = {"name": "lenet5", "in_shape": [1, 28, 28], "num_classes": 10, "edits": edits}
+    with pytest.raises(ModelError, match="malformed model spec"):
+        ModelSpec.from_dict(record)
