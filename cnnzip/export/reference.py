@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.modules import FlatLinear, QuantLayer
-from cnnzip.ops.intmath import quantize_multiplier, requantize, round_half_away
+from cnnzip.graph import with_shapes
+from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
+                                round_half_away)
 
 EXACT = 2.0 ** 53  # float64 holds every integer up to here
 
@@ -112,3 +115,158 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
         return IntLayer("conv", stride=tuple(inner.stride), padding=tuple(inner.padding),
                         groups=inner.groups, **common)
     return IntLayer("linear", flatten=isinstance(inner, FlatLinear), **common)
+
+
+@dataclass(frozen=True)
+class MaxPool:
+    """Max pooling on integers (it commutes with the monotone requantization before it)."""
+
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.asarray(x, np.float64))
+        return F.max_pool2d(t, self.kernel, self.stride).numpy().astype(np.int64)
+
+
+@dataclass(frozen=True)
+class Flatten:
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape(len(x), -1)
+
+
+@dataclass(frozen=True)
+class IntModel:
+    """A quantized sequential CNN in integers: input integers in, int32 logits out.
+
+    Attributes:
+        in_scale, in_zero, in_bits: the first layer's input grid (what the caller quantizes
+            its images onto).
+        ops: the integer operations in order; the last is the classifier, whose outputs are
+            int32 logits on the common scale ``logit_scale``.
+    """
+
+    in_scale: float
+    in_zero: int
+    in_bits: int
+    ops: tuple
+    logit_scale: float
+
+    def quantize_input(self, images: torch.Tensor) -> np.ndarray:
+        """Images (normalised floats) → the first layer's input integers (rounded half to
+        even, as the fake-quantized model rounds them)."""
+        q = torch.round(images.double() / self.in_scale) + self.in_zero
+        return q.clamp(0, (1 << self.in_bits) - 1).numpy().astype(np.int64)
+
+    def __call__(self, codes: np.ndarray) -> np.ndarray:
+        x = codes
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+_SKIP = (nn.Identity, nn.Dropout)
+_RELU = (nn.ReLU,)
+
+
+def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
+    """The integer form of a quantized model whose graph is a chain of quantized conv and
+    linear layers with ReLUs, max poolings and a flatten between them (lenet300, lenet5).
+
+    Raises:
+        ReferenceError: another operation (residual adds, average pooling and the rest are
+            not lowered yet), or a layer without quantized inputs.
+    """
+    model = model.eval()
+    gm = with_shapes(model, in_shape, "for the integer reference", leaves=(QuantLayer, FlatLinear))
+    modules = dict(model.named_modules())
+    chain: list[tuple[str, nn.Module]] = []
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            continue
+        if node.op == "call_module":
+            module = modules[node.target]
+            if not isinstance(module, _SKIP):
+                chain.append((node.target, module))
+        elif node.op == "call_function" and node.target in (torch.flatten,):
+            chain.append((node.name, nn.Flatten()))
+        elif node.op == "call_function" and node.target in (F.relu, torch.relu):
+            chain.append((node.name, nn.ReLU()))
+        else:
+            raise ReferenceError(f"{node.name}: {node.op} {node.target} is not lowered to "
+                                 "integers yet")
+        if len(node.args) and sum(isinstance(a, torch.fx.Node) for a in node.args) > 1:
+            raise ReferenceError(f"{node.name}: joins (residual adds, concatenation) are not "
+                                 "lowered to integers yet")
+    layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, QuantLayer)]
+    if not layers:
+        raise ReferenceError("the model has no quantized layer: compress it with the int8 "
+                             "recipe first")
+    ops: list = []
+    for name, module in chain[:layers[0]]:  # only reshaping may come before the first layer
+        if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
+            raise ReferenceError(f"{name}: the model must start with a quantized layer")
+        ops.append(Flatten())
+    for k, i in enumerate(layers):
+        name, layer = chain[i]
+        end = layers[k + 1] if k + 1 < len(layers) else len(chain)
+        between = chain[i + 1:end]
+        relu = any(isinstance(m, _RELU) for _, m in between)
+        if k + 1 < len(layers):
+            nxt = chain[layers[k + 1]][1]
+            if nxt.a_grid is None:
+                raise ReferenceError(f"{chain[layers[k + 1]][0]}: its inputs are float")
+            ops.append(lower(layer, float(nxt.a_scale.detach()), int(nxt.a_zero.item()),
+                             nxt.act_bits, relu=relu, name=name))
+        else:
+            if between:
+                raise ReferenceError(f"{between[0][0]}: only the classifier may end the model")
+            ops.append(_lower_logits(layer, name))
+        for other, module in between:
+            if isinstance(module, nn.MaxPool2d) and _plain_pool(module):
+                ops.append(MaxPool(_pair(module.kernel_size),
+                                   _pair(module.stride or module.kernel_size)))
+            elif isinstance(module, nn.Flatten) and module.start_dim == 1 \
+                    and module.end_dim == -1:
+                ops.append(Flatten())
+            elif not isinstance(module, _RELU):
+                raise ReferenceError(f"{other}: a {type(module).__name__} is not lowered to "
+                                     "integers yet")
+    first = chain[layers[0]][1]
+    if first.a_grid is None:
+        raise ReferenceError(f"{chain[layers[0]][0]}: its inputs are float")
+    return IntModel(float(first.a_scale.detach()), int(first.a_zero.item()), first.act_bits,
+                    tuple(ops), ops[-1].logit_scale)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _plain_pool(m: nn.MaxPool2d) -> bool:
+    return _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
+
+
+@dataclass(frozen=True)
+class Logits(IntLayer):
+    """The classifier: int32 logits on one scale for every class (so the largest is top-1)."""
+
+    logit_scale: float = 1.0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        acc = self.accumulate(x)
+        return requantize(acc, self.multiplier[None, :], self.shift[None, :])
+
+
+def _lower_logits(layer: QuantLayer, name: str) -> Logits:
+    """The last layer: accumulators on per-channel scales brought to the largest of them (a
+    factor ≤ 1 each, so nothing overflows), the bias on the same scale."""
+    probe = lower(layer, 1.0, 0, 8, name=name)
+    acc_scale = float(layer.a_scale.detach()) * np.broadcast_to(
+        layer.w_scale.detach().double().numpy().reshape(-1), (len(probe.weight),))
+    common = float(acc_scale.max())
+    multiplier, shift = quantize_multiplier(acc_scale / common)
+    fields = {f: getattr(probe, f) for f in ("kind", "weight", "bias", "in_zero", "stride",
+                                              "padding", "groups", "flatten")}
+    return Logits(**fields, multiplier=multiplier, shift=shift, out_zero=0, lo=INT32_MIN,
+                  hi=INT32_MAX, logit_scale=common)

@@ -74,3 +74,36 @@ def test_float_inputs_are_refused_with_a_pointer_to_quantizing_them():
     model, _ = _quantized(act_bits=0)
     with pytest.raises(ReferenceError, match="inputs are float"):
         lower(model.get_submodule("features.0"), 0.1, 0, 8, name="features.0")
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet300"])
+def test_a_whole_quantized_model_in_integers_gives_the_fake_quantized_logits(name):
+    from cnnzip.export.reference import lower_model
+
+    torch.manual_seed(0)
+    spec = resolve_spec(name, (1, 28, 28), 10)
+    model = build_model(spec).eval()
+    splits = synthetic_splits()
+    apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
+    x, _ = next(iter(batches(splits.test, splits.info, 256)))
+    int_model = lower_model(model, (1, 28, 28))
+    logits = int_model(int_model.quantize_input(x))
+    assert logits.dtype == np.int64 and logits.shape == (256, 10)
+    with torch.no_grad():
+        expected = model.eval()(x).double().numpy()
+    got = logits * int_model.logit_scale
+    spread = expected.max() - expected.min()
+    # one step of the last hidden layer's grid moves a logit by a few of its scale's steps
+    assert np.abs(got - expected).max() < 0.05 * spread
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95
+
+
+def test_joins_are_refused_until_they_are_lowered():
+    from cnnzip.export.reference import lower_model
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval()
+    apply(model, Quantize(calibration=64), Context(synthetic_splits(), finetune_epochs=0,
+                                                   quiet=True))
+    with pytest.raises(ReferenceError, match="not lowered to integers yet"):
+        lower_model(model, (1, 28, 28))

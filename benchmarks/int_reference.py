@@ -1,0 +1,61 @@
+"""The integer-only reference against cnnzip's quantized model, on the full test set: each
+baseline compressed with a quantization recipe, its container decoded, lowered to integers
+(cnnzip/export/reference.py: int32 accumulators, Q31 requantization rounded as CMSIS-NN), and
+both run on every test image.
+
+    python benchmarks/int_reference.py [--models lenet5 lenet300] [--recipe int8]
+        [--out runs/bench-intref] [--set STEP.KEY=VALUE ...]
+
+Target (issue 19): the reference's top-1 agrees with cnnzip's quantized model on ≥ 99.5% of the
+test set. Prints both accuracies, the agreement and the largest logit difference (as a share of
+the range of the quantized model's logits in that batch). Every figure is measured in this run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cnnzip.codec import decode_file
+from cnnzip.data import batches, load_dataset
+from cnnzip.export.reference import lower_model
+from common import compress_each, recipe_parser, write_results
+
+
+def main() -> int:
+    args = recipe_parser(__doc__, ["lenet5", "lenet300"], "int8",
+                         "runs/bench-intref").parse_args()
+    rows = []
+    for model_name, _, out, report, seconds, _ in compress_each(args):
+        model, spec, inputs = decode_file(out / "model.cnz")
+        splits = load_dataset(report["dataset"])
+        int_model = lower_model(model, tuple(spec.in_shape))
+        agree = ref_correct = our_correct = 0
+        worst = 0.0
+        for x, y in batches(splits.test, splits.info, 500):
+            logits = int_model(int_model.quantize_input(x))
+            with torch.no_grad():
+                ours = model(x).double().numpy()
+            spread = float(ours.max() - ours.min())
+            worst = max(worst, float(np.abs(logits * int_model.logit_scale - ours).max())
+                        / spread)
+            agree += int((logits.argmax(1) == ours.argmax(1)).sum())
+            ref_correct += int((logits.argmax(1) == y.numpy()).sum())
+            our_correct += int((ours.argmax(1) == y.numpy()).sum())
+        n = len(splits.test)
+        rows.append({"model": model_name, "recipe": args.recipe, "samples": n,
+                     "baseline_accuracy": report["baseline"]["accuracy"],
+                     "quantized_accuracy": our_correct / n, "reference_accuracy": ref_correct / n,
+                     "top1_agreement": agree / n, "max_logit_diff_of_range": worst,
+                     "seconds": round(seconds)})
+        r = rows[-1]
+        print(f"{model_name:9s} float {r['baseline_accuracy']:.4f}  cnnzip quantized "
+              f"{r['quantized_accuracy']:.4f}  integer reference {r['reference_accuracy']:.4f}  "
+              f"top-1 agreement {100 * r['top1_agreement']:.2f}%  largest logit difference "
+              f"{100 * worst:.2f}% of the logits' range  ({seconds:.0f} s compress)")
+    write_results(args.out, rows)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
