@@ -6,20 +6,53 @@ both run on every test image.
     python benchmarks/int_reference.py [--models lenet5 lenet300] [--recipe int8]
         [--out runs/bench-intref] [--set STEP.KEY=VALUE ...]
 
-Target (issue 19): the reference's top-1 agrees with cnnzip's quantized model on ≥ 99.5% of the
-test set. Prints both accuracies, the agreement and the largest logit difference (as a share of
+Targets (issue 19): the reference's top-1 agrees with cnnzip's quantized model on ≥ 99.5% of the
+test set; the generated C (cnnzip/export/c.py, gcc -O2 -std=c99 -Wall -Werror) gives the
+reference's logits bit for bit on every test image. Prints both accuracies, the agreement and the largest logit difference (as a share of
 the range of the quantized model's logits in that batch). Every figure is measured in this run.
 """
 
 from __future__ import annotations
+
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
+from cnnzip.export.c import generate
 from cnnzip.export.reference import lower_model
 from common import compress_each, recipe_parser, write_results
+
+HARNESS = r"""#include <stdio.h>
+#include "model.h"
+int main(void) {
+    static uint8_t x[CNZ_INPUT_SIZE];
+    int32_t logits[CNZ_CLASSES];
+    while (fread(x, 1, sizeof x, stdin) == sizeof x) {
+        cnz_infer(x, logits);
+        fwrite(logits, sizeof logits[0], CNZ_CLASSES, stdout);
+    }
+    return 0;
+}
+"""
+
+
+def c_logits(int_model, in_shape, codes: np.ndarray, where: Path) -> np.ndarray:
+    """The generated C of ``int_model``, compiled with gcc -O2 -std=c99 -Wall -Werror, run on
+    ``codes``: its logits."""
+    header, source = generate(int_model, in_shape)
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "model.h").write_text(header)
+    (where / "model.c").write_text(source)
+    (where / "main.c").write_text(HARNESS)
+    subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "model.c", "main.c", "-o",
+                    "infer"], cwd=where, check=True)
+    out = subprocess.run(["./infer"], cwd=where, input=codes.astype(np.uint8).tobytes(),
+                         capture_output=True, check=True).stdout
+    return np.frombuffer(out, "<i4").reshape(len(codes), -1)
 
 
 def main() -> int:
@@ -32,8 +65,11 @@ def main() -> int:
         int_model = lower_model(model, tuple(spec.in_shape))
         agree = ref_correct = our_correct = 0
         worst = 0.0
+        all_codes, all_logits = [], []
         for x, y in batches(splits.test, splits.info, 500):
-            logits = int_model(int_model.quantize_input(x))
+            all_codes.append(int_model.quantize_input(x))
+            logits = int_model(all_codes[-1])
+            all_logits.append(logits)
             with torch.no_grad():
                 ours = model(x).double().numpy()
             spread = float(ours.max() - ours.min())
@@ -43,16 +79,21 @@ def main() -> int:
             ref_correct += int((logits.argmax(1) == y.numpy()).sum())
             our_correct += int((ours.argmax(1) == y.numpy()).sum())
         n = len(splits.test)
+        codes, reference = np.concatenate(all_codes), np.concatenate(all_logits)
+        compiled = c_logits(int_model, tuple(spec.in_shape), codes, out / "c")
+        c_exact = int((compiled == reference).all(1).sum())
         rows.append({"model": model_name, "recipe": args.recipe, "samples": n,
                      "baseline_accuracy": report["baseline"]["accuracy"],
                      "quantized_accuracy": our_correct / n, "reference_accuracy": ref_correct / n,
                      "top1_agreement": agree / n, "max_logit_diff_of_range": worst,
+                     "c_bit_exact_images": c_exact,
                      "seconds": round(seconds)})
         r = rows[-1]
         print(f"{model_name:9s} float {r['baseline_accuracy']:.4f}  cnnzip quantized "
               f"{r['quantized_accuracy']:.4f}  integer reference {r['reference_accuracy']:.4f}  "
               f"top-1 agreement {100 * r['top1_agreement']:.2f}%  largest logit difference "
-              f"{100 * worst:.2f}% of the logits' range  ({seconds:.0f} s compress)")
+              f"{100 * worst:.2f}% of the logits' range  C bit-exact on {c_exact:,}/{n:,} "
+              f"images  ({seconds:.0f} s compress)")
     write_results(args.out, rows)
     return 0
 

@@ -1,0 +1,181 @@
+"""C99 for an integer model (:class:`cnnzip.export.reference.IntModel`): weights as ``const``
+arrays, two static activation buffers, no ``malloc``, no floating point; one entry point,
+``void cnz_infer(const uint8_t *input, int32_t *logits)``, computing bit for bit what the numpy
+reference computes (the requantization is ``cnnzip/export/runtime/cnz_math.h``).
+
+First slice of issue 19: dense kernels for chains of convolutions, linear layers, max poolings
+and flattens; sparse and shared kernels, the memory planner and the CLI come next.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cnnzip.export.reference import Flatten, IntLayer, IntModel, Logits, MaxPool, ReferenceError
+
+RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
+
+_KERNELS = r"""
+@@cnz_conv
+static void cnz_conv(const uint8_t *in, int ci, int h, int w, int in_zero, const int8_t *wt,
+                     const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
+                     int kh, int kw, int sh, int sw, int ph, int pw, int groups, int out_zero,
+                     int lo, int hi, uint8_t *out, int oh, int ow)
+{
+    const int cig = ci / groups, cog = co / groups;
+    for (int o = 0; o < co; o++) {
+        const int g = o / cog;
+        for (int y = 0; y < oh; y++) {
+            for (int x = 0; x < ow; x++) {
+                int32_t acc = bias[o];
+                for (int c = 0; c < cig; c++) {
+                    const uint8_t *plane = in + (g * cig + c) * h * w;
+                    const int8_t *k = wt + (o * cig + c) * kh * kw;
+                    for (int ky = 0; ky < kh; ky++) {
+                        const int iy = y * sh - ph + ky;
+                        if (iy < 0 || iy >= h) continue;
+                        for (int kx = 0; kx < kw; kx++) {
+                            const int ix = x * sw - pw + kx;
+                            if (ix < 0 || ix >= w) continue;
+                            acc += k[ky * kw + kx] * ((int32_t)plane[iy * w + ix] - in_zero);
+                        }
+                    }
+                }
+                int32_t v = cnz_requantize(acc, mult[o], shift[o]) + out_zero;
+                out[(o * oh + y) * ow + x] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+            }
+        }
+    }
+}
+
+@@cnz_dot
+static int32_t cnz_dot(const uint8_t *in, int n, int in_zero, const int8_t *row, int32_t acc)
+{
+    for (int i = 0; i < n; i++) acc += row[i] * ((int32_t)in[i] - in_zero);
+    return acc;
+}
+
+@@cnz_linear
+static void cnz_linear(const uint8_t *in, int n, int in_zero, const int8_t *wt,
+                       const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
+                       int out_zero, int lo, int hi, uint8_t *out)
+{
+    for (int o = 0; o < co; o++) {
+        int32_t v = cnz_requantize(cnz_dot(in, n, in_zero, wt + o * n, bias[o]), mult[o],
+                                   shift[o]) + out_zero;
+        out[o] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+    }
+}
+
+@@cnz_logits
+static void cnz_logits(const uint8_t *in, int n, int in_zero, const int8_t *wt,
+                       const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
+                       int32_t *out)
+{
+    for (int o = 0; o < co; o++)
+        out[o] = cnz_requantize(cnz_dot(in, n, in_zero, wt + o * n, bias[o]), mult[o], shift[o]);
+}
+
+@@cnz_maxpool
+static void cnz_maxpool(const uint8_t *in, int c, int h, int w, int kh, int kw, int sh, int sw,
+                        uint8_t *out, int oh, int ow)
+{
+    for (int ch = 0; ch < c; ch++)
+        for (int y = 0; y < oh; y++)
+            for (int x = 0; x < ow; x++) {
+                uint8_t m = 0;
+                for (int ky = 0; ky < kh; ky++)
+                    for (int kx = 0; kx < kw; kx++) {
+                        const uint8_t v = in[(ch * h + y * sh + ky) * w + x * sw + kx];
+                        if (v > m) m = v;
+                    }
+                out[(ch * oh + y) * ow + x] = m;
+            }
+}
+"""
+
+
+KERNELS = {part.split("\n", 1)[0]: part.split("\n", 1)[1]
+           for part in _KERNELS.split("@@")[1:]}
+
+
+def _kernels(calls: list[str]) -> str:
+    """The kernels the calls use (an unused static function would not compile with -Werror)."""
+    used = {call.split("(", 1)[0] for call in calls}
+    if used & {"cnz_linear", "cnz_logits"}:
+        used.add("cnz_dot")
+    return "\n".join(code for name, code in KERNELS.items() if name in used)
+
+
+def _array(ctype: str, name: str, values: np.ndarray) -> str:
+    flat = np.asarray(values).reshape(-1).tolist()
+    rows = [", ".join(map(str, flat[i:i + 24])) for i in range(0, len(flat), 24)]
+    return f"static const {ctype} {name}[{len(flat)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
+
+
+def generate(model: IntModel, in_shape: tuple[int, ...]) -> tuple[str, str]:
+    """``(model.h, model.c)`` for ``model`` on inputs of ``in_shape`` (C, H, W).
+
+    Raises:
+        ReferenceError: an operation without a C kernel yet, or weights wider than 8 bits.
+    """
+    shapes, x = [], np.zeros((1, *in_shape), np.int64) + model.in_zero
+    for op in model.ops:
+        x = op(x)
+        shapes.append(x.shape[1:])
+    largest = max(int(np.prod(s)) for s in [in_shape, *shapes])
+    data, calls = [], []
+    shape = tuple(in_shape)
+    src, dst = "input", "cnz_buf[0]"
+    for i, (op, out_shape) in enumerate(zip(model.ops, shapes)):
+        last = i == len(model.ops) - 1
+        if isinstance(op, Flatten):
+            shape = out_shape
+            continue
+        dst = "logits" if last else f"cnz_buf[{len(calls) % 2}]"
+        if isinstance(op, IntLayer):
+            if np.abs(op.weight).max(initial=0) > 127:
+                raise ReferenceError(f"layer {i}: weights wider than 8 bits have no C kernel")
+            data += [_array("int8_t", f"w{i}", op.weight), _array("int32_t", f"b{i}", op.bias),
+                     _array("int32_t", f"m{i}", op.multiplier),
+                     _array("int32_t", f"s{i}", op.shift)]
+            args = f"w{i}, b{i}, m{i}, s{i}, {len(op.weight)}"
+            if isinstance(op, Logits):
+                if not last:
+                    raise ReferenceError("only the last layer gives logits")
+                calls.append(f"cnz_logits({src}, {int(np.prod(shape))}, {op.in_zero}, {args}, "
+                             f"{dst});")
+            elif op.kind == "conv":
+                _, kh, kw = op.weight.shape[1:]
+                c, h, w = shape
+                calls.append(f"cnz_conv({src}, {c}, {h}, {w}, {op.in_zero}, {args}, {kh}, {kw}, "
+                             f"{op.stride[0]}, {op.stride[1]}, {op.padding[0]}, {op.padding[1]}, "
+                             f"{op.groups}, {op.out_zero}, {op.lo}, {op.hi}, {dst}, "
+                             f"{out_shape[1]}, {out_shape[2]});")
+            else:
+                calls.append(f"cnz_linear({src}, {int(np.prod(shape))}, {op.in_zero}, {args}, "
+                             f"{op.out_zero}, {op.lo}, {op.hi}, {dst});")
+        elif isinstance(op, MaxPool):
+            c, h, w = shape
+            calls.append(f"cnz_maxpool({src}, {c}, {h}, {w}, {op.kernel[0]}, {op.kernel[1]}, "
+                         f"{op.stride[0]}, {op.stride[1]}, {dst}, {out_shape[1]}, "
+                         f"{out_shape[2]});")
+        else:
+            raise ReferenceError(f"{type(op).__name__} has no C kernel yet")
+        src, shape = dst, out_shape
+    if not calls or not calls[-1].startswith("cnz_logits"):
+        raise ReferenceError("the model must end with its classifier")
+    classes = int(np.prod(shapes[-1]))
+    header = (f"#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"
+              f"#define CNZ_INPUT_SIZE {int(np.prod(in_shape))}\n"
+              f"#define CNZ_CLASSES {classes}\n"
+              "/* input: the first layer's input integers, C×H×W; logits: int32 on one scale. */\n"
+              "void cnz_infer(const uint8_t *input, int32_t *logits);\n\n#endif\n")
+    body = ["/* Generated by cnnzip: integer-only inference. */", '#include "model.h"',
+            RUNTIME.read_text(), _kernels(calls), *data,
+            f"static uint8_t cnz_buf[2][{largest}];\n",
+            "void cnz_infer(const uint8_t *input, int32_t *logits)\n{",
+            *[f"    {c}" for c in calls], "}\n"]
+    return header, "\n".join(body)
