@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -212,6 +213,55 @@ def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     return copy.eval(), len(pairs)
 
 
+def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+              input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
+              data_dir: str | Path | None) -> dict[str, Any]:
+    """Integer-only C99 in ``out`` (model.h, model.c, main.c); with ``check``, compiled with
+    gcc and run on the full test set: every logit compared with the numpy reference."""
+    import subprocess
+    import tempfile
+
+    from cnnzip.data import batches
+    from cnnzip.export.c import write
+    from cnnzip.export.reference import ReferenceError, lower_model
+
+    try:
+        int_model = lower_model(model, tuple(spec.in_shape))
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
+    mean, std = input_info.get("mean"), input_info.get("std")
+    if not mean or not std:
+        raise CnnzipError(f"{path}: no input normalisation recorded; the C needs it to turn "
+                          "pixels into the first layer's integers")
+    files = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out)
+    result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
+                              "files": files, "bytes": sum(files.values()),
+                              "compile": "gcc -O2 -std=c99 -Wall -Werror model.c main.c -o infer"}
+    if not check:
+        return result
+    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    images = splits.test.images
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "model.c", "main.c",
+                        "-o", str(Path(tmp) / "infer")], cwd=out, check=True,
+                       capture_output=True)
+        idx = Path(tmp) / "images-idx3-ubyte"
+        n, c, h, w = images.shape
+        header = np.array([0x803, n, h, w], ">u4").tobytes()
+        idx.write_bytes(header + images.numpy().astype(np.uint8).tobytes())
+        run = subprocess.run([str(Path(tmp) / "infer"), str(idx)], capture_output=True,
+                             check=True, text=True)
+    predicted = np.array([int(v) for v in run.stdout.split()])
+    reference = np.concatenate([int_model(int_model.quantize_input(x)).argmax(1)
+                                for x, _ in batches(splits.test, splits.info, 1000)])
+    labels = splits.test.labels.numpy()
+    result.update(dataset=dataset, samples=len(predicted),
+                  c_accuracy=float((predicted == labels).mean()),
+                  accuracy=evaluate(model, splits.test, splits.info),
+                  c_equals_reference=float((predicted == reference).mean()))
+    return result
+
+
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
                 data_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
@@ -225,9 +275,12 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     from cnnzip.data import batches
     from cnnzip.export import OrtModel, agreement, export_onnx
 
-    if format != "onnx":
-        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx")
+    if format not in ("onnx", "c"):
+        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx "
+                          "and c")
     model, spec, input_info = load_model(path, trust_code=trust_code)
+    if format == "c":
+        return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir)
     size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
                               "bytes": size, "int8": int8}

@@ -9,20 +9,25 @@ from cnnzip.cli.common import add_data_args, add_trust_arg, print_json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write an ONNX model (int8 where quantized)",
-                       description="Write the model as ONNX. Quantized layers become "
+    p = sub.add_parser("export", help="write ONNX (int8 where quantized) or integer-only C",
+                       description="Write the model as ONNX (quantized layers become "
                                    "QuantizeLinear/DequantizeLinear pairs with cnnzip's own "
                                    "scales and zero points and int8 weights, which onnxruntime "
-                                   "runs with integer kernels; other layers stay float.")
+                                   "runs with integer kernels; other layers stay float) or, "
+                                   "with --format c, as integer-only C99 in a folder: model.h, "
+                                   "model.c (const weights, static buffers, no float) and a "
+                                   "main.c that runs IDX test images (quantized chains of "
+                                   "conv and linear layers so far).")
     p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
-    p.add_argument("--format", choices=["onnx"], default="onnx", help="default onnx")
+    p.add_argument("--format", choices=["onnx", "c"], default="onnx", help="default onnx")
     p.add_argument("--float", dest="int8", action="store_false",
                    help="write quantized layers as float layers with their rounded weights")
     p.add_argument("--check", action="store_true",
-                   help="run the exported file in onnxruntime on the full test set and report "
-                        "its accuracy and top-1 agreement with cnnzip's model")
+                   help="run the export on the full test set (onnxruntime; or the C compiled "
+                        "with gcc) and report its accuracy and agreement")
     add_data_args(p, required=False)
-    p.add_argument("--out", required=True, metavar="PATH", help="the file to write")
+    p.add_argument("--out", required=True, metavar="PATH",
+                   help="the file to write (onnx) or the folder (c)")
     add_trust_arg(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
@@ -34,6 +39,14 @@ def run(args: argparse.Namespace) -> int:
                         check=args.check, dataset=args.dataset, data_dir=args.data_dir)
     if args.json:
         print_json(r)
+        return 0
+    if r["format"] == "c":
+        print(f"{r['out']}: {', '.join(f'{k} {v:,} B' for k, v in r['files'].items())}; "
+              f"build: cd {r['out']} && {r['compile']}")
+        if args.check:
+            print(f"C accuracy {r['c_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, C predictions "
+                  f"equal to the integer reference's on {100 * r['c_equals_reference']:.2f}% of "
+                  f"{r['samples']} {r['dataset']} test images")
         return 0
     print(f"{r['out']}: {r['bytes']:,} bytes ({'int8 where quantized' if r['int8'] else 'float'})")
     if args.check:

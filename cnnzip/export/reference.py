@@ -153,9 +153,10 @@ class IntModel:
     logit_scale: float
 
     def quantize_input(self, images: torch.Tensor) -> np.ndarray:
-        """Images (normalised floats) → the first layer's input integers (rounded half to
-        even, as the fake-quantized model rounds them)."""
-        q = torch.round(images.double() / self.in_scale) + self.in_zero
+        """Images (normalised floats) → the first layer's input integers, computed as the
+        fake-quantized model computes them (float32 division, halves to even)."""
+        scale = torch.tensor(self.in_scale, dtype=torch.float32)
+        q = torch.round(images.float() / scale) + self.in_zero
         return q.clamp(0, (1 << self.in_bits) - 1).numpy().astype(np.int64)
 
     def __call__(self, codes: np.ndarray) -> np.ndarray:

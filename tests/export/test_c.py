@@ -59,3 +59,33 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     assert np.array_equal(got, int_model(codes))
     code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)  # comments aside
     assert not re.search(r"\b(float|double|malloc)\b", code)
+
+
+def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_path, capsys):
+    import json
+
+    from cnnzip.api import train_baseline
+    from cnnzip.cli import main
+    from cnnzip.train import TrainConfig
+
+    ckpt = tmp_path / "m.safetensors"
+    train_baseline("lenet5", "synthetic", ckpt, config=TrainConfig(epochs=1), quiet=True)
+    assert main(["compress", str(ckpt), "--recipe", "int8", "--finetune-epochs", "0",
+                 "--no-stage-bench", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    capsys.readouterr()
+    out = tmp_path / "c"
+    assert main(["export", str(tmp_path / "q" / "model.cnz"), "--format", "c", "--check",
+                 "--json", "--out", str(out)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert sorted(r["files"]) == ["main.c", "model.c", "model.h"]
+    assert all((out / name).stat().st_size == size for name, size in r["files"].items())
+    assert r["c_equals_reference"] == 1.0 and r["samples"] == 256
+    assert r["c_accuracy"] == pytest.approx(r["accuracy"], abs=0.02)
+    # a float model has no integers to export: one clear line
+    assert main(["compress", str(ckpt), "--recipe", "channel-prune", "--finetune-epochs", "0",
+                 "--no-stage-bench", "--quiet", "--out", str(tmp_path / "f")]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "f" / "model.cnz"), "--format", "c", "--out",
+                 str(tmp_path / "fc")]) != 0
+    err = capsys.readouterr().err
+    assert "cannot export as C" in err and "int8 recipe" in err and len(err.splitlines()) == 1
