@@ -43,7 +43,7 @@ int main(void) {
 def c_logits(int_model, in_shape, codes: np.ndarray, where: Path) -> np.ndarray:
     """The generated C of ``int_model``, compiled with gcc -O2 -std=c99 -Wall -Werror, run on
     ``codes``: its logits."""
-    header, source = generate(int_model, in_shape)
+    header, source, _ = generate(int_model, in_shape)
     where.mkdir(parents=True, exist_ok=True)
     (where / "model.h").write_text(header)
     (where / "model.c").write_text(source)

@@ -213,6 +213,28 @@ def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     return copy.eval(), len(pairs)
 
 
+def _sections(folder: Path) -> dict[str, int]:
+    """Bytes of model.c's sections once compiled (gcc -O2 -c, then ``size -A``): ``rodata``
+    (the constant data), ``bss`` (the arena), ``text`` (the code)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        obj = str(Path(tmp) / "model.o")
+        subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "-c", "model.c", "-o",
+                        obj], cwd=folder, check=True, capture_output=True)
+        table = subprocess.run(["size", "-A", obj], capture_output=True, text=True,
+                               check=True).stdout
+    sizes: dict[str, int] = {"rodata": 0, "bss": 0, "text": 0}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            for key in sizes:
+                if parts[0] == f".{key}" or parts[0].startswith(f".{key}."):
+                    sizes[key] += int(parts[1])
+    return sizes
+
+
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
               data_dir: str | Path | None) -> dict[str, Any]:
@@ -233,12 +255,13 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     if not mean or not std:
         raise CnnzipError(f"{path}: no input normalisation recorded; the C needs it to turn "
                           "pixels into the first layer's integers")
-    files = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out)
+    files, memory = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
-                              "files": files, "bytes": sum(files.values()),
+                              "files": files, "bytes": sum(files.values()), "memory": memory,
                               "compile": "gcc -O2 -std=c99 -Wall -Werror model.c main.c -o infer"}
     if not check:
         return result
+    result["compiled"] = _sections(out)
     dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
     images = splits.test.images
     with tempfile.TemporaryDirectory() as tmp:

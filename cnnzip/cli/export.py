@@ -43,7 +43,13 @@ def run(args: argparse.Namespace) -> int:
     if r["format"] == "c":
         print(f"{r['out']}: {', '.join(f'{k} {v:,} B' for k, v in r['files'].items())}; "
               f"build: cd {r['out']} && {r['compile']}")
+        m = r["memory"]
+        print(f"memory plan: {m['const_bytes']:,} B of constant data (flash), "
+              f"{m['arena_bytes']:,} B activation arena (RAM)")
         if args.check:
+            c = r["compiled"]
+            print(f"compiled (gcc -O2): .rodata {c['rodata']:,} B, .bss {c['bss']:,} B, "
+                  f".text {c['text']:,} B")
             print(f"C accuracy {r['c_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, C predictions "
                   f"equal to the integer reference's on {100 * r['c_equals_reference']:.2f}% of "
                   f"{r['samples']} {r['dataset']} test images")

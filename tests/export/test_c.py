@@ -45,7 +45,8 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     apply(model, Quantize(calibration=256, **options),
           Context(splits, finetune_epochs=0, quiet=True))
     int_model = lower_model(model, (1, 28, 28))
-    header, source = generate(int_model, (1, 28, 28))
+    header, source, memory = generate(int_model, (1, 28, 28))
+    assert memory["const_bytes"] > 0 and memory["arena_bytes"] > 0
     (tmp_path / "model.h").write_text(header)
     (tmp_path / "model.c").write_text(source)
     (tmp_path / "main.c").write_text(HARNESS)
@@ -80,6 +81,10 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     assert sorted(r["files"]) == ["main.c", "model.c", "model.h"]
     assert all((out / name).stat().st_size == size for name, size in r["files"].items())
     assert r["c_equals_reference"] == 1.0 and r["samples"] == 256
+    # the memory plan, known before compiling, against the compiled object's sections
+    plan, compiled = r["memory"], r["compiled"]
+    assert compiled["bss"] == plan["arena_bytes"] > 0
+    assert plan["const_bytes"] <= compiled["rodata"] <= 1.05 * plan["const_bytes"]
     assert r["c_accuracy"] == pytest.approx(r["accuracy"], abs=0.02)
     # a float model has no integers to export: one clear line
     assert main(["compress", str(ckpt), "--recipe", "channel-prune", "--finetune-epochs", "0",
