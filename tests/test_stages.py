@@ -32,9 +32,12 @@ def _figures(report):
 CASES = {
     # merge (max poolings, folds) → sensitivity → prune → share: every kind of simulated state
     "prune-merge-exact": ("lenet5", None, ["prune.epochs=2", "share.epochs=1"]),
-    # quantize → channels removed from the quantized model → fold into quantized layers
-    "quant-prune": ("resnet20", 0.25, ["quantize.budget_bits=null", "quantize.epochs=1",
-                                       "channels.epochs=1"]),
+    # quantize → channels removed from the quantized model → fold into quantized layers (the
+    # training is the prune-merge-exact case's; this one checks the record's replay order)
+    "quant-prune": ("resnet20", 0.25, ["quantize.budget_bits=null", "quantize.epochs=0",
+                                       "channels.epochs=0", "channels.criterion=l1",
+                                       "channels.recalibrate=false", "quantize.calibration=256",
+                                       "quantize.act_observer=minmax"]),
 }
 
 
