@@ -22,7 +22,7 @@ import torch
 
 from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
-from cnnzip.export.c import generate
+from cnnzip.export.c import compile_c, generate
 from cnnzip.export.reference import lower_model
 from common import compress_each, recipe_parser, write_results
 
@@ -48,9 +48,8 @@ def c_logits(int_model, in_shape, codes: np.ndarray, where: Path) -> np.ndarray:
     (where / "model.h").write_text(header)
     (where / "model.c").write_text(source)
     (where / "main.c").write_text(HARNESS)
-    subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "model.c", "main.c", "-o",
-                    "infer"], cwd=where, check=True)
-    out = subprocess.run(["./infer"], cwd=where, input=codes.astype(np.uint8).tobytes(),
+    infer = compile_c(where, ["model.c", "main.c"], where / "infer")
+    out = subprocess.run([str(infer)], cwd=where, input=codes.astype(np.uint8).tobytes(),
                          capture_output=True, check=True).stdout
     return np.frombuffer(out, "<i4").reshape(len(codes), -1)
 

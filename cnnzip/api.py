@@ -213,28 +213,6 @@ def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     return copy.eval(), len(pairs)
 
 
-def _sections(folder: Path) -> dict[str, int]:
-    """Bytes of model.c's sections once compiled (gcc -O2 -c, then ``size -A``): ``rodata``
-    (the constant data), ``bss`` (the arena), ``text`` (the code)."""
-    import subprocess
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        obj = str(Path(tmp) / "model.o")
-        subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "-c", "model.c", "-o",
-                        obj], cwd=folder, check=True, capture_output=True)
-        table = subprocess.run(["size", "-A", obj], capture_output=True, text=True,
-                               check=True).stdout
-    sizes: dict[str, int] = {"rodata": 0, "bss": 0, "text": 0}
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            for key in sizes:
-                if parts[0] == f".{key}" or parts[0].startswith(f".{key}."):
-                    sizes[key] += int(parts[1])
-    return sizes
-
-
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
               data_dir: str | Path | None) -> dict[str, Any]:
@@ -244,7 +222,7 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     import tempfile
 
     from cnnzip.data import batches
-    from cnnzip.export.c import write
+    from cnnzip.export.c import CFLAGS, compile_c, sections, write
     from cnnzip.export.reference import ReferenceError, lower_model
 
     try:
@@ -258,22 +236,20 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     files, memory = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
                               "files": files, "bytes": sum(files.values()), "memory": memory,
-                              "compile": "gcc -O2 -std=c99 -Wall -Werror model.c main.c -o infer"}
+                              "compile": f"gcc {' '.join(CFLAGS)} model.c main.c -o infer"}
     if not check:
         return result
-    result["compiled"] = _sections(out)
     dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
     images = splits.test.images
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(["gcc", "-O2", "-std=c99", "-Wall", "-Werror", "model.c", "main.c",
-                        "-o", str(Path(tmp) / "infer")], cwd=out, check=True,
-                       capture_output=True)
+        result["compiled"] = sections(out, Path(tmp))
+        infer = compile_c(out, ["model.c", "main.c"], Path(tmp) / "infer")
         idx = Path(tmp) / "images-idx3-ubyte"
         n, c, h, w = images.shape
         header = np.array([0x803, n, h, w], ">u4").tobytes()
         idx.write_bytes(header + images.numpy().astype(np.uint8).tobytes())
-        run = subprocess.run([str(Path(tmp) / "infer"), str(idx)], capture_output=True,
-                             check=True, text=True)
+        run = subprocess.run([str(infer), str(idx)], capture_output=True, check=True,
+                             text=True)
     predicted = np.array([int(v) for v in run.stdout.split()])
     reference = np.concatenate([int_model(int_model.quantize_input(x)).argmax(1)
                                 for x, _ in batches(splits.test, splits.info, 1000)])

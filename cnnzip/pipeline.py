@@ -22,7 +22,7 @@ from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
 from cnnzip.methods import STEPS, Context, apply
 from cnnzip.modules import CodebookLayer, QuantLayer, weight_layers
-from cnnzip.recipes import Recipe, check_order, load_recipe
+from cnnzip.recipes import Recipe, load_recipe
 from cnnzip.report import codebook_rows, dense_rows, quant_rows, write_report
 from cnnzip.surgery import ModelSpec, materialize
 from cnnzip.train import evaluate
@@ -94,7 +94,6 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         raise CnnzipError(f"finetune epochs must be 0 or more, got {finetune_epochs}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
     kinds = [kind for kind, _ in recipe.steps]
-    check_order(kinds, recipe.source)
     ckpt = load_checkpoint(model_path, trust_code=trust_code)
     dataset = dataset or ckpt.input.get("dataset")
     if not dataset:

@@ -9,13 +9,18 @@ and flattens; sparse and shared kernels, the memory planner and the CLI come nex
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from cnnzip.errors import CnnzipError
 from cnnzip.export.reference import Flatten, IntLayer, IntModel, Logits, MaxPool, ReferenceError
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
+CFLAGS = ("-O2", "-std=c99", "-Wall", "-Werror")
 
 _KERNELS = r"""
 @@cnz_conv
@@ -271,8 +276,6 @@ int main(int argc, char **argv)
 def pixel_table(model: IntModel, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """(channels, 256): the first layer's input integer of each 8-bit pixel value, per channel
     (normalisation and quantization folded into one lookup, rounded as the reference rounds)."""
-    import torch
-
     channels = len(mean)
     pixels = torch.arange(256, dtype=torch.uint8).repeat(channels, 1)  # (C, 256)
     # exactly as cnnzip.data.normalize computes it (float32), then as the reference quantizes
@@ -299,3 +302,40 @@ def write(model: IntModel, in_shape: tuple[int, ...], mean: tuple[float, ...],
         (out / name).write_text(text)
     memory = {**memory, "const_bytes": memory["const_bytes"] + table.size}
     return {name: len(text.encode()) for name, text in files.items()}, memory
+
+
+def compile_c(folder: Path, sources: list[str], output: str | Path, *,
+              object_only: bool = False) -> Path:
+    """``gcc`` with :data:`CFLAGS` on ``sources`` in ``folder``: an executable (or, with
+    ``object_only``, one object file) at ``output``.
+
+    Raises:
+        CnnzipError: no C compiler, or one that refuses the sources (its first error line).
+    """
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        raise CnnzipError("no C compiler (gcc or cc) on PATH; scripts/setup.sh installs gcc")
+    output = Path(output).resolve()
+    done = subprocess.run([gcc, *CFLAGS, *(["-c"] if object_only else []), *sources, "-o",
+                           str(output)], cwd=folder, capture_output=True, text=True)
+    if done.returncode:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no message)"]
+        raise CnnzipError(f"{folder}: gcc failed: {lines[0]}")
+    return output
+
+
+def sections(folder: Path, scratch: Path) -> dict[str, int]:
+    """Bytes of ``folder/model.c``'s sections once compiled (``size -A`` of the object file,
+    written in ``scratch``): ``rodata`` (the constant data), ``bss`` (the arena), ``text``
+    (the code)."""
+    obj = compile_c(folder, ["model.c"], scratch / "model.o", object_only=True)
+    table = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True,
+                           check=True).stdout
+    sizes = {"rodata": 0, "bss": 0, "text": 0}
+    for line in table.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and parts[1].isdigit():
+            for key in sizes:
+                if parts[0] == f".{key}" or parts[0].startswith(f".{key}."):
+                    sizes[key] += int(parts[1])
+    return sizes

@@ -5,14 +5,14 @@ A :class:`~cnnzip.modules.quant.QuantLayer` with quantized inputs is lowered to 
 × the channel's weight scale), and per output channel a Q31 multiplier and shift that take the
 accumulator to the next tensor's grid (:mod:`cnnzip.ops.intmath`, rounded as CMSIS-NN does),
 then the zero point, then a clamp that also performs a following ReLU. Everything after
-lowering is integer arithmetic: the convolution runs in float64 on integer values, which is
-exact while every sum stays below 2^53 (checked), and the generated C will compute the same
-integers.
+lowering is integer arithmetic: the convolution runs in float64 on integer values, exact
+since every sum is checked to stay in int32 (far below 2^53), and the generated C computes the
+same integers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -21,12 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.errors import CnnzipError
-from cnnzip.modules import FlatLinear, QuantLayer
 from cnnzip.graph import with_shapes
+from cnnzip.modules import FlatLinear, QuantLayer
 from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
                                 round_half_away)
-
-EXACT = 2.0 ** 53  # float64 holds every integer up to here
+from cnnzip.surgery.replace import pair
 
 
 class ReferenceError(CnnzipError):
@@ -75,7 +74,7 @@ class IntLayer:
         weight = torch.from_numpy(self.weight.astype(np.float64))
         bound = float(np.abs(self.weight).reshape(len(self.weight), -1).sum(1).max()) \
             * float(centred.abs().max()) if centred.numel() else 0.0
-        if bound + float(np.abs(self.bias).max()) >= min(EXACT, 2.0 ** 31):
+        if bound + float(np.abs(self.bias).max()) >= 2.0 ** 31:
             raise ReferenceError("an accumulator could leave int32")
         if self.kind == "conv":
             acc = F.conv2d(centred, weight, stride=self.stride, padding=self.padding,
@@ -99,11 +98,8 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
     inner = layer.layer
     if type(inner) not in (nn.Conv2d, nn.Linear, FlatLinear):
         raise ReferenceError(f"{name}: a quantized {type(inner).__name__} is not lowered yet")
-    in_scale = float(layer.a_scale.detach())
-    w_scale = layer.w_scale.detach().double().numpy().reshape(-1)
     codes = layer.codes().numpy().astype(np.int64)
-    w_scale = np.broadcast_to(w_scale, (codes.shape[0],)).copy()
-    acc_scale = in_scale * w_scale
+    acc_scale = _acc_scale(layer)
     bias = inner.bias.detach().double().numpy() if inner.bias is not None \
         else np.zeros(codes.shape[0])
     multiplier, shift = quantize_multiplier(acc_scale / out_scale)
@@ -115,6 +111,13 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
         return IntLayer("conv", stride=tuple(inner.stride), padding=tuple(inner.padding),
                         groups=inner.groups, **common)
     return IntLayer("linear", flatten=isinstance(inner, FlatLinear), **common)
+
+
+def _acc_scale(layer: QuantLayer) -> np.ndarray:
+    """Per output channel, the real value of one accumulator step: input scale × weight
+    scale."""
+    w_scale = layer.w_scale.detach().double().numpy().reshape(-1)
+    return float(layer.a_scale.detach()) * np.broadcast_to(w_scale, (layer.latent.shape[0],))
 
 
 @dataclass(frozen=True)
@@ -225,8 +228,8 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
             ops.append(_lower_logits(layer, name))
         for other, module in between:
             if isinstance(module, nn.MaxPool2d) and _plain_pool(module):
-                ops.append(MaxPool(_pair(module.kernel_size),
-                                   _pair(module.stride or module.kernel_size)))
+                ops.append(MaxPool(pair(module.kernel_size),
+                                   pair(module.stride or module.kernel_size)))
             elif isinstance(module, nn.Flatten) and module.start_dim == 1 \
                     and module.end_dim == -1:
                 ops.append(Flatten())
@@ -240,12 +243,8 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
                     tuple(ops), ops[-1].logit_scale)
 
 
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
 def _plain_pool(m: nn.MaxPool2d) -> bool:
-    return _pair(m.padding) == (0, 0) and _pair(m.dilation) == (1, 1) and not m.ceil_mode
+    return pair(m.padding) == (0, 0) and pair(m.dilation) == (1, 1) and not m.ceil_mode
 
 
 @dataclass(frozen=True)
@@ -262,12 +261,7 @@ class Logits(IntLayer):
 def _lower_logits(layer: QuantLayer, name: str) -> Logits:
     """The last layer: accumulators on per-channel scales brought to the largest of them (a
     factor ≤ 1 each, so nothing overflows), the bias on the same scale."""
-    probe = lower(layer, 1.0, 0, 8, name=name)
-    acc_scale = float(layer.a_scale.detach()) * np.broadcast_to(
-        layer.w_scale.detach().double().numpy().reshape(-1), (len(probe.weight),))
-    common = float(acc_scale.max())
-    multiplier, shift = quantize_multiplier(acc_scale / common)
-    fields = {f: getattr(probe, f) for f in ("kind", "weight", "bias", "in_zero", "stride",
-                                              "padding", "groups", "flatten")}
-    return Logits(**fields, multiplier=multiplier, shift=shift, out_zero=0, lo=INT32_MIN,
-                  hi=INT32_MAX, logit_scale=common)
+    common = float(_acc_scale(layer).max())
+    layer_on_common = lower(layer, common, 0, 8, name=name)
+    kept = {f.name: getattr(layer_on_common, f.name) for f in fields(IntLayer)}
+    return Logits(**{**kept, "lo": INT32_MIN, "hi": INT32_MAX}, logit_scale=common)

@@ -18,12 +18,16 @@ BUILTIN = Path(__file__).parent
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named list of method configs, applied in order."""
+    """A named list of method configs, applied in order (their order is checked when the
+    recipe is made, before anything runs)."""
 
     name: str
     steps: tuple[tuple[str, Any], ...]
     source: str
     overrides: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_order([kind for kind, _ in self.steps], self.source)
 
 
 def builtin_names() -> list[str]:
@@ -70,7 +74,6 @@ def parse_recipe(data: Any, source: str) -> Recipe:
             raise CnnzipError(f"{source}: step {i} must be one mapping like '- prune: {{...}}'")
         (kind, options), = item.items()
         parsed.append((kind, _step(f"{source}: step {i}", kind, options)))
-    check_order([kind for kind, _ in parsed], source)
     return Recipe(str(data.get("name", Path(source).stem)), tuple(parsed), source)
 
 

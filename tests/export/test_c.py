@@ -2,7 +2,6 @@
 reference on every logit."""
 
 import re
-import shutil
 import subprocess
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.c import generate
+from cnnzip.export.c import compile_c, generate
 from cnnzip.export.reference import lower_model
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
@@ -37,8 +36,6 @@ int main(void) {
     ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}),
 ])
 def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options):
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    assert gcc, "no C compiler: scripts/setup.sh installs gcc"
     torch.manual_seed(0)
     model = build_model(resolve_spec(name, (1, 28, 28), 10)).eval()
     splits = synthetic_splits()
@@ -50,8 +47,7 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     (tmp_path / "model.h").write_text(header)
     (tmp_path / "model.c").write_text(source)
     (tmp_path / "main.c").write_text(HARNESS)
-    subprocess.run([gcc, "-O2", "-std=c99", "-Wall", "-Werror", "model.c", "main.c", "-o",
-                    "infer"], cwd=tmp_path, check=True)
+    compile_c(tmp_path, ["model.c", "main.c"], tmp_path / "infer")
     x, _ = next(iter(batches(splits.test, splits.info, 256)))
     codes = int_model.quantize_input(x)
     (tmp_path / "in.bin").write_bytes(codes.astype(np.uint8).tobytes())
