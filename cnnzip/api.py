@@ -213,17 +213,129 @@ def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
     return copy.eval(), len(pairs)
 
 
+def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str = "host",
+                  kernels: str = "balanced", samples: int | None = None, peer: bool = False,
+                  dataset: str | None = None, data_dir: str | Path | None = None,
+                  work: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
+    """Both models as C from cnnzip's generator, compiled with the same compiler and flags for
+    ``target`` (``host`` or ``cortex-m4``, :mod:`cnnzip.export.cbench`) and run on the first
+    ``samples`` test images (default: 200 on the Cortex-M4, 1,000 on the host): the baseline as
+    dense float C, the compressed model as integer C with the kernels ``kernels`` chooses, and
+    as dense integer C (what sparsity and sharing add). Per model: time per image, flash, RAM,
+    and the C checked against the reference. On the host, onnxruntime at batch 1 as well. With
+    ``peer``, both models also through emx-onnx-cgen (ONNX to C) when it is installed.
+    """
+    import tempfile
+
+    from cnnzip.export.cbench import Entry, bench
+    from cnnzip.export.reference import ReferenceError, lower_float_model, lower_model
+    from cnnzip.export.toolchain import TARGETS
+
+    if target not in TARGETS:
+        raise ArgumentError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
+    samples = samples or (200 if target == "cortex-m4" else 1000)
+    base, base_spec, _ = load_model(baseline, trust_code=trust_code)
+    comp, spec, info = load_model(compressed, trust_code=trust_code)
+    in_shape = tuple(spec.in_shape)
+    if tuple(base_spec.in_shape) != in_shape:
+        raise CnnzipError(f"the two models take different inputs: {base_spec.in_shape}, "
+                          f"{spec.in_shape}")
+    try:
+        float_model = lower_float_model(base, in_shape)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
+    try:
+        int_model = lower_model(comp, in_shape)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{compressed}: cannot export as C: {exc}") from None
+    dataset, splits = _test_data(compressed, spec, info, dataset, data_dir)
+    from cnnzip.data import batches
+
+    images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
+    entries = [Entry("baseline-float", float_model, "dense"),
+               Entry("compressed", int_model, kernels),
+               Entry("compressed-dense", int_model, "dense")]
+    out: dict[str, Any] = {"baseline": str(baseline), "compressed": str(compressed),
+                           "target": target, "kernels": kernels, "samples": len(images),
+                           "dataset": dataset}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(work) if work else Path(tmp)
+        if peer:
+            out["peer"] = _peer_entries(base, comp, in_shape, folder, entries)
+        bench(entries, in_shape, int(float_model(np.zeros((1, *in_shape), np.float32)).shape[1]),
+              images, folder, target)
+    key = "ticks_per_image" if target == "cortex-m4" else "us_per_image"
+    models = {e.label: {k: v for k, v in e.result.items() if k not in ("folder", "sources")}
+              for e in entries}
+    base_time = models["baseline-float"][key]
+    for figures in models.values():
+        figures["speedup_vs_baseline"] = base_time / figures[key]
+    out.update(models=models, time_unit=key)
+    if target == "host":
+        out["onnxruntime_batch1"] = _ort_batch1(base, comp, in_shape)
+    return out
+
+
+def _peer_entries(base, comp, in_shape, folder: Path, entries: list) -> dict[str, Any]:
+    """emx-onnx-cgen's C of both models (from cnnzip's ONNX exports), added to ``entries``;
+    what happened, for the report (the tool's error when it is missing or fails)."""
+    import shutil
+    import subprocess
+
+    from cnnzip.export import to_onnx
+    from cnnzip.export.cbench import Entry
+
+    tool = shutil.which("emx-onnx-cgen")
+    if tool is None:
+        return {"tool": "emx-onnx-cgen", "error": "not installed (pip install emx-onnx-cgen)"}
+    folder.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {"tool": "emx-onnx-cgen"}
+    for label, model, int8 in (("peer-baseline", base, False), ("peer-compressed", comp, True)):
+        onnx_path = folder / f"{label}.onnx"
+        onnx_path.write_bytes(to_onnx(model, in_shape, int8=int8).SerializeToString())
+        c_path = folder / f"{label}.c"
+        run = subprocess.run([tool, "compile", str(onnx_path), str(c_path),
+                              "--large-temp-threshold", "0",
+                              "--large-weight-threshold", str(1 << 30)],
+                             capture_output=True, text=True)
+        if run.returncode or not c_path.exists():
+            lines = (run.stderr or run.stdout).strip().splitlines() or ["(no message)"]
+            done[label] = f"failed: {lines[-1]}"
+            continue
+        entries.append(Entry(label, peer_c=c_path))
+        done[label] = "generated"
+    return done
+
+
+def _ort_batch1(base, comp, in_shape) -> dict[str, Any]:
+    """onnxruntime on the host at batch 1: the baseline in float, the compressed model int8."""
+    import onnxruntime
+
+    from cnnzip.export import OrtModel, to_onnx
+    from cnnzip.surgery import materialize
+
+    models = {"baseline": OrtModel(to_onnx(materialize(base).eval(), in_shape, int8=False)),
+              "compressed": OrtModel(to_onnx(materialize(comp).eval(), in_shape))}
+    best = bench_models(models, in_shape, batch_size=1, rounds=3, min_seconds=0.5)
+    return {"runtime": f"onnxruntime {onnxruntime.__version__} cpu",
+            "baseline_us_per_image": 1e6 / best["baseline"],
+            "compressed_us_per_image": 1e6 / best["compressed"],
+            "speedup": best["compressed"] / best["baseline"]}
+
+
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
-              data_dir: str | Path | None) -> dict[str, Any]:
-    """Integer-only C99 in ``out`` (model.h, model.c, main.c); with ``check``, compiled with
-    gcc and run on the full test set: every logit compared with the numpy reference."""
+              data_dir: str | Path | None, kernels: str) -> dict[str, Any]:
+    """Integer-only C99 in ``out`` (model.h, model.c, main.c), each layer's kernel chosen by
+    ``kernels``; with ``check``, compiled with gcc and run on the full test set: every
+    prediction compared with the numpy reference's."""
     import subprocess
     import tempfile
 
     from cnnzip.data import batches
-    from cnnzip.export.c import CFLAGS, compile_c, sections, write
+    from cnnzip.export.c import write
     from cnnzip.export.reference import ReferenceError, lower_model
+    from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
 
     try:
         int_model = lower_model(model, tuple(spec.in_shape))
@@ -233,16 +345,20 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     if not mean or not std:
         raise CnnzipError(f"{path}: no input normalisation recorded; the C needs it to turn "
                           "pixels into the first layer's integers")
-    files, memory = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out)
+    try:
+        files, gen = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out, kernels)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
-                              "files": files, "bytes": sum(files.values()), "memory": memory,
+                              "files": files, "bytes": sum(files.values()), "memory": gen.memory,
+                              "kernels": kernels, "layers": [asdict(p) for p in gen.layers],
                               "compile": f"gcc {' '.join(CFLAGS)} model.c main.c -o infer"}
     if not check:
         return result
     dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
     images = splits.test.images
     with tempfile.TemporaryDirectory() as tmp:
-        result["compiled"] = sections(out, Path(tmp))
+        result["compiled"] = model_sections(out, Path(tmp))
         infer = compile_c(out, ["model.c", "main.c"], Path(tmp) / "infer")
         idx = Path(tmp) / "images-idx3-ubyte"
         n, c, h, w = images.shape
@@ -263,9 +379,11 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
 
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
-                data_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
-    """Export the model in ``path`` for deployment; quantized layers as int8 QDQ unless
-    ``int8`` is False.
+                data_dir: str | Path | None = None, trust_code: bool = False,
+                kernels: str = "balanced") -> dict[str, Any]:
+    """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
+    ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
+    sparse, unrolled) are chosen by ``kernels`` (:data:`cnnzip.export.kernels.POLICIES`).
 
     With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
     and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
@@ -279,7 +397,8 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
                           "and c")
     model, spec, input_info = load_model(path, trust_code=trust_code)
     if format == "c":
-        return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir)
+        return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir,
+                         kernels)
     size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
                               "bytes": size, "int8": int8}

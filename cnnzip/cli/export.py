@@ -6,6 +6,7 @@ import argparse
 
 from cnnzip import api
 from cnnzip.cli.common import add_data_args, add_trust_arg, print_json
+from cnnzip.export.kernels import POLICIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,9 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "scales and zero points and int8 weights, which onnxruntime "
                                    "runs with integer kernels; other layers stay float) or, "
                                    "with --format c, as integer-only C99 in a folder: model.h, "
-                                   "model.c (const weights, static buffers, no float) and a "
-                                   "main.c that runs IDX test images (quantized chains of "
-                                   "conv and linear layers so far).")
+                                   "model.c (weights as const data or code, one static arena, "
+                                   "no float, no malloc) and a main.c that runs IDX test "
+                                   "images (quantized chains of conv, linear and max-pooling "
+                                   "layers so far).")
     p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
     p.add_argument("--format", choices=["onnx", "c"], default="onnx", help="default onnx")
     p.add_argument("--float", dest="int8", action="store_false",
@@ -25,6 +27,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check", action="store_true",
                    help="run the export on the full test set (onnxruntime; or the C compiled "
                         "with gcc) and report its accuracy and agreement")
+    p.add_argument("--kernels", choices=POLICIES, default="balanced",
+                   help="C only: each layer's kernel. dense: every weight from an array; "
+                        "sparse: non-zero weights with their input offsets, zeros skipped; "
+                        "unrolled: non-zero weights as immediates in straight-line code "
+                        "(fastest, most flash); fast/small: the cost model's fastest or "
+                        "smallest per layer; balanced (default): fastest, with each byte of "
+                        "flash worth a few instructions")
     add_data_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PATH",
                    help="the file to write (onnx) or the folder (c)")
@@ -35,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
-                        trust_code=args.trust_code,
+                        trust_code=args.trust_code, kernels=args.kernels,
                         check=args.check, dataset=args.dataset, data_dir=args.data_dir)
     if args.json:
         print_json(r)
@@ -46,9 +55,11 @@ def run(args: argparse.Namespace) -> int:
         m = r["memory"]
         print(f"memory plan: {m['const_bytes']:,} B of constant data (flash), "
               f"{m['arena_bytes']:,} B activation arena (RAM)")
+        print("kernels: " + ", ".join(f"{p['name']} {p['form']} ({p['nonzero_macs']:,} of "
+                                      f"{p['macs']:,} MACs)" for p in r["layers"]))
         if args.check:
             c = r["compiled"]
-            print(f"compiled (gcc -O2): .rodata {c['rodata']:,} B, .bss {c['bss']:,} B, "
+            print(f"compiled (gcc -O2, model.c): .rodata {c['rodata']:,} B, .bss {c['bss']:,} B, "
                   f".text {c['text']:,} B")
             print(f"C accuracy {r['c_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, C predictions "
                   f"equal to the integer reference's on {100 * r['c_equals_reference']:.2f}% of "

@@ -1,222 +1,195 @@
 """C99 for an integer model (:class:`cnnzip.export.reference.IntModel`): weights as ``const``
-arrays, two static activation buffers, no ``malloc``, no floating point; one entry point,
-``void cnz_infer(const uint8_t *input, int32_t *logits)``, computing bit for bit what the numpy
-reference computes (the requantization is ``cnnzip/export/runtime/cnz_math.h``).
+data or code, one static activation arena planned over tensor lifetimes, no ``malloc``, no
+floating point; one entry point, ``void cnz_infer(const uint8_t *input, int32_t *logits)``,
+computing bit for bit what the numpy reference computes (the requantization is
+``cnnzip/export/runtime/cnz_math.h``). Each layer's kernel (dense, sparse or unrolled) is chosen
+by the cost model in :mod:`cnnzip.export.kernels`.
 
-First slice of issue 19: dense kernels for chains of convolutions, linear layers, max poolings
-and flattens; sparse and shared kernels, the memory planner and the CLI come next.
+The same generator writes a float model (:class:`cnnzip.export.reference.FloatModel`) as float
+C with the same dense kernels: the baseline that compressed C is timed against.
+
+Chains of convolutions, linear layers, max poolings and flattens so far.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+from dataclasses import dataclass, replace
 from pathlib import Path
+from string import Template
 
 import numpy as np
 import torch
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.reference import Flatten, IntLayer, IntModel, Logits, MaxPool, ReferenceError
+from cnnzip.export.kernels import choose, emit, estimate, geometry, macs
+from cnnzip.export.reference import (FloatLayer, FloatModel, Flatten, IntLayer, IntModel, Logits,
+                                     MaxPool, ReferenceError)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
-CFLAGS = ("-O2", "-std=c99", "-Wall", "-Werror")
 
-_KERNELS = r"""
-@@cnz_conv
-static void cnz_conv(const uint8_t *in, int ci, int h, int w, int in_zero, const int8_t *wt,
-                     const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
-                     int kh, int kw, int sh, int sw, int ph, int pw, int groups, int out_zero,
-                     int lo, int hi, uint8_t *out, int oh, int ow)
+_MAXPOOL = Template(r"""static void $name(const $t *in, $t *out)
 {
-    const int cig = ci / groups, cog = co / groups;
-    for (int o = 0; o < co; o++) {
-        const int g = o / cog;
-        for (int y = 0; y < oh; y++) {
-            for (int x = 0; x < ow; x++) {
-                int32_t acc = bias[o];
-                for (int c = 0; c < cig; c++) {
-                    const uint8_t *plane = in + (g * cig + c) * h * w;
-                    const int8_t *k = wt + (o * cig + c) * kh * kw;
-                    for (int ky = 0; ky < kh; ky++) {
-                        const int iy = y * sh - ph + ky;
-                        if (iy < 0 || iy >= h) continue;
-                        for (int kx = 0; kx < kw; kx++) {
-                            const int ix = x * sw - pw + kx;
-                            if (ix < 0 || ix >= w) continue;
-                            acc += k[ky * kw + kx] * ((int32_t)plane[iy * w + ix] - in_zero);
-                        }
-                    }
-                }
-                int32_t v = cnz_requantize(acc, mult[o], shift[o]) + out_zero;
-                out[(o * oh + y) * ow + x] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
-            }
-        }
-    }
-}
-
-@@cnz_dot
-static int32_t cnz_dot(const uint8_t *in, int n, int in_zero, const int8_t *row, int32_t acc)
-{
-    for (int i = 0; i < n; i++) acc += row[i] * ((int32_t)in[i] - in_zero);
-    return acc;
-}
-
-@@cnz_linear
-static void cnz_linear(const uint8_t *in, int n, int in_zero, const int8_t *wt,
-                       const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
-                       int out_zero, int lo, int hi, uint8_t *out)
-{
-    for (int o = 0; o < co; o++) {
-        int32_t v = cnz_requantize(cnz_dot(in, n, in_zero, wt + o * n, bias[o]), mult[o],
-                                   shift[o]) + out_zero;
-        out[o] = (uint8_t)(v < lo ? lo : v > hi ? hi : v);
-    }
-}
-
-@@cnz_logits
-static void cnz_logits(const uint8_t *in, int n, int in_zero, const int8_t *wt,
-                       const int32_t *bias, const int32_t *mult, const int32_t *shift, int co,
-                       int32_t *out)
-{
-    for (int o = 0; o < co; o++)
-        out[o] = cnz_requantize(cnz_dot(in, n, in_zero, wt + o * n, bias[o]), mult[o], shift[o]);
-}
-
-@@cnz_maxpool
-static void cnz_maxpool(const uint8_t *in, int c, int h, int w, int kh, int kw, int sh, int sw,
-                        uint8_t *out, int oh, int ow)
-{
-    for (int ch = 0; ch < c; ch++)
-        for (int y = 0; y < oh; y++)
-            for (int x = 0; x < ow; x++) {
-                uint8_t m = 0;
-                for (int ky = 0; ky < kh; ky++)
-                    for (int kx = 0; kx < kw; kx++) {
-                        const uint8_t v = in[(ch * h + y * sh + ky) * w + x * sw + kx];
-                        if (v > m) m = v;
-                    }
-                out[(ch * oh + y) * ow + x] = m;
+    for (int c = 0; c < $c; c++)
+        for (int y = 0; y < $oh; y++)
+            for (int x = 0; x < $ow; x++) {
+                const $t *p = in + (c * $h + y * $sh) * $w + x * $sw;
+                $t m = p[0];
+                for (int ky = 0; ky < $kh; ky++)
+                    for (int kx = 0; kx < $kw; kx++)
+                        if (p[ky * $w + kx] > m) m = p[ky * $w + kx];
+                out[(c * $oh + y) * $ow + x] = m;
             }
 }
-"""
+""")
 
 
-KERNELS = {part.split("\n", 1)[0]: part.split("\n", 1)[1]
-           for part in _KERNELS.split("@@")[1:]}
-
-
-def _kernels(calls: list[str]) -> str:
-    """The kernels the calls use (an unused static function would not compile with -Werror)."""
-    used = {call.split("(", 1)[0] for call in calls}
-    if used & {"cnz_linear", "cnz_logits"}:
-        used.add("cnz_dot")
-    return "\n".join(code for name, code in KERNELS.items() if name in used)
-
-
-def _array(ctype: str, name: str, values: np.ndarray) -> str:
-    flat = np.asarray(values).reshape(-1).tolist()
-    rows = [", ".join(map(str, flat[i:i + 24])) for i in range(0, len(flat), 24)]
-    return f"static const {ctype} {name}[{len(flat)}] = {{\n    " + ",\n    ".join(rows) + "\n};\n"
-
-
-def arena(sizes: list[tuple[int, int]]) -> tuple[int, list[int]]:
-    """One activation arena for a chain of operations, each reading the previous one's output.
-
-    Args:
-        sizes: per operation, (input bytes, output bytes); the first input and the last output
-            are the caller's (not in the arena).
+def plan_arena(tensors: list[tuple[int, int, int]]) -> tuple[int, list[int]]:
+    """Offsets in one arena for tensors given as (bytes, first step, last step) that use it:
+    greedy packing over lifetimes (largest first, each at the lowest offset free of every
+    placed tensor whose lifetime overlaps; TensorFlow Lite Micro's greedy planner).
 
     Returns:
-        The arena's bytes and each output's offset (the last: -1). An operation writes at the
-        end of the arena opposite its input, so the arena is the largest input + output of any
-        one operation: for a chain, the least any placement needs.
+        The arena's bytes and each tensor's offset.
     """
-    size = max((a if i else 0) + (b if i < len(sizes) - 1 else 0)
-               for i, (a, b) in enumerate(sizes))
-    offsets, low = [], False
-    for i, (_, b) in enumerate(sizes):
-        if i == len(sizes) - 1:
-            offsets.append(-1)
-            break
-        low = not low
-        offsets.append(0 if low else size - b)
+    order = sorted(range(len(tensors)), key=lambda i: (-tensors[i][0], tensors[i][1]))
+    offsets = [0] * len(tensors)
+    placed: list[int] = []
+    for i in order:
+        size, first, last = tensors[i]
+        busy = sorted((offsets[j], offsets[j] + tensors[j][0]) for j in placed
+                      if tensors[j][1] <= last and first <= tensors[j][2])
+        offset = 0
+        for lo, hi in busy:
+            if offset + size <= lo:
+                break
+            offset = max(offset, hi)
+        offsets[i] = offset
+        placed.append(i)
+    size = max((offsets[i] + tensors[i][0] for i in range(len(tensors))), default=0)
     return size, offsets
 
 
-def generate(model: IntModel, in_shape: tuple[int, ...]) -> tuple[str, str, dict[str, int]]:
-    """``(model.h, model.c, memory)`` for ``model`` on inputs of ``in_shape`` (C, H, W);
-    ``memory``: the bytes of constant data (weights, biases, requantization parameters) and of
-    the activation arena, known before anything is compiled.
+@dataclass(frozen=True)
+class LayerPlan:
+    """How one layer is computed: its kernel form, its multiply-accumulates (all, and those on
+    non-zero weights), the cost model's Cortex-M4 instructions and its constant bytes."""
+
+    name: str
+    form: str
+    macs: int
+    nonzero_macs: int
+    predicted_instructions: int
+    const_bytes: int
+
+
+@dataclass(frozen=True)
+class Generated:
+    """The C of a model: ``model.h``, ``model.c``; the memory plan, known before compiling
+    (``const_bytes``: weights and parameters; ``arena_bytes``: every activation); each layer's
+    plan."""
+
+    header: str
+    source: str
+    const_bytes: int
+    arena_bytes: int
+    layers: tuple[LayerPlan, ...]
+
+    @property
+    def memory(self) -> dict[str, int]:
+        return {"const_bytes": self.const_bytes, "arena_bytes": self.arena_bytes}
+
+
+def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
+             kernels: str = "balanced") -> Generated:
+    """The C of ``model`` on inputs of ``in_shape`` (C, H, W), each layer's kernel form chosen
+    by ``kernels`` (one of :data:`cnnzip.export.kernels.POLICIES`).
 
     Raises:
         ReferenceError: an operation without a C kernel yet, or weights wider than 8 bits.
     """
-    shapes, x = [], np.zeros((1, *in_shape), np.int64) + model.in_zero
+    is_float = isinstance(model, FloatModel)
+    elem, width = ("float", 4) if is_float else ("uint8_t", 1)
+    if not model.ops or not isinstance(model.ops[-1], FloatLayer if is_float else Logits):
+        raise ReferenceError("the model must end with its classifier")
+    shapes, x = [], np.zeros((1, *in_shape), np.float32 if is_float else np.int64)
+    x = x if is_float else x + model.in_zero
     for op in model.ops:
         x = op(x)
-        shapes.append(x.shape[1:])
-    real, shape = [], tuple(in_shape)  # the operations that move data, with their sizes
-    for op, out_shape in zip(model.ops, shapes):
-        if not isinstance(op, Flatten):
-            real.append((int(np.prod(shape)), int(np.prod(out_shape))))
-        shape = out_shape
-    arena_bytes, offsets = arena(real)
-    data, calls, const_bytes = [], [], 0
-    shape = tuple(in_shape)
-    src = "input"
+        shapes.append(tuple(x.shape[1:]))
+    steps, layers, data, functions, const_bytes = [], [], [], [], 0
+    tensors: list[tuple[int, int, int]] = []  # the arena's users: (bytes, first, last step)
+    shape, src = tuple(in_shape), None  # src: the arena tensor holding the input (None: input)
+    fused = {i + 1 for i, op in enumerate(model.ops[:-1])
+             if isinstance(op, (IntLayer, FloatLayer)) and op.kind == "conv"
+             and isinstance(model.ops[i + 1], MaxPool)}
     for i, (op, out_shape) in enumerate(zip(model.ops, shapes)):
-        last = i == len(model.ops) - 1
-        if isinstance(op, Flatten):
+        if isinstance(op, Flatten) or i in fused:
             shape = out_shape
             continue
-        offset = offsets[len(calls)]
-        dst = "logits" if last else f"(cnz_arena + {offset})"
-        if isinstance(op, IntLayer):
-            if np.abs(op.weight).max(initial=0) > 127:
-                raise ReferenceError(f"layer {i}: weights wider than 8 bits have no C kernel")
-            data += [_array("int8_t", f"w{i}", op.weight), _array("int32_t", f"b{i}", op.bias),
-                     _array("int32_t", f"m{i}", op.multiplier),
-                     _array("int32_t", f"s{i}", op.shift)]
-            const_bytes += op.weight.size + 4 * (op.bias.size + 2 * op.multiplier.size)
-            args = f"w{i}, b{i}, m{i}, s{i}, {len(op.weight)}"
-            if isinstance(op, Logits):
-                if not last:
-                    raise ReferenceError("only the last layer gives logits")
-                calls.append(f"cnz_logits({src}, {int(np.prod(shape))}, {op.in_zero}, {args}, "
-                             f"{dst});")
-            elif op.kind == "conv":
-                _, kh, kw = op.weight.shape[1:]
-                c, h, w = shape
-                calls.append(f"cnz_conv({src}, {c}, {h}, {w}, {op.in_zero}, {args}, {kh}, {kw}, "
-                             f"{op.stride[0]}, {op.stride[1]}, {op.padding[0]}, {op.padding[1]}, "
-                             f"{op.groups}, {op.out_zero}, {op.lo}, {op.hi}, {dst}, "
-                             f"{out_shape[1]}, {out_shape[2]});")
-            else:
-                calls.append(f"cnz_linear({src}, {int(np.prod(shape))}, {op.in_zero}, {args}, "
-                             f"{op.out_zero}, {op.lo}, {op.hi}, {dst});")
-        elif isinstance(op, MaxPool):
+        pool = model.ops[i + 1] if i + 1 in fused else None
+        stored = shapes[i + 1] if pool else out_shape
+        step, last, name = len(steps), i == len(model.ops) - 1, f"cnz_l{i}"
+        dst = None if last else len(tensors)
+        if dst is not None:
+            tensors.append((int(np.prod(stored)) * width, step, step + 1))
+        scratch = None
+        if isinstance(op, MaxPool):
             c, h, w = shape
-            calls.append(f"cnz_maxpool({src}, {c}, {h}, {w}, {op.kernel[0]}, {op.kernel[1]}, "
-                         f"{op.stride[0]}, {op.stride[1]}, {dst}, {out_shape[1]}, "
-                         f"{out_shape[2]});")
+            functions.append(_MAXPOOL.substitute(
+                name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0], kw=op.kernel[1],
+                sh=op.stride[0], sw=op.stride[1], oh=out_shape[1], ow=out_shape[2]))
+        elif isinstance(op, (IntLayer, FloatLayer)):
+            geo = geometry(op, shape, out_shape, pool)
+            try:
+                form = choose(op, geo, kernels)
+                emitted = emit(op, name, geo, form)
+            except CnnzipError as exc:
+                raise ReferenceError(f"layer {i}: {exc}") from None
+            dense, nonzero = macs(op, geo)
+            layers.append(LayerPlan(f"layer {i}" + (" + max pool" if pool else ""), form, dense,
+                                    nonzero, round(estimate(op, geo, form)["instructions"]),
+                                    emitted.const_bytes))
+            data.append(emitted.data)
+            functions.append(emitted.function)
+            const_bytes += emitted.const_bytes
+            if emitted.scratch_bytes:
+                scratch = len(tensors)
+                tensors.append((emitted.scratch_bytes, step, step))
         else:
             raise ReferenceError(f"{type(op).__name__} has no C kernel yet")
-        src, shape = dst, out_shape
-    if not calls or not calls[-1].startswith("cnz_logits"):
-        raise ReferenceError("the model must end with its classifier")
-    classes = int(np.prod(shapes[-1]))
-    header = (f"#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"
-              f"#define CNZ_INPUT_SIZE {int(np.prod(in_shape))}\n"
-              f"#define CNZ_CLASSES {classes}\n"
-              "/* input: the first layer's input integers, C×H×W; logits: int32 on one scale. */\n"
-              "void cnz_infer(const uint8_t *input, int32_t *logits);\n\n#endif\n")
-    body = ["/* Generated by cnnzip: integer-only inference. */", '#include "model.h"',
-            RUNTIME.read_text(), _kernels(calls), *data,
-            f"static uint8_t cnz_arena[{arena_bytes}];\n" if arena_bytes else "",
-            "void cnz_infer(const uint8_t *input, int32_t *logits)\n{",
-            *[f"    {c}" for c in calls], "}\n"]
-    return header, "\n".join(body), {"const_bytes": const_bytes, "arena_bytes": arena_bytes}
+        steps.append((name, src, dst, scratch))
+        shape, src = stored, dst
+    arena_bytes, offsets = plan_arena(tensors)
+    calls = []
+    for k, (name, src, dst, scratch) in enumerate(steps):
+        args = ["input" if src is None else f"({elem} *)(cnz_arena + {offsets[src]})",
+                "logits" if dst is None else f"({elem} *)(cnz_arena + {offsets[dst]})"]
+        if scratch is not None:
+            args.append(f"cnz_arena + {offsets[scratch]}")
+        calls.append(f"    CNZ_PROFILE({k});\n    {name}({', '.join(args)});")
+    logit = "float" if is_float else "int32_t"
+    header = ("#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"
+              f"typedef {elem} cnz_input_t;  /* the first layer's input, C×H×W */\n"
+              f"typedef {logit} cnz_logit_t;  /* "
+              + ("float logits */\n" if is_float else "int32 logits on one scale */\n")
+              + f"#define CNZ_INPUT_SIZE {int(np.prod(in_shape))}\n"
+              f"#define CNZ_CLASSES {int(np.prod(shapes[-1]))}\n"
+              f"#define CNZ_STEPS {len(steps)}\n"
+              "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits);\n\n#endif\n")
+    body = [f"/* Generated by cnnzip: {'float' if is_float else 'integer-only'} inference; "
+            "kernels: " + ", ".join(f"{p.name} {p.form}" for p in layers) + ". */",
+            '#include "model.h"',
+            "/* CNZ_PROFILE(step): a hook before each step and at the end, for timing; the\n"
+            " * benchmark harness builds with -DCNZ_PROFILE(s)=cnz_profile(s). */\n"
+            "#ifdef CNZ_PROFILE\nvoid cnz_profile(int step);\n#else\n"
+            "#define CNZ_PROFILE(step)\n#endif",
+            "" if is_float else RUNTIME.read_text(), *data, *functions,
+            f"static uint8_t cnz_arena[{arena_bytes}] __attribute__((aligned(8)));\n"
+            if arena_bytes else "",
+            "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits)\n{", *calls,
+            f"    CNZ_PROFILE({len(steps)});\n}}\n"]
+    return Generated(header, "\n".join(body), const_bytes, arena_bytes, tuple(layers))
+
 
 
 HARNESS = r"""/* Generated by cnnzip: runs model.c on IDX test images (uncompressed: gunzip -k first) and
@@ -235,8 +208,9 @@ static int read_u32(FILE *f, uint32_t *v)
 
 int main(int argc, char **argv)
 {
-    static uint8_t pixels[CNZ_INPUT_SIZE], input[CNZ_INPUT_SIZE];
-    int32_t logits[CNZ_CLASSES];
+    static uint8_t pixels[CNZ_INPUT_SIZE];
+    static cnz_input_t input[CNZ_INPUT_SIZE];
+    cnz_logit_t logits[CNZ_CLASSES];
     uint32_t magic, count, rows, cols, labels_count = 0;
     FILE *images, *labels = NULL;
     if (argc < 2 || !(images = fopen(argv[1], "rb"))) {
@@ -273,9 +247,11 @@ int main(int argc, char **argv)
 """
 
 
-def pixel_table(model: IntModel, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """(channels, 256): the first layer's input integer of each 8-bit pixel value, per channel
-    (normalisation and quantization folded into one lookup, rounded as the reference rounds)."""
+def pixel_table(model: IntModel | FloatModel, mean: tuple[float, ...],
+                std: tuple[float, ...]) -> np.ndarray:
+    """(channels, 256): the first layer's input of each 8-bit pixel value, per channel
+    (normalisation, and quantization for an integer model, folded into one lookup, rounded as
+    the reference rounds)."""
     channels = len(mean)
     pixels = torch.arange(256, dtype=torch.uint8).repeat(channels, 1)  # (C, 256)
     # exactly as cnnzip.data.normalize computes it (float32), then as the reference quantizes
@@ -283,59 +259,31 @@ def pixel_table(model: IntModel, mean: tuple[float, ...], std: tuple[float, ...]
     return model.quantize_input(x)
 
 
-def write(model: IntModel, in_shape: tuple[int, ...], mean: tuple[float, ...],
-          std: tuple[float, ...], out: Path) -> tuple[dict[str, int], dict[str, int]]:
+def write(model: IntModel | FloatModel, in_shape: tuple[int, ...], mean: tuple[float, ...],
+          std: tuple[float, ...], out: Path, kernels: str = "balanced"
+          ) -> tuple[dict[str, int], Generated]:
     """``out/model.h``, ``out/model.c`` (with the pixel lookup table) and ``out/main.c``;
-    returns each file's bytes and the memory plan (constant bytes, the lookup table included;
-    arena bytes)."""
-    header, source, memory = generate(model, in_shape)
+    returns each file's bytes and what :func:`generate` planned (the lookup table counted in
+    its constant bytes)."""
+    gen = generate(model, in_shape, kernels)
     table = pixel_table(model, mean, std)
-    header = header.replace("void cnz_infer(", f"#define CNZ_CHANNELS {len(mean)}\n"
-                            f"extern const uint8_t cnz_pixel_to_input[{len(mean)}][256];\n"
-                            "void cnz_infer(")
-    rows = ",\n    ".join("{" + ", ".join(map(str, row)) + "}" for row in table.tolist())
-    source += (f"\n/* 8-bit pixel → the first layer's input integer, per channel */\n"
-               f"const uint8_t cnz_pixel_to_input[{len(mean)}][256] = {{\n    {rows}\n}};\n")
+    ctype = "float" if isinstance(model, FloatModel) else "uint8_t"
+    header = gen.header.replace("void cnz_infer(", f"#define CNZ_CHANNELS {len(mean)}\n"
+                                f"extern const cnz_input_t cnz_pixel_to_input[{len(mean)}][256];\n"
+                                "void cnz_infer(")
+    values = [[_literal(v, ctype) for v in row] for row in table.tolist()]
+    rows = ",\n    ".join("{" + ", ".join(row) + "}" for row in values)
+    source = gen.source + (f"\n/* 8-bit pixel → the first layer's input, per channel */\n"
+                           f"const cnz_input_t cnz_pixel_to_input[{len(mean)}][256] = {{\n"
+                           f"    {rows}\n}};\n")
     out.mkdir(parents=True, exist_ok=True)
     files = {"model.h": header, "model.c": source, "main.c": HARNESS}
     for name, text in files.items():
         (out / name).write_text(text)
-    memory = {**memory, "const_bytes": memory["const_bytes"] + table.size}
-    return {name: len(text.encode()) for name, text in files.items()}, memory
+    gen = replace(gen, header=header, source=source,
+                  const_bytes=gen.const_bytes + table.size * (4 if ctype == "float" else 1))
+    return {name: len(text.encode()) for name, text in files.items()}, gen
 
 
-def compile_c(folder: Path, sources: list[str], output: str | Path, *,
-              object_only: bool = False) -> Path:
-    """``gcc`` with :data:`CFLAGS` on ``sources`` in ``folder``: an executable (or, with
-    ``object_only``, one object file) at ``output``.
-
-    Raises:
-        CnnzipError: no C compiler, or one that refuses the sources (its first error line).
-    """
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        raise CnnzipError("no C compiler (gcc or cc) on PATH; scripts/setup.sh installs gcc")
-    output = Path(output).resolve()
-    done = subprocess.run([gcc, *CFLAGS, *(["-c"] if object_only else []), *sources, "-o",
-                           str(output)], cwd=folder, capture_output=True, text=True)
-    if done.returncode:
-        lines = (done.stderr or done.stdout).strip().splitlines() or ["(no message)"]
-        raise CnnzipError(f"{folder}: gcc failed: {lines[0]}")
-    return output
-
-
-def sections(folder: Path, scratch: Path) -> dict[str, int]:
-    """Bytes of ``folder/model.c``'s sections once compiled (``size -A`` of the object file,
-    written in ``scratch``): ``rodata`` (the constant data), ``bss`` (the arena), ``text``
-    (the code)."""
-    obj = compile_c(folder, ["model.c"], scratch / "model.o", object_only=True)
-    table = subprocess.run(["size", "-A", str(obj)], capture_output=True, text=True,
-                           check=True).stdout
-    sizes = {"rodata": 0, "bss": 0, "text": 0}
-    for line in table.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and parts[1].isdigit():
-            for key in sizes:
-                if parts[0] == f".{key}" or parts[0].startswith(f".{key}."):
-                    sizes[key] += int(parts[1])
-    return sizes
+def _literal(v, ctype: str) -> str:
+    return f"{float(np.float32(v))!r}f" if ctype == "float" else str(int(v))

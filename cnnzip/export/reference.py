@@ -12,6 +12,7 @@ same integers.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -21,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.errors import CnnzipError
-from cnnzip.graph import with_shapes
+from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import FlatLinear, QuantLayer
 from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
                                 round_half_away)
+from cnnzip.surgery.fold import fold_batchnorm
 from cnnzip.surgery.replace import pair
 
 
@@ -60,6 +62,8 @@ class IntLayer:
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
     flatten: bool = False
+
+    is_logits = False  # the classifier (Logits) writes int32
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Output integers of a batch of input integers (batch first)."""
@@ -122,14 +126,16 @@ def _acc_scale(layer: QuantLayer) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaxPool:
-    """Max pooling on integers (it commutes with the monotone requantization before it)."""
+    """Max pooling, on integers (it commutes with the monotone requantization before it) or on
+    floats."""
 
     kernel: tuple[int, int]
     stride: tuple[int, int]
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.asarray(x, np.float64))
-        return F.max_pool2d(t, self.kernel, self.stride).numpy().astype(np.int64)
+        x = np.asarray(x)
+        t = torch.from_numpy(x.astype(np.float64))
+        return F.max_pool2d(t, self.kernel, self.stride).numpy().astype(x.dtype)
 
 
 @dataclass(frozen=True)
@@ -173,16 +179,16 @@ _SKIP = (nn.Identity, nn.Dropout)
 _RELU = (nn.ReLU,)
 
 
-def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
-    """The integer form of a quantized model whose graph is a chain of quantized conv and
-    linear layers with ReLUs, max poolings and a flatten between them (lenet300, lenet5).
+def _chain(model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type, ...],
+           what: str) -> tuple[list[tuple[str, nn.Module]], list[int]]:
+    """The model's graph as a chain of (name, module), and the positions of its layers (modules
+    of ``kinds``).
 
     Raises:
-        ReferenceError: another operation (residual adds, average pooling and the rest are
-            not lowered yet), or a layer without quantized inputs.
+        ReferenceError: an operation other than those layers, ReLU, max pooling and flatten,
+            a join, or a model that does not start with a layer.
     """
-    model = model.eval()
-    gm = with_shapes(model, in_shape, "for the integer reference", leaves=(QuantLayer, FlatLinear))
+    gm = with_shapes(model, in_shape, what, leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
     chain: list[tuple[str, nn.Module]] = []
     for node in gm.graph.nodes:
@@ -197,24 +203,55 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
         elif node.op == "call_function" and node.target in (F.relu, torch.relu):
             chain.append((node.name, nn.ReLU()))
         else:
-            raise ReferenceError(f"{node.name}: {node.op} {node.target} is not lowered to "
-                                 "integers yet")
+            raise ReferenceError(f"{node.name}: {node.op} {node.target} is not lowered {what} "
+                                 "yet")
         if len(node.args) and sum(isinstance(a, torch.fx.Node) for a in node.args) > 1:
             raise ReferenceError(f"{node.name}: joins (residual adds, concatenation) are not "
-                                 "lowered to integers yet")
-    layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, QuantLayer)]
+                                 f"lowered {what} yet")
+    layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, kinds)]
+    for name, module in chain[:layers[0] if layers else len(chain)]:
+        if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
+            raise ReferenceError(f"{name}: the model must start with a "
+                                 f"{'quantized ' if kinds == (QuantLayer,) else ''}layer")
+    return chain, layers
+
+
+def _between(chain, layers: list[int], k: int) -> list[tuple[str, nn.Module]]:
+    end = layers[k + 1] if k + 1 < len(layers) else len(chain)
+    return chain[layers[k] + 1:end]
+
+
+def _glue(between: list[tuple[str, nn.Module]]) -> list:
+    """The pooling and flattening between two layers (ReLUs are fused into the layer)."""
+    ops = []
+    for other, module in between:
+        if isinstance(module, nn.MaxPool2d) and _plain_pool(module):
+            ops.append(MaxPool(pair(module.kernel_size), pair(module.stride or module.kernel_size)))
+        elif isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
+            ops.append(Flatten())
+        elif not isinstance(module, _RELU):
+            raise ReferenceError(f"{other}: a {type(module).__name__} is not lowered to "
+                                 "integers yet")
+    return ops
+
+
+def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
+    """The integer form of a quantized model whose graph is a chain of quantized conv and
+    linear layers with ReLUs, max poolings and a flatten between them (lenet300, lenet5).
+
+    Raises:
+        ReferenceError: another operation (residual adds, average pooling and the rest are
+            not lowered yet), or a layer without quantized inputs.
+    """
+    model = model.eval()
+    chain, layers = _chain(model, in_shape, (QuantLayer,), "to integers")
     if not layers:
         raise ReferenceError("the model has no quantized layer: compress it with the int8 "
                              "recipe first")
-    ops: list = []
-    for name, module in chain[:layers[0]]:  # only reshaping may come before the first layer
-        if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
-            raise ReferenceError(f"{name}: the model must start with a quantized layer")
-        ops.append(Flatten())
+    ops: list = [Flatten() for _ in chain[:layers[0]]]
     for k, i in enumerate(layers):
         name, layer = chain[i]
-        end = layers[k + 1] if k + 1 < len(layers) else len(chain)
-        between = chain[i + 1:end]
+        between = _between(chain, layers, k)
         relu = any(isinstance(m, _RELU) for _, m in between)
         if k + 1 < len(layers):
             nxt = chain[layers[k + 1]][1]
@@ -226,21 +263,85 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...]) -> IntModel:
             if between:
                 raise ReferenceError(f"{between[0][0]}: only the classifier may end the model")
             ops.append(_lower_logits(layer, name))
-        for other, module in between:
-            if isinstance(module, nn.MaxPool2d) and _plain_pool(module):
-                ops.append(MaxPool(pair(module.kernel_size),
-                                   pair(module.stride or module.kernel_size)))
-            elif isinstance(module, nn.Flatten) and module.start_dim == 1 \
-                    and module.end_dim == -1:
-                ops.append(Flatten())
-            elif not isinstance(module, _RELU):
-                raise ReferenceError(f"{other}: a {type(module).__name__} is not lowered to "
-                                     "integers yet")
+        ops += _glue(between)
     first = chain[layers[0]][1]
     if first.a_grid is None:
         raise ReferenceError(f"{chain[layers[0]][0]}: its inputs are float")
     return IntModel(float(first.a_scale.detach()), int(first.a_zero.item()), first.act_bits,
                     tuple(ops), ops[-1].logit_scale)
+
+
+@dataclass(frozen=True)
+class FloatLayer:
+    """A conv or linear layer in float32, as the float C computes it (the baseline)."""
+
+    kind: str
+    weight: np.ndarray
+    bias: np.ndarray
+    relu: bool
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    groups: int = 1
+    flatten: bool = False
+
+    is_logits = False
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t, w = torch.from_numpy(np.asarray(x, np.float32)), torch.from_numpy(self.weight)
+        b = torch.from_numpy(self.bias)
+        if self.kind == "conv":
+            y = F.conv2d(t, w, b, stride=self.stride, padding=self.padding, groups=self.groups)
+        else:
+            y = F.linear(t.flatten(1) if self.flatten else t, w, b)
+        return (y.relu() if self.relu else y).numpy()
+
+
+@dataclass(frozen=True)
+class FloatModel:
+    """A float sequential CNN for the C generator (the baseline the compressed C is timed
+    against): normalised images in, float logits out."""
+
+    ops: tuple
+
+    def quantize_input(self, images: torch.Tensor) -> np.ndarray:
+        return images.float().numpy()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        for op in self.ops:
+            x = op(x)
+        return x
+
+
+def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel:
+    """The float form of an unquantized chain model (lenet300, lenet5), BatchNorms folded.
+
+    Raises:
+        ReferenceError: as :func:`lower_model`, or a quantized or weight-shared layer.
+    """
+    model = copy.deepcopy(model).eval()
+    fold_batchnorm(model, foldable_pairs(model))
+    kinds = (nn.Conv2d, nn.Linear)
+    chain, layers = _chain(model, in_shape, kinds, "to C")
+    if not layers:
+        raise ReferenceError("the model has no conv or linear layer")
+    ops: list = [Flatten() for _ in chain[:layers[0]]]
+    for k, i in enumerate(layers):
+        name, layer = chain[i]
+        if type(layer) not in (nn.Conv2d, nn.Linear, FlatLinear):
+            raise ReferenceError(f"{name}: a {type(layer).__name__} is not lowered to C yet")
+        between = _between(chain, layers, k)
+        relu = any(isinstance(m, _RELU) for _, m in between)
+        weight = layer.weight.detach().float().numpy()
+        bias = layer.bias.detach().float().numpy() if layer.bias is not None \
+            else np.zeros(len(weight), np.float32)
+        if isinstance(layer, nn.Conv2d):
+            ops.append(FloatLayer("conv", weight, bias, relu, tuple(layer.stride),
+                                  pair(layer.padding), layer.groups))
+        else:
+            ops.append(FloatLayer("linear", weight, bias, relu,
+                                  flatten=isinstance(layer, FlatLinear)))
+        ops += _glue(between)
+    return FloatModel(tuple(ops))
 
 
 def _plain_pool(m: nn.MaxPool2d) -> bool:
@@ -252,6 +353,8 @@ class Logits(IntLayer):
     """The classifier: int32 logits on one scale for every class (so the largest is top-1)."""
 
     logit_scale: float = 1.0
+
+    is_logits = True
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         acc = self.accumulate(x)

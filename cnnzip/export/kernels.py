@@ -1,0 +1,378 @@
+"""The C kernels of a layer, each instantiated for one layer with its shapes as constants, and
+the cost model that chooses among them.
+
+Three forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
+:class:`~cnnzip.export.reference.FloatLayer` for the float baseline):
+
+``dense``
+    every weight, from a ``const`` array, loops with the padding bounds hoisted out of the
+    inner loop (CMSIS-NN's and onnx2c's shape: what a runtime without sparse kernels runs);
+``sparse``
+    only the non-zero weights: per output channel a run of values and input offsets (the
+    offsets index a zero-point-padded copy of the input, so the inner loop has no bounds); the
+    input zero point is folded into the bias (``Σ w·(x − z) = Σ w·x − z·Σ w``), so each
+    multiply-accumulate is a load of the offset, the value and the input;
+``unrolled``
+    only the non-zero weights, as immediates in straight-line code (no index loads; the
+    inputs of equal weights are summed before one multiply; the most flash per weight).
+
+The cost model (:func:`estimate`) predicts each form's executed instructions on a Cortex-M4
+from the multiply-accumulates it performs and the outputs it requantizes, with per-form
+constants fitted to measurements on the emulated Cortex-M4 (``benchmarks/c_speed.py`` prints
+the prediction beside the measurement); :func:`choose` takes the fastest form (``fast``), the
+one with the fewest constant bytes (``small``) or weighs both (``balanced``, the default).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from string import Template
+
+import numpy as np
+
+from cnnzip.errors import CnnzipError
+
+FORMS = ("dense", "sparse", "unrolled")
+POLICIES = ("balanced", "fast", "small", *FORMS)
+UNROLL_LIMIT = 8192
+
+# The cost model, fitted on the emulated Cortex-M4 (arm-none-eabi-gcc -O2, lenet5 layers;
+# benchmarks/c_speed.py prints prediction and measurement side by side): executed instructions
+# per multiply-accumulate by form and layer kind, per stored output (requantization, clamp,
+# store), and constant bytes per non-zero weight (sparse: a 2-byte offset beside the value;
+# unrolled: about 12 bytes of Thumb-2 code per multiply-accumulate).
+_PER_MAC = {("dense", "conv"): 10.5, ("dense", "linear"): 6.1, ("sparse", "conv"): 9.0,
+            ("sparse", "linear"): 8.5, ("unrolled", "conv"): 3.3, ("unrolled", "linear"): 3.8,
+            ("float", "conv"): 10.0, ("float", "linear"): 6.0}
+_PER_OUTPUT = {"int": 20.0, "float": 6.0}
+_BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0}
+# ``balanced``: one byte of constant data is worth this many instructions per inference
+BYTE_WORTH = 8.0
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where a layer reads and writes: input (C, H, W), its own output (C', H', W') and, with a
+    max pooling fused into it, the pooled output (C', PH, PW) with the pooling's window and
+    stride. A linear layer has H = W = H' = W' = 1."""
+
+    cin: int
+    h: int
+    w: int
+    cout: int
+    oh: int
+    ow: int
+    pool: tuple[int, int, int, int] = (1, 1, 1, 1)  # window h, w; stride h, w
+
+    @property
+    def pooled(self) -> tuple[int, int]:
+        qh, qw, sh, sw = self.pool
+        return (self.oh - qh) // sh + 1, (self.ow - qw) // sw + 1
+
+    @property
+    def outputs(self) -> int:
+        """Values stored (requantized once each: the pooling takes the maximum accumulator)."""
+        return self.cout * self.pooled[0] * self.pooled[1]
+
+    @property
+    def positions(self) -> int:
+        """Accumulators computed per output channel."""
+        qh, qw, _, _ = self.pool
+        return self.pooled[0] * self.pooled[1] * qh * qw
+
+
+def geometry(layer, in_shape, out_shape, pool=None) -> Geometry:
+    """The geometry of ``layer`` from its input and output shapes and a fused max pooling."""
+    if layer.kind != "conv":
+        return Geometry(int(np.prod(in_shape)), 1, 1, int(np.prod(out_shape)), 1, 1)
+    window = (1, 1, 1, 1) if pool is None else (*pool.kernel, *pool.stride)
+    return Geometry(*in_shape, *out_shape, window)
+
+
+def macs(layer, geo: Geometry) -> tuple[int, int]:
+    """(dense, non-zero) multiply-accumulates of one inference (padding taps counted)."""
+    weight = layer.weight.reshape(len(layer.weight), -1)
+    return int(weight.size * geo.positions), int(np.count_nonzero(weight) * geo.positions)
+
+
+def estimate(layer, geo: Geometry, form: str) -> dict[str, float]:
+    """Predicted Cortex-M4 instructions and constant bytes of ``layer`` computed by ``form``."""
+    dense, nonzero = macs(layer, geo)
+    is_float = layer.weight.dtype.kind == "f"
+    per_mac = _PER_MAC["float" if is_float else form, layer.kind]
+    work = dense if form == "dense" else nonzero
+    weights = layer.weight.size if form == "dense" else np.count_nonzero(layer.weight)
+    item = layer.weight.dtype.itemsize if is_float else 1
+    params = 4 * layer.weight.shape[0] * (1 if is_float else 3)  # bias (and multiplier, shift)
+    return {"instructions": per_mac * work
+            + _PER_OUTPUT["float" if is_float else "int"] * geo.outputs,
+            "const_bytes": _BYTES_PER_WEIGHT[form] * weights * item + params}
+
+
+def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
+    """The form of ``layer``: ``policy`` itself when it names one, else the one the cost model
+    finds best: fewest instructions (``fast``), fewest constant bytes (``small``) or fewest
+    instructions plus :data:`BYTE_WORTH` per constant byte (``balanced``). Float layers are
+    always dense; a layer with more than :data:`UNROLL_LIMIT` non-zero weights is not unrolled
+    (sparse instead): its straight-line code would take minutes to compile."""
+    if policy not in POLICIES:
+        raise CnnzipError(f"kernels {policy!r}: choose one of {', '.join(POLICIES)}")
+    if layer.weight.dtype.kind == "f":
+        return "dense"
+    allowed = FORMS if np.count_nonzero(layer.weight) <= UNROLL_LIMIT else FORMS[:2]
+    if policy in FORMS:
+        return policy if policy in allowed else "sparse"
+    worth = {"fast": (1.0, 0.0), "small": (1e-9, 1.0), "balanced": (1.0, BYTE_WORTH)}[policy]
+
+    def cost(form: str) -> float:
+        e = estimate(layer, geo, form)
+        return worth[0] * e["instructions"] + worth[1] * e["const_bytes"]
+    return min(allowed, key=cost)
+
+
+def carray(ctype: str, name: str, values) -> str:
+    """A ``static const`` C array."""
+    flat = np.asarray(values).reshape(-1).tolist()
+    if ctype == "float":
+        flat = [float_literal(v) for v in flat]
+    rows = [", ".join(map(str, flat[i:i + 16])) for i in range(0, len(flat), 16)]
+    return (f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n    "
+            + ",\n    ".join(rows or ["0"]) + "\n};\n")
+
+
+def float_literal(v: float) -> str:
+    """A float32 value as a C literal that reads back to the same bits."""
+    return f"{float(np.float32(v))!r}f"
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """A layer in C: its constant arrays, its function, the bytes of its constant data and of
+    the scratch (a padded copy of the input) the function takes as a third argument."""
+
+    data: str
+    function: str
+    const_bytes: int
+    scratch_bytes: int
+
+
+def _epilogue(layer, name: str, index: str, o: str, acc: str = "acc") -> str:
+    """Store accumulator ``acc`` of channel ``o`` into ``out[index]``: requantized, zero point,
+    clamp (int); ReLU or not (float); int32 logits on the common scale (classifier)."""
+    if layer.weight.dtype.kind == "f":
+        return f"out[{index}] = {f'{acc} > 0.0f ? {acc} : 0.0f' if layer.relu else acc};"
+    if layer.is_logits:
+        return f"out[{index}] = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]);"
+    return (f"{{ const int32_t v = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]) + "
+            f"{layer.out_zero}; out[{index}] = (uint8_t)(v < {layer.lo} ? {layer.lo} : "
+            f"v > {layer.hi} ? {layer.hi} : v); }}")
+
+
+def _out_type(layer) -> str:
+    if layer.weight.dtype.kind == "f":
+        return "float"
+    return "int32_t" if layer.is_logits else "uint8_t"
+
+
+def _params(layer, name: str, bias: np.ndarray) -> tuple[str, int]:
+    """Bias (and requantization) arrays: C text and bytes."""
+    if layer.weight.dtype.kind == "f":
+        return carray("float", f"{name}_b", bias), 4 * bias.size
+    return (carray("int32_t", f"{name}_b", bias) + carray("int32_t", f"{name}_m", layer.multiplier)
+            + carray("int32_t", f"{name}_s", layer.shift), 12 * bias.size)
+
+
+# Every conv kernel walks the pooled outputs (py, px) and, in each, the pooling window's q
+# positions (qh × qw; 1 × 1 without pooling), keeping the largest accumulator: requantization
+# is monotone, so requantizing the maximum equals pooling the requantized values.
+_DENSE_CONV = Template(r"""static void $name(const $tin *restrict in, $tout *restrict out)
+{
+    for (int o = 0; o < $co; o++) {
+        const int g = o / $cog;
+        const $tw *k0 = ${name}_w + o * ($cig * $kh * $kw);
+        for (int py = 0; py < $poh; py++)
+            for (int px = 0; px < $pow; px++) {
+                $tacc best = 0;
+                for (int q = 0; q < $qh * $qw; q++) {
+                    const int iy0 = (py * $qsh + q / $qw) * $sh - $ph;
+                    const int ix0 = (px * $qsw + q % $qw) * $sw - $pw;
+                    const int ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + $kh > $h ? $h - iy0 : $kh;
+                    const int kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + $kw > $w ? $w - ix0 : $kw;
+                    $tacc acc = ${name}_b[o];
+                    for (int c = 0; c < $cig; c++) {
+                        const int base = (g * $cig + c) * ($h * $w) + iy0 * $w + ix0;
+                        const $tw *k = k0 + c * ($kh * $kw);
+                        for (int ky = ky0; ky < ky1; ky++)
+                            for (int kx = kx0; kx < kx1; kx++)
+                                acc += k[ky * $kw + kx] * $load;
+                    }
+                    if (q == 0 || acc > best) best = acc;
+                }
+                $epilogue
+            }
+    }
+}
+""")
+
+_DENSE_LINEAR = Template(r"""static void $name(const $tin *restrict in, $tout *restrict out)
+{
+    for (int o = 0; o < $co; o++) {
+        const $tw *k = ${name}_w + o * $n;
+        $tacc acc = ${name}_b[o];
+        for (int i = 0; i < $n; i++) acc += k[i] * $load;
+        $epilogue
+    }
+}
+""")
+
+_PAD = Template(r"""    for (int i = 0; i < $padded; i++) pad[i] = $zero;
+    for (int c = 0; c < $ci; c++)
+        for (int y = 0; y < $h; y++)
+            for (int x = 0; x < $w; x++)
+                pad[(c * $hp + y + $ph) * $wp + x + $pw] = in[(c * $h + y) * $w + x];
+""")
+
+_SPARSE = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+{
+$pad    for (int o = 0; o < $co; o++) {
+        const int8_t *v = ${name}_v + ${name}_start[o];
+        const $toff *f = ${name}_off + ${name}_start[o];
+        const int n = ${name}_start[o + 1] - ${name}_start[o];
+        for (int py = 0; py < $poh; py++)
+            for (int px = 0; px < $pow; px++) {
+                int32_t best = 0;
+                for (int q = 0; q < $qh * $qw; q++) {
+                    const uint8_t *p = $src + ((py * $qsh + q / $qw) * $sh) * $wp
+                                       + (px * $qsw + q % $qw) * $sw;
+                    int32_t acc = ${name}_b[o];
+                    for (int j = 0; j < n; j++) acc += v[j] * p[f[j]];
+                    if (q == 0 || acc > best) best = acc;
+                }
+                $epilogue
+            }
+    }
+}
+""")
+
+_UNROLLED = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+{
+$pad    for (int py = 0; py < $poh; py++)
+        for (int px = 0; px < $pow; px++) {
+            int32_t best[$co];
+            for (int q = 0; q < $qh * $qw; q++) {
+                const uint8_t *p = $src + ((py * $qsh + q / $qw) * $sh) * $wp
+                                   + (px * $qsw + q % $qw) * $sw;
+                int32_t acc;
+$body            }
+$stores        }
+}
+""")
+
+
+def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
+    """The C of ``layer`` (an IntLayer, Logits or FloatLayer) on ``geo``, computed by ``form``.
+
+    Raises:
+        CnnzipError: a form the layer cannot take (float layers are dense only; weights wider
+            than 8 bits; a zero point whose folding could overflow).
+    """
+    is_float = layer.weight.dtype.kind == "f"
+    if not is_float and np.abs(layer.weight).max(initial=0) > 127:
+        raise CnnzipError(f"{name}: weights wider than 8 bits have no C kernel")
+    if form != "dense":
+        if is_float:
+            raise CnnzipError(f"{name}: float layers have only the dense form")
+        return _emit_sparse(layer, name, geo, form)
+    tin, tw = ("float", "float") if is_float else ("uint8_t", "int8_t")
+    data, const = _params(layer, name, layer.bias)
+    data = carray(tw, f"{name}_w", layer.weight) + data
+    const += layer.weight.size * (4 if is_float else 1)
+    load = (lambda i: f"in[{i}]") if is_float \
+        else (lambda i: f"((int32_t)in[{i}] - {layer.in_zero})")
+    common = dict(name=name, tin=tin, tout=_out_type(layer), tw=tw,
+                  tacc="float" if is_float else "int32_t", co=geo.cout)
+    if layer.kind == "conv":
+        _, cig, kh, kw = layer.weight.shape
+        qh, qw, qsh, qsw = geo.pool
+        poh, pow_ = geo.pooled
+        text = _DENSE_CONV.substitute(
+            common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=geo.h, w=geo.w,
+            sh=layer.stride[0], sw=layer.stride[1], ph=layer.padding[0], pw=layer.padding[1],
+            poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh, qsw=qsw,
+            load=load(f"base + ky * {geo.w} + kx"),
+            epilogue=_epilogue(layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
+    else:
+        text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1], load=load("i"),
+                                        epilogue=_epilogue(layer, name, "o", "o"))
+    return Emitted(data, text, const, 0)
+
+
+def _taps(layer, geo: Geometry) -> tuple[np.ndarray, int, int]:
+    """Per weight (out, in/groups·kh·kw), its offset in the (padded) input; the padded width and
+    the padded copy's bytes (0: no padding, the kernel reads the input itself). A linear
+    layer's offsets are its input indices."""
+    if layer.kind != "conv":
+        return np.arange(layer.weight.shape[1])[None, :].repeat(len(layer.weight), 0), 1, 0
+    co, cig, kh, kw = layer.weight.shape
+    ph, pw = layer.padding
+    hp, wp = geo.h + 2 * ph, geo.w + 2 * pw
+    group = np.arange(co) // (co // layer.groups)
+    channel = group[:, None] * cig + np.arange(cig)[None, :]  # (co, cig)
+    off = (channel[:, :, None, None] * hp + np.arange(kh)[None, None, :, None]) * wp \
+        + np.arange(kw)[None, None, None, :]
+    return off.reshape(co, -1), wp, geo.cin * hp * wp if (ph or pw) else 0
+
+
+def _terms(weight: np.ndarray, offset: np.ndarray) -> str:
+    """`` + 3 * (p[0] + p[9]) - 5 * p[4]``: the non-zero weights of one output channel, inputs
+    of equal weights summed before one multiply (with few distinct values, as in weight-shared
+    or low-bit layers, most multiply-accumulates become additions)."""
+    out = []
+    for value in np.unique(weight[weight != 0]):
+        reads = " + ".join(f"p[{j}]" for j in offset[weight == value])
+        group = f"({reads})" if " + " in reads else reads
+        out.append(f" {'+' if value > 0 else '-'} {abs(int(value))} * {group}")
+    return "".join(out)
+
+
+def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
+    weight = layer.weight.reshape(len(layer.weight), -1)
+    off, wp, padded = _taps(layer, geo)
+    # the input zero point folded into the bias: Σ w·(x − z) = Σ w·x − z·Σ w; the padded copy
+    # holds z where the dense kernel skips, so those taps add w·z − w·z = 0 as well
+    bias = layer.bias - layer.in_zero * weight.sum(1)
+    if (np.abs(weight).sum(1) * 255 + np.abs(bias)).max(initial=0) >= 2 ** 31:
+        raise CnnzipError(f"{name}: folding the zero point could leave int32; use dense")
+    data, const = _params(layer, name, bias)
+    conv = layer.kind == "conv"
+    ph, pw = layer.padding if conv else (0, 0)
+    pad = "" if not padded else _PAD.substitute(
+        padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h, w=geo.w,
+        hp=geo.h + 2 * ph, wp=wp, ph=ph, pw=pw)
+    qh, qw, qsh, qsw = geo.pool
+    poh, pow_ = geo.pooled
+    common = dict(name=name, tout=_out_type(layer), pad=pad, poh=poh, pow=pow_, qh=qh, qw=qw,
+                  qsh=qsh, qsw=qsw, sh=layer.stride[0] if conv else 1,
+                  sw=layer.stride[1] if conv else 1, wp=wp, co=geo.cout,
+                  src="pad" if padded else "in",
+                  scratch=", uint8_t *restrict pad" if padded else "")
+    if form == "sparse":
+        keep = weight != 0
+        start = np.concatenate([[0], np.cumsum(keep.sum(1))])
+        toff = "uint16_t" if off.max(initial=0) < 65536 else "uint32_t"
+        data += (carray("int8_t", f"{name}_v", weight[keep])
+                 + carray(toff, f"{name}_off", off[keep])
+                 + carray("int32_t", f"{name}_start", start))
+        const += int(keep.sum()) * (3 if toff == "uint16_t" else 5) + 4 * len(start)
+        text = _SPARSE.substitute(common, toff=toff, epilogue=_epilogue(
+            layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
+        return Emitted(data, text, const, padded)
+    body, stores = [], []
+    for o in range(len(weight)):
+        terms = _terms(weight[o], off[o])
+        body.append(f"                acc = {name}_b[{o}]{terms};\n"
+                    f"                if (q == 0 || acc > best[{o}]) best[{o}] = acc;\n")
+        stores.append("            " + _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
+                                                  str(o), f"best[{o}]") + "\n")
+    text = _UNROLLED.substitute(common, body="".join(body), stores="".join(stores))
+    return Emitted(data, text, const, padded)
