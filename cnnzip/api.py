@@ -285,9 +285,10 @@ def _peer_entries(base, comp, in_shape, folder: Path, entries: list) -> dict[str
     from cnnzip.export import to_onnx
     from cnnzip.export.cbench import Entry
 
-    tool = shutil.which("emx-onnx-cgen")
+    tool = shutil.which("emx-onnx-cgen") or shutil.which("emx-onnx-cgen", path=".venv-peer/bin")
     if tool is None:
-        return {"tool": "emx-onnx-cgen", "error": "not installed (pip install emx-onnx-cgen)"}
+        return {"tool": "emx-onnx-cgen", "error": "not installed (scripts/setup.sh --peer puts "
+                                                  "it in .venv-peer)"}
     folder.mkdir(parents=True, exist_ok=True)
     done: dict[str, Any] = {"tool": "emx-onnx-cgen"}
     for label, model, int8 in (("peer-baseline", base, False), ("peer-compressed", comp, True)):

@@ -209,7 +209,7 @@ def _chain(model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type, ...],
             raise ReferenceError(f"{node.name}: joins (residual adds, concatenation) are not "
                                  f"lowered {what} yet")
     layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, kinds)]
-    for name, module in chain[:layers[0] if layers else len(chain)]:
+    for name, module in chain[:layers[0] if layers else 0]:
         if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
             raise ReferenceError(f"{name}: the model must start with a "
                                  f"{'quantized ' if kinds == (QuantLayer,) else ''}layer")

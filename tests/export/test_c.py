@@ -1,61 +1,129 @@
 """Generated C: compiled with gcc -O2 -std=c99 -Wall -Werror, bit-exact with the numpy integer
 reference on every logit."""
 
+import os
 import re
-import subprocess
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.c import compile_c, generate
-from cnnzip.export.reference import lower_model
+from cnnzip.export.c import generate, plan_arena
+from cnnzip.export.reference import lower_float_model, lower_model
+from cnnzip.export.toolchain import RUNTIME, build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
+from cnnzip.ops.prune import magnitude_mask
 from cnnzip.surgery import build_model, resolve_spec
 
-HARNESS = r"""#include <stdio.h>
-#include "model.h"
-int main(void) {
-    static uint8_t x[CNZ_INPUT_SIZE];
-    int32_t logits[CNZ_CLASSES];
-    FILE *in = fopen("in.bin", "rb"), *out = fopen("out.bin", "wb");
-    while (fread(x, 1, sizeof x, in) == sizeof x) {
-        cnz_infer(x, logits);
-        fwrite(logits, sizeof logits[0], CNZ_CLASSES, out);
-    }
-    fclose(in); fclose(out);
-    return 0;
-}
-"""
-
-
-@pytest.mark.parametrize("name,options", [
-    ("lenet5", {}), ("lenet300", {}), ("lenet5", {"weight_bits": 4}),
-    ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}),
-])
-def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options):
+def _quantized(name: str, options: dict, sparsity: float = 0.0):
+    """A zoo model, its weights magnitude-pruned to ``sparsity`` (each layer), quantized."""
     torch.manual_seed(0)
     model = build_model(resolve_spec(name, (1, 28, 28), 10)).eval()
+    if sparsity:
+        with torch.no_grad():
+            for m in model.modules():
+                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                    m.weight.mul_(magnitude_mask(m.weight, sparsity))
     splits = synthetic_splits()
     apply(model, Quantize(calibration=256, **options),
           Context(splits, finetune_epochs=0, quiet=True))
+    return model, splits
+
+
+def _run_on(target: str, int_model, gen, folder, codes):
+    (folder / "model.h").write_text(gen.header)
+    (folder / "model.c").write_text(gen.source)
+    shutil.copy(RUNTIME / "cnz_math.h", folder / "cnz_math.h")
+    return run(build(folder, target), target, codes.astype(np.uint8), "<i4", 10)
+
+
+@pytest.mark.parametrize("name,options,sparsity,kernels", [
+    ("lenet5", {}, 0.0, "dense"), ("lenet300", {}, 0.0, "balanced"),
+    ("lenet5", {"weight_bits": 4}, 0.8, "sparse"), ("lenet5", {"weight_bits": 4}, 0.9, "unrolled"),
+    ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "balanced"),
+    ("lenet300", {"weight_bits": 8}, 0.95, "unrolled"),
+])
+def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options, sparsity,
+                                                              kernels):
+    model, splits = _quantized(name, options, sparsity)
     int_model = lower_model(model, (1, 28, 28))
-    header, source, memory = generate(int_model, (1, 28, 28))
-    assert memory["const_bytes"] > 0 and memory["arena_bytes"] > 0
-    (tmp_path / "model.h").write_text(header)
-    (tmp_path / "model.c").write_text(source)
-    (tmp_path / "main.c").write_text(HARNESS)
-    compile_c(tmp_path, ["model.c", "main.c"], tmp_path / "infer")
+    gen = generate(int_model, (1, 28, 28), kernels)
+    assert gen.const_bytes > 0 and gen.arena_bytes > 0
+    forms = {p.form for p in gen.layers}
+    if kernels in ("dense", "sparse"):
+        assert forms == {kernels}
+    elif kernels == "unrolled":  # but layers too large to unroll are sparse
+        assert "unrolled" in forms and forms <= {"unrolled", "sparse"}
+    if name == "lenet5":  # both convolutions carry their max pooling
+        assert [p.name.endswith("+ max pool") for p in gen.layers[:2]] == [True, True]
     x, _ = next(iter(batches(splits.test, splits.info, 256)))
     codes = int_model.quantize_input(x)
-    (tmp_path / "in.bin").write_bytes(codes.astype(np.uint8).tobytes())
-    subprocess.run(["./infer"], cwd=tmp_path, check=True)
-    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), "<i4").reshape(256, 10)
-    assert np.array_equal(got, int_model(codes))
-    code = re.sub(r"/\*.*?\*/", "", source, flags=re.S)  # comments aside
+    got = _run_on("host", int_model, gen, tmp_path, codes)
+    assert np.array_equal(got.logits, int_model(codes))
+    assert got.times.shape == (256,)
+    code = re.sub(r"/\*.*?\*/", "", gen.source, flags=re.S)  # comments aside
     assert not re.search(r"\b(float|double|malloc)\b", code)
+    if sparsity and kernels != "dense":  # zeros are skipped: fewer MACs than dense
+        assert sum(p.nonzero_macs for p in gen.layers) < 0.7 * sum(p.macs for p in gen.layers)
+
+
+def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval()
+    float_model = lower_float_model(model, (1, 28, 28))
+    gen = generate(float_model, (1, 28, 28))
+    assert {p.form for p in gen.layers} == {"dense"}
+    x = torch.randn(64, 1, 28, 28)
+    (tmp_path / "model.h").write_text(gen.header)
+    (tmp_path / "model.c").write_text(gen.source)
+    got = run(build(tmp_path, "host"), "host", x.numpy(), "<f4", 10)
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert np.abs(float_model(x.numpy()) - expected).max() < 1e-4
+    assert np.abs(got.logits - expected).max() < 1e-4
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None and not os.environ.get("CNNZIP_MCU"),
+                    reason="the Cortex-M4 toolchain and emulator are not installed "
+                           "(scripts/setup.sh --mcu; CI sets CNNZIP_MCU=1 and installs them)")
+def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_deterministic(tmp_path):
+    model, splits = _quantized("lenet5", {"weight_bits": 4}, 0.8)
+    int_model = lower_model(model, (1, 28, 28))
+    gen = generate(int_model, (1, 28, 28), "balanced")
+    assert {p.form for p in gen.layers} >= {"unrolled", "sparse"}
+    x, _ = next(iter(batches(splits.test, splits.info, 64)))
+    codes = int_model.quantize_input(x)
+    first = _run_on("cortex-m4", int_model, gen, tmp_path, codes)
+    assert np.array_equal(first.logits, int_model(codes))
+    again = run(tmp_path / "bench-cortex-m4", "cortex-m4", codes.astype(np.uint8), "<i4", 10)
+    assert np.array_equal(first.times, again.times) and first.times.min() > 1000
+    size = model_sections(tmp_path, tmp_path, "cortex-m4")  # the memory plan, checked
+    assert size["bss"] == gen.arena_bytes
+    assert size["rodata"] == pytest.approx(gen.const_bytes, rel=0.05)
+
+
+def test_the_arena_planner_never_overlaps_two_live_tensors():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 12))
+        first = rng.integers(0, 10, n)
+        tensors = [(int(rng.integers(1, 100)), int(f), int(f + rng.integers(0, 4)))
+                   for f in first]
+        size, offsets = plan_arena(tensors)
+        for i, (a, fa, la) in enumerate(tensors):
+            assert offsets[i] + a <= size
+            for j, (b, fb, lb) in enumerate(tensors[:i]):
+                if fa <= lb and fb <= la:  # both live at once: disjoint bytes
+                    assert offsets[i] + a <= offsets[j] or offsets[j] + b <= offsets[i]
+        # never more than the sum, never less than the largest set of tensors live together
+        live = max(sum(s for s, f, last in tensors if f <= t <= last) for t in range(14))
+        assert live <= size <= sum(s for s, _, _ in tensors)
+    # a chain: each step reads the previous output: the arena is the largest pair
+    assert plan_arena([(10, 0, 1), (30, 1, 2), (5, 2, 3)])[0] == 40
 
 
 def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_path, capsys):
@@ -80,8 +148,19 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     # the memory plan, known before compiling, against the compiled object's sections
     plan, compiled = r["memory"], r["compiled"]
     assert compiled["bss"] == plan["arena_bytes"] > 0
-    assert plan["const_bytes"] <= compiled["rodata"] <= 1.05 * plan["const_bytes"]
+    assert compiled["rodata"] == pytest.approx(plan["const_bytes"], rel=0.05)
+    assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled"}
     assert r["c_accuracy"] == pytest.approx(r["accuracy"], abs=0.02)
+    # bench --c: the float baseline, the compressed and its dense C, timed alternately
+    assert main(["bench", str(ckpt), str(tmp_path / "q" / "model.cnz"), "--c", "--samples",
+                 "20", "--json"]) == 0
+    b = json.loads(capsys.readouterr().out)
+    models = b["models"]
+    assert list(models) == ["baseline-float", "compressed", "compressed-dense"]
+    assert models["compressed"]["bit_exact"] and models["compressed-dense"]["bit_exact"]
+    assert models["baseline-float"]["max_abs_diff_vs_reference"] < 1e-3
+    assert all(m["us_per_image"] > 0 and m["flash_bytes"] > 0 for m in models.values())
+    assert b["onnxruntime_batch1"]["compressed_us_per_image"] > 0
     # a float model has no integers to export: one clear line
     assert main(["compress", str(ckpt), "--recipe", "channel-prune", "--finetune-epochs", "0",
                  "--no-stage-bench", "--quiet", "--out", str(tmp_path / "f")]) == 0
