@@ -22,8 +22,9 @@ import torch
 
 from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
-from cnnzip.export.c import compile_c, generate
+from cnnzip.export.c import generate
 from cnnzip.export.reference import lower_model
+from cnnzip.export.toolchain import RUNTIME, compile_c
 from common import compress_each, recipe_parser, write_results
 
 HARNESS = r"""#include <stdio.h>
@@ -43,10 +44,11 @@ int main(void) {
 def c_logits(int_model, in_shape, codes: np.ndarray, where: Path) -> np.ndarray:
     """The generated C of ``int_model``, compiled with gcc -O2 -std=c99 -Wall -Werror, run on
     ``codes``: its logits."""
-    header, source, _ = generate(int_model, in_shape)
+    gen = generate(int_model, in_shape)
     where.mkdir(parents=True, exist_ok=True)
-    (where / "model.h").write_text(header)
-    (where / "model.c").write_text(source)
+    (where / "model.h").write_text(gen.header)
+    (where / "model.c").write_text(gen.source)
+    (where / "cnz_math.h").write_text((RUNTIME / "cnz_math.h").read_text())
     (where / "main.c").write_text(HARNESS)
     infer = compile_c(where, ["model.c", "main.c"], where / "infer")
     out = subprocess.run([str(infer)], cwd=where, input=codes.astype(np.uint8).tobytes(),
