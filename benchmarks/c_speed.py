@@ -39,8 +39,9 @@ def main() -> int:
     rows = []
     for path in args.models:
         model, spec, info = load_model(path)
-        int_model = lower_model(model, tuple(spec.in_shape))
         splits = load_dataset(info["dataset"])
+        int_model = lower_model(model, tuple(spec.in_shape),
+                                next(iter(batches(splits.train, splits.info, 512)))[0])
         images = next(iter(batches(splits.test, splits.info, args.samples)))[0]
         codes = int_model.quantize_input(images)
         reference = int_model(codes)

@@ -63,7 +63,8 @@ def main() -> int:
     for model_name, _, out, report, seconds, _ in compress_each(args):
         model, spec, inputs = decode_file(out / "model.cnz")
         splits = load_dataset(report["dataset"])
-        int_model = lower_model(model, tuple(spec.in_shape))
+        int_model = lower_model(model, tuple(spec.in_shape),
+                                next(iter(batches(splits.train, splits.info, 512)))[0])
         agree = ref_correct = our_correct = 0
         worst = 0.0
         all_codes, all_logits = [], []

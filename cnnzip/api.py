@@ -245,7 +245,8 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     except ReferenceError as exc:
         raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
     try:
-        int_model = lower_model(comp, in_shape)
+        int_model = lower_model(comp, in_shape,
+                                _calibration(compressed, spec, info, dataset, data_dir))
     except ReferenceError as exc:
         raise CnnzipError(f"{compressed}: cannot export as C: {exc}") from None
     dataset, splits = _test_data(compressed, spec, info, dataset, data_dir)
@@ -324,6 +325,20 @@ def _ort_batch1(base, comp, in_shape) -> dict[str, Any]:
             "speedup": best["compressed"] / best["baseline"]}
 
 
+def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
+                 dataset: str | None, data_dir: str | Path | None) -> torch.Tensor | None:
+    """The first 512 training images of the model's dataset (normalised), from which the
+    integer lowering sets the grid of a tensor no quantized layer reads directly (a residual
+    sum before average pooling); None when the dataset is not at hand."""
+    from cnnzip.data import batches
+
+    try:
+        _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    except CnnzipError:
+        return None
+    return next(iter(batches(splits.train, splits.info, 512)))[0]
+
+
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
               data_dir: str | Path | None, kernels: str) -> dict[str, Any]:
@@ -339,7 +354,8 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
 
     try:
-        int_model = lower_model(model, tuple(spec.in_shape))
+        int_model = lower_model(model, tuple(spec.in_shape),
+                                _calibration(path, spec, input_info, dataset, data_dir))
     except ReferenceError as exc:
         raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
     mean, std = input_info.get("mean"), input_info.get("std")

@@ -22,8 +22,9 @@ import torch
 
 from cnnzip.errors import CnnzipError
 from cnnzip.export.kernels import choose, emit, estimate, geometry, macs
-from cnnzip.export.reference import (FloatLayer, FloatModel, Flatten, IntLayer, IntModel, Logits,
-                                     MaxPool, ReferenceError)
+from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, FloatLayer, FloatModel, Flatten,
+                                     GlobalAvgPool, IntLayer, IntModel, Logits, MaxPool,
+                                     ReferenceError, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 
@@ -99,81 +100,168 @@ class Generated:
         return {"const_bytes": self.const_bytes, "arena_bytes": self.arena_bytes}
 
 
+_ELEMENTWISE = Template(r"""static void $name($params, $t *restrict out)
+{
+    for (int i = 0; i < $n; i++) {
+$body
+    }
+}
+""")
+
+_GAP = Template(r"""static void $name(const uint8_t *restrict in, uint8_t *restrict out)
+{
+    for (int c = 0; c < $c; c++) {
+        int32_t acc = 0;
+        for (int i = 0; i < $hw; i++) acc += (int32_t)in[c * $hw + i] - $zero;
+        const int32_t v = cnz_requantize(acc, $m, $s) + $out_zero;
+        out[c] = (uint8_t)(v < $lo ? $lo : v > $hi ? $hi : v);
+    }
+}
+""")
+
+
+def _clamp(v: str, lo: int, hi: int) -> str:
+    return f"(uint8_t)({v} < {lo} ? {lo} : {v} > {hi} ? {hi} : {v})"
+
+
+def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    """The C of an operation other than a conv or linear layer."""
+    if isinstance(op, MaxPool):
+        c, h, w = in_shapes[0]
+        return _MAXPOOL.substitute(name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0],
+                                   kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
+                                   oh=out_shape[1], ow=out_shape[2])
+    n = int(np.prod(out_shape))
+    if isinstance(op, Rescale):
+        body = (f"        const int32_t v = cnz_requantize((int32_t)in0[i] - {op.in_zero}, "
+                f"{op.multiplier}, {op.shift}) + {op.out_zero};\n"
+                f"        out[i] = {_clamp('v', op.lo, op.hi)};")
+        return _ELEMENTWISE.substitute(name=name, params="const uint8_t *restrict in0",
+                                       t="uint8_t", n=n, body=body)
+    if isinstance(op, Add):
+        terms = " + ".join(f"cnz_requantize(((int32_t)in{k}[i] - {op.zeros[k]}) * (1 << "
+                           f"{ADD_SHIFT}), {op.multipliers[k]}, {op.shifts[k]})"
+                           for k in range(2))
+        body = (f"        const int32_t sum = {terms};\n"
+                f"        const int32_t v = cnz_requantize(sum, {op.out_multiplier}, "
+                f"{op.out_shift}) + {op.out_zero};\n"
+                f"        out[i] = {_clamp('v', op.lo, op.hi)};")
+        return _ELEMENTWISE.substitute(
+            name=name, params="const uint8_t *restrict in0, const uint8_t *restrict in1",
+            t="uint8_t", n=n, body=body)
+    if isinstance(op, Relu):
+        return _ELEMENTWISE.substitute(
+            name=name, params=f"const {elem} *restrict in0", t=elem, n=n,
+            body=f"        out[i] = in0[i] > {op.zero} ? in0[i] : {op.zero};")
+    if isinstance(op, GlobalAvgPool):
+        c, h, w = in_shapes[0]
+        return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
+                               s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
+    if isinstance(op, Concat):
+        params = ", ".join(f"const {elem} *restrict in{k}" for k in range(len(in_shapes)))
+        copies, offset = [], 0
+        for k, shape in enumerate(in_shapes):
+            size = int(np.prod(shape))
+            copies.append(f"    for (int i = 0; i < {size}; i++) out[{offset} + i] = in{k}[i];")
+            offset += size
+        return f"static void {name}({params}, {elem} *restrict out)\n{{\n" + "\n".join(copies) \
+            + "\n}\n"
+    raise ReferenceError(f"{type(op).__name__} has no C kernel yet")
+
+
 def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
              kernels: str = "balanced") -> Generated:
     """The C of ``model`` on inputs of ``in_shape`` (C, H, W), each layer's kernel form chosen
     by ``kernels`` (one of :data:`cnnzip.export.kernels.POLICIES`).
+
+    A max pooling that is the only reader of a convolution's output is computed inside the
+    convolution; flattens are free (the same bytes). Every other tensor gets a place in one
+    arena, planned over its lifetime (from the step that writes it to the last that reads it).
 
     Raises:
         ReferenceError: an operation without a C kernel yet, or weights wider than 8 bits.
     """
     is_float = isinstance(model, FloatModel)
     elem, width = ("float", 4) if is_float else ("uint8_t", 1)
-    if not model.ops or not isinstance(model.ops[-1], FloatLayer if is_float else Logits):
+    nodes = model.nodes
+    if not nodes or not isinstance(nodes[-1].op, FloatLayer if is_float else Logits):
         raise ReferenceError("the model must end with its classifier")
-    shapes, x = [], np.zeros((1, *in_shape), np.float32 if is_float else np.int64)
-    x = x if is_float else x + model.in_zero
-    for op in model.ops:
-        x = op(x)
-        shapes.append(tuple(x.shape[1:]))
-    steps, layers, data, functions, const_bytes = [], [], [], [], 0
-    tensors: list[tuple[int, int, int]] = []  # the arena's users: (bytes, first, last step)
-    shape, src = tuple(in_shape), None  # src: the arena tensor holding the input (None: input)
-    fused = {i + 1 for i, op in enumerate(model.ops[:-1])
-             if isinstance(op, (IntLayer, FloatLayer)) and op.kind == "conv"
-             and isinstance(model.ops[i + 1], MaxPool)}
-    for i, (op, out_shape) in enumerate(zip(model.ops, shapes)):
-        if isinstance(op, Flatten) or i in fused:
-            shape = out_shape
-            continue
-        pool = model.ops[i + 1] if i + 1 in fused else None
-        stored = shapes[i + 1] if pool else out_shape
-        step, last, name = len(steps), i == len(model.ops) - 1, f"cnz_l{i}"
-        dst = None if last else len(tensors)
-        if dst is not None:
-            tensors.append((int(np.prod(stored)) * width, step, step + 1))
-        scratch = None
-        if isinstance(op, MaxPool):
-            c, h, w = shape
-            functions.append(_MAXPOOL.substitute(
-                name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0], kw=op.kernel[1],
-                sh=op.stride[0], sw=op.stride[1], oh=out_shape[1], ow=out_shape[2]))
-        elif isinstance(op, (IntLayer, FloatLayer)):
-            geo = geometry(op, shape, out_shape, pool)
+    values = {-1: np.zeros((1, *in_shape), np.float32 if is_float else np.int64)}
+    if not is_float:
+        values[-1] = values[-1] + model.in_zero
+    for k, node in enumerate(nodes):
+        values[k] = node.op(*(values[i] for i in node.inputs))
+    shapes = {k: tuple(v.shape[1:]) for k, v in values.items()}
+    readers = {k: [j for j, n in enumerate(nodes) if k in n.inputs] for k in values}
+    fused = {readers[k][0]: k for k, node in enumerate(nodes)
+             if isinstance(node.op, (IntLayer, FloatLayer)) and node.op.kind == "conv"
+             and len(readers[k]) == 1 and isinstance(nodes[readers[k][0]].op, MaxPool)}
+    home: dict[int, int] = {-1: -1}  # tensor → the tensor whose bytes hold it
+    for k, node in enumerate(nodes):
+        home[k] = home[node.inputs[0]] if isinstance(node.op, Flatten) else k
+    for pool, conv in fused.items():
+        home[pool] = home[conv] = pool
+    steps = [k for k, node in enumerate(nodes) if not isinstance(node.op, Flatten)
+             and k not in fused.values()]
+    last = len(nodes) - 1
+    lifetime: dict[int, list[int]] = {}
+    for i, k in enumerate(steps):
+        if home[k] != last:
+            lifetime.setdefault(home[k], [i, i])
+        reads = nodes[fused.get(k, k)].inputs
+        for t in reads:
+            if home[t] != -1:
+                lifetime[home[t]][1] = max(lifetime[home[t]][1], i)
+    layers, data, functions, calls, const_bytes = [], [], [], [], 0
+    tensors = {t: [int(np.prod(shapes[t])) * width, *span] for t, span in lifetime.items()}
+    scratch: dict[int, int] = {}
+    for i, k in enumerate(steps):
+        source = fused.get(k, k)  # the conv whose output a fused pooling reads
+        op, name = nodes[source].op, f"cnz_l{source}"
+        in_shapes = [shapes[t] for t in nodes[source].inputs]
+        if isinstance(op, (IntLayer, FloatLayer)):
+            pool = nodes[k].op if k in fused else None
+            geo = geometry(op, in_shapes[0], shapes[source], pool)
             try:
                 form = choose(op, geo, kernels)
                 emitted = emit(op, name, geo, form)
             except CnnzipError as exc:
-                raise ReferenceError(f"layer {i}: {exc}") from None
+                raise ReferenceError(f"layer {source}: {exc}") from None
             dense, nonzero = macs(op, geo)
-            layers.append(LayerPlan(f"layer {i}" + (" + max pool" if pool else ""), form, dense,
-                                    nonzero, round(estimate(op, geo, form)["instructions"]),
+            layers.append(LayerPlan(f"layer {source}" + (" + max pool" if pool else ""), form,
+                                    dense, nonzero,
+                                    round(estimate(op, geo, form)["instructions"]),
                                     emitted.const_bytes))
             data.append(emitted.data)
             functions.append(emitted.function)
             const_bytes += emitted.const_bytes
             if emitted.scratch_bytes:
-                scratch = len(tensors)
-                tensors.append((emitted.scratch_bytes, step, step))
+                scratch[i] = len(tensors) + len(scratch) + 10 ** 6
+                tensors[scratch[i]] = [emitted.scratch_bytes, i, i]
         else:
-            raise ReferenceError(f"{type(op).__name__} has no C kernel yet")
-        steps.append((name, src, dst, scratch))
-        shape, src = stored, dst
-    arena_bytes, offsets = plan_arena(tensors)
-    calls = []
-    for k, (name, src, dst, scratch) in enumerate(steps):
-        args = ["input" if src is None else f"({elem} *)(cnz_arena + {offsets[src]})",
-                "logits" if dst is None else f"({elem} *)(cnz_arena + {offsets[dst]})"]
-        if scratch is not None:
-            args.append(f"cnz_arena + {offsets[scratch]}")
-        calls.append(f"    CNZ_PROFILE({k});\n    {name}({', '.join(args)});")
+            functions.append(_glue_function(op, name, elem, in_shapes, shapes[k]))
+    keys = list(tensors)
+    arena_bytes, placed = plan_arena([tuple(tensors[t]) for t in keys])
+    offset = dict(zip(keys, placed))
+
+    def where(t: int) -> str:
+        t = home[t]
+        if t == -1:
+            return "input"
+        return "logits" if t == last else f"({elem} *)(cnz_arena + {offset[t]})"
+    for i, k in enumerate(steps):
+        source = fused.get(k, k)
+        args = [where(t) for t in nodes[source].inputs] + [where(k)]
+        if i in scratch:
+            args.append(f"cnz_arena + {offset[scratch[i]]}")
+        calls.append(f"    CNZ_PROFILE({i});\n    cnz_l{source}({', '.join(args)});")
     logit = "float" if is_float else "int32_t"
     header = ("#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"
               f"typedef {elem} cnz_input_t;  /* the first layer's input, C×H×W */\n"
               f"typedef {logit} cnz_logit_t;  /* "
               + ("float logits */\n" if is_float else "int32 logits on one scale */\n")
               + f"#define CNZ_INPUT_SIZE {int(np.prod(in_shape))}\n"
-              f"#define CNZ_CLASSES {int(np.prod(shapes[-1]))}\n"
+              f"#define CNZ_CLASSES {int(np.prod(shapes[last]))}\n"
               f"#define CNZ_STEPS {len(steps)}\n"
               "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits);\n\n#endif\n")
     body = [f"/* Generated by cnnzip: {'float' if is_float else 'integer-only'} inference; "
@@ -189,7 +277,6 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
             "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits)\n{", *calls,
             f"    CNZ_PROFILE({len(steps)});\n}}\n"]
     return Generated(header, "\n".join(body), const_bytes, arena_bytes, tuple(layers))
-
 
 
 HARNESS = r"""/* Generated by cnnzip: runs model.c on IDX test images (uncompressed: gunzip -k first) and

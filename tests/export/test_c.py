@@ -71,6 +71,32 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
         assert sum(p.nonzero_macs for p in gen.layers) < 0.7 * sum(p.macs for p in gen.layers)
 
 
+@pytest.mark.parametrize("name", ["residual", "concat", "depthwise", "grouped", "convbn",
+                                  "mlp", "resnet20"])
+def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, name):
+    """Residual adds, concatenation, global average pooling, depthwise and grouped
+    convolutions, folded BatchNorms: the C gives the reference's logits bit for bit, sparse
+    where pruned."""
+    from tests.helpers import tiny
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval() \
+        if name == "resnet20" else tiny(name)
+    with torch.no_grad():  # half the weights pruned: the sparse kernels take part
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(magnitude_mask(m.weight, 0.5))
+    splits = synthetic_splits()
+    apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
+    calibration, _ = next(iter(batches(splits.train, splits.info, 256)))
+    int_model = lower_model(model, (1, 28, 28), calibration)
+    gen = generate(int_model, (1, 28, 28), "balanced")
+    x, _ = next(iter(batches(splits.test, splits.info, 200)))
+    codes = int_model.quantize_input(x)
+    got = _run_on("host", int_model, gen, tmp_path, codes)
+    assert np.array_equal(got.logits, int_model(codes))
+
+
 def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path):
     torch.manual_seed(0)
     model = build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval()

@@ -98,12 +98,46 @@ def test_a_whole_quantized_model_in_integers_gives_the_fake_quantized_logits(nam
     assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95
 
 
-def test_joins_are_refused_until_they_are_lowered():
-    from cnnzip.export.reference import lower_model
+@pytest.mark.parametrize("name", ["residual", "concat", "depthwise", "grouped", "convbn",
+                                  "mlp", "resnet20"])
+def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_logits(name):
+    """Residual adds (rescaled as TensorFlow Lite does), concatenations, global average pooling,
+    depthwise and grouped convolutions: the integer graph agrees with the fake-quantized
+    model."""
+    from cnnzip.export.reference import Add, Concat, GlobalAvgPool, lower_model
+    from tests.helpers import tiny
 
     torch.manual_seed(0)
-    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval()
+    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval() \
+        if name == "resnet20" else tiny(name)
+    splits = synthetic_splits()
+    apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
+    x, _ = next(iter(batches(splits.test, splits.info, 256)))
+    calibration, _ = next(iter(batches(splits.train, splits.info, 256)))
+    int_model = lower_model(model, (1, 28, 28), calibration)
+    kinds = {type(node.op) for node in int_model.nodes}
+    expect = {"residual": Add, "resnet20": Add, "concat": Concat, "depthwise": GlobalAvgPool}
+    assert expect.get(name, object) in kinds or name not in expect
+    got = int_model(int_model.quantize_input(x)) * int_model.logit_scale
+    with torch.no_grad():
+        expected = model.eval()(x).double().numpy()
+    assert np.abs(got - expected).max() < 0.1 * (expected.max() - expected.min())
+    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.9
+
+
+def test_an_unlowered_operation_is_refused_by_name():
+    from cnnzip.export.reference import lower_model
+
+    class Sigmoid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(784, 10)
+
+        def forward(self, x):
+            return self.fc(torch.sigmoid(x.flatten(1)))
+
+    model = Sigmoid().eval()
     apply(model, Quantize(calibration=64), Context(synthetic_splits(), finetune_epochs=0,
                                                    quiet=True))
-    with pytest.raises(ReferenceError, match="not lowered to integers yet"):
+    with pytest.raises(ReferenceError, match="sigmoid.*not lowered to integers yet"):
         lower_model(model, (1, 28, 28))
