@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply_masks, finetune, register
+from cnnzip.metrics import layer_stats
 from cnnzip.modules import weight_layers
 from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
 from cnnzip.progress import progress_bar
@@ -29,6 +31,9 @@ class SensitivityScan:
         target_sparsity: instead of a tolerance, prune this fraction of all conv and linear
             weights, allocated greedily to the layers where the scan shows the least accuracy
             lost per weight removed (retraining recovers the rest).
+        by: what ``target_sparsity`` counts: ``weights`` (storage), or ``macs``, the
+            multiply-accumulates on those weights (time on a target whose kernels skip zeros,
+            such as the C export: a convolution's weight counts once per output position).
         sparsities: the sparsities tried.
         samples: validation images per measurement (None: all).
         max_sparsity: never choose more than this for any layer.
@@ -36,6 +41,7 @@ class SensitivityScan:
 
     tolerance: float = 0.02
     target_sparsity: float | None = None
+    by: Literal["weights", "macs"] = "weights"
     sparsities: tuple[float, ...] = DEFAULT_SPARSITIES
     samples: int | None = None
     max_sparsity: float = 0.99
@@ -90,6 +96,9 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
                     layer.weight.copy_(original)
                 bar.advance(task)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
+    if config.by == "macs":
+        macs = {stat.name: stat.macs for stat in layer_stats(model, ctx.splits.info.in_shape)}
+        sizes = {n: macs.get(n, size) for n, size in sizes.items()}
     if config.target_sparsity is not None:
         chosen = allocate_for_target(table, base, sizes, config.target_sparsity,
                                      config.max_sparsity)
@@ -97,7 +106,8 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
         chosen = choose_sparsities(table, base, config.tolerance, config.max_sparsity)
     ctx.sparsities = chosen
     ctx.notes["sensitivity"] = {"baseline_val_accuracy": base, "tolerance": config.tolerance,
-                                "target_sparsity": config.target_sparsity, "table": table,
+                                "target_sparsity": config.target_sparsity, "by": config.by,
+                                "table": table,
                                 "chosen": chosen}
     return model
 
