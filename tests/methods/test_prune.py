@@ -43,6 +43,23 @@ def test_scan_then_prune_reaches_the_overall_target():
     assert pruned == pytest.approx(0.7, abs=0.002)
 
 
+def test_a_scan_by_macs_removes_the_target_share_of_multiply_accumulates():
+    from cnnzip.metrics import layer_stats
+
+    splits = synthetic_splits()
+    model = tiny("convbn")  # a 3×3 conv (784 positions per weight) and a large linear layer
+    ctx = Context(splits, finetune_epochs=0, quiet=True)
+    apply(model, SensitivityScan(target_sparsity=0.5, by="macs"), ctx)
+    assert ctx.notes["sensitivity"]["by"] == "macs"
+    macs = {s.name: s.macs for s in layer_stats(model, splits.info.in_shape)}
+    chosen = ctx.sparsities
+    removed = sum(chosen[n] * macs[n] for n in chosen) / sum(macs[n] for n in chosen)
+    assert removed == pytest.approx(0.5, abs=0.002)
+    by_weights = Context(splits, finetune_epochs=0, quiet=True)
+    apply(tiny("convbn"), SensitivityScan(target_sparsity=0.5), by_weights)
+    assert chosen != by_weights.sparsities
+
+
 @pytest.mark.parametrize("schedule", list(Schedule))
 def test_schedules_end_at_the_target(schedule):
     model = tiny("mlp")
