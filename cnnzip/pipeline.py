@@ -7,6 +7,7 @@ data), the container's bytes on disk, and the accuracy of the model decoded from
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,23 @@ def _training_splits(ckpt: Checkpoint, dataset: str, data_dir: str | Path | None
     return load_dataset(dataset, data_dir, seed=seed)
 
 
+def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[str, Any]:
+    """What ``cnnzip export --format c`` would write (default kernels), planned without
+    compiling: flash (constant bytes) and RAM (the arena) and each layer's kernel; or why the
+    model has no integer C form."""
+    from cnnzip.data import batches
+    from cnnzip.export.c import generate
+    from cnnzip.export.reference import ReferenceError, lower_model
+
+    try:
+        calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]
+        gen = generate(lower_model(model, in_shape, calibration), in_shape)
+    except ReferenceError as exc:
+        return {"available": False, "why": str(exc)}
+    return {"available": True, "kernels": "balanced", **gen.memory,
+            "layers": [dataclasses.asdict(p) for p in gen.layers]}
+
+
 def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, recipe: Recipe,
             dataset: str, baseline: dict[str, Any], stages: list[dict[str, Any]], seed: int,
             container: Path, out: Path, trust_code: bool, bench: bool) -> dict[str, Any]:
@@ -198,6 +216,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
         "stages": stages,
         "layers": _layer_rows(container, decoded, records),
         "notes": ctx.notes,
+        "c": _c_plan(decoded, tuple(spec.in_shape), ctx),
     }
     write_report(out, report)
     return report

@@ -140,6 +140,17 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
             f"({100 * (e['coded_with_tables_over_entropy'] - 1):+.2f}%); Huffman "
             f"{e['huffman_bits'] / 8:,.0f} B ({100 * (e['huffman_over_entropy'] - 1):+.2f}%, "
             "its code tables not counted).", ""]
+    c = report.get("c")
+    if c:
+        lines += ["## Integer C (`cnnzip export --format c`)", ""]
+        if c["available"]:
+            lines += [f"Planned before compiling: {c['const_bytes']:,} B of constant data "
+                      f"(flash, code aside) and a {c['arena_bytes']:,} B activation arena (RAM); "
+                      "kernels (balanced): " + ", ".join(
+                          f"{r['name']} {r['form']} ({r['nonzero_macs']:,} of {r['macs']:,} MACs)"
+                          for r in c["layers"]) + ".", ""]
+        else:
+            lines += [f"Not available: {c['why']}", ""]
     lines += [f"![{p}]({p})" for p in plots]
     return "\n".join(lines) + "\n"
 

@@ -176,6 +176,10 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     assert compiled["bss"] == plan["arena_bytes"] > 0
     assert compiled["rodata"] == pytest.approx(plan["const_bytes"], rel=0.05)
     assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled"}
+    # compress planned the same C in report.json (without the pixel table)
+    planned = json.loads((tmp_path / "q" / "report.json").read_text())["c"]
+    assert planned["available"] and planned["arena_bytes"] == plan["arena_bytes"]
+    assert planned["const_bytes"] + 256 == plan["const_bytes"]
     assert r["c_accuracy"] == pytest.approx(r["accuracy"], abs=0.02)
     # bench --c: the float baseline, the compressed and its dense C, timed alternately
     assert main(["bench", str(ckpt), str(tmp_path / "q" / "model.cnz"), "--c", "--samples",
@@ -195,3 +199,4 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
                  str(tmp_path / "fc")]) != 0
     err = capsys.readouterr().err
     assert "cannot export as C" in err and "int8 recipe" in err and len(err.splitlines()) == 1
+    assert "int8 recipe" in json.loads((tmp_path / "f" / "report.json").read_text())["c"]["why"]
