@@ -131,8 +131,12 @@ def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
         return _MAXPOOL.substitute(name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0],
                                    kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
                                    oh=out_shape[1], ow=out_shape[2])
+    if isinstance(op, GlobalAvgPool):
+        c, h, w = in_shapes[0]
+        return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
+                               s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
     n = int(np.prod(out_shape))
-    if isinstance(op, Rescale):
+    if isinstance(op, Rescale):  # after GlobalAvgPool, a Rescale too
         body = (f"        const int32_t v = cnz_requantize((int32_t)in0[i] - {op.in_zero}, "
                 f"{op.multiplier}, {op.shift}) + {op.out_zero};\n"
                 f"        out[i] = {_clamp('v', op.lo, op.hi)};")
@@ -153,10 +157,6 @@ def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
         return _ELEMENTWISE.substitute(
             name=name, params=f"const {elem} *restrict in0", t=elem, n=n,
             body=f"        out[i] = in0[i] > {op.zero} ? in0[i] : {op.zero};")
-    if isinstance(op, GlobalAvgPool):
-        c, h, w = in_shapes[0]
-        return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
-                               s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
     if isinstance(op, Concat):
         params = ", ".join(f"const {elem} *restrict in{k}" for k in range(len(in_shapes)))
         copies, offset = [], 0

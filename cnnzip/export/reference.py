@@ -273,7 +273,11 @@ class Rescale:
     hi: int
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = requantize(np.asarray(x, np.int64) - self.in_zero, self.multiplier, self.shift)
+        return self.requantized(np.asarray(x, np.int64) - self.in_zero)
+
+    def requantized(self, acc: np.ndarray) -> np.ndarray:
+        """``acc`` (zero point removed) on the output grid, clamped."""
+        out = requantize(acc, self.multiplier, self.shift)
         return np.clip(out + self.out_zero, self.lo, self.hi)
 
 
@@ -313,22 +317,15 @@ def _add(a: Grid, b: Grid, out: Grid, relu: bool) -> Add:
 
 
 @dataclass(frozen=True)
-class GlobalAvgPool:
+class GlobalAvgPool(Rescale):
     """The mean over height and width: Σ (x − in_zero) requantized by in scale / (out scale ·
     H·W) to the output grid (``keepdim``: output N×C×1×1, else N×C)."""
 
-    in_zero: int
-    multiplier: int
-    shift: int
-    out_zero: int
-    lo: int
-    hi: int
-    keepdim: bool
+    keepdim: bool = False
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        acc = (np.asarray(x, np.int64) - self.in_zero).sum((2, 3), keepdims=self.keepdim)
-        return np.clip(requantize(acc, self.multiplier, self.shift) + self.out_zero,
-                       self.lo, self.hi)
+        return self.requantized((np.asarray(x, np.int64) - self.in_zero)
+                                .sum((2, 3), keepdims=self.keepdim))
 
 
 @dataclass(frozen=True)
