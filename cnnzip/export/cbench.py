@@ -24,7 +24,8 @@ import numpy as np
 from cnnzip.errors import CnnzipError
 from cnnzip.export.c import Generated, generate
 from cnnzip.export.reference import FloatModel, IntModel
-from cnnzip.export.toolchain import RUNTIME, build, compile_c, model_sections, run
+from cnnzip.export.toolchain import (INSTRUCTIONS_PER_TICK, RUNTIME, build, compile_c,
+                                     model_sections, run)
 
 
 @dataclass
@@ -68,9 +69,8 @@ def _prepare(entry: Entry, folder: Path, in_shape: tuple[int, ...], classes: int
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(RUNTIME / "cnz_math.h", folder / "cnz_math.h")
     if entry.peer_c is not None:
-        text = entry.peer_c.read_text()
         # the peer declares its entry with array parameters; the shim passes flat pointers
-        (folder / "model.c").write_text(text)
+        shutil.copy(entry.peer_c, folder / "model.c")
         (folder / "model.h").write_text(_PEER_HEADER.substitute(size=int(np.prod(in_shape)),
                                                                 classes=classes))
         (folder / "shim.c").write_text(_PEER_SHIM)
@@ -116,8 +116,7 @@ def bench(entries: list[Entry], in_shape: tuple[int, ...], classes: int, images,
     for i, entry in enumerate(entries):
         folder = work / f"m{i}-{entry.label}"
         sources = _prepare(entry, folder, in_shape, classes)
-        obj_sections = model_sections(folder, folder, target) if entry.peer_c is None else \
-            _peer_sections(folder, sources, target)
+        obj_sections = model_sections(folder, folder, target)
         entry.result.update(label=entry.label, flash_bytes=obj_sections["flash"],
                             ram_bytes=obj_sections["ram"], sections=obj_sections)
         entry.result["folder"] = str(folder)
@@ -139,17 +138,6 @@ def bench(entries: list[Entry], in_shape: tuple[int, ...], classes: int, images,
             entry.result["us_per_image"] = t / 1000
             _check(entry, images, out)
     return entries
-
-
-INSTRUCTIONS_PER_TICK = 40
-
-
-def _peer_sections(folder: Path, sources: list[str], target: str) -> dict[str, int]:
-    from cnnzip.export.toolchain import sections
-
-    obj = compile_c(folder, ["model.c"], folder / f"peer-{target}.o", object_only=True,
-                    target=target)
-    return sections(obj, target)
 
 
 _HOST_MAIN = Template(r"""/* cnnzip: every model in turn on each image, $rounds rounds; each model's best round. */
