@@ -14,7 +14,6 @@ Every figure is measured in this run; inputs are the first test images of the mo
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from cnnzip.api import load_model
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.c import generate
 from cnnzip.export.reference import lower_model
-from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK, RUNTIME, build, model_sections, run
+from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK, build, model_sections, run
 from common import write_results
 
 
@@ -51,7 +50,6 @@ def main() -> int:
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "model.h").write_text(gen.header)
             (folder / "model.c").write_text(gen.source)
-            shutil.copy(RUNTIME / "cnz_math.h", folder / "cnz_math.h")
             timed = run(build(folder, "cortex-m4"), "cortex-m4", codes.astype(np.uint8), "<i4",
                         reference.shape[1])
             profiled = run(build(folder, "cortex-m4", profile=True), "cortex-m4",

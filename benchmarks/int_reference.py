@@ -24,7 +24,7 @@ from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.c import generate
 from cnnzip.export.reference import lower_model
-from cnnzip.export.toolchain import RUNTIME, compile_c
+from cnnzip.export.toolchain import compile_c
 from common import compress_each, recipe_parser, write_results
 
 HARNESS = r"""#include <stdio.h>
@@ -48,7 +48,6 @@ def c_logits(int_model, in_shape, codes: np.ndarray, where: Path) -> np.ndarray:
     where.mkdir(parents=True, exist_ok=True)
     (where / "model.h").write_text(gen.header)
     (where / "model.c").write_text(gen.source)
-    (where / "cnz_math.h").write_text((RUNTIME / "cnz_math.h").read_text())
     (where / "main.c").write_text(HARNESS)
     infer = compile_c(where, ["model.c", "main.c"], where / "infer")
     out = subprocess.run([str(infer)], cwd=where, input=codes.astype(np.uint8).tobytes(),

@@ -227,7 +227,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     """
     import tempfile
 
-    from cnnzip.export.cbench import Entry, bench
+    from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
     from cnnzip.export.reference import ReferenceError, lower_float_model, lower_model
     from cnnzip.export.toolchain import TARGETS
 
@@ -262,7 +262,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(work) if work else Path(tmp)
         if peer:
-            out["peer"] = _peer_entries(base, comp, in_shape, folder, entries)
+            out["peer"] = peer_entries(base, comp, in_shape, folder, entries)
         bench(entries, in_shape, int(float_model(np.zeros((1, *in_shape), np.float32)).shape[1]),
               images, folder, target)
     key = "ticks_per_image" if target == "cortex-m4" else "us_per_image"
@@ -273,56 +273,8 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
         figures["speedup_vs_baseline"] = base_time / figures[key]
     out.update(models=models, time_unit=key)
     if target == "host":
-        out["onnxruntime_batch1"] = _ort_batch1(base, comp, in_shape)
+        out["onnxruntime_batch1"] = onnxruntime_batch1(base, comp, in_shape)
     return out
-
-
-def _peer_entries(base, comp, in_shape, folder: Path, entries: list) -> dict[str, Any]:
-    """emx-onnx-cgen's C of both models (from cnnzip's ONNX exports), added to ``entries``;
-    what happened, for the report (the tool's error when it is missing or fails)."""
-    import shutil
-    import subprocess
-
-    from cnnzip.export import to_onnx
-    from cnnzip.export.cbench import Entry
-
-    tool = shutil.which("emx-onnx-cgen") or shutil.which("emx-onnx-cgen", path=".venv-peer/bin")
-    if tool is None:
-        return {"tool": "emx-onnx-cgen", "error": "not installed (scripts/setup.sh --peer puts "
-                                                  "it in .venv-peer)"}
-    folder.mkdir(parents=True, exist_ok=True)
-    done: dict[str, Any] = {"tool": "emx-onnx-cgen"}
-    for label, model, int8 in (("peer-baseline", base, False), ("peer-compressed", comp, True)):
-        onnx_path = folder / f"{label}.onnx"
-        onnx_path.write_bytes(to_onnx(model, in_shape, int8=int8).SerializeToString())
-        c_path = folder / f"{label}.c"
-        run = subprocess.run([tool, "compile", str(onnx_path), str(c_path),
-                              "--large-temp-threshold", "0",
-                              "--large-weight-threshold", str(1 << 30)],
-                             capture_output=True, text=True)
-        if run.returncode or not c_path.exists():
-            lines = (run.stderr or run.stdout).strip().splitlines() or ["(no message)"]
-            done[label] = f"failed: {lines[-1]}"
-            continue
-        entries.append(Entry(label, peer_c=c_path))
-        done[label] = "generated"
-    return done
-
-
-def _ort_batch1(base, comp, in_shape) -> dict[str, Any]:
-    """onnxruntime on the host at batch 1: the baseline in float, the compressed model int8."""
-    import onnxruntime
-
-    from cnnzip.export import OrtModel, to_onnx
-    from cnnzip.surgery import materialize
-
-    models = {"baseline": OrtModel(to_onnx(materialize(base).eval(), in_shape, int8=False)),
-              "compressed": OrtModel(to_onnx(materialize(comp).eval(), in_shape))}
-    best = bench_models(models, in_shape, batch_size=1, rounds=3, min_seconds=0.5)
-    return {"runtime": f"onnxruntime {onnxruntime.__version__} cpu",
-            "baseline_us_per_image": 1e6 / best["baseline"],
-            "compressed_us_per_image": 1e6 / best["compressed"],
-            "speedup": best["compressed"] / best["baseline"]}
 
 
 def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],

@@ -214,7 +214,6 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
                 lifetime[home[t]][1] = max(lifetime[home[t]][1], i)
     layers, data, functions, calls, const_bytes = [], [], [], [], 0
     tensors = {t: [int(np.prod(shapes[t])) * width, *span] for t, span in lifetime.items()}
-    scratch: dict[int, int] = {}
     for i, k in enumerate(steps):
         source = fused.get(k, k)  # the conv whose output a fused pooling reads
         op, name = nodes[source].op, f"cnz_l{source}"
@@ -235,9 +234,8 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
             data.append(emitted.data)
             functions.append(emitted.function)
             const_bytes += emitted.const_bytes
-            if emitted.scratch_bytes:
-                scratch[i] = len(tensors) + len(scratch) + 10 ** 6
-                tensors[scratch[i]] = [emitted.scratch_bytes, i, i]
+            if emitted.scratch_bytes:  # a padded input copy, live during this step only
+                tensors[("scratch", i)] = [emitted.scratch_bytes, i, i]
         else:
             functions.append(_glue_function(op, name, elem, in_shapes, shapes[k]))
     keys = list(tensors)
@@ -252,8 +250,8 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
     for i, k in enumerate(steps):
         source = fused.get(k, k)
         args = [where(t) for t in nodes[source].inputs] + [where(k)]
-        if i in scratch:
-            args.append(f"cnz_arena + {offset[scratch[i]]}")
+        if ("scratch", i) in offset:
+            args.append(f"cnz_arena + {offset['scratch', i]}")
         calls.append(f"    CNZ_PROFILE({i});\n    cnz_l{source}({', '.join(args)});")
     logit = "float" if is_float else "int32_t"
     header = ("#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"

@@ -15,16 +15,18 @@ flash = code + constant data, RAM = static data (the arena); the stack and the h
 from __future__ import annotations
 
 import shutil
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
+from typing import Any
 
 import numpy as np
 
 from cnnzip.errors import CnnzipError
 from cnnzip.export.c import Generated, generate
 from cnnzip.export.reference import FloatModel, IntModel
-from cnnzip.export.toolchain import (INSTRUCTIONS_PER_TICK, RUNTIME, build, compile_c,
+from cnnzip.export.toolchain import (INSTRUCTIONS_PER_TICK, build, compile_c,
                                      model_sections, run)
 
 
@@ -67,7 +69,6 @@ void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits) { model(1, input, 
 def _prepare(entry: Entry, folder: Path, in_shape: tuple[int, ...], classes: int) -> list[str]:
     """Write ``entry``'s sources into ``folder``; returns the model's source files."""
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(RUNTIME / "cnz_math.h", folder / "cnz_math.h")
     if entry.peer_c is not None:
         # the peer declares its entry with array parameters; the shim passes flat pointers
         shutil.copy(entry.peer_c, folder / "model.c")
@@ -186,8 +187,6 @@ $writes
 def _only_entry(objects: list[Path], entry: str, output: Path) -> Path:
     """The objects linked into one relocatable object whose only global symbol is ``entry``
     (so that several models' own globals, a peer's included, do not clash)."""
-    import subprocess
-
     from cnnzip.export.toolchain import compiler
 
     for command in ([compiler(), "-r", "-nostdlib", *map(str, objects), "-o", str(output)],
@@ -202,8 +201,6 @@ def _host_rounds(entries: list[Entry], images, work: Path, classes: int,
                  rounds: int) -> tuple[list[float], list[np.ndarray]]:
     """Every entry linked into one host program, run in turn on each image: nanoseconds per
     image (best round) and logits of each."""
-    import subprocess
-
     n = len(images)
     decls, buffers, calls, writes, objects = [], [], [], [], []
     for m, entry in enumerate(entries):
@@ -236,3 +233,48 @@ def _host_rounds(entries: list[Entry], images, work: Path, classes: int,
                             "<f4" if e.is_float else "<i4").reshape(n, classes)
               for m, e in enumerate(entries)]
     return times, logits
+
+
+def peer_entries(base, comp, in_shape, folder: Path, entries: list) -> dict[str, Any]:
+    """emx-onnx-cgen's C of both models (from cnnzip's ONNX exports), added to ``entries``;
+    what happened, for the report (the tool's error when it is missing or fails)."""
+    from cnnzip.export.onnx import to_onnx
+
+    tool = shutil.which("emx-onnx-cgen") or shutil.which("emx-onnx-cgen", path=".venv-peer/bin")
+    if tool is None:
+        return {"tool": "emx-onnx-cgen", "error": "not installed (scripts/setup.sh --peer puts "
+                                                  "it in .venv-peer)"}
+    folder.mkdir(parents=True, exist_ok=True)
+    done: dict[str, Any] = {"tool": "emx-onnx-cgen"}
+    for label, model, int8 in (("peer-baseline", base, False), ("peer-compressed", comp, True)):
+        onnx_path = folder / f"{label}.onnx"
+        onnx_path.write_bytes(to_onnx(model, in_shape, int8=int8).SerializeToString())
+        c_path = folder / f"{label}.c"
+        run = subprocess.run([tool, "compile", str(onnx_path), str(c_path),
+                              "--large-temp-threshold", "0",
+                              "--large-weight-threshold", str(1 << 30)],
+                             capture_output=True, text=True)
+        if run.returncode or not c_path.exists():
+            lines = (run.stderr or run.stdout).strip().splitlines() or ["(no message)"]
+            done[label] = f"failed: {lines[-1]}"
+            continue
+        entries.append(Entry(label, peer_c=c_path))
+        done[label] = "generated"
+    return done
+
+
+def onnxruntime_batch1(base, comp, in_shape) -> dict[str, Any]:
+    """onnxruntime on the host at batch 1: the baseline in float, the compressed model int8."""
+    import onnxruntime
+
+    from cnnzip.export.onnx import OrtModel, to_onnx
+    from cnnzip.metrics import bench_models
+    from cnnzip.surgery import materialize
+
+    models = {"baseline": OrtModel(to_onnx(materialize(base).eval(), in_shape, int8=False)),
+              "compressed": OrtModel(to_onnx(materialize(comp).eval(), in_shape))}
+    best = bench_models(models, in_shape, batch_size=1, rounds=3, min_seconds=0.5)
+    return {"runtime": f"onnxruntime {onnxruntime.__version__} cpu",
+            "baseline_us_per_image": 1e6 / best["baseline"],
+            "compressed_us_per_image": 1e6 / best["compressed"],
+            "speedup": best["compressed"] / best["baseline"]}

@@ -212,8 +212,7 @@ def _chain(model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type, ...],
     layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, kinds)]
     for name, module in chain[:layers[0] if layers else 0]:
         if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
-            raise ReferenceError(f"{name}: the model must start with a "
-                                 f"{'quantized ' if kinds == (QuantLayer,) else ''}layer")
+            raise ReferenceError(f"{name}: the model must start with a layer")
     return chain, layers
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.c import generate, plan_arena
 from cnnzip.export.reference import lower_float_model, lower_model
-from cnnzip.export.toolchain import RUNTIME, build, model_sections, run
+from cnnzip.export.toolchain import build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.prune import magnitude_mask
@@ -37,7 +37,6 @@ def _quantized(name: str, options: dict, sparsity: float = 0.0):
 def _run_on(target: str, int_model, gen, folder, codes):
     (folder / "model.h").write_text(gen.header)
     (folder / "model.c").write_text(gen.source)
-    shutil.copy(RUNTIME / "cnz_math.h", folder / "cnz_math.h")
     return run(build(folder, target), target, codes.astype(np.uint8), "<i4", 10)
 
 
