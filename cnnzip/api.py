@@ -228,7 +228,8 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     import tempfile
 
     from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
-    from cnnzip.export.reference import ReferenceError, lower_float_model, lower_model
+    from cnnzip.export.floatref import lower_float_model
+    from cnnzip.export.reference import ReferenceError, lower_model
     from cnnzip.export.toolchain import TARGETS
 
     if target not in TARGETS:

@@ -22,9 +22,9 @@ import torch
 
 from cnnzip.errors import CnnzipError
 from cnnzip.export.kernels import choose, emit, estimate, geometry, macs
-from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, FloatLayer, FloatModel, Flatten,
-                                     GlobalAvgPool, IntLayer, IntModel, Logits, MaxPool,
-                                     ReferenceError, Relu, Rescale)
+from cnnzip.export.floatref import FloatLayer, FloatModel
+from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+                                     IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 

@@ -12,7 +12,8 @@ from torch import nn
 
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.c import generate, plan_arena
-from cnnzip.export.reference import lower_float_model, lower_model
+from cnnzip.export.floatref import lower_float_model
+from cnnzip.export.reference import lower_model
 from cnnzip.export.toolchain import build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
