@@ -215,8 +215,9 @@ def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
 
 def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str = "host",
                   kernels: str = "balanced", samples: int | None = None, peer: bool = False,
-                  dataset: str | None = None, data_dir: str | Path | None = None,
-                  work: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
+                  calibrate: bool = False, dataset: str | None = None,
+                  data_dir: str | Path | None = None, work: str | Path | None = None,
+                  trust_code: bool = False) -> dict[str, Any]:
     """Both models as C from cnnzip's generator, compiled with the same compiler and flags for
     ``target`` (``host`` or ``cortex-m4``, :mod:`cnnzip.export.cbench`) and run on the first
     ``samples`` test images (default: 200 on the Cortex-M4, 1,000 on the host): the baseline as
@@ -224,6 +225,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     as dense integer C (what sparsity and sharing add). Per model: time per image, flash, RAM,
     and the C checked against the reference. On the host, onnxruntime at batch 1 as well. With
     ``peer``, both models also through emx-onnx-cgen (ONNX to C) when it is installed.
+    ``calibrate`` as in :func:`export_file`.
     """
     import tempfile
 
@@ -245,6 +247,8 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
         float_model = lower_float_model(base, in_shape)
     except ReferenceError as exc:
         raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
+    calibrated = _integer_ready(compressed, comp, spec, info, dataset, data_dir) \
+        if calibrate else {"calibrated": False}
     try:
         int_model = lower_model(comp, in_shape,
                                 _calibration(compressed, spec, info, dataset, data_dir))
@@ -259,7 +263,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
                Entry("compressed-dense", int_model, "dense")]
     out: dict[str, Any] = {"baseline": str(baseline), "compressed": str(compressed),
                            "target": target, "kernels": kernels, "samples": len(images),
-                           "dataset": dataset}
+                           "dataset": dataset, **calibrated}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(work) if work else Path(tmp)
         if peer:
@@ -292,12 +296,25 @@ def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
     return next(iter(batches(splits.train, splits.info, 512)))[0]
 
 
+def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], dataset: str | None,
+                   data_dir: str | Path | None) -> dict[str, Any]:
+    """``model`` made computable in integers by post-training quantization of its float
+    feature maps (:func:`cnnzip.methods.quant.integer_ready`), on the model's dataset."""
+    from cnnzip.methods import Context
+    from cnnzip.methods.quant import integer_ready
+
+    _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    return integer_ready(model, Context(splits, finetune_epochs=0, quiet=True))
+
+
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
-              data_dir: str | Path | None, kernels: str) -> dict[str, Any]:
+              data_dir: str | Path | None, kernels: str, calibrate: bool) -> dict[str, Any]:
     """Integer-only C99 in ``out`` (model.h, model.c, main.c), each layer's kernel chosen by
-    ``kernels``; with ``check``, compiled with gcc and run on the full test set: every
-    prediction compared with the numpy reference's."""
+    ``kernels``; with ``calibrate``, float feature maps quantized first; with ``check``,
+    compiled with gcc and run on the full test set: every prediction compared with the numpy
+    reference's."""
     import subprocess
     import tempfile
 
@@ -306,6 +323,9 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     from cnnzip.export.reference import ReferenceError, lower_model
     from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
 
+    float_model = deepcopy(model) if calibrate and check else None
+    calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
+        if calibrate else {"calibrated": False}
     try:
         int_model = lower_model(model, tuple(spec.in_shape),
                                 _calibration(path, spec, input_info, dataset, data_dir))
@@ -322,7 +342,8 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
                               "files": files, "bytes": sum(files.values()), "memory": gen.memory,
                               "kernels": kernels, "layers": [asdict(p) for p in gen.layers],
-                              "compile": f"gcc {' '.join(CFLAGS)} model.c main.c -o infer"}
+                              "compile": f"gcc {' '.join(CFLAGS)} model.c main.c -o infer",
+                              **calibrated}
     if not check:
         return result
     dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
@@ -344,16 +365,20 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                   c_accuracy=float((predicted == labels).mean()),
                   accuracy=evaluate(model, splits.test, splits.info),
                   c_equals_reference=float((predicted == reference).mean()))
+    if float_model is not None and calibrated["calibrated"]:
+        result["float_accuracy"] = evaluate(float_model, splits.test, splits.info)
     return result
 
 
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
                 data_dir: str | Path | None = None, trust_code: bool = False,
-                kernels: str = "balanced") -> dict[str, Any]:
+                kernels: str = "balanced", calibrate: bool = False) -> dict[str, Any]:
     """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
     ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
-    sparse, unrolled) are chosen by ``kernels`` (:data:`cnnzip.export.kernels.POLICIES`).
+    sparse, unrolled, packed) are chosen by ``kernels``
+    (:data:`cnnzip.export.kernels.POLICIES`); ``calibrate`` first quantizes a model's float
+    feature maps to 8 bits on training images (weight-shared and float models).
 
     With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
     and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
@@ -368,7 +393,7 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     model, spec, input_info = load_model(path, trust_code=trust_code)
     if format == "c":
         return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir,
-                         kernels)
+                         kernels, calibrate)
     size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
                               "bytes": size, "int8": int8}

@@ -42,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--peer", action="store_true",
                    help="with --c: also both models through emx-onnx-cgen (ONNX to C), same "
                         "compiler and flags")
+    p.add_argument("--calibrate", action="store_true",
+                   help="with --c: quantize the compressed model's float feature maps first "
+                        "(see cnnzip export --help)")
     add_data_args(p, required=False)
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
@@ -76,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_c(args: argparse.Namespace) -> int:
     r = api.bench_c_files(args.baseline, args.compressed, target=args.target,
                           kernels=args.kernels, samples=args.samples, peer=args.peer,
+                          calibrate=args.calibrate,
                           dataset=args.dataset, data_dir=args.data_dir,
                           trust_code=args.trust_code)
     if args.json:

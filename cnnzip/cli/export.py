@@ -18,8 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "with --format c, as integer-only C99 in a folder: model.h, "
                                    "model.c (weights as const data or code, one static arena, "
                                    "no float, no malloc) and a main.c that runs IDX test "
-                                   "images (quantized chains of conv, linear and max-pooling "
-                                   "layers so far).")
+                                   "images. The C needs quantized feature maps (the int8 or "
+                                   "mcu recipe); --calibrate quantizes a float or "
+                                   "weight-shared model's on training images first.")
     p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
     p.add_argument("--format", choices=["onnx", "c"], default="onnx", help="default onnx")
     p.add_argument("--float", dest="int8", action="store_false",
@@ -31,9 +32,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="C only: each layer's kernel. dense: every weight from an array; "
                         "sparse: non-zero weights with their input offsets, zeros skipped; "
                         "unrolled: non-zero weights as immediates in straight-line code "
-                        "(fastest, most flash); fast/small: the cost model's fastest or "
+                        "(fastest, most flash); packed: one byte per non-zero weight (a code "
+                        "into the layer's few weight values and the gap to the previous one), "
+                        "for shared and low-bit layers; fast/small: the cost model's fastest or "
                         "smallest per layer; balanced (default): fastest, with each byte of "
                         "flash worth a few instructions")
+    p.add_argument("--calibrate", action="store_true",
+                   help="C only: quantize float feature maps to 8 bits on training images "
+                        "first (post-training; weight-shared layers keep their values on one "
+                        "grid per layer), for models compressed without the int8 step")
     add_data_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PATH",
                    help="the file to write (onnx) or the folder (c)")
@@ -45,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
                         trust_code=args.trust_code, kernels=args.kernels,
-                        check=args.check, dataset=args.dataset, data_dir=args.data_dir)
+                        calibrate=args.calibrate, check=args.check, dataset=args.dataset,
+                        data_dir=args.data_dir)
     if args.json:
         print_json(r)
         return 0
@@ -61,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
             c = r["compiled"]
             print(f"compiled (gcc -O2, model.c): .rodata {c['rodata']:,} B, .bss {c['bss']:,} B, "
                   f".text {c['text']:,} B")
+            if "float_accuracy" in r:
+                print(f"calibrated ({r['weights']} weights, 8-bit feature maps on "
+                      f"{r['calibration_images']:,} training images): accuracy "
+                      f"{r['float_accuracy']:.4f} before, {r['accuracy']:.4f} after")
             print(f"C accuracy {r['c_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, C predictions "
                   f"equal to the integer reference's on {100 * r['c_equals_reference']:.2f}% of "
                   f"{r['samples']} {r['dataset']} test images")

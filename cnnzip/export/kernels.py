@@ -14,7 +14,15 @@ Three forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.
     multiply-accumulate is a load of the offset, the value and the input;
 ``unrolled``
     only the non-zero weights, as immediates in straight-line code (no index loads; the
-    inputs of equal weights are summed before one multiply; the most flash per weight).
+    inputs of equal weights are summed before one multiply; the most flash per weight);
+``packed``
+    for a layer whose non-zero weights take at most 63 distinct values (weight-shared layers,
+    4-, 3-, 2- and 1-bit weights): per output channel a stream of one-byte entries, EIE's
+    format: ``b`` bits index the layer's table of weight values (entry 0 is zero), the other
+    ``8 − b`` bits give the distance to the previous non-zero weight (a longer gap takes a
+    zero-valued padding entry); a convolution maps the weight position to its input offset
+    through one table per layer. One byte per weight (against three for ``sparse``) for a few
+    more instructions per multiply-accumulate.
 
 The cost model (:func:`estimate`) predicts each form's executed instructions on a Cortex-M4
 from the multiply-accumulates it performs and the outputs it requantizes, with per-form
@@ -32,20 +40,23 @@ import numpy as np
 
 from cnnzip.errors import CnnzipError
 
-FORMS = ("dense", "sparse", "unrolled")
+FORMS = ("dense", "sparse", "unrolled", "packed")
 POLICIES = ("balanced", "fast", "small", *FORMS)
 UNROLL_LIMIT = 8192
+MAX_CODE_BITS = 6  # the packed form keeps at least 2 bits of each entry for the gap
 
 # The cost model, fitted on the emulated Cortex-M4 (arm-none-eabi-gcc -O2, lenet5 layers;
 # benchmarks/c_speed.py prints prediction and measurement side by side): executed instructions
-# per multiply-accumulate by form and layer kind, per stored output (requantization, clamp,
-# store), and constant bytes per non-zero weight (sparse: a 2-byte offset beside the value;
-# unrolled: about 12 bytes of Thumb-2 code per multiply-accumulate).
+# per multiply-accumulate by form and layer kind (packed: per entry, padding included), per
+# stored output (requantization, clamp, store), and constant bytes per non-zero weight (sparse:
+# a 2-byte offset beside the value; unrolled: about 12 bytes of Thumb-2 code per
+# multiply-accumulate; packed: per entry byte).
 _PER_MAC = {("dense", "conv"): 10.5, ("dense", "linear"): 6.1, ("sparse", "conv"): 9.0,
             ("sparse", "linear"): 8.5, ("unrolled", "conv"): 3.3, ("unrolled", "linear"): 3.8,
+            ("packed", "conv"): 17.5, ("packed", "linear"): 13.0,
             ("float", "conv"): 10.0, ("float", "linear"): 6.0}
 _PER_OUTPUT = {"int": 20.0, "float": 6.0}
-_BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0}
+_BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0, "packed": 1.0}
 # ``balanced``: one byte of constant data is worth this many instructions per inference
 BYTE_WORTH = 8.0
 
@@ -102,6 +113,11 @@ def estimate(layer, geo: Geometry, form: str) -> dict[str, float]:
     per_mac = _PER_MAC["float" if is_float else form, layer.kind]
     work = dense if form == "dense" else nonzero
     weights = layer.weight.size if form == "dense" else np.count_nonzero(layer.weight)
+    if form == "packed":  # bytes of entries; padding entries (or zero codes) are executed too
+        packed = pack(layer)
+        weights = packed.entries.size
+        steps = layer.weight.size if packed.gapless else packed.entries.size
+        work = steps * geo.positions
     item = layer.weight.dtype.itemsize if is_float else 1
     params = 4 * layer.weight.shape[0] * (1 if is_float else 3)  # bias (and multiplier, shift)
     return {"instructions": per_mac * work
@@ -114,12 +130,14 @@ def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
     finds best: fewest instructions (``fast``), fewest constant bytes (``small``) or fewest
     instructions plus :data:`BYTE_WORTH` per constant byte (``balanced``). Float layers are
     always dense; a layer with more than :data:`UNROLL_LIMIT` non-zero weights is not unrolled
-    (sparse instead): its straight-line code would take minutes to compile."""
+    (sparse instead): its straight-line code would take minutes to compile; a layer with more
+    than 2^:data:`MAX_CODE_BITS` − 1 distinct weight values is not packed (sparse instead)."""
     if policy not in POLICIES:
         raise CnnzipError(f"kernels {policy!r}: choose one of {', '.join(POLICIES)}")
     if layer.weight.dtype.kind == "f":
         return "dense"
-    allowed = FORMS if np.count_nonzero(layer.weight) <= UNROLL_LIMIT else FORMS[:2]
+    allowed = [f for f in FORMS if (f != "unrolled" or np.count_nonzero(layer.weight)
+                                    <= UNROLL_LIMIT) and (f != "packed" or pack(layer))]
     if policy in FORMS:
         return policy if policy in allowed else "sparse"
     worth = {"fast": (1.0, 0.0), "small": (1e-9, 1.0), "balanced": (1.0, BYTE_WORTH)}[policy]
@@ -128,6 +146,85 @@ def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
         e = estimate(layer, geo, form)
         return worth[0] * e["instructions"] + worth[1] * e["const_bytes"]
     return min(allowed, key=cost)
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A layer's weights in the packed form: a ``table`` of its weight values (int8) and, per
+    output channel, a run of codes into it, in one of two layouts, whichever is smaller:
+
+    - with gaps (``gapless`` false): one byte per entry; its low ``bits`` index the table
+      (entry 0 is zero), its high ``8 − bits`` the distance to the previous non-zero weight
+      minus one (a longer gap takes zero-valued padding entries); ``start`` says where each
+      channel's run begins (one more than the channels);
+    - gapless: every weight's code, ``bits`` of 1, 2 or 4, packed 8 / bits to a byte, the
+      first in the low bits; each channel's run a whole number of bytes.
+    """
+
+    table: np.ndarray
+    bits: int
+    entries: np.ndarray
+    start: np.ndarray
+    gapless: bool = False
+
+    def weights(self, width: int) -> np.ndarray:
+        """The (out, width) weight rows the entries stand for (decoding, for tests)."""
+        rows = np.zeros((len(self.start) - 1, width), np.int64)
+        mask = (1 << self.bits) - 1
+        for o in range(len(rows)):
+            run = self.entries[self.start[o]:self.start[o + 1]].astype(np.int64)
+            if self.gapless:
+                shifts = np.arange(0, 8, self.bits)
+                codes = ((run[:, None] >> shifts[None, :]) & mask).reshape(-1)[:width]
+                rows[o] = self.table[codes]
+            else:
+                position = np.cumsum((run >> self.bits) + 1) - 1
+                rows[o, position] += self.table[run & mask]
+        return rows
+
+
+def pack(layer) -> Packed | None:
+    """``layer``'s weights in the packed form (the smaller layout), or None when they take more
+    than 2^:data:`MAX_CODE_BITS` − 1 distinct non-zero values (or are float)."""
+    if layer.weight.dtype.kind == "f":
+        return None
+    weight = layer.weight.reshape(len(layer.weight), -1)
+    values = np.unique(weight[weight != 0])
+    bits = max(1, int(np.ceil(np.log2(len(values) + 1))))
+    if bits > MAX_CODE_BITS:
+        return None
+    gaps = _with_gaps(weight, values, bits)
+    table = np.unique(weight)  # zero only where a weight is zero
+    dense_bits = next(b for b in (1, 2, 4, 8) if (1 << b) >= len(table))
+    if dense_bits < 8:
+        per = 8 // dense_bits
+        width = -(-weight.shape[1] // per) * per
+        codes = np.zeros((len(weight), width), np.int64)
+        codes[:, :weight.shape[1]] = np.searchsorted(table, weight)
+        shifts = np.arange(per) * dense_bits
+        entries = (codes.reshape(len(weight), -1, per) << shifts).sum(2).reshape(-1)
+        if entries.size < gaps.entries.size:
+            return Packed(table, dense_bits, entries.astype(np.uint8),
+                          np.arange(len(weight) + 1) * (width // per), gapless=True)
+    return gaps
+
+
+def _with_gaps(weight: np.ndarray, values: np.ndarray, bits: int) -> Packed:
+    span = 1 << (8 - bits)  # the longest gap one entry spans
+    runs = []
+    for row in weight:
+        position = np.flatnonzero(row)
+        gaps = np.diff(position, prepend=-1)
+        pads = (gaps - 1) // span  # zero-valued entries that bridge a longer gap
+        gap = np.full(len(position) + int(pads.sum()), span)
+        code = np.zeros(len(gap), np.int64)
+        real = np.cumsum(pads + 1) - 1
+        gap[real] = gaps - pads * span
+        code[real] = np.searchsorted(values, row[position]) + 1
+        runs.append(((gap - 1) << bits) | code)
+    start = np.concatenate([[0], np.cumsum([len(r) for r in runs])])
+    entries = np.concatenate(runs).astype(np.uint8) if runs else np.zeros(0, np.uint8)
+    return Packed(np.concatenate([[0], values]).astype(np.int64), bits, entries, start)
 
 
 def carray(ctype: str, name: str, values) -> str:
@@ -254,6 +351,25 @@ $pad    for (int o = 0; o < $co; o++) {
 }
 """)
 
+_PACKED = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+{
+$pad    for (int o = 0; o < $co; o++) {
+$run        const uint8_t *src = $src + (o / $cog) * $gstride;
+        for (int py = 0; py < $poh; py++)
+            for (int px = 0; px < $pow; px++) {
+                int32_t best = 0;
+                for (int q = 0; q < $qh * $qw; q++) {
+                    const uint8_t *p = src + ((py * $qsh + q / $qw) * $sh) * $wp
+                                       + (px * $qsw + q % $qw) * $sw;
+                    int32_t acc = ${name}_b[o];
+$inner                    if (q == 0 || acc > best) best = acc;
+                }
+                $epilogue
+            }
+    }
+}
+""")
+
 _UNROLLED = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
 {
 $pad    for (int py = 0; py < $poh; py++)
@@ -323,6 +439,52 @@ def _taps(layer, geo: Geometry) -> tuple[np.ndarray, int, int]:
     return off.reshape(co, -1), wp, geo.cin * hp * wp if (ph or pw) else 0
 
 
+def _emit_packed(layer, name: str, geo: Geometry, common: dict, data: str, const: int,
+                 off: np.ndarray, padded: int) -> Emitted:
+    packed = pack(layer)
+    if packed is None:
+        raise CnnzipError(f"{name}: more than {2 ** MAX_CODE_BITS - 1} distinct weight values "
+                          "have no packed form; use sparse")
+    data += (carray("int8_t", f"{name}_t", packed.table)
+             + carray("uint8_t", f"{name}_e", packed.entries))
+    const += packed.table.size + packed.entries.size
+    mask = (1 << packed.bits) - 1
+    tap = f"{name}_off[k]" if layer.kind == "conv" else "k"
+    if packed.gapless:  # every weight's code, 8 / bits to a byte
+        per = 8 // packed.bits
+        run = f"        const uint8_t *e = {name}_e + o * {packed.start[1]};\n"
+        inner = (f"                    for (int k = 0; k < {layer.weight[0].size}; k++)\n"
+                 f"                        acc += {name}_t[(e[k / {per}] >> (k % {per} * "
+                 f"{packed.bits})) & {mask}] * p[{tap}];\n")
+    else:
+        tstart = "uint16_t" if packed.entries.size < 65536 else "uint32_t"
+        data += carray(tstart, f"{name}_start", packed.start)
+        const += len(packed.start) * (2 if tstart == "uint16_t" else 4)
+        run = (f"        const uint8_t *e = {name}_e + {name}_start[o];\n"
+               f"        const int n = {name}_start[o + 1] - {name}_start[o];\n")
+        inner = ("                    int k = -1;\n"
+                 "                    for (int j = 0; j < n; j++) {\n"
+                 "                        const uint32_t x = e[j];\n"
+                 f"                        k += (int)(x >> {packed.bits}) + 1;\n"
+                 f"                        acc += {name}_t[x & {mask}] * p[{tap}];\n"
+                 "                    }\n")
+    conv = layer.kind == "conv"
+    gstride = 0
+    if conv:
+        # one offset table for the first group's channels; a group's base moves the input
+        groups = layer.groups
+        gstride = int(off[len(off) // groups, 0] - off[0, 0]) if groups > 1 else 0
+        toff = "uint16_t" if off[0].max(initial=0) < 65536 else "uint32_t"
+        data += carray(toff, f"{name}_off", off[0])
+        const += off.shape[1] * (2 if toff == "uint16_t" else 4)
+    text = _PACKED.substitute(
+        common, cog=geo.cout // (layer.groups if conv else 1), gstride=gstride, run=run,
+        inner=inner,
+        epilogue=_epilogue(layer, name, f"(o * {common['poh']} + py) * {common['pow']} + px",
+                           "o", "best"))
+    return Emitted(data, text, const, padded)
+
+
 def _terms(weight: np.ndarray, offset: np.ndarray) -> str:
     """`` + 3 * (p[0] + p[9]) - 5 * p[4]``: the non-zero weights of one output channel, inputs
     of equal weights summed before one multiply (with few distinct values, as in weight-shared
@@ -367,6 +529,8 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         text = _SPARSE.substitute(common, toff=toff, epilogue=_epilogue(
             layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
         return Emitted(data, text, const, padded)
+    if form == "packed":
+        return _emit_packed(layer, name, geo, common, data, const, off, padded)
     body, stores = [], []
     for o in range(len(weight)):
         terms = _terms(weight[o], off[o])

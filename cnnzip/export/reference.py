@@ -23,7 +23,7 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import shape_of, with_shapes
-from cnnzip.modules import FlatLinear, QuantLayer
+from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
                                 round_half_away)
 from cnnzip.surgery.replace import pair
@@ -326,7 +326,7 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
             return "mean"
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ReferenceError(f"{node.target}: its weights are float; quantize it (the int8 "
-                                 "recipe) first")
+                                 "recipe) first, or export with --calibrate")
         raise ReferenceError(f"{node.target}: a {type(m).__name__} is not lowered to integers "
                              "yet")
     if node.op == "call_function":
@@ -405,6 +405,10 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             tensor whose grid needs calibration images that were not given.
     """
     model = model.eval()
+    shared = [name for name, m in model.named_modules() if isinstance(m, CodebookLayer)]
+    if shared:
+        raise ReferenceError(f"{shared[0]}: weight-shared layers compute on float feature "
+                             "maps; quantize them first (export with --calibrate)")
     gm = with_shapes(model, in_shape, "for the integer reference",
                      leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
@@ -412,11 +416,11 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     kinds = {n: _kind(n, modules) for n in nodes}
     if "layer" not in kinds.values():
         raise ReferenceError("the model has no quantized layer: compress it with the int8 "
-                             "recipe first")
+                             "recipe first, or export with --calibrate")
     for n in nodes:
         if kinds[n] == "layer" and modules[n.target].a_grid is None:
             raise ReferenceError(f"{n.target}: its inputs are float; quantize them (act_bits) "
-                                 "first")
+                                 "first, or export with --calibrate")
     output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
         raise ReferenceError("the model must end with its classifier (a quantized layer)")

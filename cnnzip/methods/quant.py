@@ -22,7 +22,8 @@ from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer, sqnr_db
 from cnnzip.progress import progress_bar
-from cnnzip.surgery import fold_batchnorm, quantize_layer, quantized_edit
+from cnnzip.surgery import fold_batchnorm, materialize, quantize_layer, quantized_edit
+from cnnzip.surgery.replace import set_module
 
 
 @dataclass(frozen=True)
@@ -247,3 +248,46 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     finetune(model, ctx, epochs=epochs, lr=config.lr,
              description="quantization-aware training")
     return model
+
+
+def integer_ready(model: nn.Module, ctx: Context, *, calibration: int = 1024) -> dict[str, Any]:
+    """Make a model whose feature maps are float computable with integers alone (the C
+    export's ``--calibrate``), in place: post-training quantization to 8-bit feature maps
+    calibrated on ``calibration`` training images, weights kept as they are where they are
+    integers already:
+
+    - weight-shared (codebook) layers: their dense weights on one 8-bit grid per layer (the
+      largest centroid at 127), so each layer's weights keep at most its codebook's values;
+    - quantized weights: their bits and grids (re-derived from the weights, which sit on them);
+    - float weights: 8-bit per channel, the grid of least squared error;
+    - BatchNorms folded first.
+
+    Returns what was done (per-layer weight bits and grain); a model whose layers all read
+    integers already is left as it is.
+
+    Raises:
+        CnnzipError: a model whose layers read integers in part only.
+    """
+    layers = weight_layers(model)
+    reads_integers = [isinstance(m, QuantLayer) and m.a_grid is not None for m in layers.values()]
+    if all(reads_integers):
+        return {"calibrated": False}
+    if any(reads_integers):
+        raise CnnzipError("some layers read quantized feature maps and others float ones; "
+                          "quantize all of them (the quantize step with act_bits)")
+    shared = any(isinstance(m, CodebookLayer) for m in layers.values())
+    bits = {name: m.weight_bits for name, m in layers.items() if isinstance(m, QuantLayer)}
+    per_channel = not shared and all(m.per_channel for m in layers.values()
+                                     if isinstance(m, QuantLayer))
+    for name, m in layers.items():
+        if isinstance(m, QuantLayer):  # its grid-valued weights, as a plain layer again
+            m.layer.weight = nn.Parameter(m.weight.detach().clone())
+            set_module(model, name, m.layer)
+    materialize(model)
+    config = Quantize(weight_bits=8, act_bits=8, per_channel=per_channel, layers=bits,
+                      weight_observer=Observer.MINMAX if shared or bits else Observer.MSE,
+                      calibration=calibration, epochs=0)
+    quantize(model, config, ctx)
+    return {"calibrated": True, "calibration_images": calibration,
+            "weights": "per channel" if per_channel else "per tensor",
+            "bits": ctx.notes["quantize"]["bits"]}

@@ -46,6 +46,8 @@ def _run_on(target: str, int_model, gen, folder, codes):
     ("lenet5", {"weight_bits": 4}, 0.8, "sparse"), ("lenet5", {"weight_bits": 4}, 0.9, "unrolled"),
     ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "balanced"),
     ("lenet300", {"weight_bits": 8}, 0.95, "unrolled"),
+    ("lenet5", {"weight_bits": 4}, 0.8, "packed"), ("lenet300", {"weight_bits": 2}, 0.9, "packed"),
+    ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "packed"),
 ])
 def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options, sparsity,
                                                               kernels):
@@ -54,7 +56,7 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     gen = generate(int_model, (1, 28, 28), kernels)
     assert gen.const_bytes > 0 and gen.arena_bytes > 0
     forms = {p.form for p in gen.layers}
-    if kernels in ("dense", "sparse"):
+    if kernels in ("dense", "sparse", "packed"):
         assert forms == {kernels}
     elif kernels == "unrolled":  # but layers too large to unroll are sparse
         assert "unrolled" in forms and forms <= {"unrolled", "sparse"}
@@ -200,3 +202,70 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     err = capsys.readouterr().err
     assert "cannot export as C" in err and "int8 recipe" in err and len(err.splitlines()) == 1
     assert "int8 recipe" in json.loads((tmp_path / "f" / "report.json").read_text())["c"]["why"]
+    assert "--calibrate" in err
+    # ... unless asked to calibrate its feature maps: then it is bit-exact like the rest
+    assert main(["export", str(tmp_path / "f" / "model.cnz"), "--format", "c", "--calibrate",
+                 "--check", "--json", "--out", str(tmp_path / "fc")]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["calibrated"] and r["weights"] == "per channel" and r["c_equals_reference"] == 1.0
+    assert r["float_accuracy"] == pytest.approx(r["accuracy"], abs=0.05)
+
+
+def test_packed_weights_decode_to_the_layer_in_both_layouts():
+    """Gaps longer than one entry spans take zero-valued padding entries; dense low-bit layers
+    take the gapless layout, 8 / bits codes to a byte."""
+    from cnnzip.export.kernels import pack
+    from cnnzip.export.reference import IntLayer
+
+    rng = np.random.default_rng(0)
+    one = np.ones(4, np.int64)
+
+    def layer(weight):
+        return IntLayer("linear", weight, np.zeros(len(weight), np.int64), 0, one, one, 0, 0, 255)
+
+    sparse = rng.integers(-7, 8, (4, 300)) * (rng.random((4, 300)) < 0.05)
+    sparse[0] = 0  # an empty channel
+    sparse[1, -1] = 3  # a gap far longer than 16
+    packed = pack(layer(sparse))
+    assert not packed.gapless and packed.bits == 4 and packed.table[0] == 0
+    assert np.array_equal(packed.weights(300), sparse)
+    assert packed.entries.size > np.count_nonzero(sparse)  # padding entries
+    binary = rng.choice([-1, 1], (4, 37))
+    packed = pack(layer(binary))
+    assert packed.gapless and packed.bits == 1 and packed.entries.size == 4 * 5
+    assert np.array_equal(packed.weights(37), binary)
+    assert pack(layer(rng.integers(-127, 128, (4, 300)))) is None  # too many values
+
+
+def test_weight_shared_layers_export_packed_after_calibration(tmp_path):
+    """A k-means-shared model (float feature maps) made integer by ``integer_ready``: each
+    layer keeps at most its codebook's values, the packed kernels take them, bit-exact."""
+    from cnnzip.methods.quant import integer_ready
+    from cnnzip.methods.share import WeightSharing
+    from cnnzip.modules import CodebookLayer
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(magnitude_mask(m.weight, 0.8))
+    splits = synthetic_splits()
+    ctx = Context(splits, finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(conv_bits=4, fc_bits=3), ctx)
+    assert any(isinstance(m, CodebookLayer) for m in model.modules())
+    with pytest.raises(Exception, match="--calibrate"):
+        lower_model(model, (1, 28, 28))
+    done = integer_ready(model, ctx, calibration=256)
+    assert done["calibrated"] and done["weights"] == "per tensor"
+    int_model = lower_model(model, (1, 28, 28))
+    for node in int_model.nodes:
+        if hasattr(node.op, "weight"):
+            assert len(np.unique(node.op.weight[node.op.weight != 0])) <= 16
+    gen = generate(int_model, (1, 28, 28), "small")
+    assert "packed" in {p.form for p in gen.layers}
+    x, _ = next(iter(batches(splits.test, splits.info, 100)))
+    codes = int_model.quantize_input(x)
+    got = _run_on("host", int_model, gen, tmp_path, codes)
+    assert np.array_equal(got.logits, int_model(codes))
+    assert integer_ready(model, ctx) == {"calibrated": False}  # integer already: unchanged
