@@ -1,12 +1,12 @@
 """The C kernels' cost model against measurement on the emulated Cortex-M4: each compressed
-model's integer C generated with every layer dense, sparse, unrolled and as the cost model
+model's integer C generated with every layer dense, sparse, unrolled, packed and as the cost model
 chooses (``balanced``, ``fast``, ``small``), compiled with arm-none-eabi-gcc -O2, run under
 qemu-system-arm -icount shift=0 with a SysTick reading before each step; per layer, the
 predicted and the measured ticks (40 executed instructions each), the whole inference, flash
 and RAM, and whether the logits equal the numpy reference's.
 
     python benchmarks/c_speed.py MODEL.cnz [MODEL.cnz ...] [--samples 50]
-        [--forms dense sparse unrolled balanced fast small] [--out runs/bench-c-speed]
+        [--forms dense sparse unrolled packed balanced fast small] [--out runs/bench-c-speed]
 
 Every figure is measured in this run; inputs are the first test images of the model's dataset.
 """
@@ -32,7 +32,8 @@ def main() -> int:
     parser.add_argument("models", nargs="+", metavar="MODEL.cnz")
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--forms", nargs="+",
-                        default=["dense", "sparse", "unrolled", "balanced", "fast", "small"])
+                        default=["dense", "sparse", "unrolled", "packed", "balanced", "fast",
+                                 "small"])
     parser.add_argument("--out", default="runs/bench-c-speed")
     args = parser.parse_args()
     rows = []

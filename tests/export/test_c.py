@@ -122,7 +122,7 @@ def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_determin
     model, splits = _quantized("lenet5", {"weight_bits": 4}, 0.8)
     int_model = lower_model(model, (1, 28, 28))
     gen = generate(int_model, (1, 28, 28), "balanced")
-    assert {p.form for p in gen.layers} >= {"unrolled", "sparse"}
+    assert {p.form for p in gen.layers} >= {"unrolled", "packed"}
     x, _ = next(iter(batches(splits.test, splits.info, 64)))
     codes = int_model.quantize_input(x)
     first = _run_on("cortex-m4", int_model, gen, tmp_path, codes)
