@@ -7,6 +7,8 @@ Three forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.
 ``dense``
     every weight, from a ``const`` array, loops with the padding bounds hoisted out of the
     inner loop (CMSIS-NN's and onnx2c's shape: what a runtime without sparse kernels runs);
+    integer layers fold the input zero point into the bias and read a zero-point-padded copy,
+    as ``sparse`` does;
 ``sparse``
     only the non-zero weights: per output channel a run of values and input offsets (the
     offsets index a zero-point-padded copy of the input, so the inner loop has no bounds); the
@@ -282,9 +284,9 @@ def _params(layer, name: str, bias: np.ndarray) -> tuple[str, int]:
 # Every conv kernel walks the pooled outputs (py, px) and, in each, the pooling window's q
 # positions (qh × qw; 1 × 1 without pooling), keeping the largest accumulator: requantization
 # is monotone, so requantizing the maximum equals pooling the requantized values.
-_DENSE_CONV = Template(r"""static void $name(const $tin *restrict in, $tout *restrict out)
+_DENSE_CONV = Template(r"""static void $name(const $tin *restrict in, $tout *restrict out$scratch)
 {
-    for (int o = 0; o < $co; o++) {
+$pad    for (int o = 0; o < $co; o++) {
         const int g = o / $cog;
         const $tw *k0 = ${name}_w + o * ($cig * $kh * $kw);
         for (int py = 0; py < $poh; py++)
@@ -400,27 +402,49 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
             raise CnnzipError(f"{name}: float layers have only the dense form")
         return _emit_sparse(layer, name, geo, form)
     tin, tw = ("float", "float") if is_float else ("uint8_t", "int8_t")
-    data, const = _params(layer, name, layer.bias)
+    conv = layer.kind == "conv"
+    ph, pw = layer.padding if conv else (0, 0)
+    padded = 0
+    # integers: the zero point folded into the bias; a padding conv reads a padded copy
+    bias = layer.bias if is_float else _folded_bias(layer, name)
+    if conv and not is_float and (ph or pw):
+        padded = geo.cin * (geo.h + 2 * ph) * (geo.w + 2 * pw)
+    data, const = _params(layer, name, bias)
     data = carray(tw, f"{name}_w", layer.weight) + data
     const += layer.weight.size * (4 if is_float else 1)
-    load = (lambda i: f"in[{i}]") if is_float \
-        else (lambda i: f"((int32_t)in[{i}] - {layer.in_zero})")
     common = dict(name=name, tin=tin, tout=_out_type(layer), tw=tw,
                   tacc="float" if is_float else "int32_t", co=geo.cout)
-    if layer.kind == "conv":
+    if conv:
         _, cig, kh, kw = layer.weight.shape
         qh, qw, qsh, qsw = geo.pool
         poh, pow_ = geo.pooled
+        h, w = (geo.h + 2 * ph, geo.w + 2 * pw) if padded else (geo.h, geo.w)
+        pad = f"    const {tin} *src = in;\n"
+        if padded:
+            pad = _PAD.substitute(padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h,
+                                  w=geo.w, hp=h, wp=w, ph=ph, pw=pw) \
+                + "    const uint8_t *src = pad;\n"
+            ph = pw = 0
         text = _DENSE_CONV.substitute(
-            common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=geo.h, w=geo.w,
-            sh=layer.stride[0], sw=layer.stride[1], ph=layer.padding[0], pw=layer.padding[1],
-            poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh, qsw=qsw,
-            load=load(f"base + ky * {geo.w} + kx"),
+            common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=h, w=w,
+            sh=layer.stride[0], sw=layer.stride[1], ph=ph, pw=pw,
+            poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh, qsw=qsw, pad=pad,
+            scratch=", uint8_t *restrict pad" if padded else "",
+            load=f"src[base + ky * {w} + kx]",
             epilogue=_epilogue(layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
     else:
-        text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1], load=load("i"),
+        text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1], load="in[i]",
                                         epilogue=_epilogue(layer, name, "o", "o"))
-    return Emitted(data, text, const, 0)
+    return Emitted(data, text, const, padded)
+
+
+def _folded_bias(layer, name: str) -> np.ndarray:
+    """The bias with the input zero point folded in: Σ w·(x − z) + b = Σ w·x + (b − z·Σ w)."""
+    weight = layer.weight.reshape(len(layer.weight), -1)
+    bias = layer.bias - layer.in_zero * weight.sum(1)
+    if (np.abs(weight).sum(1) * 255 + np.abs(bias)).max(initial=0) >= 2 ** 31:
+        raise CnnzipError(f"{name}: folding the zero point could leave int32")
+    return bias
 
 
 def _taps(layer, geo: Geometry) -> tuple[np.ndarray, int, int]:
@@ -500,12 +524,9 @@ def _terms(weight: np.ndarray, offset: np.ndarray) -> str:
 def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
     weight = layer.weight.reshape(len(layer.weight), -1)
     off, wp, padded = _taps(layer, geo)
-    # the input zero point folded into the bias: Σ w·(x − z) = Σ w·x − z·Σ w; the padded copy
-    # holds z where the dense kernel skips, so those taps add w·z − w·z = 0 as well
-    bias = layer.bias - layer.in_zero * weight.sum(1)
-    if (np.abs(weight).sum(1) * 255 + np.abs(bias)).max(initial=0) >= 2 ** 31:
-        raise CnnzipError(f"{name}: folding the zero point could leave int32; use dense")
-    data, const = _params(layer, name, bias)
+    # the input zero point folded into the bias; the padded copy holds z where a padding tap
+    # reads, so those taps add w·z − w·z = 0 as well
+    data, const = _params(layer, name, _folded_bias(layer, name))
     conv = layer.kind == "conv"
     ph, pw = layer.padding if conv else (0, 0)
     pad = "" if not padded else _PAD.substitute(

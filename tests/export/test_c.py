@@ -92,11 +92,14 @@ def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, nam
     apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
     calibration, _ = next(iter(batches(splits.train, splits.info, 256)))
     int_model = lower_model(model, (1, 28, 28), calibration)
-    gen = generate(int_model, (1, 28, 28), "balanced")
     x, _ = next(iter(batches(splits.test, splits.info, 200)))
     codes = int_model.quantize_input(x)
-    got = _run_on("host", int_model, gen, tmp_path, codes)
-    assert np.array_equal(got.logits, int_model(codes))
+    for kernels in ("balanced", "dense"):  # dense: the zero point folded, padded copies
+        gen = generate(int_model, (1, 28, 28), kernels)
+        folder = tmp_path / kernels
+        folder.mkdir()
+        got = _run_on("host", int_model, gen, folder, codes)
+        assert np.array_equal(got.logits, int_model(codes))
 
 
 def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path):
