@@ -251,7 +251,7 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
         source = fused.get(k, k)
         args = [where(t) for t in nodes[source].inputs] + [where(k)]
         if ("scratch", i) in offset:
-            args.append(f"cnz_arena + {offset['scratch', i]}")
+            args.append(f"({elem} *)(cnz_arena + {offset['scratch', i]})")
         calls.append(f"    CNZ_PROFILE({i});\n    cnz_l{source}({', '.join(args)});")
     logit = "float" if is_float else "int32_t"
     header = ("#ifndef CNZ_MODEL_H\n#define CNZ_MODEL_H\n#include <stdint.h>\n\n"

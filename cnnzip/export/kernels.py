@@ -53,10 +53,10 @@ MAX_CODE_BITS = 6  # the packed form keeps at least 2 bits of each entry for the
 # stored output (requantization, clamp, store), and constant bytes per non-zero weight (sparse:
 # a 2-byte offset beside the value; unrolled: about 12 bytes of Thumb-2 code per
 # multiply-accumulate; packed: per entry byte).
-_PER_MAC = {("dense", "conv"): 10.5, ("dense", "linear"): 6.1, ("sparse", "conv"): 9.0,
+_PER_MAC = {("dense", "conv"): 4.8, ("dense", "linear"): 4.6, ("sparse", "conv"): 9.0,
             ("sparse", "linear"): 8.5, ("unrolled", "conv"): 3.3, ("unrolled", "linear"): 3.8,
             ("packed", "conv"): 17.5, ("packed", "linear"): 13.0,
-            ("float", "conv"): 10.0, ("float", "linear"): 6.0}
+            ("float", "conv"): 5.0, ("float", "linear"): 4.6}
 _PER_OUTPUT = {"int": 20.0, "float": 6.0}
 _BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0, "packed": 1.0}
 # ``balanced``: one byte of constant data is worth this many instructions per inference
@@ -287,24 +287,19 @@ def _params(layer, name: str, bias: np.ndarray) -> tuple[str, int]:
 _DENSE_CONV = Template(r"""static void $name(const $tin *restrict in, $tout *restrict out$scratch)
 {
 $pad    for (int o = 0; o < $co; o++) {
-        const int g = o / $cog;
         const $tw *k0 = ${name}_w + o * ($cig * $kh * $kw);
+        const $tin *g0 = src + (o / $cog) * ($cig * $h * $w);
         for (int py = 0; py < $poh; py++)
             for (int px = 0; px < $pow; px++) {
                 $tacc best = 0;
                 for (int q = 0; q < $qh * $qw; q++) {
-                    const int iy0 = (py * $qsh + q / $qw) * $sh - $ph;
-                    const int ix0 = (px * $qsw + q % $qw) * $sw - $pw;
-                    const int ky0 = iy0 < 0 ? -iy0 : 0, ky1 = iy0 + $kh > $h ? $h - iy0 : $kh;
-                    const int kx0 = ix0 < 0 ? -ix0 : 0, kx1 = ix0 + $kw > $w ? $w - ix0 : $kw;
+                    const $tin *p = g0 + ((py * $qsh + q / $qw) * $sh) * $w
+                                    + (px * $qsw + q % $qw) * $sw;
+                    const $tw *k = k0;
                     $tacc acc = ${name}_b[o];
-                    for (int c = 0; c < $cig; c++) {
-                        const int base = (g * $cig + c) * ($h * $w) + iy0 * $w + ix0;
-                        const $tw *k = k0 + c * ($kh * $kw);
-                        for (int ky = ky0; ky < ky1; ky++)
-                            for (int kx = kx0; kx < kx1; kx++)
-                                acc += k[ky * $kw + kx] * $load;
-                    }
+                    for (int c = 0; c < $cig; c++, p += $h * $w, k += $kh * $kw)
+                        for (int ky = 0; ky < $kh; ky++)
+                            acc += $row;
                     if (q == 0 || acc > best) best = acc;
                 }
                 $epilogue
@@ -318,7 +313,10 @@ _DENSE_LINEAR = Template(r"""static void $name(const $tin *restrict in, $tout *r
     for (int o = 0; o < $co; o++) {
         const $tw *k = ${name}_w + o * $n;
         $tacc acc = ${name}_b[o];
-        for (int i = 0; i < $n; i++) acc += k[i] * $load;
+        int i = 0;
+        for (; i + 4 <= $n; i += 4)
+            acc += k[i] * in[i] + k[i + 1] * in[i + 1] + k[i + 2] * in[i + 2] + k[i + 3] * in[i + 3];
+        for (; i < $n; i++) acc += k[i] * in[i];
         $epilogue
     }
 }
@@ -405,9 +403,9 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
     conv = layer.kind == "conv"
     ph, pw = layer.padding if conv else (0, 0)
     padded = 0
-    # integers: the zero point folded into the bias; a padding conv reads a padded copy
+    # a padding conv reads a padded copy (zeros, or the zero point folded into the bias)
     bias = layer.bias if is_float else _folded_bias(layer, name)
-    if conv and not is_float and (ph or pw):
+    if conv and (ph or pw):
         padded = geo.cin * (geo.h + 2 * ph) * (geo.w + 2 * pw)
     data, const = _params(layer, name, bias)
     data = carray(tw, f"{name}_w", layer.weight) + data
@@ -418,23 +416,22 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
         _, cig, kh, kw = layer.weight.shape
         qh, qw, qsh, qsw = geo.pool
         poh, pow_ = geo.pooled
-        h, w = (geo.h + 2 * ph, geo.w + 2 * pw) if padded else (geo.h, geo.w)
+        h, w = geo.h + 2 * ph, geo.w + 2 * pw
         pad = f"    const {tin} *src = in;\n"
         if padded:
-            pad = _PAD.substitute(padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h,
-                                  w=geo.w, hp=h, wp=w, ph=ph, pw=pw) \
-                + "    const uint8_t *src = pad;\n"
-            ph = pw = 0
+            zero = "0.0f" if is_float else layer.in_zero
+            pad = _PAD.substitute(padded=padded, zero=zero, ci=geo.cin, h=geo.h, w=geo.w,
+                                  hp=h, wp=w, ph=ph, pw=pw) + f"    const {tin} *src = pad;\n"
         text = _DENSE_CONV.substitute(
             common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=h, w=w,
-            sh=layer.stride[0], sw=layer.stride[1], ph=ph, pw=pw,
-            poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh, qsw=qsw, pad=pad,
-            scratch=", uint8_t *restrict pad" if padded else "",
-            load=f"src[base + ky * {w} + kx]",
+            sh=layer.stride[0], sw=layer.stride[1], poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh,
+            qsw=qsw, pad=pad, scratch=f", {tin} *restrict pad" if padded else "",
+            row=" + ".join(f"k[ky * {kw} + {x}] * p[ky * {w} + {x}]" for x in range(kw)),
             epilogue=_epilogue(layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
     else:
-        text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1], load="in[i]",
+        text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1],
                                         epilogue=_epilogue(layer, name, "o", "o"))
+    return Emitted(data, text, const, padded * (4 if is_float else 1))
     return Emitted(data, text, const, padded)
 
 
