@@ -24,6 +24,7 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
+from cnnzip.modules.merged import ConvMaxPool
 from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
                                 round_half_away)
 from cnnzip.surgery.replace import pair
@@ -99,8 +100,12 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
     if layer.a_grid is None:
         raise ReferenceError(f"{name}: its inputs are float; quantize them (act_bits) first")
     inner = layer.layer
-    if type(inner) not in (nn.Conv2d, nn.Linear, FlatLinear):
+    if type(inner) not in (nn.Conv2d, nn.Linear, FlatLinear, ConvMaxPool):
         raise ReferenceError(f"{name}: a quantized {type(inner).__name__} is not lowered yet")
+    if isinstance(inner, ConvMaxPool) and inner.act is not None \
+            and type(inner.act) is not nn.ReLU:
+        raise ReferenceError(f"{name}: a merged convolution with a {type(inner.act).__name__} "
+                             "before its pooling is not lowered yet")
     codes = layer.codes().numpy().astype(np.int64)
     acc_scale = _acc_scale(layer).copy()
     # a channel whose weights are all zero outputs its bias: count it on the output's scale
@@ -496,9 +501,16 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             if n is output:
                 tensor[n] = emit(_lower_logits(layer, n.target), (t,), grids[t])
             else:
-                g = grid_of(n)
-                tensor[n] = emit(lower(layer, g.scale, g.zero, g.bits, relu=fused_relu(n),
-                                       name=n.target), (t,), g)
+                # a convolution merged with its max pooling (and ReLU) is the two again: the C
+                # fuses them back, requantizing the window's largest accumulator
+                g, merged = grid_of(n), layer.layer if isinstance(layer.layer, ConvMaxPool) \
+                    else None
+                relu = fused_relu(n) or (merged is not None and merged.act is not None)
+                t = emit(lower(layer, g.scale, g.zero, g.bits, relu=relu, name=n.target),
+                         (t,), g)
+                if merged is not None:
+                    t = emit(MaxPool(merged.pool_kernel, merged.pool_stride), (t,), g)
+                tensor[n] = t
         elif kind == "add":
             a, b = (tensor[x] for x in args)
             g = grid_of(n)
@@ -542,6 +554,8 @@ class Logits(IntLayer):
 def _lower_logits(layer: QuantLayer, name: str) -> Logits:
     """The last layer: accumulators on per-channel scales brought to the largest of them (a
     factor ≤ 1 each, so nothing overflows), the bias on the same scale."""
+    if not isinstance(layer.layer, (nn.Linear, nn.Conv2d)) or isinstance(layer.layer, ConvMaxPool):
+        raise ReferenceError(f"{name}: the classifier must be a plain conv or linear layer")
     common = float(_acc_scale(layer).max())
     layer_on_common = lower(layer, common, 0, 8, name=name)
     kept = {f.name: getattr(layer_on_common, f.name) for f in fields(IntLayer)}

@@ -272,3 +272,28 @@ def test_weight_shared_layers_export_packed_after_calibration(tmp_path):
     got = _run_on("host", int_model, gen, tmp_path, codes)
     assert np.array_equal(got.logits, int_model(codes))
     assert integer_ready(model, ctx) == {"calibrated": False}  # integer already: unchanged
+
+
+def test_a_model_with_merged_max_poolings_exports_them_fused_again(tmp_path):
+    """Exact max-pool merges (ConvMaxPool) lower to the convolution and its pooling, which the
+    C fuses back: the same predictions as PyTorch, bit-exact C."""
+    from cnnzip.methods.merge import MergeLayers
+    from cnnzip.modules.merged import ConvMaxPool
+
+    torch.manual_seed(0)
+    model = build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval()
+    splits = synthetic_splits()
+    ctx = Context(splits, finetune_epochs=0, quiet=True)
+    apply(model, MergeLayers(max_pools=True, activations=False, blocks=False, epochs=0), ctx)
+    assert sum(isinstance(m, ConvMaxPool) for m in model.modules()) == 2
+    apply(model, Quantize(calibration=256), ctx)
+    int_model = lower_model(model, (1, 28, 28))
+    x, _ = next(iter(batches(splits.test, splits.info, 200)))
+    codes = int_model.quantize_input(x)
+    with torch.no_grad():
+        expected = model(x).argmax(1).numpy()
+    assert (int_model(codes).argmax(1) == expected).mean() >= 0.99
+    gen = generate(int_model, (1, 28, 28), "balanced")
+    assert [p.name.endswith("+ max pool") for p in gen.layers[:2]] == [True, True]
+    got = _run_on("host", int_model, gen, tmp_path, codes)
+    assert np.array_equal(got.logits, int_model(codes))
