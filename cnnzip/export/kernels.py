@@ -45,6 +45,7 @@ from cnnzip.errors import CnnzipError
 FORMS = ("dense", "sparse", "unrolled", "packed")
 POLICIES = ("balanced", "fast", "small", *FORMS)
 UNROLL_LIMIT = 8192
+UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
 MAX_CODE_BITS = 6  # the packed form keeps at least 2 bits of each entry for the gap
 
 # The cost model, fitted on the emulated Cortex-M4 (arm-none-eabi-gcc -O2, lenet5 layers;
@@ -370,6 +371,16 @@ $inner                    if (q == 0 || acc > best) best = acc;
 }
 """)
 
+_UNROLLED_WINDOWS = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+{
+$pad    for (int py = 0; py < $poh; py++)
+        for (int px = 0; px < $pow; px++) {
+            const uint8_t *p = $src + (py * $qsh * $sh) * $wp + px * $qsw * $sw;
+            int32_t acc, best;
+$body        }
+}
+""")
+
 _UNROLLED = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
 {
 $pad    for (int py = 0; py < $poh; py++)
@@ -549,6 +560,25 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         return Emitted(data, text, const, padded)
     if form == "packed":
         return _emit_packed(layer, name, geo, common, data, const, off, padded)
+    qh, qw, qsh, qsw = geo.pool
+    if qh * qw > 1 and np.count_nonzero(weight) * qh * qw <= UNROLL_WINDOWS:
+        # small layers: every pooling window position written out too, so each channel's
+        # maximum stays in a register and its offsets are constants
+        shifts = [(y * layer.stride[0]) * wp + x * layer.stride[1]
+                  for y in range(qh) for x in range(qw)]
+        body = []
+        for o in range(len(weight)):
+            for i, dq in enumerate(shifts):
+                terms = _terms(weight[o], off[o] + dq)
+                if i == 0:
+                    body.append(f"            best = {name}_b[{o}]{terms};\n")
+                else:
+                    body.append(f"            acc = {name}_b[{o}]{terms};\n"
+                                "            if (acc > best) best = acc;\n")
+            body.append("            " + _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
+                                                   str(o), "best") + "\n")
+        text = _UNROLLED_WINDOWS.substitute(common, body="".join(body))
+        return Emitted(data, text, const, padded)
     body, stores = [], []
     for o in range(len(weight)):
         terms = _terms(weight[o], off[o])
