@@ -377,7 +377,7 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
     ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
     sparse, unrolled, packed) are chosen by ``kernels``
-    (:data:`cnnzip.export.kernels.POLICIES`); ``calibrate`` first quantizes a model's float
+    (:data:`cnnzip.export.costmodel.POLICIES`); ``calibrate`` first quantizes a model's float
     feature maps to 8 bits on training images (weight-shared and float models).
 
     With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy

@@ -6,7 +6,7 @@ import argparse
 
 from cnnzip import api
 from cnnzip.cli.common import add_data_args, add_trust_arg, positive_int, print_json
-from cnnzip.export.kernels import POLICIES
+from cnnzip.export.costmodel import POLICIES
 from cnnzip.export.toolchain import TARGETS
 
 

@@ -3,7 +3,7 @@ data or code, one static activation arena planned over tensor lifetimes, no ``ma
 floating point; one entry point, ``void cnz_infer(const uint8_t *input, int32_t *logits)``,
 computing bit for bit what the numpy reference computes (the requantization is
 ``cnnzip/export/runtime/cnz_math.h``). Each layer's kernel (dense, sparse or unrolled) is chosen
-by the cost model in :mod:`cnnzip.export.kernels`.
+by the cost model in :mod:`cnnzip.export.costmodel`.
 
 The same generator writes a float model (:class:`cnnzip.export.reference.FloatModel`) as float
 C with the same dense kernels: the baseline that compressed C is timed against.
@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.kernels import choose, emit, estimate, geometry, macs
+from cnnzip.export.costmodel import choose, estimate, geometry, macs
+from cnnzip.export.kernels import emit
 from cnnzip.export.floatref import FloatLayer, FloatModel
 from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
                                      IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
@@ -172,7 +173,7 @@ def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
 def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
              kernels: str = "balanced") -> Generated:
     """The C of ``model`` on inputs of ``in_shape`` (C, H, W), each layer's kernel form chosen
-    by ``kernels`` (one of :data:`cnnzip.export.kernels.POLICIES`).
+    by ``kernels`` (one of :data:`cnnzip.export.costmodel.POLICIES`).
 
     A max pooling that is the only reader of a convolution's output is computed inside the
     convolution; flattens are free (the same bytes). Every other tensor gets a place in one

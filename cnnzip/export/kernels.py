@@ -1,36 +1,6 @@
-"""The C kernels of a layer, each instantiated for one layer with its shapes as constants, and
-the cost model that chooses among them.
-
-Three forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
-:class:`~cnnzip.export.reference.FloatLayer` for the float baseline):
-
-``dense``
-    every weight, from a ``const`` array, loops with the padding bounds hoisted out of the
-    inner loop (CMSIS-NN's and onnx2c's shape: what a runtime without sparse kernels runs);
-    integer layers fold the input zero point into the bias and read a zero-point-padded copy,
-    as ``sparse`` does;
-``sparse``
-    only the non-zero weights: per output channel a run of values and input offsets (the
-    offsets index a zero-point-padded copy of the input, so the inner loop has no bounds); the
-    input zero point is folded into the bias (``Σ w·(x − z) = Σ w·x − z·Σ w``), so each
-    multiply-accumulate is a load of the offset, the value and the input;
-``unrolled``
-    only the non-zero weights, as immediates in straight-line code (no index loads; the
-    inputs of equal weights are summed before one multiply; the most flash per weight);
-``packed``
-    for a layer whose non-zero weights take at most 63 distinct values (weight-shared layers,
-    4-, 3-, 2- and 1-bit weights): per output channel a stream of one-byte entries, EIE's
-    format: ``b`` bits index the layer's table of weight values (entry 0 is zero), the other
-    ``8 − b`` bits give the distance to the previous non-zero weight (a longer gap takes a
-    zero-valued padding entry); a convolution maps the weight position to its input offset
-    through one table per layer. One byte per weight (against three for ``sparse``) for a few
-    more instructions per multiply-accumulate.
-
-The cost model (:func:`estimate`) predicts each form's executed instructions on a Cortex-M4
-from the multiply-accumulates it performs and the outputs it requantizes, with per-form
-constants fitted to measurements on the emulated Cortex-M4 (``benchmarks/c_speed.py`` prints
-the prediction beside the measurement); :func:`choose` takes the fastest form (``fast``), the
-one with the fewest constant bytes (``small``) or weighs both (``balanced``, the default).
+"""The C kernels of a layer, each instantiated for one layer with its shapes as constants: the
+forms ``dense``, ``sparse``, ``unrolled`` and ``packed`` that :mod:`cnnzip.export.costmodel`
+describes and chooses among, written as C99 text with their constant arrays.
 """
 
 from __future__ import annotations
@@ -41,193 +11,9 @@ from string import Template
 import numpy as np
 
 from cnnzip.errors import CnnzipError
+from cnnzip.export.costmodel import MAX_CODE_BITS, Geometry, pack
 
-FORMS = ("dense", "sparse", "unrolled", "packed")
-POLICIES = ("balanced", "fast", "small", *FORMS)
-UNROLL_LIMIT = 8192
 UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
-MAX_CODE_BITS = 6  # the packed form keeps at least 2 bits of each entry for the gap
-
-# The cost model, fitted on the emulated Cortex-M4 (arm-none-eabi-gcc -O2, lenet5 layers;
-# benchmarks/c_speed.py prints prediction and measurement side by side): executed instructions
-# per multiply-accumulate by form and layer kind (packed: per entry, padding included), per
-# stored output (requantization, clamp, store), and constant bytes per non-zero weight (sparse:
-# a 2-byte offset beside the value; unrolled: about 12 bytes of Thumb-2 code per
-# multiply-accumulate; packed: per entry byte).
-_PER_MAC = {("dense", "conv"): 4.8, ("dense", "linear"): 4.6, ("sparse", "conv"): 9.0,
-            ("sparse", "linear"): 8.5, ("unrolled", "conv"): 3.3, ("unrolled", "linear"): 3.8,
-            ("packed", "conv"): 17.5, ("packed", "linear"): 13.0,
-            ("float", "conv"): 5.0, ("float", "linear"): 4.6}
-_PER_OUTPUT = {"int": 20.0, "float": 6.0}
-_BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0, "packed": 1.0}
-# ``balanced``: one byte of constant data is worth this many instructions per inference
-BYTE_WORTH = 8.0
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Where a layer reads and writes: input (C, H, W), its own output (C', H', W') and, with a
-    max pooling fused into it, the pooled output (C', PH, PW) with the pooling's window and
-    stride. A linear layer has H = W = H' = W' = 1."""
-
-    cin: int
-    h: int
-    w: int
-    cout: int
-    oh: int
-    ow: int
-    pool: tuple[int, int, int, int] = (1, 1, 1, 1)  # window h, w; stride h, w
-
-    @property
-    def pooled(self) -> tuple[int, int]:
-        qh, qw, sh, sw = self.pool
-        return (self.oh - qh) // sh + 1, (self.ow - qw) // sw + 1
-
-    @property
-    def outputs(self) -> int:
-        """Values stored (requantized once each: the pooling takes the maximum accumulator)."""
-        return self.cout * self.pooled[0] * self.pooled[1]
-
-    @property
-    def positions(self) -> int:
-        """Accumulators computed per output channel."""
-        qh, qw, _, _ = self.pool
-        return self.pooled[0] * self.pooled[1] * qh * qw
-
-
-def geometry(layer, in_shape, out_shape, pool=None) -> Geometry:
-    """The geometry of ``layer`` from its input and output shapes and a fused max pooling."""
-    if layer.kind != "conv":
-        return Geometry(int(np.prod(in_shape)), 1, 1, int(np.prod(out_shape)), 1, 1)
-    window = (1, 1, 1, 1) if pool is None else (*pool.kernel, *pool.stride)
-    return Geometry(*in_shape, *out_shape, window)
-
-
-def macs(layer, geo: Geometry) -> tuple[int, int]:
-    """(dense, non-zero) multiply-accumulates of one inference (padding taps counted)."""
-    weight = layer.weight.reshape(len(layer.weight), -1)
-    return int(weight.size * geo.positions), int(np.count_nonzero(weight) * geo.positions)
-
-
-def estimate(layer, geo: Geometry, form: str) -> dict[str, float]:
-    """Predicted Cortex-M4 instructions and constant bytes of ``layer`` computed by ``form``."""
-    dense, nonzero = macs(layer, geo)
-    is_float = layer.weight.dtype.kind == "f"
-    per_mac = _PER_MAC["float" if is_float else form, layer.kind]
-    work = dense if form == "dense" else nonzero
-    weights = layer.weight.size if form == "dense" else np.count_nonzero(layer.weight)
-    if form == "packed":  # bytes of entries; padding entries (or zero codes) are executed too
-        packed = pack(layer)
-        weights = packed.entries.size
-        steps = layer.weight.size if packed.gapless else packed.entries.size
-        work = steps * geo.positions
-    item = layer.weight.dtype.itemsize if is_float else 1
-    params = 4 * layer.weight.shape[0] * (1 if is_float else 3)  # bias (and multiplier, shift)
-    return {"instructions": per_mac * work
-            + _PER_OUTPUT["float" if is_float else "int"] * geo.outputs,
-            "const_bytes": _BYTES_PER_WEIGHT[form] * weights * item + params}
-
-
-def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
-    """The form of ``layer``: ``policy`` itself when it names one, else the one the cost model
-    finds best: fewest instructions (``fast``), fewest constant bytes (``small``) or fewest
-    instructions plus :data:`BYTE_WORTH` per constant byte (``balanced``). Float layers are
-    always dense; a layer with more than :data:`UNROLL_LIMIT` non-zero weights is not unrolled
-    (sparse instead): its straight-line code would take minutes to compile; a layer with more
-    than 2^:data:`MAX_CODE_BITS` − 1 distinct weight values is not packed (sparse instead)."""
-    if policy not in POLICIES:
-        raise CnnzipError(f"kernels {policy!r}: choose one of {', '.join(POLICIES)}")
-    if layer.weight.dtype.kind == "f":
-        return "dense"
-    allowed = [f for f in FORMS if (f != "unrolled" or np.count_nonzero(layer.weight)
-                                    <= UNROLL_LIMIT) and (f != "packed" or pack(layer))]
-    if policy in FORMS:
-        return policy if policy in allowed else "sparse"
-    worth = {"fast": (1.0, 0.0), "small": (1e-9, 1.0), "balanced": (1.0, BYTE_WORTH)}[policy]
-
-    def cost(form: str) -> float:
-        e = estimate(layer, geo, form)
-        return worth[0] * e["instructions"] + worth[1] * e["const_bytes"]
-    return min(allowed, key=cost)
-
-
-@dataclass(frozen=True)
-class Packed:
-    """A layer's weights in the packed form: a ``table`` of its weight values (int8) and, per
-    output channel, a run of codes into it, in one of two layouts, whichever is smaller:
-
-    - with gaps (``gapless`` false): one byte per entry; its low ``bits`` index the table
-      (entry 0 is zero), its high ``8 − bits`` the distance to the previous non-zero weight
-      minus one (a longer gap takes zero-valued padding entries); ``start`` says where each
-      channel's run begins (one more than the channels);
-    - gapless: every weight's code, ``bits`` of 1, 2 or 4, packed 8 / bits to a byte, the
-      first in the low bits; each channel's run a whole number of bytes.
-    """
-
-    table: np.ndarray
-    bits: int
-    entries: np.ndarray
-    start: np.ndarray
-    gapless: bool = False
-
-    def weights(self, width: int) -> np.ndarray:
-        """The (out, width) weight rows the entries stand for (decoding, for tests)."""
-        rows = np.zeros((len(self.start) - 1, width), np.int64)
-        mask = (1 << self.bits) - 1
-        for o in range(len(rows)):
-            run = self.entries[self.start[o]:self.start[o + 1]].astype(np.int64)
-            if self.gapless:
-                shifts = np.arange(0, 8, self.bits)
-                codes = ((run[:, None] >> shifts[None, :]) & mask).reshape(-1)[:width]
-                rows[o] = self.table[codes]
-            else:
-                position = np.cumsum((run >> self.bits) + 1) - 1
-                rows[o, position] += self.table[run & mask]
-        return rows
-
-
-def pack(layer) -> Packed | None:
-    """``layer``'s weights in the packed form (the smaller layout), or None when they take more
-    than 2^:data:`MAX_CODE_BITS` − 1 distinct non-zero values (or are float)."""
-    if layer.weight.dtype.kind == "f":
-        return None
-    weight = layer.weight.reshape(len(layer.weight), -1)
-    values = np.unique(weight[weight != 0])
-    bits = max(1, int(np.ceil(np.log2(len(values) + 1))))
-    if bits > MAX_CODE_BITS:
-        return None
-    gaps = _with_gaps(weight, values, bits)
-    table = np.unique(weight)  # zero only where a weight is zero
-    dense_bits = next(b for b in (1, 2, 4, 8) if (1 << b) >= len(table))
-    if dense_bits < 8:
-        per = 8 // dense_bits
-        width = -(-weight.shape[1] // per) * per
-        codes = np.zeros((len(weight), width), np.int64)
-        codes[:, :weight.shape[1]] = np.searchsorted(table, weight)
-        shifts = np.arange(per) * dense_bits
-        entries = (codes.reshape(len(weight), -1, per) << shifts).sum(2).reshape(-1)
-        if entries.size < gaps.entries.size:
-            return Packed(table, dense_bits, entries.astype(np.uint8),
-                          np.arange(len(weight) + 1) * (width // per), gapless=True)
-    return gaps
-
-
-def _with_gaps(weight: np.ndarray, values: np.ndarray, bits: int) -> Packed:
-    span = 1 << (8 - bits)  # the longest gap one entry spans
-    runs = []
-    for row in weight:
-        position = np.flatnonzero(row)
-        gaps = np.diff(position, prepend=-1)
-        pads = (gaps - 1) // span  # zero-valued entries that bridge a longer gap
-        gap = np.full(len(position) + int(pads.sum()), span)
-        code = np.zeros(len(gap), np.int64)
-        real = np.cumsum(pads + 1) - 1
-        gap[real] = gaps - pads * span
-        code[real] = np.searchsorted(values, row[position]) + 1
-        runs.append(((gap - 1) << bits) | code)
-    start = np.concatenate([[0], np.cumsum([len(r) for r in runs])])
-    entries = np.concatenate(runs).astype(np.uint8) if runs else np.zeros(0, np.uint8)
-    return Packed(np.concatenate([[0], values]).astype(np.int64), bits, entries, start)
 
 
 def carray(ctype: str, name: str, values) -> str:
@@ -330,33 +116,12 @@ _PAD = Template(r"""    for (int i = 0; i < $padded; i++) pad[i] = $zero;
                 pad[(c * $hp + y + $ph) * $wp + x + $pw] = in[(c * $h + y) * $w + x];
 """)
 
-_SPARSE = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+# sparse and packed: per output channel a run of non-zero weights ($run sets it up and the
+# channel's input base ``src``; $inner adds the run's products to ``acc``)
+_RUNS = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
 {
 $pad    for (int o = 0; o < $co; o++) {
-        const int8_t *v = ${name}_v + ${name}_start[o];
-        const $toff *f = ${name}_off + ${name}_start[o];
-        const int n = ${name}_start[o + 1] - ${name}_start[o];
-        for (int py = 0; py < $poh; py++)
-            for (int px = 0; px < $pow; px++) {
-                int32_t best = 0;
-                for (int q = 0; q < $qh * $qw; q++) {
-                    const uint8_t *p = $src + ((py * $qsh + q / $qw) * $sh) * $wp
-                                       + (px * $qsw + q % $qw) * $sw;
-                    int32_t acc = ${name}_b[o];
-                    for (int j = 0; j < n; j++) acc += v[j] * p[f[j]];
-                    if (q == 0 || acc > best) best = acc;
-                }
-                $epilogue
-            }
-    }
-}
-""")
-
-_PACKED = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
-{
-$pad    for (int o = 0; o < $co; o++) {
-$run        const uint8_t *src = $src + (o / $cog) * $gstride;
-        for (int py = 0; py < $poh; py++)
+$run        for (int py = 0; py < $poh; py++)
             for (int px = 0; px < $pow; px++) {
                 int32_t best = 0;
                 for (int q = 0; q < $qh * $qw; q++) {
@@ -413,11 +178,9 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
     tin, tw = ("float", "float") if is_float else ("uint8_t", "int8_t")
     conv = layer.kind == "conv"
     ph, pw = layer.padding if conv else (0, 0)
-    padded = 0
     # a padding conv reads a padded copy (zeros, or the zero point folded into the bias)
     bias = layer.bias if is_float else _folded_bias(layer, name)
-    if conv and (ph or pw):
-        padded = geo.cin * (geo.h + 2 * ph) * (geo.w + 2 * pw)
+    padded = geo.cin * (geo.h + 2 * ph) * (geo.w + 2 * pw) if conv and (ph or pw) else 0
     data, const = _params(layer, name, bias)
     data = carray(tw, f"{name}_w", layer.weight) + data
     const += layer.weight.size * (4 if is_float else 1)
@@ -443,7 +206,6 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
         text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1],
                                         epilogue=_epilogue(layer, name, "o", "o"))
     return Emitted(data, text, const, padded * (4 if is_float else 1))
-    return Emitted(data, text, const, padded)
 
 
 def _folded_bias(layer, name: str) -> np.ndarray:
@@ -481,10 +243,22 @@ def _emit_packed(layer, name: str, geo: Geometry, common: dict, data: str, const
              + carray("uint8_t", f"{name}_e", packed.entries))
     const += packed.table.size + packed.entries.size
     mask = (1 << packed.bits) - 1
-    tap = f"{name}_off[k]" if layer.kind == "conv" else "k"
+    conv = layer.kind == "conv"
+    run = f"        const uint8_t *src = {common['src']};\n"
+    if conv:
+        # one offset table for the first group's channels; a group's base moves the input
+        groups = layer.groups
+        if groups > 1:
+            gstride = int(off[len(off) // groups, 0] - off[0, 0])
+            run = (f"        const uint8_t *src = {common['src']} + (o / {geo.cout // groups}) "
+                   f"* {gstride};\n")
+        toff = "uint16_t" if off[0].max(initial=0) < 65536 else "uint32_t"
+        data += carray(toff, f"{name}_off", off[0])
+        const += off.shape[1] * (2 if toff == "uint16_t" else 4)
+    tap = f"{name}_off[k]" if conv else "k"
     if packed.gapless:  # every weight's code, 8 / bits to a byte
         per = 8 // packed.bits
-        run = f"        const uint8_t *e = {name}_e + o * {packed.start[1]};\n"
+        run += f"        const uint8_t *e = {name}_e + o * {packed.start[1]};\n"
         inner = (f"                    for (int k = 0; k < {layer.weight[0].size}; k++)\n"
                  f"                        acc += {name}_t[(e[k / {per}] >> (k % {per} * "
                  f"{packed.bits})) & {mask}] * p[{tap}];\n")
@@ -492,26 +266,16 @@ def _emit_packed(layer, name: str, geo: Geometry, common: dict, data: str, const
         tstart = "uint16_t" if packed.entries.size < 65536 else "uint32_t"
         data += carray(tstart, f"{name}_start", packed.start)
         const += len(packed.start) * (2 if tstart == "uint16_t" else 4)
-        run = (f"        const uint8_t *e = {name}_e + {name}_start[o];\n"
-               f"        const int n = {name}_start[o + 1] - {name}_start[o];\n")
+        run += (f"        const uint8_t *e = {name}_e + {name}_start[o];\n"
+                f"        const int n = {name}_start[o + 1] - {name}_start[o];\n")
         inner = ("                    int k = -1;\n"
                  "                    for (int j = 0; j < n; j++) {\n"
                  "                        const uint32_t x = e[j];\n"
                  f"                        k += (int)(x >> {packed.bits}) + 1;\n"
                  f"                        acc += {name}_t[x & {mask}] * p[{tap}];\n"
                  "                    }\n")
-    conv = layer.kind == "conv"
-    gstride = 0
-    if conv:
-        # one offset table for the first group's channels; a group's base moves the input
-        groups = layer.groups
-        gstride = int(off[len(off) // groups, 0] - off[0, 0]) if groups > 1 else 0
-        toff = "uint16_t" if off[0].max(initial=0) < 65536 else "uint32_t"
-        data += carray(toff, f"{name}_off", off[0])
-        const += off.shape[1] * (2 if toff == "uint16_t" else 4)
-    text = _PACKED.substitute(
-        common, cog=geo.cout // (layer.groups if conv else 1), gstride=gstride, run=run,
-        inner=inner,
+    text = _RUNS.substitute(
+        common, run=run, inner=inner,
         epilogue=_epilogue(layer, name, f"(o * {common['poh']} + py) * {common['pow']} + px",
                            "o", "best"))
     return Emitted(data, text, const, padded)
@@ -555,12 +319,16 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
                  + carray(toff, f"{name}_off", off[keep])
                  + carray("int32_t", f"{name}_start", start))
         const += int(keep.sum()) * (3 if toff == "uint16_t" else 5) + 4 * len(start)
-        text = _SPARSE.substitute(common, toff=toff, epilogue=_epilogue(
+        run = (f"        const uint8_t *src = {common['src']};\n"
+               f"        const int8_t *v = {name}_v + {name}_start[o];\n"
+               f"        const {toff} *f = {name}_off + {name}_start[o];\n"
+               f"        const int n = {name}_start[o + 1] - {name}_start[o];\n")
+        inner = "                    for (int j = 0; j < n; j++) acc += v[j] * p[f[j]];\n"
+        text = _RUNS.substitute(common, run=run, inner=inner, epilogue=_epilogue(
             layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
         return Emitted(data, text, const, padded)
     if form == "packed":
         return _emit_packed(layer, name, geo, common, data, const, off, padded)
-    qh, qw, qsh, qsw = geo.pool
     if qh * qw > 1 and np.count_nonzero(weight) * qh * qw <= UNROLL_WINDOWS:
         # small layers: every pooling window position written out too, so each channel's
         # maximum stays in a register and its offsets are constants

@@ -22,8 +22,8 @@ from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer, sqnr_db
 from cnnzip.progress import progress_bar
-from cnnzip.surgery import fold_batchnorm, materialize, quantize_layer, quantized_edit
-from cnnzip.surgery.replace import set_module
+from cnnzip.surgery import (fold_batchnorm, materialize, quantize_layer, quantized_edit,
+                            set_module)
 
 
 @dataclass(frozen=True)

@@ -217,7 +217,7 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
 def test_packed_weights_decode_to_the_layer_in_both_layouts():
     """Gaps longer than one entry spans take zero-valued padding entries; dense low-bit layers
     take the gapless layout, 8 / bits codes to a byte."""
-    from cnnzip.export.kernels import pack
+    from cnnzip.export.costmodel import pack
     from cnnzip.export.reference import IntLayer
 
     rng = np.random.default_rng(0)
