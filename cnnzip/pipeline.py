@@ -26,7 +26,7 @@ from cnnzip.modules import CodebookLayer, QuantLayer, weight_layers
 from cnnzip.recipes import Recipe, load_recipe
 from cnnzip.report import codebook_rows, dense_rows, quant_rows, write_report
 from cnnzip.surgery import ModelSpec, materialize
-from cnnzip.train import evaluate
+from cnnzip.train import evaluate, output_agreement
 
 
 def _stage(name: str, model: nn.Module, ctx: Context, in_shape: tuple[int, ...],
@@ -198,6 +198,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
     records = encode_file(container, model, spec, input=shipped_input)
     # every reported figure is the file's
     decoded, _, _ = decode_file(container, trust_code=trust_code)
+    agreement = output_agreement(model, decoded, ctx.splits.test, ctx.splits.info)
     stages.append(_stage("encode", decoded, ctx, spec.in_shape, time.perf_counter() - start,
                          realized=True))
     size = container.stat().st_size
@@ -210,7 +211,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
         "validation_split": ctx.splits.split, "baseline": baseline,
         "compressed": {"accuracy": final["accuracy"], "params": metrics.count_params(decoded),
                        "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],
-                       "container_bytes": size},
+                       "container_bytes": size, "decoded_vs_compressed": agreement},
         "compression_ratio": baseline["bytes_fp32"] / size,
         "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),
         "stages": stages,

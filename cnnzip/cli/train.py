@@ -39,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="L1 penalty on BatchNorm scales (network slimming), so that a later "
                         "channel-prune with criterion bn finds unimportant channels; 1e-4 to "
                         f"1e-3 is typical (default {_D.slimming})")
+    p.add_argument("--clip-norm", type=non_negative_float, default=_D.clip_norm, metavar="NORM",
+                   help="scale each step's gradients down to at most this L2 norm, 0 for never "
+                        f"(default {_D.clip_norm}: keeps models without BatchNorm from "
+                        "diverging at the peak rate)")
     p.add_argument("--seed", type=count, default=_D.seed, help=f"default {_D.seed}")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
@@ -49,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, augment_pad=args.augment_pad,
-                         seed=args.seed, slimming=args.slimming)
+                         seed=args.seed, slimming=args.slimming,
+                         clip_norm=args.clip_norm)
     command = "cnnzip " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
                                  width=args.width, config=config, quiet=args.quiet,

@@ -91,7 +91,11 @@ DATASETS: dict[str, _Source] = {
     ),
 }
 SYNTHETIC = DatasetInfo("synthetic", (1, 28, 28), 10, (0.5,), (0.25,), hflip=False)
-DATASET_NAMES = (*DATASETS, "synthetic")
+# CIFAR-10's shape (3 × 32 × 32, flips), for checking that models train on colour inputs
+SYNTHETIC_RGB = DatasetInfo("synthetic-rgb", (3, 32, 32), 10, (0.5,) * 3, (0.25,) * 3,
+                            hflip=True)
+SYNTHETIC_SETS = {"synthetic": SYNTHETIC, "synthetic-rgb": SYNTHETIC_RGB}
+DATASET_NAMES = (*DATASETS, *SYNTHETIC_SETS)
 
 
 def _to_set(images: np.ndarray, labels: np.ndarray) -> ImageSet:
@@ -110,25 +114,25 @@ def _split(full: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet
 
 
 def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
-                     seed: int = 0) -> Splits:
+                     seed: int = 0, info: DatasetInfo = SYNTHETIC) -> Splits:
     """A small learnable dataset for tests: each class is a fixed random template plus noise."""
     gen = torch.Generator().manual_seed(1234)
-    templates = torch.rand(SYNTHETIC.num_classes, *SYNTHETIC.in_shape, generator=gen)
+    templates = torch.rand(info.num_classes, *info.in_shape, generator=gen)
 
     def make(n: int, offset: int) -> ImageSet:
         g = torch.Generator().manual_seed(seed * 1000 + offset)
-        labels = torch.randint(0, SYNTHETIC.num_classes, (n,), generator=g)
-        noisy = 0.6 * templates[labels] + 0.4 * torch.rand(n, *SYNTHETIC.in_shape, generator=g)
+        labels = torch.randint(0, info.num_classes, (n,), generator=g)
+        noisy = 0.6 * templates[labels] + 0.4 * torch.rand(n, *info.in_shape, generator=g)
         return ImageSet((noisy * 255).round().to(torch.uint8), labels)
 
-    return Splits(SYNTHETIC, make(n_train, 1), make(n_val, 2), make(n_test, 3),
+    return Splits(info, make(n_train, 1), make(n_val, 2), make(n_test, 3),
                   {"seed": seed, "val_size": n_val})
 
 
 def dataset_info(name: str) -> DatasetInfo:
     """Shape, classes and normalisation of a named dataset, without reading its files."""
-    if name == "synthetic":
-        return SYNTHETIC
+    if name in SYNTHETIC_SETS:
+        return SYNTHETIC_SETS[name]
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
     return DATASETS[name].info
@@ -150,8 +154,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
         DataError: unknown name, or missing or damaged files (the message says where and how
             to get them), or a split other than the expected one.
     """
-    if name == "synthetic":
-        return synthetic_splits(seed=seed)
+    if name in SYNTHETIC_SETS:
+        return synthetic_splits(seed=seed, info=SYNTHETIC_SETS[name])
     dataset_info(name)  # rejects an unknown name
     source = DATASETS[name]
     directory = Path(data_dir) if data_dir is not None else source.default_dir

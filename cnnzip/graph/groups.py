@@ -53,9 +53,18 @@ class ChannelGroup:
     root: str
     channels: int
     members: tuple[Member, ...]
+    units: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.units:
+            object.__setattr__(self, "units", tuple((i,) for i in range(self.channels)))
 
     def of_role(self, role: Role) -> list[Member]:
         return [m for m in self.members if m.role == role]
+
+    def channels_of(self, units) -> list[int]:
+        """The root channels of the given units, in order."""
+        return sorted(c for u in units for c in self.units[int(u)])
 
 
 def output_layer(model: nn.Module) -> str:
@@ -66,13 +75,67 @@ def output_layer(model: nn.Module) -> str:
     return names[-1]
 
 
+def _grouped(module: nn.Module) -> bool:
+    """A grouped convolution that is not depthwise (which Torch-Pruning couples in to out)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 \
+        and not module.in_channels == module.out_channels == module.groups
+
+
+def _units(members: list[Member], channels: int) -> tuple[tuple[int, ...], ...] | str:
+    """The root channels that must go together: a grouped convolution computes its groups
+    alike, so a channel goes with the channels at its position in every other group (same
+    count per group, same positions, as Torch-Pruning's slicing of grouped weights needs).
+    Returns the units, or why the group cannot be pruned at all."""
+    parent = list(range(channels))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for member in members:
+        module = member.module
+        if member.role is Role.NORM or not _grouped(module):
+            continue
+        width = module.out_channels if member.role is Role.OUT else module.in_channels
+        per_group = width // module.groups
+        roots_at: dict[int, list[int]] = {}
+        for idx, root in zip(member.idxs, member.root_idxs):
+            roots_at.setdefault(idx, []).append(root)
+        for position in range(per_group):
+            at = [roots_at.get(position + g * per_group) for g in range(module.groups)]
+            if not any(at):
+                continue
+            if not all(at):
+                return (f"the grouped convolution {member.name!r} ({module.groups} groups) reads "
+                        "these channels in some of its groups only")
+            first = find(at[0][0])
+            for roots in at:
+                for root in roots:
+                    parent[find(root)] = first
+    units: dict[int, list[int]] = {}
+    for channel in range(channels):
+        units.setdefault(find(channel), []).append(channel)
+    return tuple(tuple(u) for u in sorted(units.values()))
+
+
+class Groups(list):
+    """The prunable :class:`ChannelGroup` s of a model; ``whole`` names the conv and linear
+    layers whose output channels cannot be pruned, with the reason."""
+
+    whole: dict[str, str]
+
+
 def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
-                   ignore: tuple[str, ...] = ()) -> list[ChannelGroup]:
-    """Every prunable group of ``model`` (traced into ``graph``), the output layer excluded."""
+                   ignore: tuple[str, ...] = ()) -> Groups:
+    """Every prunable group of ``model`` (traced into ``graph``), the output layer excluded
+    (the layers left whole, with the reason, in the result's ``whole``)."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
-    ignored = [modules[n] for n in (output_layer(model), *ignore)]
-    groups = []
+    barriers = list(getattr(graph, "barriers", []))
+    ignored = [modules[n] for n in (output_layer(model), *ignore)] + barriers
+    groups, whole = Groups(), {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
         members = []
         for item in group.items:
@@ -83,6 +146,35 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
             role = Role.NORM if isinstance(module, NORMS) else Role.OUT if out else Role.IN
             members.append(Member(names[module], module, role, tuple(item.idxs),
                                   tuple(item.root_idxs)))
-        root = group.items[0].dep.target.module
-        groups.append(ChannelGroup(names[root], len(group.items[0].idxs), tuple(members)))
+        root = names[group.items[0].dep.target.module]
+        channels = len(group.items[0].idxs)
+        units = _units(members, channels)
+        if isinstance(units, str):
+            whole.update({m.name: units for m in members if m.role is Role.OUT})
+            continue
+        groups.append(ChannelGroup(root, channels, tuple(members), units))
+    pruned = {m.name for g in groups for m in g.of_role(Role.OUT)}
+    skipped = {output_layer(model), *ignore}
+    for name, module in modules.items():
+        if isinstance(module, nn.ConvTranspose2d):
+            whole[name] = "a transposed convolution's output channels are not pruned"
+        elif isinstance(module, PRODUCERS) and name not in pruned | skipped | set(whole):
+            whole[name] = _why_whole(graph, module, barriers, names)
+    groups.whole = whole
     return groups
+
+
+def _why_whole(graph: tp.DependencyGraph, module: nn.Module, barriers: list[nn.Module],
+               names: dict[nn.Module, str]) -> str:
+    pruner = graph.get_pruner_of_module(module)
+    if module not in graph.module2node or pruner is None:
+        return "not reached when the model was traced"
+    group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                    list(range(pruner.get_out_channels(module))))
+    targets = [item.dep.target.module for item in group.items]
+    crossed = [b.node for b in barriers if b in targets]
+    if crossed:
+        more = f" and {len(crossed) - 3} more" if len(crossed) > 3 else ""
+        return (f"its channels pass through a reshape that moves channels "
+                f"({', '.join(crossed[:3])}{more}), which channel pruning cannot follow")
+    return "its channels are coupled to the output layer's"

@@ -14,6 +14,7 @@ from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from cnnzip.errors import ModelError
+from cnnzip.graph.barriers import BARRIER_PRUNERS, Barrier, with_barriers
 from cnnzip.modules.merged import ConvMaxPool
 
 
@@ -105,15 +106,30 @@ def trace_graph(model: nn.Module, in_shape: tuple[int, ...], purpose: str) -> Tr
     return TracedGraph(gm.graph, dict(model.named_modules()), module_calls(gm.graph))
 
 
-def dependency_graph(model: nn.Module, in_shape: tuple[int, ...]) -> tp.DependencyGraph:
+class Dependencies(tp.DependencyGraph):
+    """Torch-Pruning's dependency graph of a model, with the :class:`Barrier` modules that
+    stand for the reshapes channel pruning cannot follow (see :mod:`cnnzip.graph.barriers`)."""
+
+    barriers: list[Barrier]
+
+
+def dependency_graph(model: nn.Module, in_shape: tuple[int, ...]) -> Dependencies:
     """Trace ``model`` (in eval mode) on a zero input of ``in_shape`` into Torch-Pruning's
-    dependency graph (which channels of which layers are coupled)."""
+    dependency graph (which channels of which layers are coupled). A model fx can trace has its
+    channel-moving reshapes replaced by barriers first; one it cannot is traced as it is."""
     was_training = model.training
     model.eval()
     try:
+        try:
+            traced, barriers = with_barriers(with_shapes(model, in_shape, "for structured pruning"))
+        except ModelError:  # not fx-traceable: Torch-Pruning follows autograd alone
+            traced, barriers = model, []
+        graph = Dependencies()
         with torch.enable_grad():
-            return tp.DependencyGraph().build_dependency(model, torch.zeros(1, *in_shape),
-                                                         verbose=False)
+            graph.build_dependency(traced, torch.zeros(1, *in_shape), verbose=False,
+                                   customized_pruners=dict(BARRIER_PRUNERS))
+        graph.barriers = barriers
+        return graph
     except Exception as exc:  # tracing runs the user's forward: report it as the model's
         raise ModelError(f"cannot trace the model for structured pruning: "
                          f"{type(exc).__name__}: {exc}") from None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import math
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,12 +79,12 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
         task = bar.add_task("sensitivity", total=len(groups) * len(config.sensitivity_ratios),
                             status="")
         for group in groups:
-            n = group.channels
+            n = len(group.units)
             order = torch.argsort(scores[group.root], stable=True)
             fractions, drops = [0.0], [0.0]
             for ratio in sorted(config.sensitivity_ratios):
                 k = min(n - 1, max(1, int(round(ratio * n))))
-                silence_channels(group, order[:k].tolist())
+                silence_channels(group, group.channels_of(order[:k].tolist()))
                 drops.append(max(drops[-1], base - ctx.val_accuracy(model, samples)))
                 fractions.append(k / n)
                 model.load_state_dict(saved)
@@ -101,8 +102,8 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
 
 def channel_costs(model: nn.Module, groups: list[ChannelGroup],
                   in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """MACs each channel of each group takes part in (the producing layers' share of the
-    channel plus the reading layers' share of it), per root channel."""
+    """MACs each unit of each group takes part in (the producing layers' share of its
+    channels plus the reading layers' share of them)."""
     macs = {s.name: s.macs for s in metrics.layer_stats(model, in_shape)}
     costs = {}
     for group in groups:
@@ -116,7 +117,7 @@ def channel_costs(model: nn.Module, groups: list[ChannelGroup],
             else:
                 width = module.out_channels if out else module.in_channels
             total += macs[member.name] * len(member.idxs) / width
-        costs[group.root] = torch.full((group.channels,), total / group.channels)
+        costs[group.root] = torch.tensor([total * len(u) / group.channels for u in group.units])
     return costs
 
 
@@ -139,10 +140,11 @@ def _order(keys: dict[str, torch.Tensor]) -> list[str]:
 
 
 def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
-              config: ChannelPrune) -> dict[str, list[int]]:
-    """The lowest-scored channels of each group when the first ``count`` channels of the global
-    ``order`` go; each group keeps at least ``1 - max_ratio`` of its channels, overrides win,
-    and with ``round_to`` every group keeps a multiple of it (rounded up) or all its channels."""
+              config: ChannelPrune, groups: dict[str, ChannelGroup]) -> dict[str, list[int]]:
+    """The lowest-scored units of each group when the first ``count`` units of the global
+    ``order`` go; each group keeps at least ``1 - max_ratio`` of its units, overrides win,
+    and with ``round_to`` every group keeps a multiple of it in channels (rounded up) or all
+    its channels."""
     taken = dict.fromkeys(scores, 0)
     for root in order[:count]:
         taken[root] += 1
@@ -153,13 +155,19 @@ def _removals(scores: dict[str, torch.Tensor], order: list[str], count: int,
             k = int(round(config.layers[root] * n))
         else:
             k = min(taken[root], int(config.max_ratio * n))
-        kept = _round_up(n - min(k, n - 1), config.round_to)
+        size = len(groups[root].units[0])
+        kept = _round_up(n - min(k, n - 1), config.round_to // math.gcd(config.round_to, size))
         out[root] = n - min(kept, n)
     return lowest(scores, out)
 
 
 def _round_up(count: int, multiple: int) -> int:
     return -(-count // multiple) * multiple
+
+
+def channels(groups: dict[str, ChannelGroup], units: dict[str, list[int]]) -> dict[str, list[int]]:
+    """Units chosen per group (root name → unit indices) as the root channels they hold."""
+    return {root: groups[root].channels_of(u) for root, u in units.items()}
 
 
 def lowest(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str, list[int]]:
@@ -172,15 +180,17 @@ def _measure(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
     return metrics.count_params(model) if kind == "params" else metrics.count_macs(model, in_shape)
 
 
-def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
+def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                   keys: dict[str, torch.Tensor], config: ChannelPrune,
                   in_shape: tuple[int, ...]) -> dict[str, list[int]]:
-    """The fewest channels, taken in the order of ``keys`` (:func:`ranking_keys`), whose
-    removal meets the budget (bisection on the count, each candidate measured on a pruned
-    copy); within a group the lowest-scored channels go."""
+    """The fewest units, taken in the order of ``keys`` (:func:`ranking_keys`; ``scores`` and
+    ``keys`` are per unit), whose removal meets the budget (bisection on the count, each
+    candidate measured on a pruned copy); within a group the lowest-scored units go. Returns
+    the unit indices per group (:func:`channels` turns them into channels)."""
+    by_root = {g.root: g for g in groups}
     order = _order(keys)
     if config.target_macs is None and config.target_params is None:
-        return _removals(scores, order, 0, config)
+        return _removals(scores, order, 0, config, by_root)
     kind = "params" if config.target_params is not None else "macs"
     fraction = config.target_params if kind == "params" else config.target_macs
     budget = fraction * _measure(model, in_shape, kind)
@@ -188,7 +198,7 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
     def cost(count: int) -> int:
         trial = copy.deepcopy(model)
         remove_channels(trial, dependency_graph(trial, in_shape),
-                        _removals(scores, order, count, config))
+                        channels(by_root, _removals(scores, order, count, config, by_root)))
         return _measure(trial, in_shape, kind)
 
     lo, hi = 0, len(order)
@@ -205,4 +215,4 @@ def plan_removals(model: nn.Module, scores: dict[str, torch.Tensor],
             hi = mid
         else:
             lo = mid + 1
-    return _removals(scores, order, hi, config)
+    return _removals(scores, order, hi, config, by_root)

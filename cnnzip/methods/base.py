@@ -134,6 +134,7 @@ def finetune(model: nn.Module, ctx: Context, *, epochs: int, lr: float,
         if after_step is not None:
             after_step(m)
 
-    fit(model, ctx.splits, TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed, slimming=slimming),
+    fit(model, ctx.splits, TrainConfig(epochs=epochs, lr=lr, seed=ctx.seed, slimming=slimming,
+                                        clip_norm=0.0),
         teacher=ctx.teacher, after_step=hold, after_epoch=after_epoch, quiet=ctx.quiet,
         description=description)

@@ -17,8 +17,8 @@ from torch import nn
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
-from cnnzip.methods.allocation import (Allocation, lowest, plan_removals, ranking_keys,
-                                       sensitivity_keys)
+from cnnzip.methods.allocation import (Allocation, channels, lowest, plan_removals,
+                                       ranking_keys, sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.modules.quant import QuantLayer
@@ -239,12 +239,17 @@ def group_scores(group: ChannelGroup, config: ChannelPrune,
 
 def _score(model: nn.Module, groups: list[ChannelGroup], config: ChannelPrune,
            ctx: Context) -> dict[str, torch.Tensor]:
-    """Every group's scores; a quantized model is scored as it computes: with its rounded
-    weights and, for the data-driven criteria, its quantized feature maps."""
+    """Every group's scores, one per unit (the mean of its channels'); a quantized model is
+    scored as it computes: with its rounded weights and, for the data-driven criteria, its
+    quantized feature maps."""
     grads, active = _data_stats(model, groups, config, ctx)
     weights = {name: m.weight.detach() for name, m in model.named_modules()
                if isinstance(m, QuantLayer)}
-    return {g.root: group_scores(g, config, grads, active, weights) for g in groups}
+    scores = {}
+    for g in groups:
+        s = group_scores(g, config, grads, active, weights)
+        scores[g.root] = torch.stack([s[list(u)].mean() for u in g.units])
+    return scores
 
 
 @register("channels", ChannelPrune, realized=True,
@@ -266,13 +271,16 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     with plain_layers(model):  # a quantized model is traced as its plain layers
         graph = dependency_graph(model, in_shape)
         groups = channel_groups(model, graph)
+    if not groups:
+        whole = "; ".join(f"{n}: {why}" for n, why in groups.whole.items())
+        raise CnnzipError(f"channels: no layer's channels can be removed ({whole})")
     unknown = sorted(set(config.layers) - {g.root for g in groups})
     if unknown:
         raise CnnzipError(f"channels: no prunable group rooted at {', '.join(unknown)}; groups "
                           f"are {', '.join(g.root for g in groups)}")
     notes: dict = {"criterion": config.criterion.value, "allocation": config.allocation.value,
                    "target_macs": config.target_macs, "target_params": config.target_params,
-                   "soft": config.soft, "quantized": quantized}
+                   "soft": config.soft, "quantized": quantized, "left_whole": groups.whole}
     if config.slimming_epochs:
         finetune(model, ctx, epochs=config.slimming_epochs, lr=config.lr, description="slimming",
                  slimming=config.slimming)
@@ -281,15 +289,15 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     scores = _score(model, groups, config, ctx)
     with plain_layers(model):
         keys, allocation_notes = ranking_keys(model, groups, scores, config, ctx)
-        removals = plan_removals(model, scores, keys, config, in_shape)
+        removals = plan_removals(model, groups, scores, keys, config, in_shape)
     notes.update(allocation_notes)
+    by_root = {g.root: g for g in groups}
     if config.soft:
         counts = {root: len(idxs) for root, idxs in removals.items()}
-        by_root = {g.root: g for g in groups}
         revived = []
 
         def silence(recoverable: bool) -> None:
-            for root, idxs in removals.items():
+            for root, idxs in channels(by_root, removals).items():
                 silence_channels(by_root[root], idxs, recoverable=recoverable)
 
         def reselect(m: nn.Module, epoch: int) -> None:
@@ -304,6 +312,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
                  after_epoch=reselect)
         silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
+    removals = channels(by_root, removals)
     before = {g.root: g.channels for g in groups}
     rows: dict[str, list[int]] = {}
     with plain_layers(model, rows) as wrappers:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
 import re
+import sys
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
@@ -47,6 +49,20 @@ FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 TRUST_HINT = ("pass --trust-model-code (trust_code=True in Python) only if you trust where the "
               "file came from")
 
+def _import_from_cwd(module_name: str) -> Any:
+    """Import ``module_name`` the way ``python -m`` would: the working directory first on the
+    path (the ``cnnzip`` script does not put it there)."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
+
+
 def _user_factory(target: str, trust_code: bool) -> Callable[..., nn.Module]:
     module_name, _, attr = target.partition(":")
     if not module_name or not attr:
@@ -56,7 +72,7 @@ def _user_factory(target: str, trust_code: bool) -> Callable[..., nn.Module]:
         raise ModelError(f"the architecture is code to import and call, {target!r}; refused "
                          f"(nothing was imported): {TRUST_HINT}")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_cwd(module_name)
     except ImportError as exc:
         raise ModelError(f"cannot import {module_name!r} for model {target!r}: {exc}") from None
     factory = getattr(module, attr, None)
@@ -114,7 +130,31 @@ def build_network(name: str, in_shape: tuple[int, int, int], num_classes: int,
     if not isinstance(model, nn.Module):
         raise ModelError(f"model factory {name!r} returned {type(model).__name__}, "
                          "not a torch.nn.Module")
+    _check_forward(model, name, in_shape, num_classes)
     return model
+
+
+def _check_forward(model: nn.Module, name: str, in_shape: tuple[int, int, int],
+                   num_classes: int) -> None:
+    """Run a user's model once on a zero image: cnnzip needs ``forward(images)`` to return one
+    tensor of class scores, (N, num_classes)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, *in_shape))
+    except Exception as exc:  # the user's code: report it as their model's
+        raise ModelError(f"model {name!r} fails on one batch of {tuple(in_shape)} images: "
+                         f"{type(exc).__name__}: {exc} (cnnzip calls forward(images) with one "
+                         "tensor)") from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor):
+        raise ModelError(f"model {name!r} returns a {type(out).__name__}, not one tensor of "
+                         f"class scores; wrap it so that forward returns the logits alone")
+    if tuple(out.shape) != (1, num_classes):
+        raise ModelError(f"model {name!r} returns shape {tuple(out.shape)} for one image; "
+                         f"cnnzip needs (1, {num_classes}) class scores")
 
 
 def _check_size(name: str, factory: Callable[..., nn.Module], kwargs: dict[str, Any]) -> None:

@@ -188,7 +188,7 @@ def test_slimming_drives_batchnorm_scales_down():
         fit(model, synthetic_splits(), TrainConfig(epochs=3, lr=0.05, slimming=weight),
             quiet=True)
         sums.append(float(slimming_penalty(model).detach()))
-    assert sums[1] < 0.6 * sums[0]
+    assert sums[1] < 0.7 * sums[0]
     with pytest.raises(CnnzipError, match="slimming"):
         ChannelPrune(slimming_epochs=2)
 
