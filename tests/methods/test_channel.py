@@ -6,7 +6,7 @@ from cnnzip import metrics
 from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
-from cnnzip.graph import channel_groups, dependency_graph
+from cnnzip.graph import Role, channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats, group_scores,
                                     sensitivity_keys)
@@ -15,6 +15,7 @@ from cnnzip.modules import ConvMaxPool
 from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,
                             remove_channels, resolve_spec, silence_channels)
 from tests.helpers import TINY_ZOO, tiny
+from tests.modern import MODERN
 
 IN = (1, 28, 28)
 
@@ -204,3 +205,44 @@ def test_cost_weighting_meets_the_budget_with_fewer_channels():
         assert metrics.count_macs(model, IN) <= 0.5 * base
         removed.append(sum(g["removed"] for g in ctx.notes["channels"]["groups"].values()))
     assert removed[1] < removed[0]
+
+
+@pytest.mark.parametrize("name", list(MODERN))
+def test_modern_blocks_lose_silenced_units_without_changing_their_outputs(name):
+    """Grouped convolutions lose the same positions in every group, channel shuffles are left
+    whole: silencing the chosen units and then removing them changes nothing."""
+    torch.manual_seed(0)
+    model = MODERN[name]().eval()
+    groups = channel_groups(model, dependency_graph(model, IN))
+    removals = {}
+    for group in groups:
+        units = list(range(0, len(group.units), 2))[: max(1, len(group.units) // 2)]
+        if len(units) >= len(group.units):
+            continue
+        removals[group.root] = group.channels_of(units)
+        silence_channels(group, removals[group.root])
+    assert removals, name
+    x = torch.randn(2, *IN)
+    before = model(x)
+    macs = metrics.count_macs(model, IN)
+    remove_channels(model, dependency_graph(model, IN), removals)
+    assert metrics.count_macs(model, IN) < macs
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_a_grouped_convolution_ties_each_position_across_its_groups():
+    model = MODERN["resnext"]().eval()
+    groups = {g.root: g for g in channel_groups(model, dependency_graph(model, IN))}
+    grouped = next(g for g in groups.values()
+                   if any(m.name == "block1.grouped.0" for m in g.of_role(Role.OUT)))
+    # 32 channels in 8 groups of 4: position p is channels p, p + 4, …, p + 28
+    assert sorted(grouped.units) == [tuple(range(p, 32, 4)) for p in range(4)]
+
+
+def test_channels_crossing_a_shuffle_are_left_whole_and_named():
+    model = MODERN["shufflenet"]().eval()
+    groups = channel_groups(model, dependency_graph(model, IN))
+    roots = {m.name for g in groups for m in g.of_role(Role.OUT)}
+    assert "unit1.pw1.0" in roots and "unit1.pw2.0" not in roots
+    assert "moves channels" in groups.whole["unit1.pw2.0"]
+    assert "transpose" in groups.whole["unit1.pw2.0"]
