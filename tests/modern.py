@@ -250,6 +250,22 @@ class PixelShuffleNet(nn.Module):
         return self.head(F.relu(self.post(x)))
 
 
+class SplitNet(nn.Module):
+    """A feature map split along its channels (torch.split, uneven), each part transformed on
+    its own, concatenated back."""
+
+    def __init__(self, in_shape=(1, 28, 28), num_classes=10):
+        super().__init__()
+        self.stem = _Stem(in_shape[0], 24)
+        self.wide = _bn_conv(16, 16)
+        self.narrow = _bn_conv(8, 8, 1)
+        self.head = _Head(24, num_classes)
+
+    def forward(self, x):
+        a, b = torch.split(self.stem(x), [16, 8], dim=1)
+        return self.head(torch.cat([F.relu(self.wide(a)), F.relu(self.narrow(b))], 1))
+
+
 class TupleOut(nn.Module):
     """Returns (logits, features), as models with auxiliary outputs do."""
 
@@ -265,11 +281,11 @@ class TupleOut(nn.Module):
 
 MODERN = {"resnext": ResNeXt, "shufflenet": ShuffleNet, "senet": SENet, "densenet": DenseNet,
           "mobilenet": MobileNet, "unet": EncoderDecoder, "inception": Inception,
-          "pixelshuffle": PixelShuffleNet}
+          "pixelshuffle": PixelShuffleNet, "split": SplitNet}
 
 resnext, shufflenet, senet, densenet = ResNeXt, ShuffleNet, SENet, DenseNet
-mobilenet, unet, inception, pixelshuffle, tuple_out = (MobileNet, EncoderDecoder, Inception,
-                                                      PixelShuffleNet, TupleOut)
+mobilenet, unet, inception, pixelshuffle, split, tuple_out = (
+    MobileNet, EncoderDecoder, Inception, PixelShuffleNet, SplitNet, TupleOut)
 
 
 class TwoInputs(nn.Module):
@@ -304,11 +320,18 @@ CASCADES = {
                           "channels: {target_macs: 0.5}", "fold: {}"],
 }
 
+ALONE = {"sensitivity": ["sensitivity: {target_sparsity: 0.5}"],
+         "prune": ["prune: {sparsity: 0.5}"], "channels": ["channels: {target_macs: 0.5}"],
+         "fold": ["fold: {}"], "merge": ["merge: {target_layers: 0.25}"],
+         "share": ["share: {conv_bits: 4, fc_bits: 4}"], "quantize": ["quantize: {}"]}
+
 
 def recipe_file(name: str, directory: Path) -> str:
-    """A built-in recipe's name, or a cascade written as a YAML file in ``directory``."""
+    """A built-in recipe's name, or a cascade or one step alone written as a YAML file in
+    ``directory``."""
     if name in RECIPES:
         return name
+    steps = CASCADES.get(name) or ALONE[name]
     path = Path(directory) / f"{name}.yaml"
-    path.write_text(f"name: {name}\nsteps:\n" + "".join(f"  - {s}\n" for s in CASCADES[name]))
+    path.write_text(f"name: {name}\nsteps:\n" + "".join(f"  - {s}\n" for s in steps))
     return str(path)

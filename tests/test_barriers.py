@@ -28,6 +28,11 @@ class _One(nn.Module):
     (lambda x: channel_shuffle(x, 2), True),
     (lambda x: F.pixel_shuffle(x, 2), True),
     (lambda x: x.reshape(x.size(0), 2, -1, 6, 6), True),
+    (lambda x: torch.cat(x.chunk(2, dim=1)[::-1], 1), True),  # the counts are the code's
+    (lambda x: torch.split(x, [5, 3], 1)[0], True),
+    (lambda x: x[:, :4], True),
+    (lambda x: x.chunk(2, dim=2)[0], False),  # spatial halves
+    (lambda x: x[:, :, 1:], False),
 ])
 def test_which_reshapes_move_channels(fn, moves):
     gm = with_shapes(_One(fn), (8, 6, 6), "in a test")

@@ -12,6 +12,7 @@ Torch-Pruning.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -63,8 +64,31 @@ def _permutation(node: torch.fx.Node, rank: int) -> list[int] | None:
     return None
 
 
+SPLITS = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes"}
+
+
+def _splits_channels(node: torch.fx.Node) -> bool:
+    """A split, chunk or slice of dimension 1: its sizes are constants of the model's code,
+    which removing channels before it would invalidate."""
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op in ("call_method", "call_function") and name in SPLITS:
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        if name == "unbind":
+            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        rank = len(_shape(node.args[0]) or (0, 0))
+        return isinstance(dim, int) and dim % max(rank, 1) == 1
+    if node.op == "call_function" and node.target is operator.getitem \
+            and _shape(node.args[0]) is not None:
+        index = node.args[1]
+        return isinstance(index, tuple) and len(index) > 1 and index[1] != slice(None)
+    return False
+
+
 def moves_channels(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
-    """Whether a reshaping node changes which position along dimension 1 a channel is at."""
+    """Whether a node changes which position along dimension 1 a channel is at, or splits
+    the channels by counts written in the model's code."""
+    if _splits_channels(node):
+        return True
     if not _is_reshape(node, modules):
         return False
     source = node.args[0] if node.args else None
@@ -87,7 +111,8 @@ class _Opaque(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, fn):  # noqa: ARG004 (autograd's signature)
-        return fn(x).clone()
+        out = fn(x)
+        return tuple(t.clone() for t in out) if isinstance(out, (tuple, list)) else out.clone()
 
     @staticmethod
     def backward(ctx, grad):  # noqa: ARG004
@@ -141,7 +166,8 @@ def with_barriers(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[
     for node in list(gm.graph.nodes):
         if not moves_channels(node, modules):
             continue
-        before, after = _shape(node.args[0]) or (0, 0), _shape(node) or (0, 0)
+        before = _shape(node.args[0]) or (1, 1)
+        after = _shape(node) or before  # a split's parts: counted as its input
         barrier = Barrier(node, _operation(node, modules), before[1] if len(before) > 1 else 1,
                           after[1] if len(after) > 1 else 1)
         name = f"_cnnzip_barrier_{len(barriers)}"

@@ -175,6 +175,6 @@ def _why_whole(graph: tp.DependencyGraph, module: nn.Module, barriers: list[nn.M
     crossed = [b.node for b in barriers if b in targets]
     if crossed:
         more = f" and {len(crossed) - 3} more" if len(crossed) > 3 else ""
-        return (f"its channels pass through a reshape that moves channels "
-                f"({', '.join(crossed[:3])}{more}), which channel pruning cannot follow")
+        return (f"its channels pass through {', '.join(crossed[:3])}{more}: a reshape, split "
+                "or slice of the channel dimension, which channel pruning cannot follow")
     return "its channels are coupled to the output layer's"

@@ -244,5 +244,5 @@ def test_channels_crossing_a_shuffle_are_left_whole_and_named():
     groups = channel_groups(model, dependency_graph(model, IN))
     roots = {m.name for g in groups for m in g.of_role(Role.OUT)}
     assert "unit1.pw1.0" in roots and "unit1.pw2.0" not in roots
-    assert "moves channels" in groups.whole["unit1.pw2.0"]
+    assert "channel dimension" in groups.whole["unit1.pw2.0"]
     assert "transpose" in groups.whole["unit1.pw2.0"]
