@@ -64,6 +64,13 @@ def test_each_step_alone(tmp_path, checkpoints, model, step):
         assert report["compressed"]["macs"] / report["baseline"]["macs"] < 0.55
 
 
+def test_functional_activations_are_named_where_merging_cannot_take_them(tmp_path, checkpoints):
+    report = compress(checkpoints["densenet"], "merge", tmp_path, finetune_epochs=0, quiet=True,
+                      trust_code=True, stage_bench=False)
+    named = report["notes"]["merge"]["functional_not_candidates"]
+    assert "relu (after stem.conv.1)" in named and len(named) == 5
+
+
 @pytest.mark.parametrize("model", ["resnext", "shufflenet"])
 def test_half_the_macs_on_grouped_and_shuffled_models(tmp_path, checkpoints, model):
     report = compress(checkpoints[model], "channel-prune", tmp_path, finetune_epochs=0,

@@ -25,7 +25,8 @@ from cnnzip.modules import CodebookLayer, Linearizing
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import fold_batchnorm
-from cnnzip.surgery.linearize import Candidate, Kind, candidates, finish_linearizing, linearize
+from cnnzip.surgery.linearize import (Candidate, Kind, candidates, finish_linearizing,
+                                      functional_nonlinearities, linearize)
 from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
 from cnnzip.train import TrainConfig
 
@@ -44,7 +45,9 @@ class MergeLayers:
     """Remove the least essential nonlinearities and residual blocks, then merge exactly.
 
     Candidates are taken greedily, each round re-scoring the rest with the earlier choices
-    applied (validation accuracy before retraining, MACs and layers after merging).
+    applied (validation accuracy before retraining, MACs and layers after merging). Only
+    activation and pooling modules (``nn.ReLU``, ``nn.MaxPool2d``, ...) can be candidates; those
+    a forward calls as functions (``F.relu``) stay, and the report names them.
 
     Attributes:
         activations: consider activations and max poolings (a pooling becomes an average
@@ -290,6 +293,7 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
     notes.update(chosen=[f"{c.kind} {c.name}" for c in chosen],
                  merges=[m.describe() for m in merges],
                  max_pools=_merge_pools(model, pools, ctx, in_shape),
-                 layers_after=metrics.count_layers(model))
+                 layers_after=metrics.count_layers(model),
+                 functional_not_candidates=functional_nonlinearities(folded, in_shape))
     ctx.notes["merge"] = notes
     return model

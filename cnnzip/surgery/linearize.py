@@ -76,6 +76,26 @@ def finish_linearizing(model: nn.Module, log: list[Edit]) -> None:
             replace(model, name, m.linear, log)
 
 
+FUNCTIONAL = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish",
+              "tanh", "sigmoid", "max_pool2d"}
+
+
+def functional_nonlinearities(model: nn.Module, in_shape: tuple[int, ...]) -> list[str]:
+    """Activations and max poolings the forward calls as functions (``F.relu``, ``x.relu()``):
+    merging removes modules, so these are never candidates. Named by their fx node and what
+    they read."""
+    g = trace_graph(model, in_shape, "to find layers to merge")
+    found = []
+    for node in g.graph.nodes:
+        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+        if node.op in ("call_function", "call_method") and name in FUNCTIONAL:
+            src = node.args[0] if node.args else None
+            after = src.target if getattr(src, "op", None) == "call_module" else \
+                getattr(src, "name", "?")
+            found.append(f"{node.name} (after {after})")
+    return found
+
+
 def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candidate, int]]:
     """Every nonlinearity whose removal enables an exact merge that does not add MACs, and every
     residual block that can be skipped, with the weight layers each removes."""
