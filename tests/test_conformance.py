@@ -80,6 +80,7 @@ def test_half_the_macs_on_grouped_and_shuffled_models(tmp_path, checkpoints, mod
     whole = report["notes"]["channels"]["left_whole"]
     if model == "shufflenet":  # the shuffled channels are named, and left whole
         assert "unit1.pw2.0" in whole and "channel dimension" in whole["unit1.pw2.0"]
+        assert "- unit1.pw2.0: its channels pass through" in (tmp_path / "report.md").read_text()
     else:
         assert whole == {}
 

@@ -95,6 +95,10 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
                       for i, r in enumerate(merged["rounds"], 1)]
             lines.append("")
         lines += [f"- {m}" for m in merged["merges"]] + [""]
+        functional = merged.get("functional_not_candidates")
+        if functional:
+            lines += [f"Not candidates (called as functions in forward, so no module to remove): "
+                      f"{', '.join(functional)}.", ""]
     channels = report.get("notes", {}).get("channels")
     if channels:
         how = f"criterion `{channels['criterion']}`, allocation `{channels['allocation']}`"
@@ -114,6 +118,10 @@ def _markdown(report: dict[str, Any], plots: list[str]) -> str:
                 row += " " + " / ".join(f"{100 * d:.2f}" for d in sensitivity[root]) + " |"
             lines.append(row)
         lines.append("")
+        whole = channels.get("left_whole")
+        if whole:
+            lines += ["Left whole (their output channels are not pruned):", ""]
+            lines += [f"- {name}: {why}" for name, why in whole.items()] + [""]
         folded = report.get("notes", {}).get("fold", {}).get("folded")
         if folded:
             lines += [f"BatchNorms folded into the layers before them: {len(folded)}.", ""]
