@@ -40,27 +40,54 @@ def initial_centroids(x: np.ndarray, k: int, init: Init, seed: int) -> np.ndarra
     return None
 
 
-def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,
-           max_points_per_centroid: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster the rows of ``x`` (n, d) into at most ``k`` centroids.
-
-    Returns:
-        centroids (k', d) float32 with k' = min(k, n) and codes (n,) int64.
-    """
+def train(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,
+          max_points_per_centroid: int = 1 << 30) -> np.ndarray:
+    """k-means centroids (k, d) of the rows of ``x`` (n, d), 1 ≤ k < n, on faiss (which trains
+    on at most ``max_points_per_centroid`` · k sampled rows)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    n, d = x.shape
-    k = max(1, min(k, n))
-    if k == n:  # as many centroids as points: every point is its own centroid
-        return x.copy(), np.arange(n, dtype=np.int64)
-    km = faiss.Kmeans(d, k, niter=niter, seed=seed, max_points_per_centroid=max_points_per_centroid,
-                      min_points_per_centroid=1)
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed,
+                      max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
     start = initial_centroids(x, k, init, seed)
     if start is None:
         km.train(x)
     else:
         km.train(x, init_centroids=start)
-    _, codes = km.index.search(x, 1)
-    return km.centroids.copy(), codes[:, 0].astype(np.int64)
+    return km.centroids.copy()
+
+
+def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each row's nearest centroid (n,) int64, by faiss's exhaustive search."""
+    index = faiss.IndexFlatL2(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    _, codes = index.search(np.ascontiguousarray(x, dtype=np.float32), 1)
+    return codes[:, 0].astype(np.int64)
+
+
+def assign_scalar(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """Each scalar's nearest of ``centroids`` (k, 1) by thresholds: a binary search among the
+    midpoints of the sorted centroids (what a scalar codebook needs; no distances computed)."""
+    flat = centroids[:, 0]
+    order = np.argsort(flat, kind="stable")
+    sorted_ = flat[order]
+    return order[np.searchsorted((sorted_[1:] + sorted_[:-1]) / 2, values)].astype(np.int64)
+
+
+def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,
+           max_points_per_centroid: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster the rows of ``x`` (n, d) into at most ``k`` centroids: :func:`train`, then
+    :func:`assign`.
+
+    Returns:
+        centroids (k', d) float32 with k' = min(k, n) and codes (n,) int64.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, _ = x.shape
+    k = max(1, min(k, n))
+    if k == n:  # as many centroids as points: every point is its own centroid
+        return x.copy(), np.arange(n, dtype=np.int64)
+    centroids = train(x, k, init=init, seed=seed, niter=niter,
+                      max_points_per_centroid=max_points_per_centroid)
+    return centroids, assign(x, centroids)
 
 
 def to_blocks(values: np.ndarray, d: int) -> np.ndarray:

@@ -63,3 +63,15 @@ def test_kmeans_is_deterministic_and_handles_few_points():
 
 def test_to_blocks_pads():
     assert to_blocks(np.arange(5, dtype=np.float32), 2).tolist() == [[0, 1], [2, 3], [4, 0]]
+
+
+def test_threshold_assignment_finds_the_nearest_scalar_centroid():
+    from cnnzip.ops.cluster import assign, assign_scalar
+
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(10_000).astype(np.float32)
+    centroids = rng.standard_normal((16, 1)).astype(np.float32)
+    by_threshold = assign_scalar(values, centroids)
+    exact = np.abs(values[:, None] - centroids[None, :, 0]).argmin(1)
+    assert np.array_equal(by_threshold, exact)
+    assert (assign(values[:, None], centroids) == exact).mean() > 0.999  # faiss: float distances
