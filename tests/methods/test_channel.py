@@ -246,3 +246,22 @@ def test_channels_crossing_a_shuffle_are_left_whole_and_named():
     assert "unit1.pw1.0" in roots and "unit1.pw2.0" not in roots
     assert "channel dimension" in groups.whole["unit1.pw2.0"]
     assert "transpose" in groups.whole["unit1.pw2.0"]
+
+
+def test_a_grouped_layer_reading_part_of_a_concatenation_leaves_both_halves_whole():
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.b = torch.nn.Conv2d(1, 8, 3, padding=1)
+            self.g = torch.nn.Conv2d(16, 16, 3, padding=1, groups=4)
+            self.fc = torch.nn.Linear(16, 10)
+
+        def forward(self, x):
+            return self.fc(self.g(torch.cat([self.a(x), self.b(x)], 1)).relu().mean((2, 3)))
+
+    model = Net().eval()
+    groups = channel_groups(model, dependency_graph(model, IN))
+    assert [(g.root, len(g.units)) for g in groups] == [("g", 4)]
+    assert "reads these channels in some of its groups only" in groups.whole["a"]
+    assert set(groups.whole) == {"a", "b"}
