@@ -42,3 +42,23 @@ def test_bits_scan_restores_the_weights_it_tries():
 def test_bad_bits_are_clear_errors():
     with pytest.raises(CnnzipError, match="1..16"):
         WeightSharing(min_bits=0)
+
+
+def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):
+    import cnnzip.methods.share as share
+    from cnnzip.ops import cluster
+
+    seen = {}
+    real = cluster.train
+
+    def spy(x, k, **kwargs):
+        seen["max_points_per_centroid"] = kwargs["max_points_per_centroid"]
+        return real(x, k, **kwargs)
+
+    monkeypatch.setattr(share, "TRAIN_POINTS", 64)
+    monkeypatch.setattr(cluster, "train", spy)
+    weight = torch.randn(50, 40)
+    _, book, codes = share.cluster_weight(weight, 2, 1, share.Init.LINEAR, 0)
+    assert seen["max_points_per_centroid"] == 16  # 64 points for 4 centroids
+    error = ((book[codes][:, 0] - weight.flatten()) ** 2).mean()
+    assert error < 0.2 * weight.var()  # a sample of 64 still places 4 centroids well
