@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from cnnzip.errors import CnnzipError
@@ -100,3 +102,9 @@ def test_channels_may_follow_merging_now_that_edits_replay_in_order():
     recipe = parse_recipe({"steps": [{"merge": {}}, {"channels": {"target_macs": 0.5}}]},
                           "r.yaml")
     assert [kind for kind, _ in recipe.steps] == ["merge", "channels"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "benchmarks" / "recipes")
+                                        .glob("*.yaml")), ids=lambda p: p.name)
+def test_the_benchmark_recipes_parse(path):
+    assert load_recipe(str(path)).steps
