@@ -158,24 +158,23 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                         target = teacher(x)
                     loss = distillation_loss(logits, target, y, temperature=config.temperature,
                                              alpha=config.alpha)
-                penalty = config.slimming * slimming_penalty(model) if config.slimming else 0.0
-                loss = loss + penalty
-                if not torch.isfinite(loss):
-                    raise CnnzipError(f"{description}: training diverged (loss {float(loss)}) "
-                                      f"in epoch {epoch + 1}; lower the learning rate")
+                penalty = config.slimming * slimming_penalty(model) if config.slimming else None
+                total_loss = loss if penalty is None else loss + penalty
+                if not torch.isfinite(total_loss):
+                    raise CnnzipError(f"{description}: training diverged (loss "
+                                      f"{float(total_loss)}) in epoch {epoch + 1}; lower the "
+                                      "learning rate")
                 opt.zero_grad(set_to_none=True)
+                loss.backward()
                 if config.clip_norm:  # the data's gradients are clipped, the L1 penalty's not
-                    (loss - penalty).backward(retain_graph=bool(config.slimming))
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-                    if config.slimming:
-                        penalty.backward()
-                else:
-                    loss.backward()
+                if penalty is not None and penalty.requires_grad:  # no BatchNorm: nothing
+                    penalty.backward()
                 opt.step()
                 sched.step()
                 if after_step is not None:
                     after_step(model)
-                total += float(loss.detach()) * len(y)
+                total += float(total_loss.detach()) * len(y)
                 count += len(y)
                 bar.advance(task)
             result.train_loss.append(total / count)

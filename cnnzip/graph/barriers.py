@@ -24,7 +24,7 @@ from torch import nn
 from cnnzip.errors import ModelError
 
 RESHAPE_METHODS = {"view", "reshape", "flatten", "unflatten", "transpose", "permute", "movedim",
-                   "swapaxes", "swapdims", "view_as", "reshape_as"}
+                   "swapaxes", "swapdims", "view_as", "reshape_as", "squeeze", "unsqueeze"}
 RESHAPE_FUNCTIONS = {torch.reshape, torch.flatten, torch.transpose, torch.permute,
                      torch.movedim, torch.swapaxes, torch.unflatten, F.pixel_shuffle,
                      F.pixel_unshuffle, torch.pixel_shuffle, torch.pixel_unshuffle,
@@ -38,9 +38,17 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def op_name(node: torch.fx.Node) -> str:
+    """The name of the method or function a node calls (``relu`` for ``F.relu`` and
+    ``x.relu()`` alike); "" for other nodes."""
+    if node.op == "call_method":
+        return node.target
+    return getattr(node.target, "__name__", "") if node.op == "call_function" else ""
+
+
 def _is_reshape(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_method":
-        return node.target in RESHAPE_METHODS or node.target in ("squeeze", "unsqueeze")
+        return node.target in RESHAPE_METHODS
     if node.op == "call_function":
         return node.target in RESHAPE_FUNCTIONS
     return node.op == "call_module" and isinstance(modules.get(node.target), RESHAPE_MODULES)
@@ -48,7 +56,7 @@ def _is_reshape(node: torch.fx.Node, modules: dict[str, nn.Module]) -> bool:
 
 def _permutation(node: torch.fx.Node, rank: int) -> list[int] | None:
     """Where a transpose or permute sends each dimension, when its arguments are constants."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    name = op_name(node)
     args = list(node.args[1:])
     if not all(isinstance(a, int) for a in args) and not (
             len(args) == 1 and isinstance(args[0], (tuple, list))):
@@ -64,17 +72,16 @@ def _permutation(node: torch.fx.Node, rank: int) -> list[int] | None:
     return None
 
 
-SPLITS = {"split", "chunk", "tensor_split", "unbind", "split_with_sizes"}
+# splitting calls by name → the position of their ``dim`` argument (after the tensor)
+SPLITS = {"split": 2, "chunk": 2, "tensor_split": 2, "split_with_sizes": 2, "unbind": 1}
 
 
 def _splits_channels(node: torch.fx.Node) -> bool:
     """A split, chunk or slice of dimension 1: its sizes are constants of the model's code,
     which removing channels before it would invalidate."""
-    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-    if node.op in ("call_method", "call_function") and name in SPLITS:
-        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-        if name == "unbind":
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+    position = SPLITS.get(op_name(node))
+    if position is not None:
+        dim = node.kwargs.get("dim", node.args[position] if len(node.args) > position else 0)
         rank = len(_shape(node.args[0]) or (0, 0))
         return isinstance(dim, int) and dim % max(rank, 1) == 1
     if node.op == "call_function" and node.target is operator.getitem \
@@ -121,11 +128,11 @@ class _Opaque(torch.autograd.Function):
 
 class Barrier(nn.Module):
     """One channel-moving reshape of the traced model, as a module the dependency graph sees
-    whole. ``node`` names it in messages."""
+    whole. ``node`` (the fx node's name) names it in messages."""
 
-    def __init__(self, node: torch.fx.Node, op: Any, in_channels: int, out_channels: int):
+    def __init__(self, node: str, op: Any, in_channels: int, out_channels: int):
         super().__init__()
-        self.node, self.op = node.name, op
+        self.node, self.op = node, op
         self.in_channels, self.out_channels = in_channels, out_channels
 
     def forward(self, x, *rest, **kwargs):
@@ -168,7 +175,7 @@ def with_barriers(gm: torch.fx.GraphModule) -> tuple[torch.fx.GraphModule, list[
             continue
         before = _shape(node.args[0]) or (1, 1)
         after = _shape(node) or before  # a split's parts: counted as its input
-        barrier = Barrier(node, _operation(node, modules), before[1] if len(before) > 1 else 1,
+        barrier = Barrier(node.name, _operation(node, modules), before[1] if len(before) > 1 else 1,
                           after[1] if len(after) > 1 else 1)
         name = f"_cnnzip_barrier_{len(barriers)}"
         gm.add_module(name, barrier)

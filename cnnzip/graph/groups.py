@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-import torch_pruning as tp
 from torch import nn
 
 from cnnzip.errors import ModelError
+from cnnzip.graph.trace import Dependencies
 from cnnzip.modules.codebook import WEIGHT_LAYERS as PRODUCERS
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -127,14 +127,14 @@ class Groups(list):
     whole: dict[str, str]
 
 
-def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
+def channel_groups(model: nn.Module, graph: Dependencies,
                    ignore: tuple[str, ...] = ()) -> Groups:
     """Every prunable group of ``model`` (traced into ``graph``), the output layer excluded
     (the layers left whole, with the reason, in the result's ``whole``)."""
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
-    barriers = list(getattr(graph, "barriers", []))
-    ignored = [modules[n] for n in (output_layer(model), *ignore)] + barriers
+    skipped = {output_layer(model), *ignore}
+    ignored = [modules[n] for n in skipped] + graph.barriers
     groups, whole = Groups(), {}
     for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=PRODUCERS):
         members = []
@@ -154,25 +154,23 @@ def channel_groups(model: nn.Module, graph: tp.DependencyGraph,
             continue
         groups.append(ChannelGroup(root, channels, tuple(members), units))
     pruned = {m.name for g in groups for m in g.of_role(Role.OUT)}
-    skipped = {output_layer(model), *ignore}
     for name, module in modules.items():
         if isinstance(module, nn.ConvTranspose2d):
             whole[name] = "a transposed convolution's output channels are not pruned"
         elif isinstance(module, PRODUCERS) and name not in pruned | skipped | set(whole):
-            whole[name] = _why_whole(graph, module, barriers, names)
+            whole[name] = _why_whole(graph, module)
     groups.whole = whole
     return groups
 
 
-def _why_whole(graph: tp.DependencyGraph, module: nn.Module, barriers: list[nn.Module],
-               names: dict[nn.Module, str]) -> str:
+def _why_whole(graph: Dependencies, module: nn.Module) -> str:
     pruner = graph.get_pruner_of_module(module)
     if module not in graph.module2node or pruner is None:
         return "not reached when the model was traced"
     group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                     list(range(pruner.get_out_channels(module))))
     targets = [item.dep.target.module for item in group.items]
-    crossed = [b.node for b in barriers if b in targets]
+    crossed = [b.node for b in graph.barriers if b in targets]
     if crossed:
         more = f" and {len(crossed) - 3} more" if len(crossed) > 3 else ""
         return (f"its channels pass through {', '.join(crossed[:3])}{more}: a reshape, split "

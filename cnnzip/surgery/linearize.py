@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from cnnzip.graph import is_residual, same_shape_modules, trace_graph
+from cnnzip.graph import is_residual, op_name, same_shape_modules, trace_graph
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.merged import Linearizing
 from cnnzip.surgery.edits import Edit
@@ -87,8 +87,7 @@ def functional_nonlinearities(model: nn.Module, in_shape: tuple[int, ...]) -> li
     g = trace_graph(model, in_shape, "to find layers to merge")
     found = []
     for node in g.graph.nodes:
-        name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
-        if node.op in ("call_function", "call_method") and name in FUNCTIONAL:
+        if op_name(node) in FUNCTIONAL:
             src = node.args[0] if node.args else None
             after = src.target if getattr(src, "op", None) == "call_module" else \
                 getattr(src, "name", "?")
