@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from copy import deepcopy
 from dataclasses import asdict
@@ -23,7 +24,7 @@ from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
 __all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "export_file",
-           "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
+           "fpga_resources", "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
            "train_baseline"]
 
 
@@ -231,7 +232,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
 
     from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
     from cnnzip.export.floatref import lower_float_model
-    from cnnzip.export.reference import ReferenceError, lower_model
+    from cnnzip.export.reference import ReferenceError
     from cnnzip.export.toolchain import TARGETS
 
     if target not in TARGETS:
@@ -247,13 +248,8 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
         float_model = lower_float_model(base, in_shape)
     except ReferenceError as exc:
         raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
-    calibrated = _integer_ready(compressed, comp, spec, info, dataset, data_dir) \
-        if calibrate else {"calibrated": False}
-    try:
-        int_model = lower_model(comp, in_shape,
-                                _calibration(compressed, spec, info, dataset, data_dir))
-    except ReferenceError as exc:
-        raise CnnzipError(f"{compressed}: cannot export as C: {exc}") from None
+    int_model, calibrated = _integer_model(compressed, comp, spec, info, dataset, data_dir,
+                                           calibrate, "export as C")
     dataset, splits = _test_data(compressed, spec, info, dataset, data_dir)
     from cnnzip.data import batches
 
@@ -308,6 +304,23 @@ def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     return integer_ready(model, Context(splits, finetune_epochs=0, quiet=True))
 
 
+def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], dataset: str | None,
+                   data_dir: str | Path | None, calibrate: bool, what: str):
+    """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
+    maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
+    ``what`` was attempted. Returns the integer model and the calibration's record."""
+    from cnnzip.export.reference import ReferenceError, lower_model
+
+    calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
+        if calibrate else {"calibrated": False}
+    try:
+        return lower_model(model, tuple(spec.in_shape),
+                           _calibration(path, spec, input_info, dataset, data_dir)), calibrated
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot {what}: {exc}") from None
+
+
 def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
               input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
               data_dir: str | Path | None, kernels: str, calibrate: bool) -> dict[str, Any]:
@@ -320,17 +333,12 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
 
     from cnnzip.data import batches
     from cnnzip.export.c import write
-    from cnnzip.export.reference import ReferenceError, lower_model
+    from cnnzip.export.reference import ReferenceError
     from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
 
     float_model = deepcopy(model) if calibrate and check else None
-    calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
-        if calibrate else {"calibrated": False}
-    try:
-        int_model = lower_model(model, tuple(spec.in_shape),
-                                _calibration(path, spec, input_info, dataset, data_dir))
-    except ReferenceError as exc:
-        raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
+    int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
+                                           calibrate, "export as C")
     mean, std = input_info.get("mean"), input_info.get("std")
     if not mean or not std:
         raise CnnzipError(f"{path}: no input normalisation recorded; the C needs it to turn "
@@ -370,15 +378,74 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     return result
 
 
+def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
+                   data_dir: str | Path | None, calibrate: bool, options: Any,
+                   samples: int | None) -> dict[str, Any]:
+    """An hls4ml project in ``out`` from the integer model (:mod:`cnnzip.export.hls`), with
+    its FPGA resource estimate; with ``check``, its C simulation run on the first
+    ``samples`` test images (default all) against cnnzip's model and the integer
+    reference."""
+    from cnnzip.data import batches
+    from cnnzip.export.fpga import resource_report
+    from cnnzip.export.hls import export_project
+    from cnnzip.export.reference import ReferenceError
+
+    if importlib.util.find_spec("hls4ml") is None:
+        raise CnnzipError("hls4ml is not installed: pip install hls4ml==1.3.0 (scripts/setup.sh "
+                          "installs it)")
+    int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
+                                           calibrate, "export for hls4ml")
+    in_shape = tuple(spec.in_shape)
+    test = None
+    if check:
+        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
+        with torch.inference_mode():
+            predicted = torch.cat([model.eval()(images[i:i + 1000]).argmax(1)
+                                   for i in range(0, len(images), 1000)]).numpy()
+        labels = splits.test.labels.numpy()[:len(images)]
+        test = (int_model.quantize_input(images), labels, predicted)
+    try:
+        result = export_project(int_model, in_shape, out, options, check=test)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot export for hls4ml: {exc}") from None
+    result = {"file": str(path), "out": str(out), "format": "hls4ml", **result, **calibrated,
+              "resources": resource_report(int_model, in_shape, options.reuse_factor)}
+    if check:
+        result.update(dataset=dataset,
+                      accuracy=float((test[2] == test[1]).mean()))
+    return result
+
+
+def fpga_resources(path: str | Path, *, reuse_factor: int = 1, calibrate: bool = False,
+                   dataset: str | None = None, data_dir: str | Path | None = None,
+                   trust_code: bool = False) -> dict[str, Any]:
+    """Per layer and in total, what the quantized model in ``path`` costs on an FPGA as
+    hls4ml builds it (:mod:`cnnzip.export.fpga`): MACs, non-zero MACs, DSP slices at
+    ``reuse_factor`` without packing, with two multiplies per slice, with zero weights
+    removed, and on-chip weight bits. ``calibrate`` as in :func:`export_file`."""
+    from cnnzip.export.fpga import resource_report
+
+    model, spec, info = load_model(path, trust_code=trust_code)
+    int_model, calibrated = _integer_model(path, model, spec, info, dataset, data_dir,
+                                           calibrate, "estimate FPGA resources")
+    return {"file": str(path), "model": spec.name, **calibrated,
+            **resource_report(int_model, tuple(spec.in_shape), reuse_factor)}
+
+
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
                 data_dir: str | Path | None = None, trust_code: bool = False,
-                kernels: str = "balanced", calibrate: bool = False) -> dict[str, Any]:
+                kernels: str = "balanced", calibrate: bool = False, hls: Any = None,
+                samples: int | None = None) -> dict[str, Any]:
     """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
     ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
     sparse, unrolled, packed) are chosen by ``kernels``
-    (:data:`cnnzip.export.costmodel.POLICIES`); ``calibrate`` first quantizes a model's float
-    feature maps to 8 bits on training images (weight-shared and float models).
+    (:data:`cnnzip.export.costmodel.POLICIES`); or (``format="hls4ml"``) an hls4ml project
+    built as ``hls`` (:class:`cnnzip.export.hls.HlsOptions`) says. ``calibrate`` first
+    quantizes a model's float feature maps to 8 bits on training images (weight-shared and
+    float models); ``samples``: hls4ml's check on the first so many test images.
 
     With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
     and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
@@ -387,10 +454,15 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     from cnnzip.data import batches
     from cnnzip.export import OrtModel, agreement, export_onnx
 
-    if format not in ("onnx", "c"):
-        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx "
-                          "and c")
+    if format not in ("onnx", "c", "hls4ml"):
+        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx, "
+                          "c and hls4ml")
     model, spec, input_info = load_model(path, trust_code=trust_code)
+    if format == "hls4ml":
+        from cnnzip.export.hls import HlsOptions
+
+        return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,
+                              data_dir, calibrate, hls or HlsOptions(), samples)
     if format == "c":
         return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir,
                          kernels, calibrate)

@@ -10,12 +10,13 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist
 fi
 # C compilers: `export --format c` and `bench --c` compile the generated C for the host (gcc)
-# and for a Cortex-M4 (arm-none-eabi-gcc with newlib), run on qemu's emulated MPS2-AN386
-if ! command -v gcc >/dev/null || ! command -v arm-none-eabi-gcc >/dev/null \
-    || ! command -v qemu-system-arm >/dev/null; then
+# and for a Cortex-M4 (arm-none-eabi-gcc with newlib), run on qemu's emulated MPS2-AN386;
+# `export --format hls4ml --check` compiles hls4ml's C++ simulation with g++
+if ! command -v gcc >/dev/null || ! command -v g++ >/dev/null \
+    || ! command -v arm-none-eabi-gcc >/dev/null || ! command -v qemu-system-arm >/dev/null; then
   $SUDO apt-get update -qq
   $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    gcc libc6-dev binutils gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+    gcc g++ libc6-dev binutils gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
 fi
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3

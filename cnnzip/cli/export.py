@@ -1,16 +1,19 @@
-"""``cnnzip export``: a deployable artifact (ONNX) from a model file."""
+"""``cnnzip export``: a deployable artifact (ONNX, C, an hls4ml project) from a model file."""
 
 from __future__ import annotations
 
 import argparse
 
 from cnnzip import api
-from cnnzip.cli.common import add_data_args, add_trust_arg, print_json
+from cnnzip.cli.common import add_data_args, add_trust_arg, positive_int, print_json
+from cnnzip.errors import ArgumentError
 from cnnzip.export.costmodel import POLICIES
+from cnnzip.export.hls import IO_TYPES, STRATEGIES, HlsOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write ONNX (int8 where quantized) or integer-only C",
+    p = sub.add_parser("export", help="write ONNX (int8 where quantized), integer-only C or an "
+                                      "hls4ml project",
                        description="Write the model as ONNX (quantized layers become "
                                    "QuantizeLinear/DequantizeLinear pairs with cnnzip's own "
                                    "scales and zero points and int8 weights, which onnxruntime "
@@ -18,16 +21,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "with --format c, as integer-only C99 in a folder: model.h, "
                                    "model.c (weights as const data or code, one static arena, "
                                    "no float, no malloc) and a main.c that runs IDX test "
-                                   "images. The C needs quantized feature maps (the int8 or "
+                                   "images; or, with --format hls4ml, as an hls4ml project for "
+                                   "FPGAs (integer weights at their own bits, accumulators "
+                                   "wide enough never to overflow, the requantization exact). "
+                                   "C and hls4ml need quantized feature maps (the int8 or "
                                    "mcu recipe); --calibrate quantizes a float or "
                                    "weight-shared model's on training images first.")
     p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
-    p.add_argument("--format", choices=["onnx", "c"], default="onnx", help="default onnx")
+    p.add_argument("--format", choices=["onnx", "c", "hls4ml"], default="onnx",
+                   help="default onnx")
     p.add_argument("--float", dest="int8", action="store_false",
                    help="write quantized layers as float layers with their rounded weights")
     p.add_argument("--check", action="store_true",
-                   help="run the export on the full test set (onnxruntime; or the C compiled "
-                        "with gcc) and report its accuracy and agreement")
+                   help="run the export on the full test set (onnxruntime; the C compiled "
+                        "with gcc; hls4ml's C simulation, compiled with g++) and report its "
+                        "accuracy and agreement")
     p.add_argument("--kernels", choices=POLICIES, default="balanced",
                    help="C only: each layer's kernel. dense: every weight from an array; "
                         "sparse: non-zero weights with their input offsets, zeros skipped; "
@@ -41,21 +49,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="C only: quantize float feature maps to 8 bits on training images "
                         "first (post-training; weight-shared layers keep their values on one "
                         "grid per layer), for models compressed without the int8 step")
+    hls = p.add_argument_group("hls4ml")
+    hls.add_argument("--reuse-factor", type=positive_int, default=1, metavar="N",
+                     help="each multiplier serves N multiplies (fewer DSPs, N times the "
+                          "cycles; default 1)")
+    hls.add_argument("--strategy", choices=[s.lower() for s in STRATEGIES], default="latency",
+                     help="hls4ml's strategy: latency (weights as constants in the logic, "
+                          "default) or resource (weights in BRAM)")
+    hls.add_argument("--io-type", choices=[t.removeprefix("io_") for t in IO_TYPES],
+                     default="parallel", help="parallel (default) or stream interfaces")
+    hls.add_argument("--part", help="the FPGA part (default: hls4ml's)")
+    hls.add_argument("--samples", type=positive_int, metavar="N",
+                     help="--check on the first N test images (default all; the C simulation "
+                          "of a large model takes about a second per image)")
     add_data_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PATH",
-                   help="the file to write (onnx) or the folder (c)")
+                   help="the file to write (onnx) or the folder (c, hls4ml)")
     add_trust_arg(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.samples and not (args.check and args.format == "hls4ml"):
+        raise ArgumentError("--samples limits hls4ml's --check; give --format hls4ml --check")
+    hls = HlsOptions(args.reuse_factor, args.strategy.capitalize(), f"io_{args.io_type}",
+                     args.part)
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
                         trust_code=args.trust_code, kernels=args.kernels,
                         calibrate=args.calibrate, check=args.check, dataset=args.dataset,
-                        data_dir=args.data_dir)
+                        data_dir=args.data_dir, hls=hls, samples=args.samples)
     if args.json:
         print_json(r)
+        return 0
+    if r["format"] == "hls4ml":
+        _print_hls(r, args.check)
         return 0
     if r["format"] == "c":
         print(f"{r['out']}: {', '.join(f'{k} {v:,} B' for k, v in r['files'].items())}; "
@@ -82,3 +110,21 @@ def run(args: argparse.Namespace) -> int:
         print(f"onnxruntime accuracy {r['onnx_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, "
               f"top-1 agreement {r['agreement']:.4f} on {r['samples']} {r['dataset']} test images")
     return 0
+
+
+def _print_hls(r: dict, check: bool) -> None:
+    t = r["resources"]["total"]
+    print(f"{r['out']}: hls4ml project ({r['strategy']}, {r['io_type']}, reuse factor "
+          f"{r['reuse_factor']}); build with Vivado/Vitis HLS: cd {r['out']} && "
+          "vivado_hls -f build_prj.tcl")
+    print("accumulators: " + ", ".join(f"{k} {v} bits" for k, v in r["accumulator_bits"].items()))
+    print(f"DSP estimate: {t['dsp']:,} multipliers, {t['dsp_packed']:,} with two per DSP, "
+          f"{t['dsp_nonzero']:,} without zero weights, {t['dsp_nonzero_packed']:,} both "
+          "(cnnzip inspect FILE --hardware fpga: per layer)")
+    if check:
+        print(f"C simulation ({r['compile_seconds']:.0f} s to compile, "
+              f"{r['simulation_seconds']:.0f} s to run): accuracy {r['hls_accuracy']:.4f}, "
+              f"cnnzip {r['accuracy']:.4f}, top-1 agreement {r['agreement']:.4f} with cnnzip and "
+              f"{r['agreement_with_reference']:.4f} with the integer reference; logits equal to "
+              f"the reference's on {100 * r['logits_equal_reference']:.2f}% of {r['samples']} "
+              f"{r['dataset']} test images (largest difference {r['largest_logit_difference']})")

@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnzip import api
-from cnnzip.cli.common import MODEL_HELP, add_trust_arg, positive_float, print_json
+from cnnzip.cli.common import (MODEL_HELP, add_trust_arg, positive_float, positive_int,
+                               print_json)
 from cnnzip.data import DATASET_NAMES, dataset_info
 from cnnzip.errors import CnnzipError
 
@@ -23,6 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", choices=DATASET_NAMES,
                    help="input shape for --model (default fashion-mnist: 1×28×28)")
     p.add_argument("--width", type=positive_float, help="width multiplier for --model")
+    p.add_argument("--hardware", choices=["fpga"],
+                   help="fpga: per layer, what the quantized model in FILE costs as hls4ml "
+                        "builds it: MACs, non-zero MACs, DSPs without packing, two multiplies "
+                        "per DSP, zero weights removed, on-chip weight bits")
+    p.add_argument("--reuse-factor", type=positive_int, default=1, metavar="N",
+                   help="with --hardware fpga: each multiplier serves N multiplies (default 1)")
     add_trust_arg(p)
     p.add_argument("--json", action="store_true",
                    help='print {"params", "macs", "layers", ...} as JSON on stdout')
@@ -32,6 +39,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.model is None):
         raise CnnzipError("give either FILE or --model NAME")
+    if args.hardware and not args.file:
+        raise CnnzipError("--hardware fpga reads a quantized model FILE, not --model")
+    if args.hardware:
+        return _fpga(args)
     if args.file:
         if args.dataset is not None or args.width is not None:
             raise CnnzipError("--dataset and --width describe --model; a file records its own "
@@ -53,4 +64,36 @@ def run(args: argparse.Namespace) -> int:
     table.add_row("total", "", "", f"{result['params']:,}", f"{result['nonzero_params']:,}",
                   f"{result['macs']:,}")
     Console().print(table)
+    return 0
+
+
+def _fpga(args: argparse.Namespace) -> int:
+    result = api.fpga_resources(args.file, reuse_factor=args.reuse_factor,
+                                trust_code=args.trust_code)
+    if args.json:
+        print_json(result)
+        return 0
+    table = Table(title=f"{result['model']} on an FPGA (hls4ml, reuse factor "
+                        f"{result['reuse_factor']})")
+    columns = [("layer", "name"), ("MACs", "macs"), ("non-0 MACs", "nonzero_macs"),
+               ("w bits", "weight_bits"), ("acc bits", "accumulator_bits"), ("DSP", "dsp"),
+               ("DSP 2/slice", "dsp_packed"), ("DSP non-0", "dsp_nonzero"),
+               ("both", "dsp_nonzero_packed"), ("weights B", "weight_storage_bits"),
+               ("non-0 B", "nonzero_storage_bits")]
+    for title, _ in columns:
+        table.add_column(title, justify="left" if title == "layer" else "right")
+
+    def cell(row: dict, key: str) -> str:
+        if key == "name" or key not in row:
+            return str(row.get(key, ""))
+        return f"{row[key] // 8 if key.endswith('storage_bits') else row[key]:,}"
+
+    for row in result["layers"]:
+        table.add_row(*(cell(row, key) for _, key in columns))
+    table.add_section()
+    table.add_row(*(cell({**result["total"], "name": "total"}, key) for _, key in columns))
+    Console().print(table)
+    total = result["total"]
+    print(f"two multiplies per DSP: {total['packed_vs_unpacked']:.2f}× the DSPs; "
+          f"{result['note']}")
     return 0

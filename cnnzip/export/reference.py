@@ -296,10 +296,11 @@ class Relu:
 @dataclass(frozen=True)
 class Node:
     """One operation of an integer or float model and the tensors it reads: -1 is the model's
-    input, k the output of node k."""
+    input, k the output of node k; ``name``: the model's layer or operation it computes."""
 
     op: object
     inputs: tuple[int, ...]
+    name: str = ""
 
 
 def run_nodes(nodes: tuple[Node, ...], x: np.ndarray) -> np.ndarray:
@@ -459,7 +460,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     tensor[placeholder], grids[-1] = -1, grid_of(placeholder)
 
     def emit(op, inputs: tuple[int, ...], grid: Grid) -> int:
-        out.append(Node(op, inputs))
+        out.append(Node(op, inputs, current))
         grids[len(out) - 1] = grid
         return len(out) - 1
 
@@ -470,11 +471,14 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
         m, s = _rescaler(src, grid)
         return emit(Rescale(src.zero, int(m[0]), int(s[0]), grid.zero, 0, grid.hi), (t,), grid)
 
+    current = ""  # the fx node being lowered: what each emitted node is named after
+
     def fused_relu(n: torch.fx.Node) -> bool:
         users = list(n.users)
         return len(users) == 1 and kinds.get(users[0]) == "relu"
 
     for n in nodes:
+        current = n.target if n.op == "call_module" else n.name
         kind, args = kinds[n], [a for a in n.args if isinstance(a, torch.fx.Node)]
         if kind == "cat":
             args = list(n.args[0])
