@@ -142,3 +142,17 @@ def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = T
         meta[CHECKSUM] = digest(meta, tensors)
     save_file(tensors, str(path), metadata={key: json.dumps(meta)})
     return path
+
+
+def int8_lenet5(tmp_path: Path) -> tuple[Path, Path]:
+    """A lenet5 trained one epoch on synthetic data (checkpoint) and compressed with the int8
+    recipe without fine-tuning (its folder, with model.cnz and report.json)."""
+    from cnnzip.api import train_baseline
+    from cnnzip.cli import main
+    from cnnzip.train import TrainConfig
+
+    ckpt = tmp_path / "m.safetensors"
+    train_baseline("lenet5", "synthetic", ckpt, config=TrainConfig(epochs=1), quiet=True)
+    assert main(["compress", str(ckpt), "--recipe", "int8", "--finetune-epochs", "0",
+                 "--no-stage-bench", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    return ckpt, tmp_path / "q"

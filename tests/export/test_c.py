@@ -160,14 +160,10 @@ def test_the_arena_planner_never_overlaps_two_live_tensors():
 def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_path, capsys):
     import json
 
-    from cnnzip.api import train_baseline
     from cnnzip.cli import main
-    from cnnzip.train import TrainConfig
+    from tests.helpers import int8_lenet5
 
-    ckpt = tmp_path / "m.safetensors"
-    train_baseline("lenet5", "synthetic", ckpt, config=TrainConfig(epochs=1), quiet=True)
-    assert main(["compress", str(ckpt), "--recipe", "int8", "--finetune-epochs", "0",
-                 "--no-stage-bench", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    ckpt, _ = int8_lenet5(tmp_path)
     capsys.readouterr()
     out = tmp_path / "c"
     assert main(["export", str(tmp_path / "q" / "model.cnz"), "--format", "c", "--check",

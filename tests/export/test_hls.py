@@ -13,7 +13,7 @@ from cnnzip.export.hls import HlsOptions, build_shell, export_project, signed_bi
 from cnnzip.export.reference import IntLayer, ReferenceError, lower_model
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
-from tests.helpers import tiny
+from tests.helpers import int8_lenet5, tiny
 
 
 def _integer(model, samples=64, **options):
@@ -96,14 +96,9 @@ def test_the_resource_estimate_counts_pairs_zeros_and_the_reuse_factor():
 
 
 def test_export_and_inspect_from_the_command_line(tmp_path, capsys):
-    from cnnzip.api import train_baseline
     from cnnzip.cli import main
-    from cnnzip.train import TrainConfig
 
-    ckpt = tmp_path / "m.safetensors"
-    train_baseline("lenet5", "synthetic", ckpt, config=TrainConfig(epochs=1), quiet=True)
-    assert main(["compress", str(ckpt), "--recipe", "int8", "--finetune-epochs", "0",
-                 "--no-stage-bench", "--quiet", "--out", str(tmp_path / "q")]) == 0
+    int8_lenet5(tmp_path)
     capsys.readouterr()
     out = tmp_path / "hls"
     assert main(["export", str(tmp_path / "q" / "model.cnz"), "--format", "hls4ml",
