@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from cnnzip.api import _calibration, evaluate_file, export_file, load_model
 from cnnzip.data import batches, load_dataset
@@ -30,6 +31,34 @@ from cnnzip.export.fpga import value_ranges
 from cnnzip.export.hls import HlsOptions
 from cnnzip.export.reference import IntLayer, lower_model
 from common import BASELINES
+
+
+def _test_images(name: str = "fashion-mnist"):
+    splits = load_dataset(name)
+    images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])
+    return images, splits.test.labels.numpy()
+
+
+def baseline_accuracy(model: str, samples: int) -> tuple[float, float]:
+    """The float baseline's accuracy on the first ``samples`` test images and on all."""
+    base, _, _ = load_model(BASELINES / f"{model}-fashion-mnist.safetensors")
+    images, labels = _test_images()
+    with torch.inference_mode():
+        top1 = torch.cat([base.eval()(images[i:i + 1000]).argmax(1)
+                          for i in range(0, len(images), 1000)]).numpy()
+    return float((top1[:samples] == labels[:samples]).mean()), float((top1 == labels).mean())
+
+
+def full_test_set(path: str) -> tuple[float, float]:
+    """cnnzip's and the integer reference's accuracy on the whole test set (the C simulation
+    equals the reference logit for logit where it ran)."""
+    model, spec, info = load_model(path)
+    int_model = lower_model(model, tuple(spec.in_shape),
+                            _calibration(path, spec, info, None, None))
+    images, labels = _test_images(info["dataset"])
+    reference = np.concatenate([int_model(int_model.quantize_input(images[i:i + 500]))
+                                .argmax(1) for i in range(0, len(images), 500)])
+    return evaluate_file(path)["accuracy"], float((reference == labels).mean())
 
 
 def packing_check(path: str, images: int = 64) -> list[dict]:
@@ -69,15 +98,15 @@ def main() -> int:
     for item in args.files:
         path, _, n = item.partition(":")
         _, spec, _ = load_model(path)
-        base = BASELINES / f"{spec.name}-fashion-mnist.safetensors"
-        base_acc = evaluate_file(base)["accuracy"] if base.is_file() else None
         r = export_file(path, Path(args.out) / Path(path).parent.name, format="hls4ml",
                         check=True, samples=int(n) if n else None,
                         hls=HlsOptions(reuse_factor=args.reuse_factor))
         t = r["resources"]["total"]
-        full = evaluate_file(path)["accuracy"]
+        base_acc, base_full = baseline_accuracy(spec.name, r["samples"])
+        full, reference_full = full_test_set(path)
         rows.append({"file": path, "model": spec.name, "samples": r["samples"],
-                     "baseline_accuracy": base_acc, "cnnzip_accuracy_full": full,
+                     "baseline_accuracy": base_acc, "baseline_accuracy_full": base_full,
+                     "cnnzip_accuracy_full": full, "reference_accuracy_full": reference_full,
                      "cnnzip_accuracy": r["accuracy"], "hls_accuracy": r["hls_accuracy"],
                      "agreement": r["agreement"],
                      "agreement_with_reference": r["agreement_with_reference"],
@@ -86,12 +115,13 @@ def main() -> int:
                      "simulation_seconds": r["simulation_seconds"],
                      "accumulator_bits": r["accumulator_bits"], **t})
         print(f"\n{spec.name} ({path}), {r['samples']} test images: float "
-              f"{base_acc if base_acc is None else f'{base_acc:.4f}'}, cnnzip "
-              f"{r['accuracy']:.4f} (full test set {full:.4f}), hls4ml C simulation "
+              f"{base_acc:.4f}, cnnzip {r['accuracy']:.4f}, hls4ml C simulation "
               f"{r['hls_accuracy']:.4f}; top-1 agreement {r['agreement']:.4f} with cnnzip, "
               f"{r['agreement_with_reference']:.4f} with the integer reference; logits equal to "
               f"the reference's on {100 * r['logits_equal_reference']:.2f}% of images; compile "
               f"{r['compile_seconds']:.0f} s, simulation {r['simulation_seconds']:.0f} s")
+        print(f"  full test set: float {base_full:.4f}, cnnzip {full:.4f}, integer reference "
+              f"{reference_full:.4f}")
         print(f"  DSPs (reuse {args.reuse_factor}): {t['dsp']:,} unpacked, {t['dsp_packed']:,} "
               f"packed ({t['packed_vs_unpacked']:.3f}×), {t['dsp_nonzero']:,} without zero "
               f"weights, {t['dsp_nonzero_packed']:,} both; on-chip weights "
