@@ -110,6 +110,7 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     ctx = Context(splits, teacher=teacher, seed=seed, finetune_epochs=finetune_epochs,
                   quiet=quiet)
     baseline = {"accuracy": evaluate(teacher, splits.test, splits.info),
+                "val_accuracy": evaluate(teacher, splits.val, splits.info),
                 "params": metrics.count_params(teacher),
                 "macs": metrics.count_macs(teacher, spec.in_shape),
                 "bytes_fp32": metrics.fp32_bytes(teacher)}
@@ -209,7 +210,9 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
         "model": spec.name, "dataset": dataset, "recipe": recipe.name,
         "recipe_overrides": list(recipe.overrides), "seed": seed,
         "validation_split": ctx.splits.split, "baseline": baseline,
-        "compressed": {"accuracy": final["accuracy"], "params": metrics.count_params(decoded),
+        "compressed": {"accuracy": final["accuracy"],
+                       "val_accuracy": evaluate(decoded, ctx.splits.val, ctx.splits.info),
+                       "params": metrics.count_params(decoded),
                        "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],
                        "container_bytes": size, "decoded_vs_compressed": agreement},
         "compression_ratio": baseline["bytes_fp32"] / size,

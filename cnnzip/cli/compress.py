@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnzip.cli.common import add_data_args, add_trust_arg, count, fraction, print_json
+from cnnzip.budget import Budget, compress_within
+from cnnzip.cli.common import (add_data_args, add_trust_arg, count, fraction,
+                               non_negative_float, positive_float, print_json)
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
 from cnnzip.recipes import builtin_names
@@ -31,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-params", type=fraction, metavar="FRACTION",
                    help="or keep at most this fraction of the parameters "
                         "(--set channels.target_params=FRACTION)")
+    p.add_argument("--target-size-kb", type=positive_float, metavar="K",
+                   help="a size budget: model.cnz at most K KiB (1,024 bytes); the recipe's "
+                        "main setting (overall sparsity, channels kept, or weight bits) is "
+                        "searched, probing without retraining, and the least compression that "
+                        "fits is kept")
+    p.add_argument("--max-drop", type=non_negative_float, metavar="POINTS",
+                   help="an accuracy budget: at most POINTS of validation accuracy lost; "
+                        "alone, the smallest model within it (every probe retrained); with "
+                        "--target-size-kb, checked at the size found")
     add_data_args(p, required=False)
     p.add_argument("--seed", type=count, default=0,
                    help="seeds clustering and retraining (default 0); the validation split is "
@@ -64,11 +75,18 @@ def budget_overrides(target_macs: float | None, target_params: float | None) -> 
 
 def run(args: argparse.Namespace) -> int:
     overrides = (*args.overrides, *budget_overrides(args.target_macs, args.target_params))
-    report = compress(args.file, args.recipe, args.out, dataset=args.dataset,
-                      data_dir=args.data_dir, seed=args.seed,
-                      finetune_epochs=args.finetune_epochs, overrides=overrides,
-                      quiet=args.quiet, trust_code=args.trust_code,
-                      stage_bench=args.stage_bench, resume=args.resume)
+    options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
+                   finetune_epochs=args.finetune_epochs, trust_code=args.trust_code)
+    if args.target_size_kb is not None or args.max_drop is not None:
+        if args.resume:
+            raise CnnzipError("--resume continues one run; a budget search starts its own")
+        report = compress_within(args.file, args.recipe, args.out,
+                                 Budget(args.target_size_kb, args.max_drop),
+                                 overrides=overrides, quiet=args.quiet or args.json, **options)
+    else:
+        report = compress(args.file, args.recipe, args.out, overrides=overrides,
+                          quiet=args.quiet, stage_bench=args.stage_bench, resume=args.resume,
+                          **options)
     if args.json:
         print_json(report)
     else:
@@ -78,4 +96,13 @@ def run(args: argparse.Namespace) -> int:
               f"accuracy {b['accuracy']:.4f} → {c['accuracy']:.4f} "
               f"(drop {report['accuracy_drop']:.2f} points); report in {args.out}/report.md",
               file=sys.stderr)
+        if "budget" in report:
+            g = report["budget"]
+            print(f"budget ({'; '.join(a for a in _asked(g) if a)}): met with {g['knob']}={g['value']} after "
+                  f"{len(g['probes'])} probes", file=sys.stderr)
     return 0
+
+
+def _asked(budget: dict) -> list[str]:
+    return [f"{budget['size_kb']:g} KiB" if budget["size_kb"] is not None else "",
+            f"{budget['max_drop']:g} points" if budget["max_drop"] is not None else ""]

@@ -1,0 +1,226 @@
+"""Budgets on any recipe: the recipe's main setting (its *knob*: the sensitivity scan's overall
+sparsity, the pruning sparsity, the channels' share of parameters, or the weight bits) searched
+by bisection so that the written ``model.cnz`` meets a size budget at the least compression, or
+so that the model is as small as it can be within an accuracy drop on the validation split.
+
+A size depends on the knob far more than on retraining, so the size search probes the recipe
+without retraining (seconds each), then runs it once in full at the setting found, and moves
+one step further if retraining left the file over the budget. An accuracy drop needs the
+retraining, so that search runs the recipe in full at each probe. Every probe is recorded in
+``report.json`` → ``budget``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cnnzip.errors import CnnzipError
+from cnnzip.pipeline import compress
+from cnnzip.recipes import Recipe, load_recipe
+from cnnzip.report import write_report
+
+KB = 1024
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A recipe setting that trades size for accuracy: ``step.key`` in [lo, hi], the model
+    smaller toward ``hi`` (``rising``) or toward ``lo``."""
+
+    step: str
+    key: str
+    lo: float
+    hi: float
+    rising: bool
+    integer: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.step}.{self.key}"
+
+    def value(self, t: float) -> float | int:
+        """The setting at position ``t`` in [0, 1]: 0 the least compression, 1 the most."""
+        span = self.hi - self.lo
+        v = self.lo + t * span if self.rising else self.hi - t * span
+        return int(round(v)) if self.integer else round(v, 4)
+
+
+KNOBS = (Knob("sensitivity", "target_sparsity", 0.0, 0.99, True),
+         Knob("prune", "sparsity", 0.0, 0.99, True),
+         Knob("channels", "target_params", 0.05, 1.0, False),
+         Knob("quantize", "weight_bits", 1, 8, False, integer=True))
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What the user asks for: a file of at most ``size_kb`` KiB, and/or at most ``max_drop``
+    points of validation accuracy lost."""
+
+    size_kb: float | None = None
+    max_drop: float | None = None
+
+    def __post_init__(self):
+        if self.size_kb is None and self.max_drop is None:
+            raise CnnzipError("a budget needs a size (--target-size-kb) or a drop (--max-drop)")
+        if self.size_kb is not None and not self.size_kb > 0:
+            raise CnnzipError(f"--target-size-kb must be positive, got {self.size_kb}")
+        if self.max_drop is not None and not self.max_drop >= 0:
+            raise CnnzipError(f"--max-drop must be 0 or more points, got {self.max_drop}")
+
+
+def knob_of(recipe: Recipe) -> Knob:
+    """The recipe's knob: the first of :data:`KNOBS` whose step it has (the pruning sparsity
+    only where no sensitivity scan sets it)."""
+    kinds = [kind for kind, _ in recipe.steps]
+    for knob in KNOBS:
+        if knob.step in kinds and not (knob.step == "prune" and "sensitivity" in kinds):
+            return knob
+    raise CnnzipError(f"recipe {recipe.name!r} has no setting a budget can search: it needs a "
+                      "sensitivity, prune, channels or quantize step")
+
+
+def _with(recipe: Recipe, knob: Knob, value: float | int) -> Recipe:
+    """``recipe`` with ``knob`` set to ``value`` in every step of its kind."""
+    steps = tuple((kind, dataclasses.replace(config, **{knob.key: value}))
+                  if kind == knob.step else (kind, config) for kind, config in recipe.steps)
+    return dataclasses.replace(recipe, steps=steps,
+                               overrides=(*recipe.overrides, f"{knob.name}={value}"))
+
+
+def _val_drop(report: dict[str, Any]) -> float:
+    return 100 * (report["baseline"]["val_accuracy"] - report["compressed"]["val_accuracy"])
+
+
+def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
+                    budget: Budget, *, overrides: tuple[str, ...] = (), probes: int = 6,
+                    quiet: bool = False, **options: Any) -> dict[str, Any]:
+    """:func:`cnnzip.pipeline.compress` with the recipe's knob chosen to meet ``budget``
+    (``probes``: bisection steps); ``options`` as ``compress`` takes them. The report gains
+    ``budget``: what was asked, the knob, the value chosen, whether it is met, every probe.
+
+    Raises:
+        CnnzipError: a recipe without a knob, or a budget no setting meets (with the closest
+            point reached).
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    knob = knob_of(recipe)
+    out = Path(out_dir)
+    work = out / ".budget"
+    shutil.rmtree(work, ignore_errors=True)
+    tried: list[dict[str, Any]] = []
+
+    def probe(t: float, full: bool) -> dict[str, Any]:
+        value = knob.value(t)
+        folder = work / f"probe-{len(tried)}"
+        report = compress(model_path, _with(recipe, knob, value), folder,
+                          quiet=True, stage_bench=False,
+                          **{**options, **({} if full else {"finetune_epochs": 0})})
+        row = {"value": value, "retrained": full, "bytes": report["compressed"]["container_bytes"],
+               "val_drop": round(_val_drop(report), 3), "folder": folder}
+        tried.append(row)
+        if not quiet:
+            print(f"budget: {knob.name}={value}{'' if full else ' (no retraining)'}: "
+                  f"{row['bytes']:,} B, validation drop {row['val_drop']:.2f} points")
+        return {**row, "report": report}
+
+    limit = budget.size_kb * KB if budget.size_kb is not None else None
+    if limit is not None:
+        chosen = _search_size(probe, knob, limit, probes)
+    else:
+        chosen = _search_drop(probe, knob, budget.max_drop, probes)
+    met = (limit is None or chosen["bytes"] <= limit) and \
+        (budget.max_drop is None or chosen["val_drop"] <= budget.max_drop)
+    if not met:
+        raise CnnzipError(
+            f"no {knob.name} meets the budget ({_asked(budget)}): the closest point reached is "
+            f"{chosen['bytes'] / KB:.1f} KiB at a validation drop of {chosen['val_drop']:.2f} "
+            f"points ({knob.name}={chosen['value']}); the probes are in {work}")
+    report = chosen["report"]
+    report["budget"] = {"size_kb": budget.size_kb, "max_drop": budget.max_drop,
+                        "knob": knob.name, "value": chosen["value"], "met": met,
+                        "probes": [{k: v for k, v in row.items() if k != "folder"}
+                                   for row in tried]}
+    _take(chosen["folder"], out)
+    shutil.rmtree(work, ignore_errors=True)
+    write_report(out, report)
+    return report
+
+
+def _asked(budget: Budget) -> str:
+    parts = [f"at most {budget.size_kb:g} KiB" if budget.size_kb is not None else "",
+             f"at most {budget.max_drop:g} points lost" if budget.max_drop is not None else ""]
+    return " and ".join(p for p in parts if p)
+
+
+def _positions(knob: Knob) -> list[float]:
+    """Each value of an integer knob once, least compression first."""
+    count = int(knob.hi - knob.lo)
+    return [i / count for i in range(count + 1)]
+
+
+def _search_size(probe, knob: Knob, limit: float, probes: int) -> dict[str, Any]:
+    """The least compression whose file fits ``limit`` bytes: bisection without retraining,
+    then a full run, moved further while retraining leaves it over."""
+    if knob.integer:
+        fits = [t for t in _positions(knob) if probe(t, False)["bytes"] <= limit]
+        if not fits:
+            return probe(1.0, True)
+        t = fits[0]
+        step = 1 / (knob.hi - knob.lo)
+    else:
+        lo, hi = 0.0, 1.0
+        if probe(hi, False)["bytes"] > limit:
+            return probe(hi, True)  # the error reports it as the closest point
+        for _ in range(probes):
+            mid = (lo + hi) / 2
+            if probe(mid, False)["bytes"] <= limit:
+                hi = mid
+            else:
+                lo = mid
+        t, step = hi, max(hi - lo, 0.01)
+    full = probe(t, True)
+    for _ in range(3):
+        if full["bytes"] <= limit or t >= 1.0:
+            break
+        t = min(1.0, t + step)
+        full = probe(t, True)
+    return full
+
+
+def _search_drop(probe, knob: Knob, max_drop: float, probes: int) -> dict[str, Any]:
+    """The most compression within ``max_drop`` points of validation accuracy: every probe
+    retrained; an integer knob tried value by value, a continuous one by bisection."""
+    best = probe(0.0, True)
+    if best["val_drop"] > max_drop:
+        return best
+    if knob.integer:
+        for t in _positions(knob)[1:]:
+            row = probe(t, True)
+            if row["val_drop"] > max_drop:
+                break
+            best = row
+        return best
+    lo, hi = 0.0, 1.0
+    for _ in range(probes):
+        mid = (lo + hi) / 2
+        row = probe(mid, True)
+        if row["val_drop"] <= max_drop:
+            lo, best = mid, row
+        else:
+            hi = mid
+    return best
+
+
+def _take(folder: Path, out: Path) -> None:
+    """Move a probe's outputs into ``out`` (each file replaced whole)."""
+    for item in folder.iterdir():
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(item, target)

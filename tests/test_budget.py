@@ -1,0 +1,65 @@
+"""Budgets on any recipe: a size met at the least compression, a drop met by the smallest
+model, an impossible budget reported with the closest point, a recipe without a knob."""
+
+import json
+
+import pytest
+
+from cnnzip.budget import KB, Budget, compress_within, knob_of
+from cnnzip.errors import CnnzipError
+from cnnzip.recipes import load_recipe
+
+
+@pytest.fixture(scope="module")
+def lenet300(tmp_path_factory):
+    from cnnzip.api import train_baseline
+    from cnnzip.train import TrainConfig
+
+    path = tmp_path_factory.mktemp("budget") / "m.safetensors"
+    train_baseline("lenet300", "synthetic", path, config=TrainConfig(epochs=1), quiet=True)
+    return path
+
+
+def test_each_recipe_has_the_knob_a_user_would_turn():
+    assert knob_of(load_recipe("deep-compression")).name == "sensitivity.target_sparsity"
+    assert knob_of(load_recipe("channel-prune")).name == "channels.target_params"
+    assert knob_of(load_recipe("int8")).name == "quantize.weight_bits"
+    with pytest.raises(CnnzipError, match="no setting a budget can search"):
+        knob_of(load_recipe("merge"))
+
+
+def test_a_size_budget_is_met_by_the_file_at_the_least_compression(lenet300, tmp_path):
+    out = tmp_path / "out"
+    report = compress_within(lenet300, "deep-compression", out, Budget(size_kb=20),
+                             finetune_epochs=0, quiet=True)
+    size = (out / "model.cnz").stat().st_size
+    budget = report["budget"]
+    assert size == report["compressed"]["container_bytes"] <= 20 * KB
+    assert budget["met"] and budget["knob"] == "sensitivity.target_sparsity"
+    # every probe that compressed less than the one chosen was over the budget
+    less = [p for p in budget["probes"] if p["value"] < budget["value"]]
+    assert less and all(p["bytes"] > 20 * KB for p in less)
+    assert json.loads((out / "report.json").read_text())["budget"] == budget
+    assert not (out / ".budget").exists()
+
+
+def test_an_impossible_budget_names_the_closest_point(lenet300, tmp_path):
+    with pytest.raises(CnnzipError, match=r"closest point reached is .* KiB"):
+        compress_within(lenet300, "deep-compression", tmp_path / "out", Budget(size_kb=0.1),
+                        finetune_epochs=0, quiet=True)
+    assert not (tmp_path / "out" / "model.cnz").exists()
+    with pytest.raises(CnnzipError, match="--target-size-kb"):
+        Budget()
+
+
+def test_a_drop_budget_keeps_the_smallest_model_within_it(lenet300, tmp_path, capsys):
+    from cnnzip.cli import main
+
+    assert main(["compress", str(lenet300), "--recipe", "int8", "--max-drop", "100",
+                 "--finetune-epochs", "0", "--quiet", "--json", "--out",
+                 str(tmp_path / "out")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    budget = report["budget"]
+    assert budget["met"] and budget["knob"] == "quantize.weight_bits"
+    assert budget["value"] == 1  # any drop is within 100 points: the fewest bits
+    assert [p["value"] for p in budget["probes"]] == [8, 7, 6, 5, 4, 3, 2, 1]
