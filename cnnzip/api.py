@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
+from cnnzip.budget import Budget, compress_within
 from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.codec.checkpoint import assert_finite
 from cnnzip.data import Splits, load_dataset
@@ -23,7 +24,8 @@ from cnnzip.pipeline import compress
 from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["bench_files", "bench_models", "compress", "evaluate_file", "export_file",
+__all__ = ["Budget", "bench_files", "bench_models", "compress", "compress_within",
+           "evaluate_file", "export_file",
            "fpga_resources", "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
            "train_baseline"]
 
