@@ -8,19 +8,20 @@ every tensor holds its integers minus its grid's zero point (a ReLU is then a cl
   which hls4ml's constant-weight multipliers drop), the accumulator and result
   ``ap_fixed<A,A>`` with ``A`` from the largest Σ|w| · max|input| + |bias| of any output
   channel, so no sum can overflow;
-- a BatchNorm follows with the requantization factor ``m · 2^(shift − 31)`` as its scale,
-  held exactly (``ap_ufixed`` with every bit of the Q31 multiplier), its result rounded
-  halves away from zero and saturated to the output grid's bits; a fused ReLU is an hls4ml
-  ReLU saturating to the grid's top;
-- rescalings, residual adds (each input scaled, then summed and rounded once), global average
-  pooling (an average pooling over the whole map, then the scale), max poolings, flattens,
-  ReLUs and concatenations follow the same rules.
+- its requantization follows as two BatchNorms with exact scales (hls4ml's float32 reading is
+  replaced by the float64 factors, held in ``ap_ufixed`` types wide enough for every bit): the
+  Q31 multiplier ``m · 2^(max(shift, 0) − 31)`` rounded halves up to an integer (CMSIS-NN's
+  doubling high multiply), then ``2^min(shift, 0)`` rounded halves away from zero (its
+  rounding right shift), saturated to the output grid: by the result type where the grid's
+  range is a type's whole range, else by an exact clamp (shift, saturate, shift back); a fused
+  ReLU is an hls4ml ReLU;
+- rescalings, residual adds (TensorFlow Lite's: each input shifted and requantized, the sum
+  exact, then requantized), global average pooling (the exact sum, recovered from hls4ml's
+  average), max poolings, flattens, ReLUs and concatenations follow the same rules.
 
-What differs from the integer reference (:mod:`cnnzip.export.reference`): the reference rounds
-twice (CMSIS-NN's doubling high multiply, then the shift), hls4ml once, so an accumulator on a
-half can round to the other side; a grid whose zero point is not 0 saturates at its type's
-bounds, not at the grid's. Top-1 agreement and the share of images whose logits are equal are
-what ``--check`` measures.
+So the C simulation computes the integer reference's logits bit for bit (``--check`` counts
+the images where every logit is equal). hls4ml's PyTorch reader takes no grouped or depthwise
+convolutions: they are refused by name.
 """
 
 from __future__ import annotations
