@@ -40,7 +40,9 @@ from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgP
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 
 STRATEGIES = ("Latency", "Resource")
+STREAM_UNSUPPORTED = (Add, Concat, GlobalAvgPool)
 IO_TYPES = ("io_parallel", "io_stream")
+NOT_NOP = 2.0 ** -30  # a scale's bias as hls4ml reads it when the real one is 0
 FRACTION_BITS = 24  # kept by the inputs of a residual add and an average before they round
 
 
@@ -95,6 +97,7 @@ class ShellLayer:
 
     precision: dict[str, str]
     scale: np.ndarray | None = None
+    bias: int = 0  # a scale's integer bias
     source: str = ""  # the cnnzip layer it computes
 
 
@@ -140,7 +143,8 @@ class _Builder:
 
     def module(self, base: str, module: nn.Module, inputs: list[torch.fx.Node],
                out_range: tuple[int, int], precision: dict[str, str], *,
-               scale: np.ndarray | None = None, source: str = "") -> torch.fx.Node:
+               scale: np.ndarray | None = None, bias: int = 0,
+               source: str = "") -> torch.fx.Node:
         name, k = _ident(base), 1
         while hasattr(self.root, name):
             name, k = f"{_ident(base)}_{k}", k + 1
@@ -149,7 +153,7 @@ class _Builder:
         with torch.no_grad():
             out = module(*(self.values[i][0] for i in inputs))
         self.values[node] = (out, out_range)
-        self.layers[node.name] = ShellLayer(precision, scale, source)
+        self.layers[node.name] = ShellLayer(precision, scale, bias, source)
         return node
 
     def function(self, fn, inputs: list[torch.fx.Node], out_range: tuple[int, int],
@@ -160,7 +164,7 @@ class _Builder:
             args = [self.values[i][0] for i in inputs]
             out = fn(args, **kwargs) if fn is torch.cat else fn(*args, **kwargs)
         self.values[node] = (out, out_range)
-        self.layers[node.name] = ShellLayer(precision, None, source)
+        self.layers[node.name] = ShellLayer(precision, source=source)
         return node
 
     def range(self, node: torch.fx.Node) -> tuple[int, int]:
@@ -175,16 +179,25 @@ class _Builder:
         exact scale)."""
         channels = self.shape(x)[1]
         factor = np.broadcast_to(np.asarray(factor, np.float64), (channels,)).copy()
+        if np.all(factor == 1.0) and bias == 0:
+            # hls4ml removes a BatchNorm that scales by 1 and adds 0, and with it the
+            # saturation of its result type: keep only a clamp, where one is needed
+            lo, hi = self.range(x)
+            if out_range[0] <= lo and hi <= out_range[1]:
+                return x
+            return self.clamp(base, x, *out_range, source)
         bn = (nn.BatchNorm2d if len(self.shape(x)) == 4 else nn.BatchNorm1d)(channels, eps=0.0)
         with torch.no_grad():
             bn.weight.copy_(torch.from_numpy(factor))
-            bn.bias.fill_(float(bias))
+            # hls4ml reads float32 and drops a BatchNorm that scales by 1 and adds 0: a factor
+            # of 1 + 2^-30 would be one, so the bias is marked non-zero (set exactly later)
+            bn.bias.fill_(float(bias) if bias else NOT_NOP)
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0)
         b_bits = signed_bits(min(bias, 0), max(bias, 0))
         return self.module(base, bn, [x], out_range,
                            {"scale": _scale_type(factor), "bias": fixed(b_bits, b_bits),
-                            "result": result}, scale=factor, source=source)
+                            "result": result}, scale=factor, bias=bias, source=source)
 
     def clamp(self, base: str, x: torch.fx.Node, lo: int, hi: int, source: str) -> torch.fx.Node:
         """``x`` (integers) clamped to [lo, hi] exactly: shifted so that [lo, hi] ends at the
@@ -198,7 +211,8 @@ class _Builder:
         offset = (1 << bits) - 1 - (hi - lo)
         if offset and known_lo < lo:
             raise ReferenceError(f"{source}: a clamp to [{lo}, {hi}] has no exact form")
-        x = self.scale(f"{base}_clamp", x, np.array(1.0), (0, (1 << bits) - 1),
+        x = self.scale(f"{base}_clamp", x, np.array(1.0),
+                       (max(0, known_lo - lo + offset), (1 << bits) - 1),
                        fixed(bits, bits, signed=False, rounding="AP_RND", overflow="AP_SAT"),
                        source, bias=offset - lo)
         return self.scale(f"{base}_unclamp", x, np.array(1.0), (lo, hi), _result(lo, hi),
@@ -405,6 +419,7 @@ def convert(shell: Shell, in_shape: tuple[int, ...], out_dir: str, *, reuse_fact
                 raise ReferenceError(f"{name}: hls4ml merged the requantization into another "
                                      "layer; its scale would not be exact")
             hls_layer.weights["scale"].data = layer.scale.copy()
+            hls_layer.weights["bias"].data = np.full(layer.scale.shape, float(layer.bias))
     return hls_model
 
 
@@ -459,6 +474,13 @@ def export_project(int_model: IntModel, in_shape: tuple[int, ...], out, options:
     from cnnzip.fileio import atomic_dir
     from cnnzip.progress import progress_bar
 
+    if options.io_type == "io_stream":
+        joins = [n.name for n in int_model.nodes if isinstance(n.op, STREAM_UNSUPPORTED)]
+        if joins:
+            raise ReferenceError(f"{joins[0]}: hls4ml's io_stream C simulation does not "
+                                 "compute residual adds, concatenations or global average "
+                                 "pooling as io_parallel does (measured: wrong logits); "
+                                 "export with --io-type parallel")
     shell = build_shell(int_model, in_shape)
     result: dict[str, Any] = {
         "reuse_factor": options.reuse_factor, "strategy": options.strategy,

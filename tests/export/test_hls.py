@@ -121,11 +121,21 @@ def test_export_and_inspect_from_the_command_line(tmp_path, capsys):
     assert "--samples" in capsys.readouterr().err
 
 
+def test_io_stream_is_refused_where_its_simulation_is_wrong(tmp_path):
+    int_model, _, _ = _integer(tiny("residual"))
+    with pytest.raises(ReferenceError, match="add: hls4ml's io_stream.*--io-type parallel"):
+        export_project(int_model, (1, 28, 28), tmp_path / "out",
+                       HlsOptions(io_type="io_stream"))
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
-def test_the_c_simulation_equals_the_integer_reference_on_every_logit(tmp_path):
-    """Residual add, a clamp whose zero point is not 0, global average pooling: hls4ml's
-    compiled C++ (g++) gives the integer reference's logits exactly."""
-    int_model, codes, x = _integer(tiny("residual"), samples=100)
+@pytest.mark.parametrize("name", ["residual", "concat"])
+def test_the_c_simulation_equals_the_integer_reference_on_every_logit(tmp_path, name):
+    """Residual add, concatenation with rescaled inputs (one by a factor that is 1 in float32),
+    clamps whose zero point is not 0, global average pooling: hls4ml's compiled C++ (g++)
+    gives the integer reference's logits exactly."""
+    int_model, codes, x = _integer(tiny(name), samples=100)
     predicted = np.zeros(len(codes), np.int64)
     r = export_project(int_model, (1, 28, 28), tmp_path / "hls", HlsOptions(),
                        check=(codes, predicted, predicted), quiet=True)
