@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnzip import metrics
 from cnnzip.budget import Budget, compress_within
+from cnnzip.search import SearchConfig, run_search
 from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.codec.checkpoint import assert_finite
 from cnnzip.data import Splits, load_dataset
@@ -24,7 +25,7 @@ from cnnzip.pipeline import compress
 from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["Budget", "bench_files", "bench_models", "compress", "compress_within",
+__all__ = ["Budget", "SearchConfig", "bench_files", "bench_models", "compress", "compress_within",
            "evaluate_file", "export_file",
            "fpga_resources", "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
            "train_baseline"]

@@ -84,7 +84,7 @@ def knob_of(recipe: Recipe) -> Knob:
                       "sensitivity, prune, channels or quantize step")
 
 
-def _with(recipe: Recipe, knob: Knob, value: float | int) -> Recipe:
+def with_knob(recipe: Recipe, knob: Knob, value: float | int) -> Recipe:
     """``recipe`` with ``knob`` set to ``value`` in every step of its kind."""
     steps = tuple((kind, dataclasses.replace(config, **{knob.key: value}))
                   if kind == knob.step else (kind, config) for kind, config in recipe.steps)
@@ -118,7 +118,7 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
     def probe(t: float, full: bool) -> dict[str, Any]:
         value = knob.value(t)
         folder = work / f"probe-{len(tried)}"
-        report = compress(model_path, _with(recipe, knob, value), folder,
+        report = compress(model_path, with_knob(recipe, knob, value), folder,
                           quiet=True, stage_bench=False,
                           **{**options, **({} if full else {"finetune_epochs": 0})})
         row = {"value": value, "retrained": full, "bytes": report["compressed"]["container_bytes"],

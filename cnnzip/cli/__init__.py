@@ -8,11 +8,12 @@ import warnings
 from typing import Sequence
 
 from cnnzip import __version__
-from cnnzip.cli import bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd, train
+from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd,
+                        search, train)
 from cnnzip.cli.common import Parser
 from cnnzip.errors import CnnzipError
 
-COMMANDS = (train, compress, eval_cmd, bench, inspect_cmd, export, env)
+COMMANDS = (train, compress, search, eval_cmd, bench, inspect_cmd, export, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
