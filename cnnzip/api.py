@@ -25,9 +25,9 @@ from cnnzip.pipeline import compress
 from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["Budget", "SearchConfig", "bench_files", "bench_models", "compress", "compress_within",
-           "evaluate_file", "export_file",
-           "fpga_resources", "inspect_file", "inspect_model", "inspect_name", "load_model", "runtime_name",
+__all__ = ["Budget", "SearchConfig", "bench_files", "bench_models", "compress",
+           "compress_within", "evaluate_file", "export_file", "fpga_resources", "inspect_file",
+           "inspect_model", "inspect_name", "load_model", "run_search", "runtime_name",
            "train_baseline"]
 
 
