@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzip import metrics
+from cnnzip import distributed, metrics
 from cnnzip.budget import Budget, compress_within
 from cnnzip.search import SearchConfig, run_search
 from cnnzip.codec import load_checkpoint, save_checkpoint
@@ -67,7 +67,8 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     }
     if command:
         summary["command"] = command
-    save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
+    if distributed.rank() == 0:  # torchrun: rank 0 alone writes
+        save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
     return {**summary, "file": str(out), "val_history": result.val_accuracy}
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from cnnzip import metrics, stages as stage_files
+from cnnzip import distributed, metrics, stages as stage_files
 from cnnzip.codec import Checkpoint, load_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.codec.records import quant_records
@@ -91,6 +92,19 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
     Returns:
         The report (also written to ``report.json``).
     """
+    options = dict(dataset=dataset, data_dir=data_dir, seed=seed,
+                   finetune_epochs=finetune_epochs, overrides=overrides,
+                   trust_code=trust_code, stage_bench=stage_bench, resume=resume)
+    if distributed.rank() > 0:  # torchrun: rank 0 alone writes; the others into a scratch folder
+        with tempfile.TemporaryDirectory() as scratch:
+            return _compress(model_path, recipe, scratch, quiet=True, **options)
+    return _compress(model_path, recipe, out_dir, quiet=quiet, **options)
+
+
+def _compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, *,
+              dataset: str | None, data_dir: str | Path | None, seed: int,
+              finetune_epochs: int | None, overrides: tuple[str, ...], quiet: bool,
+              trust_code: bool, stage_bench: bool, resume: bool) -> dict[str, Any]:
     if finetune_epochs is not None and finetune_epochs < 0:
         raise CnnzipError(f"finetune epochs must be 0 or more, got {finetune_epochs}")
     recipe = recipe if isinstance(recipe, Recipe) else load_recipe(recipe, overrides)
@@ -139,6 +153,7 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits), ctx.masks,
                          stage_files.Values(sparsities=ctx.sparsities, notes=ctx.notes,
                                             stages=stages), run)
+    distributed.check_same(model, "compress")  # masks, codebooks, channels alike on every rank
     spec = spec.with_edits(ctx.edits)
     # model.cnz appears only when everything, report included, has succeeded
     with atomic_path(out / "model.cnz") as container:

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzip import distributed
 from cnnzip.data import DatasetInfo, ImageSet, Splits, batches
 from cnnzip.errors import CnnzipError
 from cnnzip.progress import progress_bar
@@ -143,13 +144,14 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
     if teacher is not None:
         teacher.eval()
     start = time.perf_counter()
-    with progress_bar(disable=quiet) as bar:
+    with progress_bar(disable=quiet or distributed.rank() > 0) as bar:
         task = bar.add_task(description, total=config.epochs * steps, status="")
         for epoch in range(config.epochs):
             model.train()
             total, count = 0.0, 0
             for x, y in batches(splits.train, splits.info, config.batch_size, shuffle=True,
                                 augment_pad=config.augment_pad, generator=gen):
+                x, y = distributed.shard(x, y)  # torchrun: this rank's share of the batch
                 logits = model(x)
                 if teacher is None:
                     loss = F.cross_entropy(logits, y)
@@ -160,12 +162,13 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                                              alpha=config.alpha)
                 penalty = config.slimming * slimming_penalty(model) if config.slimming else None
                 total_loss = loss if penalty is None else loss + penalty
-                if not torch.isfinite(total_loss):
+                if distributed.total(0.0 if torch.isfinite(total_loss) else 1.0):
                     raise CnnzipError(f"{description}: training diverged (loss "
                                       f"{float(total_loss)}) in epoch {epoch + 1}; lower the "
                                       "learning rate")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                distributed.average_gradients(model)
                 if config.clip_norm:  # the data's gradients are clipped, the L1 penalty's not
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 if penalty is not None and penalty.requires_grad:  # no BatchNorm: nothing
@@ -177,6 +180,7 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                 total += float(total_loss.detach()) * len(y)
                 count += len(y)
                 bar.advance(task)
+            distributed.average_buffers(model)
             result.train_loss.append(total / count)
             if after_epoch is not None:
                 after_epoch(model, epoch)

@@ -7,7 +7,7 @@ import sys
 import warnings
 from typing import Sequence
 
-from cnnzip import __version__
+from cnnzip import __version__, distributed
 from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd,
                         search, train)
 from cnnzip.cli.common import Parser
@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line
+    distributed.init_from_env()  # under torchrun: join its process group (gloo)
     try:
         return int(args.run(args) or 0)
     except CnnzipError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cnnzip import distributed
 from cnnzip.budget import Budget, compress_within
 from cnnzip.cli.common import (add_data_args, add_trust_arg, count, fraction,
                                non_negative_float, positive_float, print_json)
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
         report = compress(args.file, args.recipe, args.out, overrides=overrides,
                           quiet=args.quiet, stage_bench=args.stage_bench, resume=args.resume,
                           **options)
+    if distributed.rank() > 0:  # torchrun: rank 0 reports
+        return 0
     if args.json:
         print_json(report)
     else:

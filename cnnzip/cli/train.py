@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from cnnzip import api
+from cnnzip import api, distributed
 from cnnzip.cli.common import (MODEL_HELP, add_data_args, count, non_negative_float,
                                positive_float, positive_int, print_json)
 from cnnzip.train import TrainConfig
@@ -59,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
                                  width=args.width, config=config, quiet=args.quiet,
                                  command=command)
+    if distributed.rank() > 0:  # torchrun: rank 0 reports
+        return 0
     if args.json:
         print_json(summary)
     else:
