@@ -38,15 +38,22 @@ def shard(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     return x[rank()::n], y[rank()::n]
 
 
-def average_gradients(model: nn.Module) -> None:
-    """Every parameter's gradient averaged over the ranks (the same on each afterwards)."""
+def average_gradients(model: nn.Module, flag: float = 0.0) -> float:
+    """Every parameter's gradient averaged over the ranks (the same on each afterwards), in
+    one all-reduce of one flat buffer; ``flag`` rides along and comes back summed over the
+    ranks (a step any rank must refuse)."""
     n = world()
     if n == 1:
-        return
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(n)
+        return flag
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([flag], dtype=grads[0].dtype)
+                                                       if grads else torch.tensor([flag])])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g)).div_(n)
+        offset += g.numel()
+    return float(flat[-1])
 
 
 def average_buffers(model: nn.Module) -> None:

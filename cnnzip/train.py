@@ -162,13 +162,14 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                                              alpha=config.alpha)
                 penalty = config.slimming * slimming_penalty(model) if config.slimming else None
                 total_loss = loss if penalty is None else loss + penalty
-                if distributed.total(0.0 if torch.isfinite(total_loss) else 1.0):
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                # torchrun: gradients averaged over the ranks, with whether any diverged
+                if distributed.average_gradients(model, 0.0 if torch.isfinite(total_loss)
+                                                 else 1.0):
                     raise CnnzipError(f"{description}: training diverged (loss "
                                       f"{float(total_loss)}) in epoch {epoch + 1}; lower the "
                                       "learning rate")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.average_gradients(model)
                 if config.clip_norm:  # the data's gradients are clipped, the L1 penalty's not
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 if penalty is not None and penalty.requires_grad:  # no BatchNorm: nothing
