@@ -10,6 +10,7 @@ from typing import Any, Callable, NoReturn
 
 from cnnzip.data import DATASET_NAMES
 from cnnzip.models import ZOO
+from cnnzip.recipes import builtin_names
 
 MODEL_HELP = f"zoo name ({', '.join(ZOO)}) or package.module:factory for your own nn.Module"
 
@@ -33,6 +34,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """FILE.safetensors, --recipe and --set, as compress and search take them."""
+    parser.add_argument("file", metavar="FILE.safetensors",
+                        help="a checkpoint from `cnnzip train`")
+    parser.add_argument("--recipe", required=True,
+                        help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
+    parser.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
+                        dest="overrides", help="change one recipe option, e.g. --set "
+                        "prune.epochs=20 --set sensitivity.target_sparsity=0.92 (repeatable)")
 
 
 def add_trust_arg(parser: argparse.ArgumentParser) -> None:

@@ -7,11 +7,10 @@ import sys
 
 from cnnzip import distributed
 from cnnzip.budget import Budget, compress_within
-from cnnzip.cli.common import (add_data_args, add_trust_arg, count, fraction,
+from cnnzip.cli.common import (add_data_args, add_recipe_args, add_trust_arg, count, fraction,
                                non_negative_float, positive_float, print_json)
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
-from cnnzip.recipes import builtin_names
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,12 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "container. Writes OUT/model.cnz, OUT/report.json, "
                                    "OUT/report.md and plots; after every step, the model so "
                                    "far goes to OUT/stages/ (for --resume).")
-    p.add_argument("file", metavar="FILE.safetensors", help="a checkpoint from `cnnzip train`")
-    p.add_argument("--recipe", required=True,
-                   help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
-                   dest="overrides", help="change one recipe option, e.g. --set prune.epochs=20 "
-                   "--set sensitivity.target_sparsity=0.92 (repeatable)")
+    add_recipe_args(p)
     p.add_argument("--target-macs", type=fraction, metavar="FRACTION",
                    help="structured pruning budget: keep at most this fraction of the MACs "
                         "(0.5: 2× fewer); the same as --set channels.target_macs=FRACTION")

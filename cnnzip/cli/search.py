@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnzip.cli.common import add_data_args, count, positive_int, print_json
-from cnnzip.recipes import builtin_names
+from cnnzip.cli.common import add_data_args, add_recipe_args, count, positive_int, print_json
 from cnnzip.search import SearchConfig, run_search
 
 
@@ -22,11 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "share; a killed search continues from it. Writes "
                                    "OUT/search.json, OUT/search.png (the Pareto front) and "
                                    "OUT/report.md; each trial's files in OUT/trials/.")
-    p.add_argument("file", metavar="FILE.safetensors", help="a checkpoint from `cnnzip train`")
-    p.add_argument("--recipe", required=True,
-                   help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
-    p.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
-                   dest="overrides", help="change one recipe option (repeatable)")
+    add_recipe_args(p)
     p.add_argument("--storage", required=True, metavar="URL",
                    help="where the study lives: sqlite:///study.db, postgresql://…, or "
                         "journal:FILE (a file on shared storage)")
