@@ -72,6 +72,12 @@ class Budget:
         if self.max_drop is not None and not self.max_drop >= 0:
             raise CnnzipError(f"--max-drop must be 0 or more points, got {self.max_drop}")
 
+    def describe(self) -> str:
+        """What is asked, in words."""
+        parts = [f"at most {self.size_kb:g} KiB" if self.size_kb is not None else "",
+                 f"at most {self.max_drop:g} points lost" if self.max_drop is not None else ""]
+        return " and ".join(p for p in parts if p)
+
 
 def knob_of(recipe: Recipe) -> Knob:
     """The recipe's knob: the first of :data:`KNOBS` whose step it has (the pruning sparsity
@@ -138,7 +144,7 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
         (budget.max_drop is None or chosen["val_drop"] <= budget.max_drop)
     if not met:
         raise CnnzipError(
-            f"no {knob.name} meets the budget ({_asked(budget)}): the closest point reached is "
+            f"no {knob.name} meets the budget ({budget.describe()}): the closest point reached is "
             f"{chosen['bytes'] / KB:.1f} KiB at a validation drop of {chosen['val_drop']:.2f} "
             f"points ({knob.name}={chosen['value']}); the probes are in {work}")
     report = chosen["report"]
@@ -150,12 +156,6 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
     shutil.rmtree(work, ignore_errors=True)
     write_report(out, report)
     return report
-
-
-def _asked(budget: Budget) -> str:
-    parts = [f"at most {budget.size_kb:g} KiB" if budget.size_kb is not None else "",
-             f"at most {budget.max_drop:g} points lost" if budget.max_drop is not None else ""]
-    return " and ".join(p for p in parts if p)
 
 
 def _positions(knob: Knob) -> list[float]:

@@ -126,6 +126,7 @@ def run_search(config: SearchConfig, *, quiet: bool = False) -> dict[str, Any]:
             worker.
     """
     import optuna
+    import torch
     from optuna.trial import TrialState
 
     if config.trials < 1 or config.workers < 1:
@@ -138,8 +139,12 @@ def run_search(config: SearchConfig, *, quiet: bool = False) -> dict[str, Any]:
     shares = [remaining // config.workers + (i < remaining % config.workers)
               for i in range(config.workers)]
     start = time.perf_counter()
-    if config.workers == 1:
-        _worker(config, 0, shares[0])
+    if config.workers == 1:  # in this process, one thread as a worker has; then as it was
+        threads = torch.get_num_threads()
+        try:
+            _worker(config, 0, shares[0])
+        finally:
+            torch.set_num_threads(threads)
     else:
         context = multiprocessing.get_context("spawn")
         processes = [context.Process(target=_worker, args=(config, i, n))

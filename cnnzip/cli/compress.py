@@ -95,11 +95,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if "budget" in report:
             g = report["budget"]
-            print(f"budget ({'; '.join(a for a in _asked(g) if a)}): met with {g['knob']}={g['value']} after "
+            print(f"budget ({Budget(g['size_kb'], g['max_drop']).describe()}): met with {g['knob']}={g['value']} after "
                   f"{len(g['probes'])} probes", file=sys.stderr)
     return 0
 
-
-def _asked(budget: dict) -> list[str]:
-    return [f"{budget['size_kb']:g} KiB" if budget["size_kb"] is not None else "",
-            f"{budget['max_drop']:g} points" if budget["max_drop"] is not None else ""]

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cnnzip.export.dsp import max_exact_terms
-from cnnzip.export.hls import signed_bits
 from cnnzip.export.reference import (Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu,
                                      Rescale)
+from cnnzip.export.shell import accumulator_bits, weight_bits
 
 
 @dataclass(frozen=True)
@@ -68,16 +68,6 @@ def value_ranges(model: IntModel) -> dict[int, tuple[int, int]]:
     return ranges
 
 
-def accumulator_bits(op: IntLayer, x_range: tuple[int, int]) -> int:
-    """Signed bits that hold every accumulator of ``op`` on inputs in ``x_range``: the largest
-    Σ|w| · max|x| + |bias| of an output channel."""
-    reach = max(abs(x_range[0]), abs(x_range[1]))
-    per_channel = np.abs(op.weight).reshape(len(op.weight), -1).sum(1) * reach \
-        + np.abs(op.bias)
-    most = float(per_channel.max(initial=0))
-    return signed_bits(-most, most)
-
-
 def _positions(model: IntModel, in_shape: tuple[int, ...]) -> dict[int, int]:
     """Per conv or linear node, how many times its kernel runs on one image."""
     values = {-1: np.zeros((1, *in_shape), np.int64) + model.in_zero}
@@ -108,18 +98,20 @@ def layer_costs(model: IntModel, in_shape: tuple[int, ...], reuse_factor: int = 
         x_range = ranges[node.inputs[0]]
         w = op.weight.reshape(len(op.weight), -1)
         nonzero = w != 0
-        w_bits = signed_bits(int(w.min(initial=0)), int(w.max(initial=0)))
+        w_bits = weight_bits(op)
         try:
             terms = max_exact_terms((int(w.min(initial=0)), int(w.max(initial=0))), x_range)
         except ValueError:
             terms = 0
         groups = op.groups if op.kind == "conv" else 1
-        per_group = np.split(np.ones_like(nonzero), groups) if groups > 1 else [np.ones_like(nonzero)]
-        nz_groups = np.split(nonzero, groups) if groups > 1 else [nonzero]
-        dense_pairs = sum(_pairs(g) for g in per_group)
-        nz_pairs = sum(_pairs(g) for g in nz_groups)
+        # a grouped layer's outputs pair within their group (they read the same inputs)
+        dense_pairs = sum(_pairs(g) for g in np.split(np.ones_like(nonzero), groups))
+        nz_pairs = sum(_pairs(g) for g in np.split(nonzero, groups))
         n, nnz = w.size, int(nonzero.sum())
-        slices = (lambda count: math.ceil(count / reuse_factor))
+
+        def slices(count: int) -> int:
+            return math.ceil(count / reuse_factor)
+
         costs.append(LayerCost(
             name=node.name or f"node{k}", kind=op.kind, macs=positions[k] * n,
             nonzero_macs=positions[k] * nnz, weights=n, nonzero_weights=nnz,

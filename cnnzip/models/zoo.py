@@ -49,6 +49,7 @@ FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 TRUST_HINT = ("pass --trust-model-code (trust_code=True in Python) only if you trust where the "
               "file came from")
 
+
 def _import_from_cwd(module_name: str) -> Any:
     """Import ``module_name`` the way ``python -m`` would: the working directory first on the
     path (the ``cnnzip`` script does not put it there)."""

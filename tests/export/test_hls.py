@@ -9,7 +9,8 @@ import torch
 
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.fpga import layer_costs, resource_report, value_ranges
-from cnnzip.export.hls import HlsOptions, build_shell, export_project, signed_bits
+from cnnzip.export.hls import HlsOptions, export_project
+from cnnzip.export.shell import build_shell, signed_bits
 from cnnzip.export.reference import IntLayer, ReferenceError, lower_model
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
