@@ -1,7 +1,10 @@
 """Budgets on any recipe: the recipe's main setting (its *knob*: the sensitivity scan's overall
 sparsity, the pruning sparsity, the channels' share of parameters, or the weight bits) searched
-by bisection so that the written ``model.cnz`` meets a size budget at the least compression, or
-so that the model is as small as it can be within an accuracy drop on the validation split.
+by bisection so that the written ``model.cnz`` meets a size budget (bytes of the file, or
+non-zero parameters, or the MACs of non-zero weights, as fractions of the original's) at the
+least compression, or so that the model is as small as it can be within an accuracy drop on
+the validation split. (A recipe with a ``channels`` step meets MACs and parameter budgets
+directly, by its allocation: see ``cnnzip compress --target-macs``.)
 
 A size depends on the knob far more than on retraining, so the size search probes the recipe
 without retraining (seconds each), then runs it once in full at the setting found, and moves
@@ -58,23 +61,38 @@ KNOBS = (Knob("sensitivity", "target_sparsity", 0.0, 0.99, True),
 
 @dataclass(frozen=True)
 class Budget:
-    """What the user asks for: a file of at most ``size_kb`` KiB, and/or at most ``max_drop``
-    points of validation accuracy lost."""
+    """What the user asks for: a file of at most ``size_kb`` KiB, at most ``macs`` of the
+    original's MACs (counting non-zero weights only) and at most ``params`` of its parameters
+    (non-zero), and/or at most ``max_drop`` points of validation accuracy lost."""
 
     size_kb: float | None = None
     max_drop: float | None = None
+    macs: float | None = None
+    params: float | None = None
 
     def __post_init__(self):
-        if self.size_kb is None and self.max_drop is None:
-            raise CnnzipError("a budget needs a size (--target-size-kb) or a drop (--max-drop)")
+        if self.size_kb is None and self.max_drop is None and not self.limits():
+            raise CnnzipError("a budget needs a size (--target-size-kb, --target-macs, "
+                              "--target-params) or a drop (--max-drop)")
         if self.size_kb is not None and not self.size_kb > 0:
             raise CnnzipError(f"--target-size-kb must be positive, got {self.size_kb}")
         if self.max_drop is not None and not self.max_drop >= 0:
             raise CnnzipError(f"--max-drop must be 0 or more points, got {self.max_drop}")
+        for flag, value in (("--target-macs", self.macs), ("--target-params", self.params)):
+            if value is not None and not 0 < value <= 1:
+                raise CnnzipError(f"{flag} is the fraction to keep, in (0, 1]; got {value}")
+
+    def limits(self) -> dict[str, float]:
+        """The size limits asked, by the probe's figure they bound."""
+        found = {"bytes": self.size_kb * KB if self.size_kb is not None else None,
+                 "macs": self.macs, "params": self.params}
+        return {k: v for k, v in found.items() if v is not None}
 
     def describe(self) -> str:
         """What is asked, in words."""
         parts = [f"at most {self.size_kb:g} KiB" if self.size_kb is not None else "",
+                 f"at most {self.macs:g} of the MACs" if self.macs is not None else "",
+                 f"at most {self.params:g} of the parameters" if self.params is not None else "",
                  f"at most {self.max_drop:g} points lost" if self.max_drop is not None else ""]
         return " and ".join(p for p in parts if p)
 
@@ -116,6 +134,10 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     knob = knob_of(recipe)
+    if knob.step == "quantize" and (budget.macs is not None or budget.params is not None):
+        raise CnnzipError(f"recipe {recipe.name!r} searches {knob.name}, which changes neither "
+                          "MACs nor parameters; a MACs or parameter budget needs a prune, "
+                          "sensitivity or channels step")
     out = Path(out_dir)
     work = out / ".budget"
     shutil.rmtree(work, ignore_errors=True)
@@ -127,28 +149,34 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
         report = compress(model_path, with_knob(recipe, knob, value), folder,
                           quiet=True, stage_bench=False,
                           **{**options, **({} if full else {"finetune_epochs": 0})})
-        row = {"value": value, "retrained": full, "bytes": report["compressed"]["container_bytes"],
+        b, c = report["baseline"], report["compressed"]
+        row = {"value": value, "retrained": full, "bytes": c["container_bytes"],
+               "macs": round(c["nonzero_macs"] / b["macs"], 4),
+               "params": round(c["nonzero_params"] / b["params"], 4),
                "val_drop": round(_val_drop(report), 3), "folder": folder}
         tried.append(row)
         if not quiet:
             print(f"budget: {knob.name}={value}{'' if full else ' (no retraining)'}: "
-                  f"{row['bytes']:,} B, validation drop {row['val_drop']:.2f} points")
+                  f"{_point(row)}")
         return {**row, "report": report}
 
-    limit = budget.size_kb * KB if budget.size_kb is not None else None
-    if limit is not None:
-        chosen = _search_size(probe, knob, limit, probes)
+    limits = budget.limits()
+
+    def fits(row: dict[str, Any]) -> bool:
+        return all(row[key] <= limit for key, limit in limits.items())
+
+    if limits:
+        chosen = _search_size(probe, knob, fits, probes)
     else:
         chosen = _search_drop(probe, knob, budget.max_drop, probes)
-    met = (limit is None or chosen["bytes"] <= limit) and \
-        (budget.max_drop is None or chosen["val_drop"] <= budget.max_drop)
+    met = fits(chosen) and (budget.max_drop is None or chosen["val_drop"] <= budget.max_drop)
     if not met:
         raise CnnzipError(
             f"no {knob.name} meets the budget ({budget.describe()}): the closest point reached is "
-            f"{chosen['bytes'] / KB:.1f} KiB at a validation drop of {chosen['val_drop']:.2f} "
-            f"points ({knob.name}={chosen['value']}); the probes are in {work}")
+            f"{_point(chosen)} ({knob.name}={chosen['value']}); the probes are in {work}")
     report = chosen["report"]
     report["budget"] = {"size_kb": budget.size_kb, "max_drop": budget.max_drop,
+                        "macs": budget.macs, "params": budget.params,
                         "knob": knob.name, "value": chosen["value"], "met": met,
                         "probes": [{k: v for k, v in row.items() if k != "folder"}
                                    for row in tried]}
@@ -158,35 +186,40 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
     return report
 
 
+def _point(row: dict[str, Any]) -> str:
+    return (f"{row['bytes'] / KB:.1f} KiB, {row['macs']:.3f} of the MACs, {row['params']:.3f} of "
+            f"the parameters, validation drop {row['val_drop']:.2f} points")
+
+
 def _positions(knob: Knob) -> list[float]:
     """Each value of an integer knob once, least compression first."""
     count = int(knob.hi - knob.lo)
     return [i / count for i in range(count + 1)]
 
 
-def _search_size(probe, knob: Knob, limit: float, probes: int) -> dict[str, Any]:
-    """The least compression whose file fits ``limit`` bytes: bisection without retraining,
+def _search_size(probe, knob: Knob, fits, probes: int) -> dict[str, Any]:
+    """The least compression whose probe ``fits`` the limits: bisection without retraining,
     then a full run, moved further while retraining leaves it over."""
     if knob.integer:
-        fits = [t for t in _positions(knob) if probe(t, False)["bytes"] <= limit]
-        if not fits:
+        fitting = [t for t in _positions(knob) if fits(probe(t, False))]
+        if not fitting:
             return probe(1.0, True)
-        t = fits[0]
+        t = fitting[0]
         step = 1 / (knob.hi - knob.lo)
     else:
         lo, hi = 0.0, 1.0
-        if probe(hi, False)["bytes"] > limit:
+        if not fits(probe(hi, False)):
             return probe(hi, True)  # the error reports it as the closest point
         for _ in range(probes):
             mid = (lo + hi) / 2
-            if probe(mid, False)["bytes"] <= limit:
+            if fits(probe(mid, False)):
                 hi = mid
             else:
                 lo = mid
         t, step = hi, max(hi - lo, 0.01)
     full = probe(t, True)
     for _ in range(3):
-        if full["bytes"] <= limit or t >= 1.0:
+        if fits(full) or t >= 1.0:
             break
         t = min(1.0, t + step)
         full = probe(t, True)

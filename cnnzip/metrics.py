@@ -23,6 +23,7 @@ class LayerStats:
     params: int
     nonzero: int
     macs: int
+    nonzero_macs: int = 0  # the MACs of its non-zero weights (what a sparse kernel computes)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "shape": list(self.shape)}
@@ -98,8 +99,10 @@ def layer_stats(model: nn.Module, in_shape: tuple[int, ...]) -> list[LayerStats]
         params = w.numel() + (bias.numel() if bias is not None else 0)
         nonzero = int(torch.count_nonzero(w)) + (int(torch.count_nonzero(bias))
                                                  if bias is not None else 0)
+        macs = layer_macs(geometry, tuple(output[:1].shape))
+        dense = max(1, w.numel())
         seen.append(LayerStats(names[module], type(module).__name__, tuple(w.shape), params,
-                               nonzero, layer_macs(geometry, tuple(output[:1].shape))))
+                               nonzero, macs, macs * int(torch.count_nonzero(w)) // dense))
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if _geometry(m) is not None]
     was_training = model.training
@@ -122,6 +125,11 @@ def count_layers(model: nn.Module) -> int:
 def count_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
     """Multiply-accumulates of one forward pass of one sample (conv and linear layers)."""
     return sum(s.macs for s in layer_stats(model, in_shape))
+
+
+def count_nonzero_macs(model: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """The MACs of the non-zero weights only: what kernels that skip pruned weights compute."""
+    return sum(s.nonzero_macs for s in layer_stats(model, in_shape))
 
 
 def summarize(model: nn.Module, in_shape: tuple[int, ...]) -> dict[str, Any]:

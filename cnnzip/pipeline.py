@@ -229,6 +229,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
                        "val_accuracy": evaluate(decoded, ctx.splits.val, ctx.splits.info),
                        "params": metrics.count_params(decoded),
                        "nonzero_params": metrics.count_nonzero(decoded), "macs": final["macs"],
+                       "nonzero_macs": metrics.count_nonzero_macs(decoded, tuple(spec.in_shape)),
                        "container_bytes": size, "decoded_vs_compressed": agreement},
         "compression_ratio": baseline["bytes_fp32"] / size,
         "accuracy_drop": 100 * (baseline["accuracy"] - final["accuracy"]),

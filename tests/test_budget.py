@@ -63,3 +63,29 @@ def test_a_drop_budget_keeps_the_smallest_model_within_it(lenet300, tmp_path, ca
     assert budget["met"] and budget["knob"] == "quantize.weight_bits"
     assert budget["value"] == 1  # any drop is within 100 points: the fewest bits
     assert [p["value"] for p in budget["probes"]] == [8, 7, 6, 5, 4, 3, 2, 1]
+
+
+def test_macs_and_params_budgets_on_a_recipe_without_channels(lenet300, tmp_path, capsys):
+    from cnnzip.cli import main
+
+    assert main(["compress", str(lenet300), "--recipe", "deep-compression", "--target-macs",
+                 "0.2", "--finetune-epochs", "0", "--quiet", "--json", "--out",
+                 str(tmp_path / "macs")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    c, b = report["compressed"], report["baseline"]
+    assert report["budget"]["met"] and report["budget"]["macs"] == 0.2
+    assert c["nonzero_macs"] <= 0.2 * b["macs"] and c["macs"] == b["macs"]
+    # the least compression that fits: every probe compressing less was over
+    less = [p for p in report["budget"]["probes"] if p["value"] < report["budget"]["value"]]
+    assert less and all(p["macs"] > 0.2 for p in less)
+    report = compress_within(lenet300, "deep-compression", tmp_path / "params",
+                             Budget(params=0.1), finetune_epochs=0, quiet=True)
+    assert report["compressed"]["nonzero_params"] <= 0.1 * report["baseline"]["params"]
+
+
+def test_a_macs_budget_on_bits_alone_is_refused(lenet300, tmp_path):
+    with pytest.raises(CnnzipError, match="changes neither MACs nor parameters"):
+        compress_within(lenet300, "int8", tmp_path / "out", Budget(macs=0.5),
+                        finetune_epochs=0, quiet=True)
+    with pytest.raises(CnnzipError, match="fraction to keep"):
+        Budget(params=1.5)

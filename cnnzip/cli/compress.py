@@ -11,6 +11,7 @@ from cnnzip.cli.common import (add_data_args, add_recipe_args, add_trust_arg, co
                                non_negative_float, positive_float, print_json)
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
+from cnnzip.recipes import load_recipe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,11 +24,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "far goes to OUT/stages/ (for --resume).")
     add_recipe_args(p)
     p.add_argument("--target-macs", type=fraction, metavar="FRACTION",
-                   help="structured pruning budget: keep at most this fraction of the MACs "
-                        "(0.5: 2× fewer); the same as --set channels.target_macs=FRACTION")
+                   help="keep at most this fraction of the MACs (0.5: 2× fewer): a recipe with "
+                        "a channels step meets it by its allocation (--set "
+                        "channels.target_macs=FRACTION); any other recipe by searching its "
+                        "main setting, counting the MACs of non-zero weights")
     p.add_argument("--target-params", type=fraction, metavar="FRACTION",
-                   help="or keep at most this fraction of the parameters "
-                        "(--set channels.target_params=FRACTION)")
+                   help="or at most this fraction of the parameters (non-zero), the same way")
     p.add_argument("--target-size-kb", type=positive_float, metavar="K",
                    help="a size budget: model.cnz at most K KiB (1,024 bytes); the recipe's "
                         "main setting (overall sparsity, channels kept, or weight bits) is "
@@ -69,14 +71,18 @@ def budget_overrides(target_macs: float | None, target_params: float | None) -> 
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = (*args.overrides, *budget_overrides(args.target_macs, args.target_params))
+    structured = "channels" in [kind for kind, _ in load_recipe(args.recipe, args.overrides).steps]
+    budget_overrides(args.target_macs, args.target_params)  # not both
+    macs, params = (None, None) if structured else (args.target_macs, args.target_params)
+    overrides = (*args.overrides, *(budget_overrides(args.target_macs, args.target_params)
+                                    if structured else ()))
     options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                    finetune_epochs=args.finetune_epochs, trust_code=args.trust_code)
-    if args.target_size_kb is not None or args.max_drop is not None:
+    if any(v is not None for v in (args.target_size_kb, args.max_drop, macs, params)):
         if args.resume:
             raise CnnzipError("--resume continues one run; a budget search starts its own")
         report = compress_within(args.file, args.recipe, args.out,
-                                 Budget(args.target_size_kb, args.max_drop),
+                                 Budget(args.target_size_kb, args.max_drop, macs, params),
                                  overrides=overrides, quiet=args.quiet or args.json, **options)
     else:
         report = compress(args.file, args.recipe, args.out, overrides=overrides,
@@ -95,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if "budget" in report:
             g = report["budget"]
-            print(f"budget ({Budget(g['size_kb'], g['max_drop']).describe()}): met with {g['knob']}={g['value']} after "
+            asked = Budget(g["size_kb"], g["max_drop"], g["macs"], g["params"]).describe()
+            print(f"budget ({asked}): met with {g['knob']}={g['value']} after "
                   f"{len(g['probes'])} probes", file=sys.stderr)
     return 0
 

@@ -17,6 +17,7 @@ from cnnzip import metrics
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
+from cnnzip.methods.policy import PolicySearch, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
@@ -30,6 +31,13 @@ class Allocation(enum.Enum):
     GLOBAL = "global"  # one ranking of layer-normalised scores across the model
     ADAPTIVE = "adaptive"  # one ranking of scores normalised by layer and by model together
     SENSITIVITY = "sensitivity"  # one ranking of each channel's measured validation cost
+    DDPG = "ddpg"  # per-group ratios from a DDPG agent (AMC)
+    DDPG_SCALE = "ddpg-scale"  # a DDPG agent's per-group deviations about one global ratio
+
+    @property
+    def searched(self) -> bool:
+        """Ratios come from a policy search (which needs a budget)."""
+        return self in (Allocation.DDPG, Allocation.DDPG_SCALE)
 
 
 def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
@@ -39,6 +47,15 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
     notes = {}
     if config.allocation is Allocation.SENSITIVITY:
         keys, notes["sensitivity"] = sensitivity_keys(model, groups, scores, config, ctx)
+    elif config.allocation.searched:
+        kind = "params" if config.target_params is not None else "macs"
+        search = PolicySearch(config.allocation.value, config.policy_episodes,
+                              config.policy_warmup, config.policy_samples,
+                              config.policy_bn_images, config.policy_deviation, ctx.seed)
+        ratios, notes["policy"] = search_ratios(model, groups, scores, search, kind,
+                                                config.target_params or config.target_macs,
+                                                config.max_ratio, ctx)
+        return ratio_keys(scores, ratios), notes
     else:
         keys = _score_keys(scores, config.allocation, config.global_weight)
     if config.cost_weight and config.allocation is not Allocation.UNIFORM:
@@ -62,6 +79,18 @@ def _score_keys(scores: dict[str, torch.Tensor], allocation: Allocation,
     g = global_weight
     return {root: local[root].clamp_min(1e-12) ** (1 - g) * (s / scale).clamp_min(1e-12) ** g
             for root, s in scores.items()}
+
+
+def ratio_keys(scores: dict[str, torch.Tensor], ratios: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Keys that take each group's ``ratios[root]`` of units (lowest-scored first) by the time
+    the global order reaches 1: the i-th lowest of n units is keyed (i + 1) / n / ratio, so
+    a budget met at a different point scales every ratio by the same factor."""
+    keys = {}
+    for root, s in scores.items():
+        n = len(s)
+        rank = torch.argsort(torch.argsort(s, stable=True)).float()
+        keys[root] = (rank + 1) / n / max(ratios[root], 1e-6)
+    return keys
 
 
 def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],

@@ -65,6 +65,16 @@ class ChannelPrune:
         sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
             time, to measure the validation accuracy it costs.
         sensitivity_samples: sensitivity: validation samples per measurement.
+        policy_episodes: ddpg, ddpg-scale: episodes of the search (each one pruned model
+            scored on ``policy_samples`` validation images, before retraining).
+        policy_warmup: of those, the first episodes that act at random to fill the agent's
+            memory.
+        policy_samples: validation images per episode.
+        policy_bn_images: before each episode's score, the pruned model's BatchNorm
+            statistics are measured again on this many training images (EagleEye's adaptive
+            BatchNorm: without it a model cut to half its MACs scores near chance, whatever
+            the ratios); 0 scores it as pruned.
+        policy_deviation: ddpg-scale: how far a group's ratio may move from the global one.
         batches: training batches for data-driven criteria (taylor, apoz).
         slimming: before scoring, train ``slimming_epochs`` with this L1 penalty on BatchNorm
             scales (network slimming; pairs with criterion bn).
@@ -91,6 +101,11 @@ class ChannelPrune:
     cost_weight: float = 0.0
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sensitivity_samples: int = 2000
+    policy_episodes: int = 300
+    policy_warmup: int = 100
+    policy_samples: int = 1000
+    policy_bn_images: int = 512
+    policy_deviation: float = 0.3
     batches: int = 8
     slimming: float = 0.0
     slimming_epochs: int = 0
@@ -115,6 +130,15 @@ class ChannelPrune:
         if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
             raise CnnzipError("channels: sensitivity_ratios must be fractions in (0, 1); got "
                               f"{list(self.sensitivity_ratios)}")
+        if self.allocation.searched and self.target_macs is None and self.target_params is None:
+            raise CnnzipError(f"channels: allocation {self.allocation.value} searches ratios for a "
+                              "budget; give target_macs or target_params")
+        if not 0 <= self.policy_warmup < self.policy_episodes:
+            raise CnnzipError(f"channels: policy_warmup ({self.policy_warmup}) must be fewer "
+                              f"than policy_episodes ({self.policy_episodes})")
+        if self.policy_samples < 1 or not 0 < self.policy_deviation <= 1:
+            raise CnnzipError("channels: policy_samples must be positive and policy_deviation "
+                              f"in (0, 1]; got {self.policy_samples}, {self.policy_deviation}")
         if self.slimming_epochs and self.slimming <= 0:
             raise CnnzipError("channels: slimming_epochs needs a positive slimming weight")
         for name, ratio in self.layers.items():
@@ -263,7 +287,8 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
     if quantized:
         unsupported = [what for what, on in (
             ("soft pruning", config.soft), ("slimming", config.slimming_epochs),
-            ("the sensitivity allocation", config.allocation is Allocation.SENSITIVITY)) if on]
+            ("the sensitivity allocation", config.allocation is Allocation.SENSITIVITY),
+            (f"the {config.allocation.value} search", config.allocation.searched)) if on]
         if unsupported:
             raise CnnzipError(f"channels: {', '.join(unsupported)} cannot run on a quantized "
                               "model; prune before quantizing, or use another allocation")

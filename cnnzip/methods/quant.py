@@ -8,6 +8,7 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import foldable_pairs, symbolic
 from cnnzip.methods.base import Context, finetune, register
+from cnnzip.methods.policy import PolicySearch, run_search, static_features
 from cnnzip.methods.calibration import (calibrate_feature_maps, calibration_images,
                                         float_feature_maps)
 from cnnzip.modules import CodebookLayer, weight_layers
@@ -24,6 +26,9 @@ from cnnzip.ops.quant import Observer, sqnr_db
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import (fold_batchnorm, materialize, quantize_layer, quantized_edit,
                             set_module)
+
+
+POLICIES = ("greedy", "ddpg", "ddpg-scale")
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,16 @@ class Quantize:
             accuracy of the whole quantized model stays within this fraction of the float
             model's (each step measured).
         candidate_bits: the weight bit widths mixed precision may choose.
+        policy: how mixed precision chooses under ``budget_bits``: ``greedy`` lowers the
+            layer that loses least per bit saved (from per-layer sensitivities), ``ddpg`` is a
+            DDPG agent setting each layer's bits in turn (HAQ/AMC: state = the layer's
+            description, bits capped so the budget stays reachable, reward = validation
+            accuracy of the quantized model), ``ddpg-scale`` the agent's per-layer deviations
+            about one global bit width solved to meet the budget.
+        policy_episodes: ddpg, ddpg-scale: episodes of the search (each scored on
+            ``samples`` validation images).
+        policy_warmup: of those, the first that act at random.
+        policy_deviation: ddpg-scale: how many bits a layer may move from the global width.
         samples: validation images per sensitivity measurement.
         epochs: quantization-aware training epochs with distillation (0: post-training only).
         weights_first: with epochs and quantized feature maps, train the first half of the
@@ -78,6 +93,10 @@ class Quantize:
     budget_bits: float | None = None
     max_drop: float | None = None
     candidate_bits: list[int] = field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
+    policy: str = "greedy"
+    policy_episodes: int = 300
+    policy_warmup: int = 100
+    policy_deviation: float = 2.0
     samples: int = 2000
     epochs: int = 0
     weights_first: bool = False
@@ -97,6 +116,15 @@ class Quantize:
         if self.budget_bits is not None and not 2 <= self.budget_bits <= 8:
             raise CnnzipError(f"quantize: budget_bits is an average weight bit width in 2..8, "
                               f"got {self.budget_bits}")
+        if self.policy not in POLICIES:
+            raise CnnzipError(f"quantize: policy must be one of {', '.join(POLICIES)}, got "
+                              f"{self.policy!r}")
+        if self.policy != "greedy" and self.budget_bits is None:
+            raise CnnzipError(f"quantize: policy {self.policy} searches bits for a budget; give "
+                              "budget_bits")
+        if not 0 <= self.policy_warmup < self.policy_episodes:
+            raise CnnzipError(f"quantize: policy_warmup ({self.policy_warmup}) must be fewer "
+                              f"than policy_episodes ({self.policy_episodes})")
         if not self.fold and not self.per_channel:
             raise CnnzipError("quantize: fold: false needs per_channel: true (a BatchNorm "
                               "folded later scales each channel's weights differently)")
@@ -184,6 +212,45 @@ def _mixed_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Qu
     return {"sensitivity": table, "steps": history, "average_bits": _average_bits(layers)}
 
 
+def _searched_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Quantize,
+                        ctx: Context) -> dict[str, Any]:
+    """Each layer's weight bits from a DDPG search (:mod:`cnnzip.methods.policy`) whose
+    decisions are the bits saved below ``weight_bits``, rounded to the nearest candidate,
+    within ``budget_bits`` on average over all weights."""
+    names = list(layers)
+    allowed = np.array(sorted({b for b in config.candidate_bits if b <= config.weight_bits}
+                              | {config.weight_bits}), float)
+    top = allowed.max()
+    sizes = np.array([layers[n].latent.numel() for n in names], float)
+
+    def bits_of(saved: np.ndarray) -> np.ndarray:
+        wanted = top - saved
+        # the nearest allowed width, the smaller on a tie
+        return allowed[np.abs(wanted[:, None] - allowed[None, :] - 1e-9).argmin(1)]
+
+    def average(saved: np.ndarray) -> float:
+        return float(sizes @ bits_of(saved) / sizes.sum())
+
+    if average(np.full(len(names), top - allowed.min())) > config.budget_bits:
+        raise CnnzipError(f"quantize: budget_bits={config.budget_bits} is below the fewest "
+                          f"candidate bits ({allowed.min():g})")
+
+    scales: dict[str, dict[int, torch.Tensor]] = {name: {} for name in names}
+
+    def reward(saved: np.ndarray) -> float:
+        for name, bits in zip(names, bits_of(saved)):
+            layers[name].set_weight_bits(int(bits), config.weight_observer, scales[name])
+        return ctx.val_accuracy(model, config.samples)
+
+    search = PolicySearch(config.policy, config.policy_episodes, config.policy_warmup,
+                          config.samples, 0, config.policy_deviation, ctx.seed)
+    static = static_features(model, names, tuple(ctx.splits.info.in_shape), sizes)
+    saved, notes = run_search(search, "quantize", static, sizes, top - allowed.min(), average,
+                              config.budget_bits, reward, ctx.quiet)
+    reward(saved)
+    return {**notes, "average_bits": _average_bits(layers)}
+
+
 def _average_bits(layers: dict[str, QuantLayer]) -> float:
     """Weight bits averaged over all the layers' weights."""
     total = sum(layer.latent.numel() for layer in layers.values())
@@ -225,7 +292,8 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     if config.budget_bits is not None or config.max_drop is not None:
         base = ctx.val_accuracy(ctx.teacher, config.samples) if ctx.teacher is not None \
             else ctx.val_accuracy(model, config.samples)
-        notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base)
+        notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base) \
+            if config.policy == "greedy" else _searched_precision(model, wrapped, config, ctx)
     ctx.edits += [quantized_edit(name, layer) for name, layer in wrapped.items()]
     sqnr = {name: round(sqnr_db(layer.latent, layer.weight.detach()), 2)
             for name, layer in wrapped.items()}

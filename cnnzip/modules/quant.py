@@ -64,10 +64,18 @@ class QuantLayer(nn.Module):
         with torch.no_grad():
             self.w_scale.copy_(scale)
 
-    def set_weight_bits(self, bits: int, observer: str) -> None:
-        """Move the weights to a ``bits``-bit grid, its scale from ``observer``."""
+    def set_weight_bits(self, bits: int, observer: str,
+                        scales: dict[int, torch.Tensor] | None = None) -> None:
+        """Move the weights to a ``bits``-bit grid, its scale from ``observer`` (or from
+        ``scales[bits]``, which keeps the scales found, for searches that revisit widths)."""
         self.w_grid, self.weight_bits = Grid.weights(bits), bits
+        if scales is not None and bits in scales:
+            with torch.no_grad():
+                self.w_scale.copy_(scales[bits])
+            return
         self.calibrate_weight(observer)
+        if scales is not None:
+            scales[bits] = self.w_scale.detach().clone()
 
     def keep_scales_positive(self) -> None:
         """Clamp the learned scales to at least ``MIN_SCALE`` (LSQ steps are unconstrained; a

@@ -63,7 +63,7 @@ def test_l1_ranks_the_weakest_filter_lowest():
 
 
 @pytest.mark.parametrize("name,target,allocation", [
-    *[("resnet20", 0.5, a) for a in Allocation],
+    *[("resnet20", 0.5, a) for a in Allocation if not a.searched],  # searched: test_policy
     ("mobilenetv2", 0.25, Allocation.GLOBAL), ("vgg16", 0.5, Allocation.ADAPTIVE)])
 def test_budget_is_met_and_the_pruned_model_reloads(tmp_path, name, target, allocation):
     spec = resolve_spec(name, IN, 10, width=0.25)
