@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from cnnzip import distributed, metrics
-from cnnzip.budget import Budget, compress_within
+from cnnzip import budget as _budget
+from cnnzip.budget import Budget
 from cnnzip.search import SearchConfig, run_search
 from cnnzip.codec import load_checkpoint, save_checkpoint
 from cnnzip.codec.checkpoint import assert_finite
@@ -25,7 +26,7 @@ from cnnzip.pipeline import compress
 from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
-__all__ = ["Budget", "SearchConfig", "bench_files", "bench_models", "compress",
+__all__ = ["Budget", "SearchConfig", "bench_files", "bench_models", "c_latency_us", "compress",
            "compress_within", "evaluate_file", "export_file", "fpga_resources", "inspect_file",
            "inspect_model", "inspect_name", "load_model", "run_search", "runtime_name",
            "train_baseline"]
@@ -280,6 +281,50 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     if target == "host":
         out["onnxruntime_batch1"] = onnxruntime_batch1(base, comp, in_shape)
     return out
+
+
+def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | None = None,
+                 samples: int = 200, dataset: str | None = None,
+                 data_dir: str | Path | None = None, trust_code: bool = False) -> float:
+    """Time per image of ``path`` as cnnzip's C (integer, the balanced kernels; float feature
+    maps quantized to 8 bits first) on the first ``samples`` test images: µs measured on the
+    host, or on the emulated Cortex-M4 its executed instructions at ``clock_mhz`` (one per
+    cycle: memory wait states aside)."""
+    import tempfile
+
+    from cnnzip.data import batches
+    from cnnzip.export.cbench import Entry, bench
+    from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK
+
+    if target == "cortex-m4" and not clock_mhz:
+        raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
+    model, spec, info = load_model(path, trust_code=trust_code)
+    int_model, _ = _integer_model(path, model, spec, info, dataset, data_dir, True, "time as C")
+    _, splits = _test_data(path, spec, info, dataset, data_dir)
+    images = torch.cat([x for x, _ in batches(splits.test, splits.info, samples)])[:samples]
+    classes = int(int_model(np.zeros((1, *spec.in_shape), np.float32)).shape[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        (entry,) = bench([Entry("model", int_model)], tuple(spec.in_shape), classes, images,
+                         Path(tmp), target)
+    if target == "host":
+        return entry.result["us_per_image"]
+    return entry.result["ticks_per_image"] * INSTRUCTIONS_PER_TICK / clock_mhz
+
+
+def compress_within(model_path: str | Path, recipe: Any, out_dir: str | Path, budget: Budget, *,
+                    latency_target: str = "host", clock_mhz: float | None = None,
+                    **options: Any) -> dict[str, Any]:
+    """:func:`cnnzip.budget.compress_within`; a latency budget measured by
+    :func:`c_latency_us` on ``latency_target`` (``host`` or ``cortex-m4`` at ``clock_mhz``)."""
+    if budget.latency_us is not None and latency_target == "cortex-m4" and not clock_mhz:
+        raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
+
+    def latency(path: Path) -> float:
+        return c_latency_us(path, target=latency_target, clock_mhz=clock_mhz,
+                            dataset=options.get("dataset"), data_dir=options.get("data_dir"),
+                            trust_code=options.get("trust_code", False))
+    return _budget.compress_within(model_path, recipe, out_dir, budget, latency=latency,
+                                   **options)
 
 
 def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],

@@ -69,6 +69,7 @@ class Budget:
     max_drop: float | None = None
     macs: float | None = None
     params: float | None = None
+    latency_us: float | None = None
 
     def __post_init__(self):
         if self.size_kb is None and self.max_drop is None and not self.limits():
@@ -81,11 +82,13 @@ class Budget:
         for flag, value in (("--target-macs", self.macs), ("--target-params", self.params)):
             if value is not None and not 0 < value <= 1:
                 raise CnnzipError(f"{flag} is the fraction to keep, in (0, 1]; got {value}")
+        if self.latency_us is not None and not self.latency_us > 0:
+            raise CnnzipError(f"--target-latency-us must be positive, got {self.latency_us}")
 
     def limits(self) -> dict[str, float]:
         """The size limits asked, by the probe's figure they bound."""
         found = {"bytes": self.size_kb * KB if self.size_kb is not None else None,
-                 "macs": self.macs, "params": self.params}
+                 "macs": self.macs, "params": self.params, "latency_us": self.latency_us}
         return {k: v for k, v in found.items() if v is not None}
 
     def describe(self) -> str:
@@ -93,6 +96,8 @@ class Budget:
         parts = [f"at most {self.size_kb:g} KiB" if self.size_kb is not None else "",
                  f"at most {self.macs:g} of the MACs" if self.macs is not None else "",
                  f"at most {self.params:g} of the parameters" if self.params is not None else "",
+                 f"at most {self.latency_us:g} µs per image" if self.latency_us is not None
+                 else "",
                  f"at most {self.max_drop:g} points lost" if self.max_drop is not None else ""]
         return " and ".join(p for p in parts if p)
 
@@ -122,15 +127,20 @@ def _val_drop(report: dict[str, Any]) -> float:
 
 def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
                     budget: Budget, *, overrides: tuple[str, ...] = (), probes: int = 6,
-                    quiet: bool = False, **options: Any) -> dict[str, Any]:
+                    quiet: bool = False, latency=None, **options: Any) -> dict[str, Any]:
     """:func:`cnnzip.pipeline.compress` with the recipe's knob chosen to meet ``budget``
-    (``probes``: bisection steps); ``options`` as ``compress`` takes them. The report gains
-    ``budget``: what was asked, the knob, the value chosen, whether it is met, every probe.
+    (``probes``: bisection steps); ``options`` as ``compress`` takes them. ``latency``: for a
+    latency budget, the function that measures a written ``model.cnz`` (µs per image; see
+    :func:`cnnzip.api.compress_within`). The report gains ``budget``: what was asked, the
+    knob, the value chosen, whether it is met, every probe.
 
     Raises:
         CnnzipError: a recipe without a knob, or a budget no setting meets (with the closest
             point reached).
     """
+    if budget.latency_us is not None and latency is None:
+        raise CnnzipError("a latency budget needs a way to measure the model "
+                          "(cnnzip.api.compress_within gives one)")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     knob = knob_of(recipe)
@@ -154,6 +164,8 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
                "macs": round(c["nonzero_macs"] / b["macs"], 4),
                "params": round(c["nonzero_params"] / b["params"], 4),
                "val_drop": round(_val_drop(report), 3), "folder": folder}
+        if budget.latency_us is not None:
+            row["latency_us"] = round(latency(folder / "model.cnz"), 3)
         tried.append(row)
         if not quiet:
             print(f"budget: {knob.name}={value}{'' if full else ' (no retraining)'}: "
@@ -177,6 +189,7 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
     report = chosen["report"]
     report["budget"] = {"size_kb": budget.size_kb, "max_drop": budget.max_drop,
                         "macs": budget.macs, "params": budget.params,
+                        "latency_us": budget.latency_us,
                         "knob": knob.name, "value": chosen["value"], "met": met,
                         "probes": [{k: v for k, v in row.items() if k != "folder"}
                                    for row in tried]}
@@ -187,8 +200,9 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
 
 
 def _point(row: dict[str, Any]) -> str:
+    latency = f", {row['latency_us']:,.1f} µs per image" if "latency_us" in row else ""
     return (f"{row['bytes'] / KB:.1f} KiB, {row['macs']:.3f} of the MACs, {row['params']:.3f} of "
-            f"the parameters, validation drop {row['val_drop']:.2f} points")
+            f"the parameters{latency}, validation drop {row['val_drop']:.2f} points")
 
 
 def _positions(knob: Knob) -> list[float]:

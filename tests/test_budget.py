@@ -89,3 +89,30 @@ def test_a_macs_budget_on_bits_alone_is_refused(lenet300, tmp_path):
                         finetune_epochs=0, quiet=True)
     with pytest.raises(CnnzipError, match="fraction to keep"):
         Budget(params=1.5)
+
+
+def test_a_latency_budget_keeps_the_least_compression_measured_within_it(lenet300, tmp_path):
+    def latency(path):  # a stand-in clock for the plumbing: a kilobyte of file per µs
+        return path.stat().st_size / 1000
+
+    report = compress_within(lenet300, "deep-compression", tmp_path / "out",
+                             Budget(latency_us=20), latency=latency, finetune_epochs=0,
+                             quiet=True)
+    budget = report["budget"]
+    assert budget["met"] and budget["latency_us"] == 20
+    assert report["compressed"]["container_bytes"] / 1000 <= 20
+    less = [p for p in budget["probes"] if p["value"] < budget["value"]]
+    assert less and all(p["latency_us"] > 20 for p in less)
+    with pytest.raises(CnnzipError, match="needs a way to measure"):
+        compress_within(lenet300, "deep-compression", tmp_path / "x", Budget(latency_us=20))
+
+
+def test_c_latency_is_measured_from_the_compiled_model(tmp_path):
+    from cnnzip.api import c_latency_us
+    from cnnzip.errors import ArgumentError
+    from tests.helpers import int8_lenet5
+
+    _, folder = int8_lenet5(tmp_path)
+    assert 0 < c_latency_us(folder / "model.cnz", samples=8) < 1e5
+    with pytest.raises(ArgumentError, match="--clock-mhz"):
+        c_latency_us(folder / "model.cnz", target="cortex-m4")

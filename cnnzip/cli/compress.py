@@ -6,7 +6,8 @@ import argparse
 import sys
 
 from cnnzip import distributed
-from cnnzip.budget import Budget, compress_within
+from cnnzip.api import compress_within
+from cnnzip.budget import Budget
 from cnnzip.cli.common import (add_data_args, add_recipe_args, add_trust_arg, count, fraction,
                                non_negative_float, positive_float, print_json)
 from cnnzip.errors import CnnzipError
@@ -35,6 +36,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "main setting (overall sparsity, channels kept, or weight bits) is "
                         "searched, probing without retraining, and the least compression that "
                         "fits is kept")
+    p.add_argument("--target-latency-us", type=positive_float, metavar="T",
+                   help="a latency budget: cnnzip's C of the model (integer, feature maps "
+                        "8-bit) at most T µs per image, measured on --latency-target for each "
+                        "probe of the recipe's main setting")
+    p.add_argument("--latency-target", choices=("host", "cortex-m4"), default="host",
+                   help="where --target-latency-us is measured: this machine (gcc, timed), "
+                        "or the emulated Cortex-M4 (instructions executed at --clock-mhz)")
+    p.add_argument("--clock-mhz", type=positive_float, metavar="MHZ",
+                   help="the Cortex-M4's clock, for --latency-target cortex-m4")
     p.add_argument("--max-drop", type=non_negative_float, metavar="POINTS",
                    help="an accuracy budget: at most POINTS of validation accuracy lost; "
                         "alone, the smallest model within it (every probe retrained); with "
@@ -78,12 +88,14 @@ def run(args: argparse.Namespace) -> int:
                                     if structured else ()))
     options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                    finetune_epochs=args.finetune_epochs, trust_code=args.trust_code)
-    if any(v is not None for v in (args.target_size_kb, args.max_drop, macs, params)):
+    asked = (args.target_size_kb, args.max_drop, macs, params, args.target_latency_us)
+    if any(v is not None for v in asked):
         if args.resume:
             raise CnnzipError("--resume continues one run; a budget search starts its own")
-        report = compress_within(args.file, args.recipe, args.out,
-                                 Budget(args.target_size_kb, args.max_drop, macs, params),
-                                 overrides=overrides, quiet=args.quiet or args.json, **options)
+        report = compress_within(args.file, args.recipe, args.out, Budget(*asked),
+                                 overrides=overrides, quiet=args.quiet or args.json,
+                                 latency_target=args.latency_target, clock_mhz=args.clock_mhz,
+                                 **options)
     else:
         report = compress(args.file, args.recipe, args.out, overrides=overrides,
                           quiet=args.quiet, stage_bench=args.stage_bench, resume=args.resume,
@@ -101,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if "budget" in report:
             g = report["budget"]
-            asked = Budget(g["size_kb"], g["max_drop"], g["macs"], g["params"]).describe()
+            asked = Budget(g["size_kb"], g["max_drop"], g["macs"], g["params"],
+                           g["latency_us"]).describe()
             print(f"budget ({asked}): met with {g['knob']}={g['value']} after "
                   f"{len(g['probes'])} probes", file=sys.stderr)
     return 0
