@@ -62,6 +62,9 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--samples", type=int, default=1000,
                         help="validation images per episode")
+    parser.add_argument("--finetune-images", type=int, default=0,
+                        help="searched allocations: a short fine-tune on this many training "
+                             "images before each episode's score")
     parser.add_argument("--out", default="runs/bench-policy")
     args = parser.parse_args()
     if args.methods is None:
@@ -97,9 +100,11 @@ def main() -> int:
                            {r: g["ratio"] for r, g in step["groups"].items()},
                            "average_bits": step.get("average_bits"),
                            "seconds": time.perf_counter() - start}
+                    if policy.get("finetune_images"):
+                        row["method"] = f"{method}+ft{policy['finetune_images']}"
                     rows.append(row)
                     budget = f"{speedup:g} bits" if args.bits else f"{speedup:g}×"
-                    print(f"{name:9s} {budget} {method:12s} seed {seed} acc {base_acc:.4f} → "
+                    print(f"{name:9s} {budget} {row['method']:12s} seed {seed} acc {base_acc:.4f} → "
                           f"{acc:.4f} (−{row['drop_points']:.2f}) MACs ÷{row['macs_ratio']:.2f}"
                           f" ({row['seconds']:.0f} s)", flush=True)
                     (out / "results.json").write_text(json.dumps(
@@ -125,7 +130,8 @@ def _config(args: argparse.Namespace, method: str, budget: float) -> ChannelPrun
         return ChannelPrune(criterion=Criterion.L2, allocation=Allocation(method),
                             target_macs=1 / budget, epochs=args.epochs, lr=args.lr,
                             policy_episodes=args.episodes, policy_warmup=args.warmup,
-                            policy_samples=args.samples)
+                            policy_samples=args.samples,
+                            policy_finetune_images=args.finetune_images)
     if method == "uniform":
         return Quantize(weight_bits=int(budget), act_bits=8, samples=args.samples,
                         epochs=args.epochs, weights_first=True)

@@ -51,7 +51,8 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
         kind = "params" if config.target_params is not None else "macs"
         search = PolicySearch(config.allocation.value, config.policy_episodes,
                               config.policy_warmup, config.policy_samples,
-                              config.policy_bn_images, config.policy_deviation, ctx.seed)
+                              config.policy_bn_images, config.policy_deviation, ctx.seed,
+                              config.policy_finetune_images, config.lr)
         ratios, notes["policy"] = search_ratios(model, groups, scores, search, kind,
                                                 config.target_params or config.target_macs,
                                                 config.max_ratio, ctx)

@@ -74,6 +74,9 @@ class ChannelPrune:
             statistics are measured again on this many training images (EagleEye's adaptive
             BatchNorm: without it a model cut to half its MACs scores near chance, whatever
             the ratios); 0 scores it as pruned.
+        policy_finetune_images: before each episode's score, a short fine-tune with
+            distillation (SGD at ``lr``, batches of 128) on this many training images, the
+            pruned channels held at zero (0: none; the score is then the pruned model's).
         policy_deviation: ddpg-scale: how far a group's ratio may move from the global one.
         batches: training batches for data-driven criteria (taylor, apoz).
         slimming: before scoring, train ``slimming_epochs`` with this L1 penalty on BatchNorm
@@ -105,6 +108,7 @@ class ChannelPrune:
     policy_warmup: int = 100
     policy_samples: int = 1000
     policy_bn_images: int = 512
+    policy_finetune_images: int = 0
     policy_deviation: float = 0.3
     batches: int = 8
     slimming: float = 0.0

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cnnzip import metrics
@@ -35,13 +36,16 @@ from cnnzip.methods.calibration import calibration_images
 from cnnzip.ops.ddpg import DDPG
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import silence_channels
+from cnnzip.train import TrainConfig, distillation_loss
 
 
 @dataclass(frozen=True)
 class PolicySearch:
     """One search: ``variant`` ddpg or ddpg-scale, ``episodes`` in all of which the first
     ``warmup`` act at random, each rewarded on ``samples`` validation images after the
-    BatchNorms' statistics are measured again on ``bn_images`` training images (0: not)."""
+    BatchNorms' statistics are measured again on ``bn_images`` training images (0: not) and
+    after a short fine-tune with distillation on ``finetune_images`` training images at
+    ``lr`` (0: none)."""
 
     variant: str
     episodes: int
@@ -50,6 +54,8 @@ class PolicySearch:
     bn_images: int
     deviation: float
     seed: int
+    finetune_images: int = 0
+    lr: float = 0.01
 
 
 def _width(module: nn.Module, out: bool) -> int:
@@ -133,6 +139,36 @@ def recalibrate_batchnorm(model: nn.Module, images: ImageSet, info) -> None:
         model.train(was_training)
         for m, momentum in zip(norms, momenta):
             m.momentum = momentum
+
+
+def _short_finetune(model: nn.Module, ctx: Context, search: PolicySearch):
+    """A function that trains ``model`` briefly (SGD with momentum at ``search.lr``, batches of
+    128 of ``search.finetune_images`` fixed training images, distilled from the teacher's
+    logits, computed once), calling ``keep()`` after every step to hold the pruned channels at
+    zero; None when the search has no fine-tune."""
+    if not search.finetune_images:
+        return None
+    images = calibration_images(ctx, search.finetune_images)
+    data = list(batches(images, ctx.splits.info, 128))
+    teacher, defaults = ctx.teacher, TrainConfig()
+    if teacher is not None:
+        with torch.no_grad():
+            targets = [teacher.eval()(x) for x, _ in data]
+
+    def tune(keep) -> None:
+        optimizer = torch.optim.SGD(model.parameters(), lr=search.lr, momentum=0.9)
+        model.train()
+        for i, (x, y) in enumerate(data):
+            out = model(x)
+            loss = F.cross_entropy(out, y) if teacher is None else distillation_loss(
+                out, targets[i], y, temperature=defaults.temperature, alpha=defaults.alpha)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            with torch.no_grad():
+                keep()
+        model.eval()
+    return tune
 
 
 def _solve(cost, budget: float, lo: float, hi: float) -> float:
@@ -268,14 +304,21 @@ def search_ratios(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     bn_images = calibration_images(ctx, search.bn_images) if search.bn_images else None
 
+    tune = _short_finetune(model, ctx, search)
+
     def reward(ratios: np.ndarray) -> float:
+        silenced = []
         for group, order, r in zip(groups, orders, ratios):
             n = len(order)
             k = min(n - 1, int(round(r * n)))
             if k:
-                silence_channels(group, group.channels_of(order[:k]))
+                silenced.append((group, group.channels_of(order[:k])))
+        for group, idxs in silenced:
+            silence_channels(group, idxs)
         if search.bn_images:
             recalibrate_batchnorm(model, bn_images, ctx.splits.info)
+        if tune is not None:
+            tune(lambda: [silence_channels(g, idxs) for g, idxs in silenced])
         accuracy = ctx.val_accuracy(model, search.samples)
         model.load_state_dict(saved)
         return accuracy
@@ -284,7 +327,8 @@ def search_ratios(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
     ratios, notes = run_search(search, "channels", static, costs.share, max_ratio,
                                costs.cost, budget, reward, ctx.quiet)
     chosen = {g.root: float(r) for g, r in zip(groups, ratios)}
-    notes.update(bn_images=search.bn_images, unpruned_val_accuracy=unpruned,
+    notes.update(bn_images=search.bn_images, finetune_images=search.finetune_images,
+                 unpruned_val_accuracy=unpruned,
                  modelled_fraction=costs.cost(ratios) / costs.total,
                  ratios={root: round(r, 4) for root, r in chosen.items()})
     return chosen, notes

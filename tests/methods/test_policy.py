@@ -157,3 +157,19 @@ def test_quantize_policy_is_checked():
         Quantize(budget_bits=4.0, policy="ppo")
     with pytest.raises(CnnzipError, match="give budget_bits"):
         Quantize(policy="ddpg")
+
+
+def test_a_search_with_short_finetunes_leaves_the_model_as_it_was():
+    from cnnzip.methods.policy import PolicySearch, search_ratios
+
+    model, groups = _resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    teacher = build_model(resolve_spec("resnet20", IN, 10, width=0.25)).eval()
+    teacher.load_state_dict(before)
+    ctx = Context(synthetic_splits(), teacher=teacher, finetune_epochs=0, quiet=True)
+    scores = {g.root: torch.rand(len(g.units)) for g in groups}
+    search = PolicySearch("ddpg", 3, 1, 64, 64, 0.3, 0, finetune_images=256)
+    ratios, notes = search_ratios(model, groups, scores, search, "macs", 0.5, 0.9, ctx)
+    assert notes["finetune_images"] == 256 and len(notes["rewards"]) == 3
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert set(ratios) == {g.root for g in groups}
