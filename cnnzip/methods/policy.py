@@ -189,11 +189,14 @@ class Episode:
     in [0, ``hi``], ``cost(x)`` non-increasing in each, within ``budget`` at the end."""
 
     def __init__(self, variant: str, deviation: float, hi: float, cost, budget: float,
-                 static: np.ndarray, share: np.ndarray) -> None:
+                 static: np.ndarray, share: np.ndarray, uniform: float | None = None) -> None:
         self.variant, self.deviation, self.hi = variant, deviation, hi
         self.cost, self.budget, self.static, self.share = cost, budget, static, share
         n = len(static)
-        self.uniform = _solve(lambda v: cost(np.full(n, v)), budget, 0.0, hi)
+        self.full = cost(np.zeros(n))
+        # the one value for every step that meets the budget (the same for every episode)
+        self.uniform = uniform if uniform is not None else \
+            _solve(lambda v: cost(np.full(n, v)), budget, 0.0, hi)
         self.x = np.zeros(n)
         self.actions = np.zeros(n)
 
@@ -205,8 +208,7 @@ class Episode:
             return np.concatenate([np.zeros(self.static.shape[1]), [0.0, 0.0, self.actions[-1]]])
         so_far = self.x.copy()
         so_far[t:] = 0.0
-        full = self.cost(np.zeros(n))
-        cut = (full - self.cost(so_far)) / full
+        cut = (self.full - self.cost(so_far)) / self.full
         rest = self.share[t + 1:].sum() / max(self.share.sum(), 1e-12)
         previous = self.actions[t - 1] if t else 0.0
         return np.concatenate([self.static[t], [cut, rest, previous]])
@@ -254,10 +256,12 @@ def run_search(search: PolicySearch, label: str, static: np.ndarray, share: np.n
     the best decisions found and notes for the report."""
     agent = DDPG(static.shape[1] + 3, len(static), search.seed)
     best, best_x, best_episode, rewards = -1.0, None, -1, []
+    uniform = Episode(search.variant, search.deviation, hi, cost, budget, static, share).uniform
     with progress_bar(disable=quiet) as bar:
         task = bar.add_task(f"{label}: {search.variant}", total=search.episodes, status="")
         for episode in range(search.episodes):
-            env = Episode(search.variant, search.deviation, hi, cost, budget, static, share)
+            env = Episode(search.variant, search.deviation, hi, cost, budget, static, share,
+                          uniform)
             transitions = []
             for t in range(len(static)):
                 state = env.state(t)
@@ -279,8 +283,7 @@ def run_search(search: PolicySearch, label: str, static: np.ndarray, share: np.n
              "samples": search.samples, "best_val_accuracy": best, "best_episode": best_episode,
              "rewards": rewards}
     if search.variant == "ddpg-scale":
-        notes["global_value"] = Episode(search.variant, search.deviation, hi, cost, budget,
-                                        static, share).uniform
+        notes["global_value"] = uniform
     return best_x, notes
 
 
