@@ -82,10 +82,9 @@ def budget_overrides(target_macs: float | None, target_params: float | None) -> 
 
 def run(args: argparse.Namespace) -> int:
     structured = "channels" in [kind for kind, _ in load_recipe(args.recipe, args.overrides).steps]
-    budget_overrides(args.target_macs, args.target_params)  # not both
+    flags = budget_overrides(args.target_macs, args.target_params)  # refuses both
     macs, params = (None, None) if structured else (args.target_macs, args.target_params)
-    overrides = (*args.overrides, *(budget_overrides(args.target_macs, args.target_params)
-                                    if structured else ()))
+    overrides = (*args.overrides, *(flags if structured else ()))
     options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
                    finetune_epochs=args.finetune_epochs, trust_code=args.trust_code)
     asked = (args.target_size_kb, args.max_drop, macs, params, args.target_latency_us)
