@@ -3,7 +3,7 @@ they share (the context, the registry, fine-tuning), ``allocation`` and ``calibr
 that more than one method uses. A method never imports another method."""
 
 from cnnzip.methods.base import STEPS, Context, Step, apply, step_of
-from cnnzip.methods import prune, channel, merge, share, quant  # they register, in this order
+from cnnzip.methods import prune, channel, lowrank, merge, share, quant  # they register, in order
 
-__all__ = ["Context", "STEPS", "Step", "apply", "channel", "merge", "prune", "quant", "share",
-           "step_of"]
+__all__ = ["Context", "STEPS", "Step", "apply", "channel", "lowrank", "merge", "prune", "quant",
+           "share", "step_of"]

@@ -14,6 +14,7 @@ from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply_masks, finetune, register
 from cnnzip.metrics import layer_stats
 from cnnzip.modules import weight_layers
+from cnnzip.ops.allocate import allocate_for_target, choose_sparsities
 from cnnzip.ops.prune import agp_sparsity, magnitude_mask, threshold_mask
 from cnnzip.progress import progress_bar
 from cnnzip.train import TrainConfig
@@ -110,58 +111,6 @@ def scan(model: nn.Module, config: SensitivityScan, ctx: Context) -> nn.Module:
                                 "table": table,
                                 "chosen": chosen}
     return model
-
-
-def choose_sparsities(table: dict[str, list[tuple[float, float]]], base: float,
-                      tolerance: float, max_sparsity: float) -> dict[str, float]:
-    """Each layer's largest scanned sparsity whose accuracy drop stays within ``tolerance``."""
-    return {name: max([s for s, acc in points if base - acc <= tolerance and s <= max_sparsity],
-                      default=0.0)
-            for name, points in table.items()}
-
-
-def allocate_for_target(table: dict[str, list[tuple[float, float]]], base: float,
-                        sizes: dict[str, int], target: float,
-                        max_sparsity: float) -> dict[str, float]:
-    """Per-layer sparsities that prune ``target`` of all weights at the least scanned cost.
-
-    Greedy on marginal cost: every move raises one layer to its next scanned sparsity, and the
-    move taken is the one that loses the least validation accuracy per weight removed. Drops
-    are made monotone in sparsity first (the scan is noisy), so a move never looks free because
-    of noise.
-    """
-    total = sum(sizes.values())
-    drops: dict[str, list[tuple[float, float]]] = {}
-    for name, points in table.items():
-        worst, mono = 0.0, [(0.0, 0.0)]
-        for s, acc in sorted(points):
-            if s <= max_sparsity:
-                worst = max(worst, base - acc)
-                mono.append((s, worst))
-        drops[name] = mono
-    level = {name: 0 for name in table}
-    pruned = 0.0
-    while pruned < target * total - 1e-9:
-        best, best_cost = None, float("inf")
-        for name, curve in drops.items():
-            i = level[name]
-            if i + 1 >= len(curve):
-                continue
-            (s0, d0), (s1, d1) = curve[i], curve[i + 1]
-            cost = (d1 - d0) / ((s1 - s0) * sizes[name])
-            if cost < best_cost:
-                best, best_cost = name, cost
-        if best is None:
-            break  # every layer is at its maximum
-        (s0, _), (s1, _) = drops[best][level[best]], drops[best][level[best] + 1]
-        needed = target * total - pruned
-        if (s1 - s0) * sizes[best] > needed:  # the last move: only as far as the target needs
-            chosen = {name: drops[name][level[name]][0] for name in table}
-            chosen[best] = s0 + needed / sizes[best]
-            return chosen
-        pruned += (s1 - s0) * sizes[best]
-        level[best] += 1
-    return {name: drops[name][level[name]][0] for name in table}
 
 
 def _targets(model: nn.Module, config: MagnitudePrune, ctx: Context) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """Putting a module under a name: the one ``set_module``, and the JSON descriptions that let a
-:class:`~cnnzip.surgery.edits.ModuleReplaced` edit rebuild a merged layer without pickle."""
+:class:`~cnnzip.surgery.edits.ModuleReplaced` edit rebuild a merged or factorized layer without
+pickle."""
 
 from __future__ import annotations
 
@@ -30,7 +31,9 @@ def pair(value: Any) -> tuple[int, int]:
 
 
 _BOUNDS = {"in": (1, 1 << 16), "out": (1, 1 << 16), "kernel": (1, 64), "stride": (1, 64),
-           "padding": (0, 64), "pool_kernel": (1, 64), "pool_stride": (1, 64)}
+           "padding": (0, 64), "pool_kernel": (1, 64), "pool_stride": (1, 64),
+           "groups": (1, 1 << 16)}
+MAX_SEQUENCE = 8  # layers in a recorded nn.Sequential (a factorized layer has at most 4)
 
 
 def _check_fields(desc: dict[str, Any]) -> None:
@@ -50,6 +53,9 @@ def _check_fields(desc: dict[str, Any]) -> None:
         slope = desc["negative_slope"]
         if type(slope) not in (int, float) or not math.isfinite(slope):
             raise ValueError(f"negative_slope must be a finite number, got {slope!r}")
+    groups = desc.get("groups", 1)
+    if groups != 1 and (desc["in"] % groups or desc["out"] % groups):
+        raise ValueError(f"groups {groups} must divide in {desc['in']} and out {desc['out']}")
     if "in" in desc and "out" in desc:
         kernel = pair(desc.get("kernel", 1))
         if desc["in"] * desc["out"] * kernel[0] * kernel[1] > MAX_PARAMS:
@@ -64,6 +70,21 @@ def _pool_args(m: nn.Module) -> dict[str, Any]:
 def _conv_args(m: nn.Conv2d) -> dict[str, Any]:
     return {"in": m.in_channels, "out": m.out_channels, "kernel": list(m.kernel_size),
             "stride": list(m.stride), "padding": list(m.padding), "bias": m.bias is not None}
+
+
+def _conv2d(d: dict[str, Any]) -> nn.Conv2d:
+    return nn.Conv2d(int(d["in"]), int(d["out"]), pair(d["kernel"]), pair(d["stride"]),
+                     pair(d["padding"]), groups=int(d.get("groups", 1)), bias=bool(d["bias"]))
+
+
+def _sequential(d: dict[str, Any]) -> nn.Sequential:
+    """A sequence of plain layers (a factorized layer); sequences do not nest."""
+    layers = d["layers"]
+    if not isinstance(layers, list) or not 1 <= len(layers) <= MAX_SEQUENCE:
+        raise ValueError(f"layers must be a list of 1 to {MAX_SEQUENCE} layer descriptions")
+    if any(not isinstance(x, dict) or x.get("type") == "Sequential" for x in layers):
+        raise ValueError("each of layers must be a layer description, not a sequence")
+    return nn.Sequential(*(construct(x) for x in layers))
 
 
 def _conv_max_pool_args(m: ConvMaxPool) -> dict[str, Any]:
@@ -87,8 +108,9 @@ _DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
     nn.Linear: lambda m: {"in": m.in_features, "out": m.out_features, "bias": m.bias is not None},
     FlatLinear: lambda m: {"in": m.in_features, "out": m.out_features,
                            "bias": m.bias is not None},
-    nn.Conv2d: _conv_args,
+    nn.Conv2d: lambda m: {**_conv_args(m), **({"groups": m.groups} if m.groups != 1 else {})},
     ConvMaxPool: _conv_max_pool_args,
+    nn.Sequential: lambda m: {"layers": [describe(x) for x in m]},
 }
 _CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "Identity": lambda d: nn.Identity(),
@@ -99,9 +121,8 @@ _CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "AvgPool2d": lambda d: nn.AvgPool2d(pair(d["kernel"]), pair(d["stride"])),
     "Linear": lambda d: nn.Linear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
     "FlatLinear": lambda d: FlatLinear(int(d["in"]), int(d["out"]), bias=bool(d["bias"])),
-    "Conv2d": lambda d: nn.Conv2d(int(d["in"]), int(d["out"]), pair(d["kernel"]),
-                                  pair(d["stride"]), pair(d["padding"]),
-                                  bias=bool(d["bias"])),
+    "Conv2d": _conv2d,
+    "Sequential": _sequential,
     "ConvMaxPool": _conv_max_pool,
 }
 
@@ -111,7 +132,7 @@ def describe(module: nn.Module) -> dict[str, Any]:
     try:
         return {"type": type(module).__name__, **_DESCRIBE[type(module)](module)}
     except KeyError:
-        raise ModelError(f"cannot record a {type(module).__name__} in a merged "
+        raise ModelError(f"cannot record a {type(module).__name__} in a compressed "
                          "architecture") from None
 
 

@@ -3,8 +3,8 @@ import pytest
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.prune import (MagnitudePrune, Schedule, SensitivityScan, allocate_for_target,
-                                  choose_sparsities, sparsity_of)
+from cnnzip.methods.prune import MagnitudePrune, Schedule, SensitivityScan, sparsity_of
+from cnnzip.ops.allocate import allocate_for_target, choose_sparsities
 from tests.helpers import tiny
 
 TABLE = {  # layer → (sparsity, accuracy) with a baseline of 0.9
