@@ -52,6 +52,8 @@ class Schedule(enum.Enum):
     ONE_SHOT = "one-shot"  # prune to the target, then retrain
     ITERATIVE = "iterative"  # several prune-and-retrain rounds of rising sparsity
     AGP = "agp"  # sparsity rises along a cubic curve during retraining
+    DNS = "dns"  # dynamic network surgery: as agp, but pruned weights keep training and splice
+    #             back when they grow (Guo et al. 2016)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,12 @@ class MagnitudePrune:
         layers: per-layer sparsity overrides by name.
         quality: instead of sparsities, Deep Compression's threshold ``quality · std(w)``.
         schedule: how the target is reached.
-        rounds: prune-and-retrain rounds (iterative) or mask updates (agp).
+        rounds: prune-and-retrain rounds (iterative) or mask updates (agp, dns) while the
+            sparsity rises; dns keeps updating the masks at the same interval afterwards.
+        splice_margin: dns: while the sparsity rises, a weight is pruned when its magnitude
+            falls below (1 − margin) × the layer's threshold and spliced back when it rises
+            above (1 + margin) ×, so masks do not flicker; afterwards the masks are the exact
+            magnitude masks of the training weights.
         epochs: retraining epochs in all.
         lr: retraining peak learning rate.
     """
@@ -73,6 +80,7 @@ class MagnitudePrune:
     quality: float | None = None
     schedule: Schedule = Schedule.AGP
     rounds: int = 8
+    splice_margin: float = 0.1
     epochs: int = 8
     lr: float = 0.01
 
@@ -156,10 +164,11 @@ def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
             _set_masks(model, targets, fraction, ctx)
             finetune(model, ctx, epochs=e, lr=config.lr, description=f"prune round {i + 1}")
         return model
+    if config.schedule is Schedule.DNS:
+        _surgery(model, targets, config, ctx)
+        return model
     # AGP: masks are recomputed along the cubic curve over the first ~2/3 of the steps.
-    steps_per_epoch = TrainConfig().steps_per_epoch(len(ctx.splits.train))  # finetune's
-    ramp = max(1, int(steps_per_epoch * epochs * 2 / 3))
-    every = max(1, ramp // max(1, config.rounds))
+    ramp, every = _ramp(config, ctx)
     counter = {"step": 0}
 
     def update(m: nn.Module) -> None:
@@ -173,6 +182,70 @@ def prune(model: nn.Module, config: MagnitudePrune, ctx: Context) -> nn.Module:
              after_step=update)
     _set_masks(model, targets, 1.0, ctx)  # exactly the targets, whatever the step count was
     return model
+
+
+def _ramp(config: MagnitudePrune, ctx: Context) -> tuple[int, int]:
+    """(steps over which the sparsity rises, steps between mask updates): the first ~2/3 of
+    the retraining, ``config.rounds`` updates."""
+    steps_per_epoch = TrainConfig().steps_per_epoch(len(ctx.splits.train))  # finetune's
+    ramp = max(1, int(steps_per_epoch * ctx.epochs(config.epochs) * 2 / 3))
+    return ramp, max(1, ramp // max(1, config.rounds))
+
+
+def _spliced(latent: torch.Tensor, mask: torch.Tensor, sparsity: float,
+             margin: float) -> torch.Tensor:
+    """Dynamic network surgery's mask: prune below (1 − margin)·t, splice above (1 + margin)·t,
+    keep the state in between (t: the magnitude at ``sparsity``)."""
+    if sparsity <= 0:
+        return torch.ones_like(mask)
+    size = latent.abs()
+    k = min(size.numel(), max(1, int(round(sparsity * size.numel()))))
+    t = float(size.flatten().kthvalue(k).values)
+    return (size > (1 + margin) * t) | (mask & (size > (1 - margin) * t))
+
+
+def _surgery(model: nn.Module, targets: dict[str, float], config: MagnitudePrune,
+             ctx: Context) -> None:
+    """Dynamic network surgery: every layer's dense weights keep training (each optimiser
+    step's update lands on pruned weights too, the forward pass uses only the unpruned ones),
+    and its mask is recomputed from them as the sparsity rises, so a weight pruned early can
+    come back. The last mask is exact (``magnitude_mask`` of the trained weights)."""
+    layers = weight_layers(model)
+    for name in targets:
+        ctx.masks.pop(name, None)  # the surgery's masks replace any earlier one
+    latent = {n: layers[n].weight.detach().clone() for n in targets}
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in latent.items()}
+    ramp, every = _ramp(config, ctx)
+    counter = {"step": 0}
+
+    def recompute(step: int) -> None:
+        for n, final in targets.items():
+            sparsity = final * agp_sparsity(1.0, step, ramp)
+            masks[n] = (_spliced(latent[n], masks[n], sparsity, config.splice_margin)
+                        if step < ramp else magnitude_mask(latent[n], sparsity))
+
+    def write(m: nn.Module) -> None:
+        current = weight_layers(m)
+        with torch.no_grad():
+            for n in targets:
+                current[n].weight.copy_(latent[n] * masks[n])
+
+    def update(m: nn.Module) -> None:
+        counter["step"] += 1
+        current = weight_layers(m)
+        with torch.no_grad():
+            for n in targets:  # the step's update, pruned positions included (they were 0)
+                latent[n] += current[n].weight - latent[n] * masks[n]
+        if counter["step"] % every == 0:
+            recompute(counter["step"])
+        write(m)
+
+    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="network surgery",
+             after_step=update)
+    recompute(max(ramp, counter["step"]))  # exactly the targets, whatever the step count was
+    write(model)
+    for n in targets:
+        ctx.masks[n] = masks[n]
 
 
 def sparsity_of(model: nn.Module) -> dict[str, float]:

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
@@ -80,3 +81,34 @@ def test_quality_threshold_and_bad_layer_names():
         apply(model, MagnitudePrune(sparsity=0.5, layers={"nope": 0.1}), ctx)
     with pytest.raises(CnnzipError, match="give a sparsity or run a sensitivity scan"):
         apply(tiny("mlp"), MagnitudePrune(), Context(synthetic_splits(), quiet=True))
+
+
+def test_surgery_prunes_below_and_splices_above_the_margins():
+    from cnnzip.methods.prune import _spliced
+
+    latent = torch.tensor([0.5, 0.95, 1.05, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0])
+    # the threshold at 30% sparsity is 1.05: prune < 0.945, splice > 1.155, else keep the state
+    was = torch.tensor([True, True, False, False, True, True, True, True, True, True])
+    assert _spliced(latent, was, 0.3, 0.1).tolist() == [
+        False, True, False, True, True, True, True, True, True, True]
+
+
+def test_surgery_lets_pruned_weights_grow_back(monkeypatch):
+    import cnnzip.methods.prune as prune_module
+
+    seen = []
+    spliced = prune_module._spliced
+
+    def record(latent, mask, sparsity, margin):
+        seen.append(spliced(latent, mask, sparsity, margin))
+        return seen[-1]
+
+    monkeypatch.setattr(prune_module, "_spliced", record)
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), quiet=True)
+    apply(model, MagnitudePrune(sparsity=0.8, schedule=Schedule.DNS, epochs=3, rounds=6,
+                                lr=0.05), ctx)
+    final = ctx.masks["net.1"]
+    early = [m for m in seen if m.shape == final.shape]
+    assert early and any(int((~m & final).sum()) > 0 for m in early)  # pruned, then back
+    assert bool((model.net[1].weight[~final] == 0).all())
