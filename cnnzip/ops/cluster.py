@@ -90,6 +90,44 @@ def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, ni
     return centroids, assign(x, centroids)
 
 
+def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
+                        niter: int = 25) -> tuple[np.ndarray, np.ndarray]:
+    """Entropy-constrained clustering (Chou, Lookabaugh and Gray 1989; for weight sharing,
+    Choi et al. 2017): from ``centroids`` (k, d), alternately assign every row of ``x`` to the
+    centroid minimising ``‖x − c‖² + λ · len(c)``, with ``len(c) = −log2 p(c)`` the bits its
+    code costs under an entropy coder and ``λ = weight · total variance of x``, and move each
+    centroid to its rows' mean. Rare codes grow expensive, so rows drift to common ones and
+    the codes' entropy falls, at some cost in squared error. ``weight`` 0 is plain k-means.
+
+    The rate term is a distance in one more dimension (rows get 0 there, centroid c gets
+    √(λ · len(c))), so faiss's exact search does the assignment.
+
+    Returns:
+        centroids (k, d) float32 (unused ones kept where they were) and codes (n,) int64.
+    """
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    n, d = x.shape
+    k = len(centroids)
+    c = np.array(centroids, dtype=np.float32)
+    lam = weight * float(x.var(0).sum())
+    lengths = np.full(k, np.log2(k))
+    padded = np.hstack([x, np.zeros((n, 1), np.float32)])
+    codes = None
+    for _ in range(niter):
+        extra = np.sqrt(lam * lengths).astype(np.float32)[:, None]
+        new = assign(padded, np.hstack([c, extra]))
+        if codes is not None and np.array_equal(new, codes):
+            break
+        codes = new
+        counts = np.bincount(codes, minlength=k)
+        used = counts > 0
+        for j in range(d):
+            c[used, j] = np.bincount(codes, weights=x[:, j], minlength=k)[used] / counts[used]
+        # an unused centroid's code would be infinitely long; 64 bits keeps it out
+        lengths = np.where(used, -np.log2(np.maximum(counts, 1) / n), 64.0)
+    return c, codes
+
+
 def to_blocks(values: np.ndarray, d: int) -> np.ndarray:
     """A flat vector → (ceil(n / d), d) sub-vectors, the last one zero-padded."""
     pad = (-len(values)) % d

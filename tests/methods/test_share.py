@@ -62,3 +62,26 @@ def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):
     assert seen["max_points_per_centroid"] == 16  # 64 points for 4 centroids
     error = ((book[codes][:, 0] - weight.flatten()) ** 2).mean()
     assert error < 0.2 * weight.var()  # a sample of 64 still places 4 centroids well
+
+
+def test_entropy_constrained_sharing_lowers_the_codes_entropy_and_files_shrink(tmp_path):
+    from cnnzip.codec import encode_file, round_for_storage
+    from cnnzip.modules import CodebookLayer
+    from cnnzip.surgery import resolve_spec
+
+    def shared(weight):
+        model = tiny("mlp")
+        ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+        model = apply(model, WeightSharing(fc_bits=5, entropy_weight=weight), ctx)
+        codes = [m.codes for m in model.modules() if isinstance(m, CodebookLayer)]
+        p = torch.bincount(torch.cat(codes)).float()
+        p = p[p > 0] / p.sum()
+        path = tmp_path / f"{weight}.cnz"
+        encode_file(path, round_for_storage(model.eval()), resolve_spec("tests.helpers:MLP",
+                                                                         (1, 28, 28), 10))
+        return float(-(p * p.log2()).sum()), path.stat().st_size
+
+    (h0, size0), (h1, size1) = shared(0.0), shared(0.05)
+    assert h1 < h0 - 0.5 and size1 < size0
+    with pytest.raises(CnnzipError, match="entropy_weight must be in"):
+        WeightSharing(entropy_weight=-1)

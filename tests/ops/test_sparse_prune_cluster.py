@@ -75,3 +75,40 @@ def test_threshold_assignment_finds_the_nearest_scalar_centroid():
     exact = np.abs(values[:, None] - centroids[None, :, 0]).argmin(1)
     assert np.array_equal(by_threshold, exact)
     assert (assign(values[:, None], centroids) == exact).mean() > 0.999  # faiss: float distances
+
+
+def _entropy(codes):
+    p = np.bincount(codes) / len(codes)
+    p = p[p > 0]
+    return float(-(p * np.log2(p)).sum())
+
+
+@pytest.mark.parametrize("d", [1, 2])
+def test_entropy_constrained_clustering_trades_error_for_a_lower_entropy(d):
+    from cnnzip.ops.cluster import entropy_constrained
+
+    rng = np.random.default_rng(0)
+    x = (rng.laplace(size=(20000, d)) * 0.05).astype(np.float32)
+    start, _ = kmeans(x, 32)
+    points = []
+    for weight in (0.0, 0.01, 0.03, 0.1):
+        c, codes = entropy_constrained(x, start, weight)
+        points.append((_entropy(codes), float(((x - c[codes]) ** 2).mean())))
+    rates, errors = zip(*points)
+    assert list(rates) == sorted(rates, reverse=True) and list(errors) == sorted(errors)
+
+
+def test_entropy_constrained_clustering_beats_fewer_centroids_at_the_same_rate():
+    from cnnzip.ops.cluster import entropy_constrained
+
+    rng = np.random.default_rng(0)
+    x = (rng.laplace(size=(20000, 1)) * 0.05).astype(np.float32)
+    few, few_codes = entropy_constrained(x, kmeans(x, 8)[0], 0.0)  # plain k-means, k = 8
+    rate, error = _entropy(few_codes), float(((x - few[few_codes]) ** 2).mean())
+    start, (lo, hi) = kmeans(x, 32)[0], (0.0, 1.0)
+    for _ in range(12):  # the smallest weight that brings 32 centroids down to that rate
+        c, codes = entropy_constrained(x, start, (lo + hi) / 2)
+        lo, hi = ((lo + hi) / 2, hi) if _entropy(codes) > rate else (lo, (lo + hi) / 2)
+    c, codes = entropy_constrained(x, start, hi)
+    assert _entropy(codes) <= rate
+    assert float(((x - c[codes]) ** 2).mean()) < 0.9 * error
