@@ -2,15 +2,18 @@
 recipe at the same MACs budget and the same fine-tuning, side by side.
 
     python benchmarks/structured.py [--models resnet20 vgg16 mobilenetv2] [--speedups 2 4]
-        [--configs l2/global fpgm/adaptive ...] [--epochs 3] [--out runs/bench-structured]
+        [--configs l2/global fpgm/adaptive ...] [--torch-pruning local global isomorphic]
+        [--epochs 3] [--out runs/bench-structured]
 
 Every row starts from the trained baseline in benchmarks/baselines/ and is measured in this run:
 test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and parameters of the
 pruned model, and throughput of baseline and pruned model timed alternately in this process
 (batch 256, best of five rounds of at least 2 s each).
 
-Torch-Pruning's standard recipe (its benchmarks' "l2" method): group L2 magnitude importance,
-global pruning, channels removed in small steps until the MACs budget is met. Both sides keep
+Torch-Pruning with group L2 magnitude importance in each of its modes (``--torch-pruning``):
+``local``, its default (every layer pruned by the same ratio), ``global`` (its benchmarks' "l2"
+method: one ranking across the model) and ``isomorphic`` (global ranking within groups of the
+same structure); channels removed in small steps until the MACs budget is met. Both sides keep
 at least 10% of every layer's channels (max_ratio 0.9), never prune the output layer, and
 fine-tune with the same distillation loss, epochs and learning rate. Our configurations are
 CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
@@ -48,15 +51,24 @@ MAX_RATIO = 0.9
 TP_STEPS = 400
 
 
-def torch_pruning_standard(model: torch.nn.Module, in_shape: tuple[int, ...],
-                           target_macs: float) -> None:
-    """Torch-Pruning's global L2-magnitude pruning, stepped until MACs ≤ target × baseline's."""
+TP_MODES = {  # Torch-Pruning's settings: (global_pruning, isomorphic)
+    "local": (False, False),  # its default: the same ratio in every layer
+    "global": (True, False),  # one ranking of group L2 norms across the model
+    "isomorphic": (True, True),  # global within groups of the same structure (its v1.5 option)
+}
+
+
+def torch_pruning(model: torch.nn.Module, in_shape: tuple[int, ...], target_macs: float,
+                  mode: str = "global") -> None:
+    """Torch-Pruning's L2 group-magnitude pruning in ``mode`` (TP_MODES), stepped until
+    MACs ≤ target × baseline's."""
     head = dict(model.named_modules())[output_layer(model)]
+    global_pruning, isomorphic = TP_MODES[mode]
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, *in_shape),
                                   importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  global_pruning=True, pruning_ratio=1.0,
-                                  max_pruning_ratio=MAX_RATIO, iterative_steps=TP_STEPS,
-                                  ignored_layers=[head])
+                                  global_pruning=global_pruning, isomorphic=isomorphic,
+                                  pruning_ratio=1.0, max_pruning_ratio=MAX_RATIO,
+                                  iterative_steps=TP_STEPS, ignored_layers=[head])
     budget = target_macs * metrics.count_macs(model, in_shape)
     while metrics.count_macs(model, in_shape) > budget:
         if pruner.current_step >= TP_STEPS:
@@ -86,10 +98,12 @@ def main() -> int:
     parser.add_argument("--models", nargs="+", default=["resnet20", "vgg16", "mobilenetv2"])
     parser.add_argument("--speedups", nargs="+", type=float, default=[2.0, 4.0],
                         help="MACs reduction factors (2: keep half the MACs)")
-    parser.add_argument("--configs", nargs="+", default=["l2/global"],
+    parser.add_argument("--configs", nargs="*", default=["l2/global"],
                         help="our CRITERION/ALLOCATION[+soft][+cost[:P]][+round:N] "
                              "settings, each run beside Torch-Pruning's")
-    parser.add_argument("--no-torch-pruning", action="store_true")
+    parser.add_argument("--torch-pruning", nargs="*", default=list(TP_MODES),
+                        choices=list(TP_MODES), help="Torch-Pruning's modes to run beside ours "
+                        "(local is its default; none: only ours)")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, both sides")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=0)
@@ -99,7 +113,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     splits = load_dataset("fashion-mnist", seed=args.seed)
     in_shape = tuple(splits.info.in_shape)
-    methods = ([] if args.no_torch_pruning else ["torch-pruning"]) + list(args.configs)
+    methods = [f"torch-pruning/{m}" for m in args.torch_pruning] + list(args.configs)
     rows = []
     for name, path in baselines(args.models):
         base = load_checkpoint(path).model.eval()
@@ -111,8 +125,8 @@ def main() -> int:
                 start = time.perf_counter()
                 model = copy.deepcopy(base)
                 ctx = Context(splits, teacher=base, seed=args.seed, quiet=True)
-                if method == "torch-pruning":
-                    torch_pruning_standard(model, in_shape, 1 / speedup)
+                if method.startswith("torch-pruning/"):
+                    torch_pruning(model, in_shape, 1 / speedup, method.partition("/")[2])
                     finetune(model, ctx, epochs=args.epochs, lr=args.lr, description="retrain")
                 else:
                     apply(model, ours(method, 1 / speedup, args.epochs, args.lr), ctx)
