@@ -158,30 +158,37 @@ class _Planner:
         kind = self.layers[name].kind
         return w.shape[0], (w[0].numel() if kind is Factorization.SVD else w.shape[1])
 
-    def ranks_at(self, name: str, fraction: float) -> tuple[int, ...]:
-        out, cin = self.full_ranks(name)
-        kind = self.layers[name].kind
-        if kind is Factorization.SVD:
-            return (max(1, math.ceil(fraction * min(out, cin))),)
-        r_out, r_in = max(1, math.ceil(fraction * out)), max(1, math.ceil(fraction * cin))
-        if kind is Factorization.CP:
+    def _ranks(self, name: str, r_out: int, r_in: int) -> tuple[int, ...]:
+        """The factorization's ranks from an output rank and an input rank: (r,) for SVD (the
+        output one) and CP (the larger), (r_out, r_in) for Tucker-2 with r_in = 0 where it
+        would not be below the input channels."""
+        layer = self.layers[name]
+        if layer.kind is Factorization.SVD:
+            return (r_out,)
+        if layer.kind is Factorization.CP:
             return (max(r_out, r_in),)
-        return (r_out, r_in if r_in < cin else 0)
+        return (r_out, r_in if r_in < layer.module.weight.shape[1] else 0)
+
+    def ranks_at(self, name: str, fraction: float) -> tuple[int, ...]:
+        """The ranks at ``fraction`` of the layer's full ranks (rounded up)."""
+        out, cin = self.full_ranks(name)
+        if self.layers[name].kind is Factorization.SVD:
+            out = min(out, cin)
+        return self._ranks(name, max(1, math.ceil(fraction * out)),
+                           max(1, math.ceil(fraction * cin)))
 
     def ranks_for_energy(self, name: str, energy: float) -> tuple[int, ...]:
+        """The fewest ranks that keep ``energy`` of the kernel's spectra."""
         layer = self.layers[name]
         w = layer.module.weight.detach()
         if layer.spectra is None:
-            flat = w.flatten(1)
-            layer.spectra = ((lowrank.spectrum(flat, 0), None) if layer.kind is
-                             Factorization.SVD else (lowrank.spectrum(w, 0), lowrank.spectrum(w, 1)))
+            layer.spectra = ((lowrank.spectrum(w.flatten(1), 0), None)
+                             if layer.kind is Factorization.SVD
+                             else (lowrank.spectrum(w, 0), lowrank.spectrum(w, 1)))
         r_out = lowrank.energy_rank(layer.spectra[0], energy)
-        if layer.kind is Factorization.SVD:
-            return (r_out,)
-        r_in = lowrank.energy_rank(layer.spectra[1], energy)
-        if layer.kind is Factorization.CP:
-            return (max(r_out, r_in),)
-        return (r_out, r_in if r_in < w.shape[1] else 0)
+        r_in = r_out if layer.spectra[1] is None else lowrank.energy_rank(layer.spectra[1],
+                                                                          energy)
+        return self._ranks(name, r_out, r_in)
 
     def cost(self, name: str, ranks: tuple[int, ...]) -> int:
         key = (name, ranks)
