@@ -53,7 +53,9 @@ class Schedule(enum.Enum):
     ITERATIVE = "iterative"  # several prune-and-retrain rounds of rising sparsity
     AGP = "agp"  # sparsity rises along a cubic curve during retraining
     DNS = "dns"  # dynamic network surgery: as agp, but pruned weights keep training and splice
-    #             back when they grow (Guo et al. 2016)
+    #             back when they grow (Guo et al. 2016); measured worse than agp on lenet300
+    #             (benchmarks/RESULTS.md: the pruned weights' updates, made without them in the
+    #             forward pass, splice back weights that hurt)
 
 
 @dataclass(frozen=True)
