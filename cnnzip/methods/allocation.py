@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import enum
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from cnnzip.surgery import remove_channels, silence_channels
 
 if TYPE_CHECKING:
     from cnnzip.methods.channel import ChannelPrune
+
+
+GIVE_BACK_TRIES = 8  # other groups' next units tried in place of the last unit removed
 
 
 class Allocation(enum.Enum):
@@ -225,7 +228,7 @@ def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
     fraction = config.target_params if kind == "params" else config.target_macs
     budget = fraction * _measure(model, in_shape, kind)
 
-    def cost(count: int) -> int:
+    def cost(count: int, order: list[str] = order) -> int:
         trial = copy.deepcopy(model)
         remove_channels(trial, dependency_graph(trial, in_shape),
                         channels(by_root, _removals(scores, order, count, config, by_root)))
@@ -245,4 +248,27 @@ def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
             hi = mid
         else:
             lo = mid + 1
-    return _removals(scores, order, hi, config, by_root)
+    return _removals(scores, _give_back(order, hi, budget, cost), hi, config, by_root)
+
+
+def _give_back(order: list[str], count: int, budget: float,
+               cost: Callable[[int, list[str]], int], tries: int = GIVE_BACK_TRIES) -> list[str]:
+    """``order`` with its ``count``-th unit swapped for the next unit of another group when
+    that meets the budget more closely: a unit of a coarse group (a residual stream couples
+    many layers) can cut far more than the budget needs, and a smaller one may do."""
+    if count == 0:
+        return order
+    best, best_cost = order, cost(count, order)
+    last, tried = order[count - 1], set()
+    for j in range(count, len(order)):
+        root = order[j]
+        if root == last or root in tried:
+            continue
+        tried.add(root)
+        swapped = order[:count - 1] + [root] + order[count - 1:j] + order[j + 1:]
+        value = cost(count, swapped)
+        if best_cost < value <= budget:
+            best, best_cost = swapped, value
+        if len(tried) >= tries:
+            break
+    return best

@@ -265,3 +265,17 @@ def test_a_grouped_layer_reading_part_of_a_concatenation_leaves_both_halves_whol
     assert [(g.root, len(g.units)) for g in groups] == [("g", 4)]
     assert "reads these channels in some of its groups only" in groups.whole["a"]
     assert set(groups.whole) == {"a", "b"}
+
+
+def test_the_last_unit_removed_gives_way_to_a_smaller_one_that_meets_the_budget_closer():
+    from cnnzip.methods.allocation import _give_back
+
+    cut = {"a": 30, "b": 5, "c": 10}  # what one unit of each group removes, of 100
+
+    def cost(count, order):
+        return 100 - sum(cut[root] for root in order[:count])
+
+    order = ["b", "a", "c", "b"]
+    assert cost(1, order) > 86 >= cost(2, order) == 65  # two units meet it, 21 under
+    assert _give_back(order, 2, 86, cost) == ["b", "c", "a", "b"]  # 85: 1 under
+    assert _give_back(order, 2, 80, cost) == order  # no swap meets 80
