@@ -26,7 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_recipe_args(p)
     p.add_argument("--target-macs", type=fraction, metavar="FRACTION",
                    help="keep at most this fraction of the MACs (0.5: 2× fewer): a recipe with "
-                        "a channels step meets it by its allocation (--set "
+                        "a channels or lowrank step meets it by that step's allocation (--set "
                         "channels.target_macs=FRACTION); any other recipe by searching its "
                         "main setting, counting the MACs of non-zero weights")
     p.add_argument("--target-params", type=fraction, metavar="FRACTION",
@@ -68,21 +68,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def budget_overrides(target_macs: float | None, target_params: float | None) -> list[str]:
-    """``--target-macs`` / ``--target-params`` as channels-step overrides (the other is
-    cleared, so a flag replaces the recipe's budget rather than conflicting with it)."""
+# steps that meet a MACs or parameter budget by their own allocation
+BUDGETED_STEPS = ("channels", "lowrank")
+
+
+def budget_overrides(step: str, target_macs: float | None,
+                     target_params: float | None) -> list[str]:
+    """``--target-macs`` / ``--target-params`` as overrides of ``step`` (the other is cleared,
+    so a flag replaces the recipe's budget rather than conflicting with it)."""
     if target_macs is not None and target_params is not None:
         raise CnnzipError("give --target-macs or --target-params, not both")
     if target_macs is not None:
-        return [f"channels.target_macs={target_macs}", "channels.target_params=null"]
+        return [f"{step}.target_macs={target_macs}", f"{step}.target_params=null"]
     if target_params is not None:
-        return [f"channels.target_params={target_params}", "channels.target_macs=null"]
+        return [f"{step}.target_params={target_params}", f"{step}.target_macs=null"]
     return []
 
 
 def run(args: argparse.Namespace) -> int:
-    structured = "channels" in [kind for kind, _ in load_recipe(args.recipe, args.overrides).steps]
-    flags = budget_overrides(args.target_macs, args.target_params)  # refuses both
+    kinds = [kind for kind, _ in load_recipe(args.recipe, args.overrides).steps]
+    step = next((kind for kind in kinds if kind in BUDGETED_STEPS), None)
+    structured = step is not None
+    flags = budget_overrides(step or "channels", args.target_macs, args.target_params)
     macs, params = (None, None) if structured else (args.target_macs, args.target_params)
     overrides = (*args.overrides, *(flags if structured else ()))
     options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,

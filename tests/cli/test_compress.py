@@ -74,6 +74,20 @@ def test_channel_prune_writes_a_smaller_dense_container_that_reloads(tmp_path, c
     assert json.loads(capsys.readouterr().out)["macs"] == report["compressed"]["macs"]
 
 
+def test_lowrank_vq_meets_target_macs_by_its_ranks_and_reloads(tmp_path, checkpoint, capsys):
+    out = tmp_path / "o"
+    code = main(["compress", str(checkpoint), "--recipe", "lowrank-vq", "--target-macs", "0.7",
+                 "--set", "lowrank.samples=64", "--set", "share.bits_tolerance=null",
+                 "--finetune-epochs", "0", "--quiet", "--json", "--out", str(out)])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert "lowrank.target_macs=0.7" in report["recipe_overrides"]
+    assert report["compressed"]["macs"] <= 0.7 * report["baseline"]["macs"]
+    assert report["stages"][0]["name"] == "lowrank" and report["stages"][0]["realized"]
+    assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
+
+
 def test_bench_times_both_models(tmp_path, checkpoint, capsys):
     out = tmp_path / "out"
     assert main(["compress", "--no-stage-bench", str(checkpoint), "--recipe", "pq", "--finetune-epochs", "0",
