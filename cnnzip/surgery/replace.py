@@ -87,6 +87,12 @@ def _sequential(d: dict[str, Any]) -> nn.Sequential:
     return nn.Sequential(*(construct(x) for x in layers))
 
 
+def _describe_in_sequence(module: nn.Module) -> dict[str, Any]:
+    if isinstance(module, nn.Sequential):
+        raise ModelError("cannot record a sequence inside a sequence")
+    return describe(module)
+
+
 def _conv_max_pool_args(m: ConvMaxPool) -> dict[str, Any]:
     return {**_conv_args(m), "pool_kernel": list(m.pool_kernel),
             "pool_stride": list(m.pool_stride), "act": describe(m.act) if m.act else None}
@@ -110,7 +116,7 @@ _DESCRIBE: dict[type, Callable[[Any], dict[str, Any]]] = {
                            "bias": m.bias is not None},
     nn.Conv2d: lambda m: {**_conv_args(m), **({"groups": m.groups} if m.groups != 1 else {})},
     ConvMaxPool: _conv_max_pool_args,
-    nn.Sequential: lambda m: {"layers": [describe(x) for x in m]},
+    nn.Sequential: lambda m: {"layers": [_describe_in_sequence(x) for x in m]},
 }
 _CONSTRUCT: dict[str, Callable[[dict[str, Any]], nn.Module]] = {
     "Identity": lambda d: nn.Identity(),
