@@ -235,7 +235,7 @@ def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
         return _measure(trial, in_shape, kind)
 
     lo, hi = 0, len(order)
-    reachable = cost(hi)
+    reachable = hi_cost = cost(hi)
     if reachable > budget:
         rounding = f" and round_to={config.round_to}" if config.round_to > 1 else ""
         raise CnnzipError(f"channels: cannot keep {kind} within {fraction:g} of the model's: "
@@ -244,21 +244,24 @@ def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
                           "max_ratio or the target")
     while lo < hi:  # the smallest count that meets the budget
         mid = (lo + hi) // 2
-        if cost(mid) <= budget:
-            hi = mid
+        value = cost(mid)
+        if value <= budget:
+            hi, hi_cost = mid, value
         else:
             lo = mid + 1
-    return _removals(scores, _give_back(order, hi, budget, cost), hi, config, by_root)
+    return _removals(scores, _give_back(order, hi, hi_cost, budget, cost), hi, config,
+                     by_root)
 
 
-def _give_back(order: list[str], count: int, budget: float,
+def _give_back(order: list[str], count: int, count_cost: int, budget: float,
                cost: Callable[[int, list[str]], int], tries: int = GIVE_BACK_TRIES) -> list[str]:
     """``order`` with its ``count``-th unit swapped for the next unit of another group when
-    that meets the budget more closely: a unit of a coarse group (a residual stream couples
-    many layers) can cut far more than the budget needs, and a smaller one may do."""
+    that meets the budget more closely than ``count_cost`` (the cost as ordered): a unit of a
+    coarse group (a residual stream couples many layers) can cut far more than the budget
+    needs, and a smaller one may do."""
     if count == 0:
         return order
-    best, best_cost = order, cost(count, order)
+    best, best_cost = order, count_cost
     last, tried = order[count - 1], set()
     for j in range(count, len(order)):
         root = order[j]

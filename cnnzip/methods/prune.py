@@ -226,26 +226,24 @@ def _surgery(model: nn.Module, targets: dict[str, float], config: MagnitudePrune
             masks[n] = (_spliced(latent[n], masks[n], sparsity, config.splice_margin)
                         if step < ramp else magnitude_mask(latent[n], sparsity))
 
-    def write(m: nn.Module) -> None:
-        current = weight_layers(m)
+    def write() -> None:
         with torch.no_grad():
             for n in targets:
-                current[n].weight.copy_(latent[n] * masks[n])
+                layers[n].weight.copy_(latent[n] * masks[n])
 
-    def update(m: nn.Module) -> None:
+    def update(_m: nn.Module) -> None:  # fine-tuning trains ``model`` in place: ``layers``
         counter["step"] += 1
-        current = weight_layers(m)
         with torch.no_grad():
             for n in targets:  # the step's update, pruned positions included (they were 0)
-                latent[n] += current[n].weight - latent[n] * masks[n]
+                latent[n] += layers[n].weight - latent[n] * masks[n]
         if counter["step"] % every == 0:
             recompute(counter["step"])
-        write(m)
+        write()
 
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="network surgery",
              after_step=update)
     recompute(max(ramp, counter["step"]))  # exactly the targets, whatever the step count was
-    write(model)
+    write()
     for n in targets:
         ctx.masks[n] = masks[n]
 

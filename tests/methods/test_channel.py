@@ -277,5 +277,5 @@ def test_the_last_unit_removed_gives_way_to_a_smaller_one_that_meets_the_budget_
 
     order = ["b", "a", "c", "b"]
     assert cost(1, order) > 86 >= cost(2, order) == 65  # two units meet it, 21 under
-    assert _give_back(order, 2, 86, cost) == ["b", "c", "a", "b"]  # 85: 1 under
-    assert _give_back(order, 2, 80, cost) == order  # no swap meets 80
+    assert _give_back(order, 2, 65, 86, cost) == ["b", "c", "a", "b"]  # 85: 1 under
+    assert _give_back(order, 2, 65, 80, cost) == order  # no swap meets 80
