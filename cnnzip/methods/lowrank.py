@@ -261,11 +261,8 @@ def _sensitivity_plan(model: nn.Module, planner: _Planner, config: LowRank, ctx:
         cuts = choose_sparsities(table, base, config.max_drop, 1.0)
     else:
         sizes = {n: planner.layers[n].cost for n in table}
-        total = sum(sizes.values())
-        if needed > sum(max((s for s, _ in table[n]), default=0.0) * sizes[n] for n in table):
-            cuts = {n: max((s for s, _ in table[n]), default=0.0) for n in table}
-        else:
-            cuts = allocate_for_target(table, base, sizes, needed / total, 1.0)
+        # past what every layer can give, each ends at its largest cut (the caller then says so)
+        cuts = allocate_for_target(table, base, sizes, needed / sum(sizes.values()), 1.0)
     chosen = {}
     for name, cut in cuts.items():
         if cut <= 0:
