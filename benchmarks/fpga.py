@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cnnzip.api import _calibration, evaluate_file, export_file, load_model
+from cnnzip.api import evaluate_file, export_file, load_model
+from cnnzip.api.deploy import _calibration
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.dsp import max_exact_terms, packed_conv2d
 from cnnzip.export.fpga import value_ranges

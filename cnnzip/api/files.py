@@ -1,0 +1,207 @@
+"""The Python API on model files: train a baseline, load, evaluate, inspect and time a file."""
+
+from __future__ import annotations
+
+import time
+from copy import deepcopy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cnnzip import distributed, metrics
+from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.codec.checkpoint import assert_finite
+from cnnzip.data import Splits, load_dataset
+from cnnzip.errors import ArgumentError, CnnzipError, ModelError
+from cnnzip.metrics import bench_models, runtime_name
+from cnnzip.surgery import ModelSpec, build_model, resolve_spec
+from cnnzip.train import TrainConfig, evaluate, fit
+
+def input_record(splits: Splits) -> dict[str, Any]:
+    """What a checkpoint records about its inputs (so a deployed model can normalise them)."""
+    info = splits.info
+    return {"dataset": info.name, "mean": list(info.mean), "std": list(info.std),
+            "split": dict(splits.split)}
+
+
+def train_baseline(model: str, dataset: str, out: str | Path, *,
+                   data_dir: str | Path | None = None, width: float | None = None,
+                   config: TrainConfig = TrainConfig(), quiet: bool = False,
+                   command: str | None = None) -> dict[str, Any]:
+    """Train a model from scratch, evaluate it on the test set and save a checkpoint.
+
+    Returns:
+        A summary: model, dataset, epochs, seed, validation and test accuracy, seconds, file.
+    """
+    splits = load_dataset(dataset, data_dir, seed=config.seed)
+    spec = resolve_spec(model, splits.info.in_shape, splits.info.num_classes, width)
+    torch.manual_seed(config.seed)
+    net = build_model(spec, trust_code=True)  # the name is the user's own: consent
+    start = time.perf_counter()
+    result = fit(net, splits, config, quiet=quiet, description=f"train {model}")
+    seconds = time.perf_counter() - start
+    assert_finite(net, f"training {model}")
+    summary = {
+        "model": spec.name, "width": spec.width, "dataset": dataset,
+        "epochs": config.epochs, "seed": config.seed,
+        "val_accuracy": evaluate(net, splits.val, splits.info),
+        "test_accuracy": evaluate(net, splits.test, splits.info),
+        "train_seconds": round(seconds, 1),
+        "params": metrics.count_params(net),
+        "macs": metrics.count_macs(net, spec.in_shape),
+        "config": asdict(config),
+    }
+    if command:
+        summary["command"] = command
+    if distributed.rank() == 0:  # torchrun: rank 0 alone writes
+        save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
+    return {**summary, "file": str(out), "val_history": result.val_accuracy}
+
+
+def load_model(path: str | Path, *, trust_code: bool = False,
+               ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
+    """Load any model file cnnzip writes (.safetensors checkpoint or .cnz container); returns
+    the model, its spec and input record.
+
+    Every field of the file is checked before use. An architecture named
+    ``package.module:factory`` is code: it is imported and called only with ``trust_code``.
+    """
+    from cnnzip.codec import FORMAT, decode_file
+    from cnnzip.integrity import metadata_keys
+
+    if FORMAT in metadata_keys(path):
+        return decode_file(path, trust_code=trust_code)
+    ckpt = load_checkpoint(path, trust_code=trust_code)
+    return ckpt.model, ckpt.spec, ckpt.input
+
+
+def _test_data(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
+               dataset: str | None, data_dir: str | Path | None) -> tuple[str, Splits]:
+    dataset = dataset or input_info.get("dataset")
+    if not dataset:
+        raise CnnzipError(f"{path}: no dataset recorded in the file; pass --dataset")
+    splits = load_dataset(dataset, data_dir)
+    if tuple(splits.info.in_shape) != tuple(spec.in_shape):
+        raise CnnzipError(f"{path}: model takes inputs of shape {spec.in_shape} but {dataset} "
+                          f"has {splits.info.in_shape}")
+    return dataset, splits
+
+
+def evaluate_file(path: str | Path, dataset: str | None = None, *,
+                  data_dir: str | Path | None = None, trust_code: bool = False) -> dict[str, Any]:
+    """Test-set accuracy of the model stored in ``path``.
+
+    Args:
+        path: a checkpoint or container written by cnnzip.
+        dataset: the dataset name; defaults to the one recorded in the file.
+        data_dir: where the dataset's files are.
+        trust_code: as in :func:`load_model`.
+    """
+    model, spec, input_info = load_model(path, trust_code=trust_code)
+    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    start = time.perf_counter()
+    accuracy = evaluate(model, splits.test, splits.info)
+    return {"file": str(path), "model": spec.name, "dataset": dataset, "accuracy": accuracy,
+            "samples": len(splits.test), "seconds": round(time.perf_counter() - start, 3)}
+
+
+def inspect_model(model: nn.Module, spec: ModelSpec) -> dict[str, Any]:
+    """Counts and the per-layer table of a model."""
+    return {"model": spec.name, "width": spec.width, "in_shape": list(spec.in_shape),
+            **metrics.summarize(model, spec.in_shape)}
+
+
+def inspect_file(path: str | Path, *, trust_code: bool = False) -> dict[str, Any]:
+    """``inspect_model`` of the model stored in ``path`` (``trust_code`` as in
+    :func:`load_model`)."""
+    model, spec, _ = load_model(path, trust_code=trust_code)
+    return {"file": str(path), **inspect_model(model, spec)}
+
+
+def inspect_name(name: str, in_shape: tuple[int, int, int] = (1, 28, 28), num_classes: int = 10,
+                 width: float | None = None) -> dict[str, Any]:
+    """``inspect_model`` of a freshly built zoo or user model."""
+    spec = resolve_spec(name, in_shape, num_classes, width)
+    return inspect_model(build_model(spec, trust_code=True), spec)  # the user's own name
+
+
+def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int = 256,
+                rounds: int = 3, min_seconds: float = 1.0, onnx: bool | None = None,
+                trust_code: bool = False) -> dict[str, Any]:
+    """Throughput of two model files timed alternately in this process and runtime
+    (:func:`bench_models`).
+
+    Codebook layers are materialised to dense layers first (the same weights), so the figure is
+    that of the model as it runs, not of decoding. With ``onnx`` (default: when the compressed
+    model is quantized) both are also exported and timed in onnxruntime, the baseline in float
+    and the compressed model with its integer kernels, in the same rounds; PyTorch runs a
+    quantized model as simulated (fake-quantized) float arithmetic. ``trust_code`` as in
+    :func:`load_model`.
+    """
+    from cnnzip.modules.quant import QuantLayer
+    from cnnzip.surgery import materialize
+
+    if batch_size < 1 or rounds < 1 or not min_seconds > 0:
+        raise ArgumentError(f"batch size ({batch_size}) and rounds ({rounds}) must be at least 1 "
+                            f"and the round time ({min_seconds} s) positive")
+    models, specs = {}, []
+    for key, path in (("baseline", baseline), ("compressed", compressed)):
+        model, spec, _ = load_model(path, trust_code=trust_code)
+        models[key] = materialize(model).eval()
+        specs.append(spec)
+    shapes = {tuple(spec.in_shape) for spec in specs}
+    if len(shapes) != 1:
+        raise CnnzipError(f"the two models take different inputs: {sorted(shapes)}")
+    shape = shapes.pop()
+    folded, n_folded = _folded(models["baseline"])
+    if folded is not None:
+        models["baseline_folded"] = folded
+    quantized = any(isinstance(m, QuantLayer) for m in models["compressed"].modules())
+    if onnx if onnx is not None else quantized:
+        from cnnzip.export import OrtModel, to_onnx
+
+        models["baseline_ort"] = OrtModel(to_onnx(models["baseline"], shape, int8=False))
+        models["compressed_ort"] = OrtModel(to_onnx(models["compressed"], shape))
+    best = bench_models(models, shape, batch_size=batch_size, rounds=rounds,
+                        min_seconds=min_seconds)
+    out = {"baseline": str(baseline), "compressed": str(compressed),
+           "baseline_images_per_s": best["baseline"],
+           "compressed_images_per_s": best["compressed"],
+           "speedup": best["compressed"] / best["baseline"], "batch_size": batch_size,
+           "runtime": runtime_name(), "compressed_simulated": quantized}
+    # the compressed model's BatchNorms are folded; the fair comparison folds the baseline's too
+    folded_speed = best.get("baseline_folded", best["baseline"])
+    out.update(baseline_folded_images_per_s=folded_speed,
+               speedup_vs_folded_baseline=best["compressed"] / folded_speed,
+               baseline_batchnorms_folded=n_folded)
+    if "baseline_ort" in best:
+        import onnxruntime
+
+        out["onnxruntime"] = {
+            "runtime": f"onnxruntime {onnxruntime.__version__} cpu, "
+                       f"{torch.get_num_threads()} threads",
+            "baseline_fp32_images_per_s": best["baseline_ort"],
+            "compressed_images_per_s": best["compressed_ort"], "compressed_int8": quantized,
+            "speedup": best["compressed_ort"] / best["baseline_ort"],
+            "speedup_vs_pytorch_fp32": best["compressed_ort"] / best["baseline"]}
+    return out
+
+
+def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
+    """A copy of ``model`` with every foldable BatchNorm folded, and how many (None, 0: nothing
+    to fold, or a model that does not trace)."""
+    from cnnzip.graph import foldable_pairs
+    from cnnzip.surgery import fold_batchnorm
+
+    copy = deepcopy(model)
+    try:
+        pairs = foldable_pairs(copy)
+    except ModelError:
+        return None, 0
+    if not pairs:
+        return None, 0
+    fold_batchnorm(copy, pairs)
+    return copy.eval(), len(pairs)
