@@ -10,7 +10,8 @@ quantization with its BatchNorms folded into the quantized layers, and a lenet5 
 
 - untargeted: ``bitflip`` (1-8 bits anywhere), ``truncate``, ``append``, ``header`` (bytes of the
   safetensors header changed in place), ``metadata`` (a valid-JSON edit of one metadata field,
-  the checksum left as it was), ``table`` (a tensor's dtype, shape or offsets edited in the
+  the checksum left as it was; a packed container's document is edited unpacked, then packed
+  again), ``table`` (a tensor's dtype, shape or offsets edited in the
   tensor table), ``dtype`` (a tensor's dtype swapped);
 - targeted, as an attacker would: ``metadata+sum``, ``table+sum``, ``tensor+sum`` (the same
   edits, or tensor values overwritten with NaN, extremes or random bytes, then the checksum
@@ -129,6 +130,31 @@ def _meta_doc(header: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return key, json.loads(raw)
 
 
+def _unpacked(key: str, meta: Any) -> tuple[Any, bool]:
+    """The document a metadata edit works on: a packed container's (version 5) unpacked, with
+    its version and checksum beside the other fields; others as they are. True when unpacked."""
+    from cnnzip.codec.records import FORMAT, PACKED_SINCE, unpack_document
+    from cnnzip.errors import CnnzipError
+
+    if key != FORMAT or not isinstance(meta, dict) \
+            or not isinstance(meta.get("version"), int) or meta["version"] < PACKED_SINCE:
+        return meta, False
+    try:
+        return unpack_document("mutant", meta), True
+    except CnnzipError:  # already damaged: edit it as it is
+        return meta, False
+
+
+def _packed(doc: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`_unpacked`: the version and checksum (as the document has them,
+    edited or not) stay outside, the rest is packed."""
+    from cnnzip.codec.records import pack_document
+    from cnnzip.integrity import CHECKSUM
+
+    outer = {k: doc[k] for k in ("version", CHECKSUM) if k in doc}
+    return {**pack_document({k: v for k, v in doc.items() if k not in outer}), **outer}
+
+
 def content(data: bytes) -> Any:
     """What a file holds, formatting aside: its metadata documents and its tensors (None when
     safetensors cannot read it)."""
@@ -159,13 +185,24 @@ def _recompute(data: bytes, crcs: bool = False) -> bytes:
     except Exception:  # noqa: BLE001  the mutant is unreadable: nothing to recompute
         return data
     if crcs and isinstance(meta, dict):
-        for rows, prefix in ((meta.get("layers"), "w:"), (meta.get("quant"), "q:")):
+        doc, packed = _unpacked(key, meta)
+        layers = tensors
+        if packed:
+            from cnnzip.codec.records import layer_tensors
+            from cnnzip.errors import CnnzipError
+
+            try:
+                layers = layer_tensors("mutant", doc["layers"], doc["quant"], tensors)
+            except (CnnzipError, KeyError, TypeError, IndexError):
+                layers = {}
+        for rows, prefix in ((doc.get("layers"), "w:"), (doc.get("quant"), "q:")):
             for row in rows if isinstance(rows, list) else ():
                 if isinstance(row, list) and row and isinstance(row[0], str) \
-                        and prefix + row[0] in tensors:
-                    row[-1] = zlib.crc32(tensor_bytes(tensors[prefix + row[0]]))
-        if isinstance(meta.get("dense"), dict) and "dense" in tensors:
-            meta["dense"]["crc"] = zlib.crc32(tensor_bytes(tensors["dense"]))
+                        and prefix + row[0] in layers:
+                    row[-1] = zlib.crc32(tensor_bytes(layers[prefix + row[0]]))
+        if isinstance(doc.get("dense"), dict) and "dense" in tensors:
+            doc["dense"]["crc"] = zlib.crc32(tensor_bytes(tensors["dense"]))
+        meta = _packed(doc) if packed else doc
     if isinstance(meta, dict):
         meta[CHECKSUM] = digest(meta, tensors)
     header["__metadata__"] = {key: json.dumps(meta)}
@@ -224,12 +261,15 @@ def _set(doc: Any, path: tuple, value: Any) -> Any:
 def mutate_metadata(data: bytes, rng: random.Random) -> bytes:
     header, body = split_file(data)
     key, meta = _meta_doc(header)
+    meta, packed = _unpacked(key, meta)
     for _ in range(rng.choice([1, 1, 1, 2, 3])):
         path = rng.choice(_leaves(meta)[1:])
         old = meta
         for step in path:
             old = old[step]
         meta = _set(meta, path, _edit_value(copy.deepcopy(old), rng))
+    if packed and isinstance(meta, dict):
+        meta = _packed(meta)
     header["__metadata__"] = {key: json.dumps(meta)}
     return join_file(header, body)
 

@@ -122,22 +122,34 @@ def write_mnist_like(directory: Path, n_train: int = 300, n_test: int = 100, *,
 def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = True) -> Path:
     """Rewrite a cnnzip safetensors file in place as an attacker would: edit its metadata
     document and/or tensors, then (``checksum``) recompute the checksum so only the schema and
-    the decoders stand in the way."""
+    the decoders stand in the way. A packed container (version 5) is edited unpacked: its
+    document, and one tensor per coded layer (``w:name``, ``q:name``) beside ``dense``."""
     import json
 
     from safetensors import safe_open
     from safetensors.torch import save_file
 
+    from cnnzip.codec.records import (FORMAT, PACKED_SINCE, join_payloads, layer_tensors,
+                                      pack_document, unpack_document)
     from cnnzip.integrity import CHECKSUM, digest
 
     with safe_open(str(path), framework="pt") as f:
         (key, raw), = f.metadata().items()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     meta = json.loads(raw)
+    packed = key == FORMAT and meta.get("version", 0) >= PACKED_SINCE
+    stored = meta.get(CHECKSUM)
+    if packed:
+        meta = {k: v for k, v in unpack_document(path, meta).items()
+                if k not in ("version", CHECKSUM)}
+        tensors = layer_tensors(path, meta["layers"], meta["quant"], tensors)
     if edit_meta is not None:
         edit_meta(meta)
     if edit_tensors is not None:
         edit_tensors(tensors)
+    if packed:
+        tensors = join_payloads(meta["layers"], meta["quant"], tensors)
+        meta = {**pack_document(meta), **({CHECKSUM: stored} if stored else {})}
     if checksum:
         meta[CHECKSUM] = digest(meta, tensors)
     save_file(tensors, str(path), metadata={key: json.dumps(meta)})

@@ -124,10 +124,15 @@ def test_container_dtype_and_record_edits_break_the_checksum(container):
     container.write_bytes(data.replace(b'"dtype":"F16"', b'"dtype":"I16"', 1))
     with pytest.raises(CheckpointError):
         decode_file(container)
-    header_end = 8 + int.from_bytes(data[:8], "little")
-    i = data.index(b"]", data.index(b"layers"))  # the first layer's shape ends; digits follow
-    j = next(k for k in range(i, header_end) if data[k:k + 1].isdigit())
-    container.write_bytes(data[:j] + bytes([data[j] ^ 1]) + data[j + 1:])  # 0<->1, 2<->3, ...
+    j = data.index(b"packed") + 20  # a character of the packed document
+    container.write_bytes(data[:j] + bytes([data[j] ^ 1]) + data[j + 1:])  # 0<->1, A<->@, ...
+    with pytest.raises(CheckpointError, match="checksum mismatch"):
+        decode_file(container)
+    container.write_bytes(data)
+
+    def count(meta):
+        meta["layers"][0][7] ^= 1  # a record's number, the document packed again
+    rewrite(container, count, checksum=False)
     with pytest.raises(CheckpointError, match="checksum mismatch"):
         decode_file(container)
 

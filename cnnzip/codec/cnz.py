@@ -9,7 +9,9 @@ Layout:
   scales, layers that are neither shared nor quantized), flattened;
 - string metadata: format and version, the architecture, the input record, per-layer records
   (shape, counts, stream lengths, CRC-32 of the payload), the dense index, and (version 3) one
-  SHA-256 over all of that and every tensor (``cnnzip.integrity``).
+  SHA-256 over all of that and every tensor (``cnnzip.integrity``). From version 5 the
+  document is packed (deflated, base85) and the per-layer tensors are one ``payload`` tensor
+  (:mod:`cnnzip.codec.records`).
 
 Decoding checks the file before building anything: the tensor table, the checksum, the metadata
 schema (bounded sizes, counts consistent with each layer's shape), then each payload against
@@ -34,9 +36,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.codec.records import (FORMAT, VERSION, CodebookRecord, Coding, DenseRecord,
-                                  QuantRecord, codebook_record, quant_record, read_container,
-                                  rebuild)
+from cnnzip.codec.records import (FORMAT, CodebookRecord, Coding, DenseRecord, QuantRecord, codebook_record, join_payloads,
+                                  pack_document, quant_record, read_container, rebuild)
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import CHECKSUM, check_finite, check_runs, digest, fail, guard, tensor_bytes
 from cnnzip.modules import CodebookLayer
@@ -127,14 +128,16 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
             else torch.zeros(0, dtype=torch.float16))
     tensors["dense"] = flat
     index = [[k, list(v.shape)] for k, v in dense.items()]
-    # One metadata key: safetensors keeps metadata in a hash map, so several keys would be
-    # written in varying order and the same model would not give the same bytes.
-    header = json.loads(json.dumps({
-        "version": VERSION, "model": _without_sharing(spec).to_dict(), "input": input or {},
+    document = json.loads(json.dumps({
+        "model": _without_sharing(spec).to_dict(), "input": input or {},
         "layers": [list(asdict(r).values()) for r in records],
         "quant": [list(asdict(r).values()) for r in quant],
         "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}, allow_nan=False))
+    tensors = join_payloads(document["layers"], document["quant"], tensors)
+    header = pack_document(document)
     header[CHECKSUM] = digest(header, tensors)
+    # One metadata key: safetensors keeps metadata in a hash map, so several keys would be
+    # written in varying order and the same model would not give the same bytes.
     metadata = {FORMAT: json.dumps(header, separators=(",", ":"))}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

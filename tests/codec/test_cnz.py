@@ -34,13 +34,18 @@ def _assert_same(a: nn.Module, b: nn.Module):
         assert torch.equal(sa[key], sb[key]), key
 
 
-@pytest.mark.parametrize("method,block", [(Sharing.KMEANS, 1), (Sharing.PQ, 4)])
-def test_round_trip_is_bit_exact(tmp_path, method, block):
-    model = _compressed(method=method, block=block)
-    path = tmp_path / "m.cnz"
+def _packed_file(tmp_path, method=Sharing.KMEANS, block=1):
+    """A pruned and shared lenet5 written with its sharing edits: the file, model and edits."""
+    path, model = tmp_path / "m.cnz", _compressed(method=method, block=block)
     shared = tuple(WeightsShared(n, *m.codebook.shape, m.nnz) for n, m in model.named_modules()
                    if isinstance(m, CodebookLayer))
     encode_file(path, model, SPEC.with_edits(shared), input={"dataset": "synthetic"})
+    return path, model, shared
+
+
+@pytest.mark.parametrize("method,block", [(Sharing.KMEANS, 1), (Sharing.PQ, 4)])
+def test_round_trip_is_bit_exact(tmp_path, method, block):
+    path, model, shared = _packed_file(tmp_path, method, block)
     decoded, spec, info = decode_file(path)
     assert spec == SPEC.with_edits(shared) and info == {"dataset": "synthetic"}
     assert len(shared) == 5
@@ -96,3 +101,72 @@ def test_foreign_file(tmp_path):
     save_file({"x": torch.zeros(3)}, str(tmp_path / "f.cnz"))
     with pytest.raises(CheckpointError, match="not a cnnzip .cnz container"):
         decode_file(tmp_path / "f.cnz")
+
+
+
+
+def test_the_document_is_packed_and_the_payloads_are_one_tensor(tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from cnnzip.codec.records import read_container, unpack_document
+
+    path = _packed_file(tmp_path)[0]
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["cnnzip-cnz"])
+        names = sorted(f.keys())
+    assert names == ["dense", "payload"] and sorted(meta) == ["packed", "sha256", "version"]
+    doc = unpack_document(path, meta)
+    plain = json.dumps({k: v for k, v in doc.items() if k not in ("version", "sha256")},
+                       separators=(",", ":"))
+    assert len(meta["packed"]) < len(plain) / 2  # deflate and its dictionary pay for base85
+    raw, header = read_container(path)  # cut back into one payload per layer
+    assert sorted(raw.tensors) == sorted(["dense", *(f"w:{r[0]}" for r in header.layers)])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: meta.update(packed=meta["packed"][:-5]), "does not inflate"),
+    (lambda meta: meta.update(packed=meta["packed"] + "0"), "does not inflate"),
+    (lambda meta: meta.update(packed="~~~~~"), "does not inflate"),
+    (lambda meta: meta.update(packed=7), "packed document"),
+    (lambda meta: meta.update(layers=[]), "packed document"),
+])
+def test_a_damaged_packed_document_is_a_clear_error(tmp_path, edit, message):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from cnnzip.integrity import CHECKSUM, digest
+
+    path = _packed_file(tmp_path)[0]
+    with safe_open(str(path), "pt") as f:
+        meta = json.loads(f.metadata()["cnnzip-cnz"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    edit(meta)
+    meta[CHECKSUM] = digest(meta, tensors)  # as an attacker would: only the checks stand
+    save_file(tensors, str(path), metadata={"cnnzip-cnz": json.dumps(meta)})
+    with pytest.raises(CheckpointError, match=message):
+        decode_file(path)
+
+
+def test_a_packed_document_inflating_past_the_limit_is_refused(tmp_path, monkeypatch):
+    from cnnzip.codec import records
+
+    path = _packed_file(tmp_path)[0]
+    monkeypatch.setattr(records, "MAX_DOCUMENT", 100)  # the file's document is larger
+    with pytest.raises(CheckpointError, match="larger than the limit"):
+        decode_file(path)
+
+
+def test_payload_bytes_must_match_the_records(tmp_path):
+    from tests.helpers import rewrite
+
+    path = _packed_file(tmp_path)[0]
+
+    def longer(meta):
+        meta["layers"][0][10] += 2  # book_bytes: the records claim two bytes more than stored
+    rewrite(path, longer)
+    with pytest.raises(CheckpointError, match="the records give a flat uint8"):
+        decode_file(path)

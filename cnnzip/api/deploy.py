@@ -1,0 +1,333 @@
+"""The Python API for deployment: export a file as ONNX, C or an hls4ml project, time it as C
+(host or emulated Cortex-M4), estimate its FPGA resources, and compress within a latency
+budget measured on the C."""
+
+from __future__ import annotations
+
+import importlib.util
+from copy import deepcopy
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cnnzip import budget as _budget
+from cnnzip.api.files import _test_data, load_model
+from cnnzip.budget import Budget
+from cnnzip.errors import ArgumentError, CnnzipError
+from cnnzip.surgery import ModelSpec
+from cnnzip.train import evaluate
+
+
+def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str = "host",
+                  kernels: str = "balanced", samples: int | None = None, peer: bool = False,
+                  calibrate: bool = False, dataset: str | None = None,
+                  data_dir: str | Path | None = None, work: str | Path | None = None,
+                  trust_code: bool = False) -> dict[str, Any]:
+    """Both models as C from cnnzip's generator, compiled with the same compiler and flags for
+    ``target`` (``host`` or ``cortex-m4``, :mod:`cnnzip.export.cbench`) and run on the first
+    ``samples`` test images (default: 200 on the Cortex-M4, 1,000 on the host): the baseline as
+    dense float C, the compressed model as integer C with the kernels ``kernels`` chooses, and
+    as dense integer C (what sparsity and sharing add). Per model: time per image, flash, RAM,
+    and the C checked against the reference. On the host, onnxruntime at batch 1 as well. With
+    ``peer``, both models also through emx-onnx-cgen (ONNX to C) when it is installed.
+    ``calibrate`` as in :func:`export_file`.
+    """
+    import tempfile
+
+    from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
+    from cnnzip.export.floatref import lower_float_model
+    from cnnzip.export.reference import ReferenceError
+    from cnnzip.export.toolchain import TARGETS
+
+    if target not in TARGETS:
+        raise ArgumentError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
+    samples = samples or (200 if target == "cortex-m4" else 1000)
+    base, base_spec, _ = load_model(baseline, trust_code=trust_code)
+    comp, spec, info = load_model(compressed, trust_code=trust_code)
+    in_shape = tuple(spec.in_shape)
+    if tuple(base_spec.in_shape) != in_shape:
+        raise CnnzipError(f"the two models take different inputs: {base_spec.in_shape}, "
+                          f"{spec.in_shape}")
+    try:
+        float_model = lower_float_model(base, in_shape)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
+    int_model, calibrated = _integer_model(compressed, comp, spec, info, dataset, data_dir,
+                                           calibrate, "export as C")
+    dataset, splits = _test_data(compressed, spec, info, dataset, data_dir)
+    from cnnzip.data import batches
+
+    images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
+    entries = [Entry("baseline-float", float_model, "dense"),
+               Entry("compressed", int_model, kernels),
+               Entry("compressed-dense", int_model, "dense")]
+    out: dict[str, Any] = {"baseline": str(baseline), "compressed": str(compressed),
+                           "target": target, "kernels": kernels, "samples": len(images),
+                           "dataset": dataset, **calibrated}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(work) if work else Path(tmp)
+        if peer:
+            out["peer"] = peer_entries(base, comp, in_shape, folder, entries)
+        bench(entries, in_shape, int(float_model(np.zeros((1, *in_shape), np.float32)).shape[1]),
+              images, folder, target)
+    key = "ticks_per_image" if target == "cortex-m4" else "us_per_image"
+    models = {e.label: {k: v for k, v in e.result.items() if k not in ("folder", "sources")}
+              for e in entries}
+    base_time = models["baseline-float"][key]
+    for figures in models.values():
+        figures["speedup_vs_baseline"] = base_time / figures[key]
+    out.update(models=models, time_unit=key)
+    if target == "host":
+        out["onnxruntime_batch1"] = onnxruntime_batch1(base, comp, in_shape)
+    return out
+
+
+def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | None = None,
+                 samples: int = 200, dataset: str | None = None,
+                 data_dir: str | Path | None = None, trust_code: bool = False) -> float:
+    """Time per image of ``path`` as cnnzip's C (integer, the balanced kernels; float feature
+    maps quantized to 8 bits first) on the first ``samples`` test images: µs measured on the
+    host, or on the emulated Cortex-M4 its executed instructions at ``clock_mhz`` (one per
+    cycle: memory wait states aside)."""
+    import tempfile
+
+    from cnnzip.data import batches
+    from cnnzip.export.cbench import Entry, bench
+    from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK
+
+    if target == "cortex-m4" and not clock_mhz:
+        raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
+    model, spec, info = load_model(path, trust_code=trust_code)
+    int_model, _ = _integer_model(path, model, spec, info, dataset, data_dir, True, "time as C")
+    _, splits = _test_data(path, spec, info, dataset, data_dir)
+    images = torch.cat([x for x, _ in batches(splits.test, splits.info, samples)])[:samples]
+    classes = int(int_model(np.zeros((1, *spec.in_shape), np.float32)).shape[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        (entry,) = bench([Entry("model", int_model)], tuple(spec.in_shape), classes, images,
+                         Path(tmp), target)
+    if target == "host":
+        return entry.result["us_per_image"]
+    return entry.result["ticks_per_image"] * INSTRUCTIONS_PER_TICK / clock_mhz
+
+
+def compress_within(model_path: str | Path, recipe: Any, out_dir: str | Path, budget: Budget, *,
+                    latency_target: str = "host", clock_mhz: float | None = None,
+                    **options: Any) -> dict[str, Any]:
+    """:func:`cnnzip.budget.compress_within`; a latency budget measured by
+    :func:`c_latency_us` on ``latency_target`` (``host`` or ``cortex-m4`` at ``clock_mhz``)."""
+    if budget.latency_us is not None and latency_target == "cortex-m4" and not clock_mhz:
+        raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
+
+    def latency(path: Path) -> float:
+        return c_latency_us(path, target=latency_target, clock_mhz=clock_mhz,
+                            dataset=options.get("dataset"), data_dir=options.get("data_dir"),
+                            trust_code=options.get("trust_code", False))
+    return _budget.compress_within(model_path, recipe, out_dir, budget, latency=latency,
+                                   **options)
+
+
+def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
+                 dataset: str | None, data_dir: str | Path | None) -> torch.Tensor | None:
+    """The first 512 training images of the model's dataset (normalised), from which the
+    integer lowering sets the grid of a tensor no quantized layer reads directly (a residual
+    sum before average pooling); None when the dataset is not at hand."""
+    from cnnzip.data import batches
+
+    try:
+        _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    except CnnzipError:
+        return None
+    return next(iter(batches(splits.train, splits.info, 512)))[0]
+
+
+def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], dataset: str | None,
+                   data_dir: str | Path | None) -> dict[str, Any]:
+    """``model`` made computable in integers by post-training quantization of its float
+    feature maps (:func:`cnnzip.methods.quant.integer_ready`), on the model's dataset."""
+    from cnnzip.methods import Context
+    from cnnzip.methods.quant import integer_ready
+
+    _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    return integer_ready(model, Context(splits, finetune_epochs=0, quiet=True))
+
+
+def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], dataset: str | None,
+                   data_dir: str | Path | None, calibrate: bool, what: str):
+    """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
+    maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
+    ``what`` was attempted. Returns the integer model and the calibration's record."""
+    from cnnzip.export.reference import ReferenceError, lower_model
+
+    calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
+        if calibrate else {"calibrated": False}
+    try:
+        return lower_model(model, tuple(spec.in_shape),
+                           _calibration(path, spec, input_info, dataset, data_dir)), calibrated
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot {what}: {exc}") from None
+
+
+def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+              input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
+              data_dir: str | Path | None, kernels: str, calibrate: bool) -> dict[str, Any]:
+    """Integer-only C99 in ``out`` (model.h, model.c, main.c), each layer's kernel chosen by
+    ``kernels``; with ``calibrate``, float feature maps quantized first; with ``check``,
+    compiled with gcc and run on the full test set: every prediction compared with the numpy
+    reference's."""
+    import subprocess
+    import tempfile
+
+    from cnnzip.data import batches
+    from cnnzip.export.c import write
+    from cnnzip.export.reference import ReferenceError
+    from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
+
+    float_model = deepcopy(model) if calibrate and check else None
+    int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
+                                           calibrate, "export as C")
+    mean, std = input_info.get("mean"), input_info.get("std")
+    if not mean or not std:
+        raise CnnzipError(f"{path}: no input normalisation recorded; the C needs it to turn "
+                          "pixels into the first layer's integers")
+    try:
+        files, gen = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out, kernels)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
+    result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
+                              "files": files, "bytes": sum(files.values()), "memory": gen.memory,
+                              "kernels": kernels, "layers": [asdict(p) for p in gen.layers],
+                              "compile": f"gcc {' '.join(CFLAGS)} model.c main.c -o infer",
+                              **calibrated}
+    if not check:
+        return result
+    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    images = splits.test.images
+    with tempfile.TemporaryDirectory() as tmp:
+        result["compiled"] = model_sections(out, Path(tmp))
+        infer = compile_c(out, ["model.c", "main.c"], Path(tmp) / "infer")
+        idx = Path(tmp) / "images-idx3-ubyte"
+        n, c, h, w = images.shape
+        header = np.array([0x803, n, h, w], ">u4").tobytes()
+        idx.write_bytes(header + images.numpy().astype(np.uint8).tobytes())
+        run = subprocess.run([str(infer), str(idx)], capture_output=True, check=True,
+                             text=True)
+    predicted = np.array([int(v) for v in run.stdout.split()])
+    reference = np.concatenate([int_model(int_model.quantize_input(x)).argmax(1)
+                                for x, _ in batches(splits.test, splits.info, 1000)])
+    labels = splits.test.labels.numpy()
+    result.update(dataset=dataset, samples=len(predicted),
+                  c_accuracy=float((predicted == labels).mean()),
+                  accuracy=evaluate(model, splits.test, splits.info),
+                  c_equals_reference=float((predicted == reference).mean()))
+    if float_model is not None and calibrated["calibrated"]:
+        result["float_accuracy"] = evaluate(float_model, splits.test, splits.info)
+    return result
+
+
+def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
+                   data_dir: str | Path | None, calibrate: bool, options: Any,
+                   samples: int | None) -> dict[str, Any]:
+    """An hls4ml project in ``out`` from the integer model (:mod:`cnnzip.export.hls`), with
+    its FPGA resource estimate; with ``check``, its C simulation run on the first
+    ``samples`` test images (default all) against cnnzip's model and the integer
+    reference."""
+    from cnnzip.data import batches
+    from cnnzip.export.fpga import resource_report
+    from cnnzip.export.hls import export_project
+    from cnnzip.export.reference import ReferenceError
+
+    if importlib.util.find_spec("hls4ml") is None:
+        raise CnnzipError("hls4ml is not installed: pip install hls4ml==1.3.0 (scripts/setup.sh "
+                          "installs it)")
+    int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
+                                           calibrate, "export for hls4ml")
+    in_shape = tuple(spec.in_shape)
+    test = None
+    if check:
+        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
+        with torch.inference_mode():
+            predicted = torch.cat([model.eval()(images[i:i + 1000]).argmax(1)
+                                   for i in range(0, len(images), 1000)]).numpy()
+        labels = splits.test.labels.numpy()[:len(images)]
+        test = (int_model.quantize_input(images), labels, predicted)
+    try:
+        result = export_project(int_model, in_shape, out, options, check=test)
+    except ReferenceError as exc:
+        raise CnnzipError(f"{path}: cannot export for hls4ml: {exc}") from None
+    result = {"file": str(path), "out": str(out), "format": "hls4ml", **result, **calibrated,
+              "resources": resource_report(int_model, in_shape, options.reuse_factor)}
+    if check:
+        result.update(dataset=dataset,
+                      accuracy=float((test[2] == test[1]).mean()))
+    return result
+
+
+def fpga_resources(path: str | Path, *, reuse_factor: int = 1, calibrate: bool = False,
+                   dataset: str | None = None, data_dir: str | Path | None = None,
+                   trust_code: bool = False) -> dict[str, Any]:
+    """Per layer and in total, what the quantized model in ``path`` costs on an FPGA as
+    hls4ml builds it (:mod:`cnnzip.export.fpga`): MACs, non-zero MACs, DSP slices at
+    ``reuse_factor`` without packing, with two multiplies per slice, with zero weights
+    removed, and on-chip weight bits. ``calibrate`` as in :func:`export_file`."""
+    from cnnzip.export.fpga import resource_report
+
+    model, spec, info = load_model(path, trust_code=trust_code)
+    int_model, calibrated = _integer_model(path, model, spec, info, dataset, data_dir,
+                                           calibrate, "estimate FPGA resources")
+    return {"file": str(path), "model": spec.name, **calibrated,
+            **resource_report(int_model, tuple(spec.in_shape), reuse_factor)}
+
+
+def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
+                check: bool = False, dataset: str | None = None,
+                data_dir: str | Path | None = None, trust_code: bool = False,
+                kernels: str = "balanced", calibrate: bool = False, hls: Any = None,
+                samples: int | None = None) -> dict[str, Any]:
+    """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
+    ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
+    sparse, unrolled, packed) are chosen by ``kernels``
+    (:data:`cnnzip.export.costmodel.POLICIES`); or (``format="hls4ml"``) an hls4ml project
+    built as ``hls`` (:class:`cnnzip.export.hls.HlsOptions`) says. ``calibrate`` first
+    quantizes a model's float feature maps to 8 bits on training images (weight-shared and
+    float models); ``samples``: hls4ml's check on the first so many test images.
+
+    With ``check``, the exported file runs in onnxruntime on the full test set: its accuracy
+    and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
+    in :func:`load_model`.
+    """
+    from cnnzip.data import batches
+    from cnnzip.export import OrtModel, agreement, export_onnx
+
+    if format not in ("onnx", "c", "hls4ml"):
+        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx, "
+                          "c and hls4ml")
+    model, spec, input_info = load_model(path, trust_code=trust_code)
+    if format == "hls4ml":
+        from cnnzip.export.hls import HlsOptions
+
+        return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,
+                              data_dir, calibrate, hls or HlsOptions(), samples)
+    if format == "c":
+        return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir,
+                         kernels, calibrate)
+    size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
+    result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
+                              "bytes": size, "int8": int8}
+    if check:
+        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        runtime = OrtModel(Path(out))
+        images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])
+        with torch.inference_mode():
+            predicted = runtime(images).argmax(1)
+        result.update(dataset=dataset, samples=len(images),
+                      onnx_accuracy=float((predicted == splits.test.labels).float().mean()),
+                      accuracy=evaluate(model, splits.test, splits.info),
+                      agreement=agreement(model.eval(), runtime, images))
+    return result
