@@ -74,12 +74,13 @@ def test_golden_layer_payload():
                           torch.tensor([[0.5], [-1.0]]), torch.tensor([1, 0, 1]))
     record, payload = _encode_layer("fc", layer)
     assert (record.nnz, record.k, record.d, record.max_gap) == (3, 2, 1, 7)
-    # gaps 1, 0, 3 → table [4 | 1 1 0 1]; codes 1, 0, 1 → table [2 | 1 2]; each one ANS word;
-    # codebook float16 0.5 = 0x3800, -1.0 = 0xbc00 (little-endian)
-    assert payload[:5].tobytes() == bytes([4, 1, 1, 0, 1])
-    assert payload[9:12].tobytes() == bytes([2, 1, 2])
+    # gaps 1, 0, 3 → the coarse table [0 4 | levels 15 15 0 15] (4 bytes against the exact
+    # [4 | 1 1 0 1]); codes 1, 0, 1 → the exact table [2 | 1 2] (a tie: exact wins); each one ANS
+    # word; codebook float16 0.5 = 0x3800, -1.0 = 0xbc00 (little-endian)
+    assert payload[:4].tobytes() == bytes([0, 4, 0xFF, 0xF0])
+    assert payload[8:11].tobytes() == bytes([2, 1, 2])
     assert payload[-4:].tobytes() == bytes([0x00, 0x38, 0x00, 0xBC])
-    assert len(payload) == record.pos_bytes + record.code_bytes + record.book_bytes == 20
+    assert len(payload) == record.pos_bytes + record.code_bytes + record.book_bytes == 19
 
 
 @pytest.mark.parametrize("damage,message", [

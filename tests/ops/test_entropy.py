@@ -47,3 +47,36 @@ def test_damaged_stream_is_an_error(damage):
         data = bytes([data[0], data[1] + 1]) + data[2:]
     with pytest.raises(ValueError):
         decode_symbols(data, 100)
+
+
+def test_a_short_stream_on_a_large_alphabet_carries_the_coarse_table():
+    rng = np.random.default_rng(0)
+    values = rng.choice(256, size=500, p=np.r_[np.full(16, 0.05), np.full(240, 0.2 / 240)])
+    values[-1] = 255
+    data = encode_symbols(values)
+    assert data[0] == 0 and read_varints(data, 1, 1)[0] == [256]  # coarse, alphabet 256
+    exact = len(write_varints([256, *np.bincount(values, minlength=256).tolist()]))
+    stats = stream_stats(values)
+    assert stats.table_bits == 8 * (1 + 2 + 128) < 8 * exact  # varints 0 and 256, 4 bits each
+    assert stats.coded_bits <= 1.02 * stats.entropy_bits + 64
+    assert np.array_equal(decode_symbols(data, 500), values)
+
+
+def test_coarse_levels_golden():
+    # log2(count / max) in half steps over 7 octaves, 0 absent, below 1/128 of the max at 1
+    from cnnzip.ops.entropy import coarse_levels
+
+    assert coarse_levels(np.array([1000, 500, 0, 1, 250, 707])).tolist() == [15, 13, 0, 1, 11, 14]
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda d: d[:3], "ends inside the coarse table"),
+    (lambda d: d[:3] + bytes(128) + d[131:], "no symbol a probability"),
+    (lambda d: bytes([0, 255]) + d[2:], "expected 1 to"),
+])
+def test_damaged_coarse_table_is_an_error(damage, message):
+    values = np.arange(500) % 256
+    data = encode_symbols(values)
+    assert data[0] == 0
+    with pytest.raises(ValueError, match=message):
+        decode_symbols(damage(data), 500, max_alphabet=256)
