@@ -5,9 +5,10 @@ schema, tensor names and dtypes, each layer's counts against its shape).
 From version 5 the metadata document is stored packed (:func:`pack_document`): deflated with a
 preset dictionary of the words every container repeats, then base85 text, beside the version and
 the checksum in the clear; and the layers' payloads are one ``payload`` tensor, cut back into
-layers by the byte counts their records give (:func:`layer_tensors`). A small model's file
-was a third metadata; packed, the document costs a fifth to a half of its plain size and the
-tensor table two entries.
+layers by the byte counts their records give (:func:`layer_tensors`). The metadata was half
+the file of a factorized resnet20 (17 of 33 KB: the edit record, 54 layer records, the dense
+index, 55 tensor-table entries); packed, the document costs a fifth to a half of its plain
+size and the tensor table two entries.
 """
 
 from __future__ import annotations
