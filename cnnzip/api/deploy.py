@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from cnnzip import budget as _budget
-from cnnzip.api.files import _test_data, load_model
+from cnnzip.api.files import file_splits, load_model
 from cnnzip.budget import Budget
 from cnnzip.errors import ArgumentError, CnnzipError
 from cnnzip.surgery import ModelSpec
@@ -57,7 +57,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
         raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
     int_model, calibrated = _integer_model(compressed, comp, spec, info, dataset, data_dir,
                                            calibrate, "export as C")
-    dataset, splits = _test_data(compressed, spec, info, dataset, data_dir)
+    dataset, splits = file_splits(compressed, spec, info, dataset, data_dir)
     from cnnzip.data import batches
 
     images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
@@ -102,7 +102,7 @@ def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | N
         raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
     model, spec, info = load_model(path, trust_code=trust_code)
     int_model, _ = _integer_model(path, model, spec, info, dataset, data_dir, True, "time as C")
-    _, splits = _test_data(path, spec, info, dataset, data_dir)
+    _, splits = file_splits(path, spec, info, dataset, data_dir)
     images = torch.cat([x for x, _ in batches(splits.test, splits.info, samples)])[:samples]
     classes = int(int_model(np.zeros((1, *spec.in_shape), np.float32)).shape[1])
     with tempfile.TemporaryDirectory() as tmp:
@@ -137,7 +137,7 @@ def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
     from cnnzip.data import batches
 
     try:
-        _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        _, splits = file_splits(path, spec, input_info, dataset, data_dir)
     except CnnzipError:
         return None
     return next(iter(batches(splits.train, splits.info, 512)))[0]
@@ -151,7 +151,7 @@ def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     from cnnzip.methods import Context
     from cnnzip.methods.quant import integer_ready
 
-    _, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    _, splits = file_splits(path, spec, input_info, dataset, data_dir)
     return integer_ready(model, Context(splits, finetune_epochs=0, quiet=True))
 
 
@@ -205,7 +205,7 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                               **calibrated}
     if not check:
         return result
-    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
     images = splits.test.images
     with tempfile.TemporaryDirectory() as tmp:
         result["compiled"] = model_sections(out, Path(tmp))
@@ -250,7 +250,7 @@ def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     in_shape = tuple(spec.in_shape)
     test = None
     if check:
-        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
         images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
         with torch.inference_mode():
             predicted = torch.cat([model.eval()(images[i:i + 1000]).argmax(1)
@@ -321,7 +321,7 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
                               "bytes": size, "int8": int8}
     if check:
-        dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+        dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
         runtime = OrtModel(Path(out))
         images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])
         with torch.inference_mode():

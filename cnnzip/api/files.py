@@ -78,8 +78,10 @@ def load_model(path: str | Path, *, trust_code: bool = False,
     return ckpt.model, ckpt.spec, ckpt.input
 
 
-def _test_data(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
-               dataset: str | None, data_dir: str | Path | None) -> tuple[str, Splits]:
+def file_splits(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
+                dataset: str | None, data_dir: str | Path | None) -> tuple[str, Splits]:
+    """The dataset a model file is evaluated on (``dataset``, else the one it records) and its
+    splits; an error names the file when none is known or the inputs do not fit the model."""
     dataset = dataset or input_info.get("dataset")
     if not dataset:
         raise CnnzipError(f"{path}: no dataset recorded in the file; pass --dataset")
@@ -101,7 +103,7 @@ def evaluate_file(path: str | Path, dataset: str | None = None, *,
         trust_code: as in :func:`load_model`.
     """
     model, spec, input_info = load_model(path, trust_code=trust_code)
-    dataset, splits = _test_data(path, spec, input_info, dataset, data_dir)
+    dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
     start = time.perf_counter()
     accuracy = evaluate(model, splits.test, splits.info)
     return {"file": str(path), "model": spec.name, "dataset": dataset, "accuracy": accuracy,
