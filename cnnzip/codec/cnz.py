@@ -129,11 +129,11 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
             else torch.zeros(0, dtype=torch.float16))
     tensors["dense"] = flat
     index = [[k, list(v.shape)] for k, v in dense.items()]
-    document = json.loads(json.dumps({
+    document = {  # pack_document writes it as JSON (tuples as lists, no NaN)
         "model": _without_sharing(spec).to_dict(), "input": input or {},
         "layers": [list(asdict(r).values()) for r in records],
         "quant": [list(asdict(r).values()) for r in quant],
-        "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}, allow_nan=False))
+        "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}
     tensors = join_payloads(document["layers"], document["quant"], tensors)
     header = pack_document(document)
     header[CHECKSUM] = digest(header, tensors)

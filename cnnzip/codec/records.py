@@ -211,16 +211,12 @@ def read_container(path: Path) -> tuple[RawFile, ContainerHeader]:
                             on_mismatch=_name_damaged_layer)
     if raw.meta["version"] == 1 and "quant" in raw.meta:
         raise fail(path, "damaged metadata: a version 1 container has no quantized layers")
-    packed = raw.meta["version"] >= PACKED_SINCE
-    doc = unpack_document(path, raw.meta) if packed else raw.meta
-    header = validate(path, ContainerHeader, doc)
+    if raw.meta["version"] >= PACKED_SINCE:
+        raw, header = _unpacked(raw)
+    else:
+        header = _header(path, raw.meta)
     expected = {"dense", *(f"w:{r[0]}" for r in header.layers),
                 *(f"q:{r[0]}" for r in header.quant)}
-    if len(expected) != 1 + len(header.layers) + len(header.quant):
-        raise fail(path, "damaged metadata: a layer is recorded twice")
-    if packed:
-        raw = RawFile(raw.path, doc, layer_tensors(path, header.layers, header.quant,
-                                                   raw.tensors))
     if set(raw.tensors) != expected:
         odd = sorted(set(raw.tensors) ^ expected)[0]
         where = "has no payload" if odd in expected else "is not in the metadata"
@@ -233,14 +229,29 @@ def read_container(path: Path) -> tuple[RawFile, ContainerHeader]:
     return raw, header
 
 
+def _header(path: Path, doc: dict[str, Any]) -> ContainerHeader:
+    """The document checked by the schema, no layer recorded twice."""
+    header = validate(path, ContainerHeader, doc)
+    names = [r[0] for r in header.layers] + [r[0] for r in header.quant]
+    if len(set(names)) != len(names):
+        raise fail(path, "damaged metadata: a layer is recorded twice")
+    return header
+
+
+def _unpacked(raw: RawFile) -> tuple[RawFile, ContainerHeader]:
+    """A packed container (version 5) as earlier versions hold it: the document unpacked and
+    checked, the payload cut into one tensor per coded layer."""
+    doc = unpack_document(raw.path, raw.meta)
+    header = _header(raw.path, doc)
+    return RawFile(raw.path, doc, layer_tensors(raw.path, header.layers, header.quant,
+                                                raw.tensors)), header
+
+
 def _name_damaged_layer(raw: RawFile) -> None:
     """After a checksum mismatch: if one payload's own CRC-32 fails too, say which layer."""
-    if isinstance(raw.meta.get("version"), int) and raw.meta["version"] >= PACKED_SINCE:
+    if raw.meta["version"] >= PACKED_SINCE:  # read_versioned checked the version first
         try:
-            doc = unpack_document(raw.path, raw.meta)
-            header = validate(raw.path, ContainerHeader, doc)
-            raw = RawFile(raw.path, doc, layer_tensors(raw.path, header.layers, header.quant,
-                                                       raw.tensors))
+            raw, _ = _unpacked(raw)
         except CheckpointError:
             return  # the metadata itself is damaged: the checksum's message stands
     for key, prefix in (("layers", "w:"), ("quant", "q:")):
