@@ -30,7 +30,8 @@ from cnnzip.data import batches, load_dataset
 from cnnzip.export.dsp import max_exact_terms, packed_conv2d
 from cnnzip.export.fpga import value_ranges
 from cnnzip.export.hls import HlsOptions
-from cnnzip.export.reference import IntLayer, lower_model
+from cnnzip.export.intops import IntLayer
+from cnnzip.export.reference import lower_model
 from common import BASELINES
 
 

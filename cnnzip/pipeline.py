@@ -191,7 +191,8 @@ def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[s
     model has no integer C form."""
     from cnnzip.data import batches
     from cnnzip.export.c import generate
-    from cnnzip.export.reference import ReferenceError, lower_model
+    from cnnzip.export.intops import ReferenceError
+    from cnnzip.export.reference import lower_model
 
     try:
         calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]

@@ -39,7 +39,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
 
     from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
     from cnnzip.export.floatref import lower_float_model
-    from cnnzip.export.reference import ReferenceError
+    from cnnzip.export.intops import ReferenceError
     from cnnzip.export.toolchain import TARGETS
 
     if target not in TARGETS:
@@ -161,7 +161,8 @@ def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
     maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
     ``what`` was attempted. Returns the integer model and the calibration's record."""
-    from cnnzip.export.reference import ReferenceError, lower_model
+    from cnnzip.export.intops import ReferenceError
+    from cnnzip.export.reference import lower_model
 
     calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
         if calibrate else {"calibrated": False}
@@ -184,7 +185,7 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
 
     from cnnzip.data import batches
     from cnnzip.export.c import write
-    from cnnzip.export.reference import ReferenceError
+    from cnnzip.export.intops import ReferenceError
     from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
 
     float_model = deepcopy(model) if calibrate and check else None
@@ -240,7 +241,7 @@ def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     from cnnzip.data import batches
     from cnnzip.export.fpga import resource_report
     from cnnzip.export.hls import export_project
-    from cnnzip.export.reference import ReferenceError
+    from cnnzip.export.intops import ReferenceError
 
     if importlib.util.find_spec("hls4ml") is None:
         raise CnnzipError("hls4ml is not installed: pip install hls4ml==1.3.0 (scripts/setup.sh "

@@ -24,8 +24,8 @@ from cnnzip.errors import CnnzipError
 from cnnzip.export.costmodel import choose, estimate, geometry, macs
 from cnnzip.export.kernels import emit
 from cnnzip.export.floatref import FloatLayer, FloatModel
-from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
-                                     IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
+from cnnzip.export.intops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+                                  IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 

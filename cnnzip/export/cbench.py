@@ -26,7 +26,7 @@ import numpy as np
 from cnnzip.errors import CnnzipError
 from cnnzip.export.c import Generated, generate
 from cnnzip.export.floatref import FloatModel
-from cnnzip.export.reference import IntModel
+from cnnzip.export.intops import IntModel
 from cnnzip.export.toolchain import (INSTRUCTIONS_PER_TICK, build, compile_c,
                                      model_sections, run)
 

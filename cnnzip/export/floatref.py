@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.reference import (RELUS, SKIPPED, Flatten, MaxPool, Node, ReferenceError,
-                                     plain_pool, run_nodes)
+from cnnzip.export.intops import RELUS, SKIPPED, Flatten, MaxPool, Node, ReferenceError, run_nodes
+from cnnzip.export.reference import plain_pool
 from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import FlatLinear, QuantLayer
 from cnnzip.surgery.fold import fold_batchnorm

@@ -19,8 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cnnzip.export.dsp import max_exact_terms
-from cnnzip.export.reference import (Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu,
-                                     Rescale)
+from cnnzip.export.intops import Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu, Rescale
 from cnnzip.export.shell import accumulator_bits, weight_bits
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnzip.export.reference import Add, Concat, GlobalAvgPool, IntModel, ReferenceError
+from cnnzip.export.intops import Add, Concat, GlobalAvgPool, IntModel, ReferenceError
 from cnnzip.export.shell import Shell, build_shell
 
 STRATEGIES = ("Latency", "Resource")

@@ -22,20 +22,14 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (ADD_SHIFT, RELUS, SKIPPED, Add, Concat, Flatten,
-                                  GlobalAvgPool, Grid, IntLayer, IntModel, Logits, MaxPool, Node,
-                                  ReferenceError, Relu, Rescale, add_node, layer_grid, lower,
-                                  lower_logits, rescaler, run_nodes)
+from cnnzip.export.intops import (SKIPPED, Concat, Flatten, GlobalAvgPool, Grid, IntModel,
+                                  MaxPool, Node, ReferenceError, Relu, Rescale, add_node,
+                                  layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.modules.merged import ConvMaxPool
 from cnnzip.ops.intmath import quantize_multiplier
 from cnnzip.surgery.replace import pair
-
-# the operations live in intops; importers of the reference find them here too
-__all__ = ["ADD_SHIFT", "RELUS", "SKIPPED", "Add", "Concat", "Flatten", "GlobalAvgPool", "Grid",
-           "IntLayer", "IntModel", "Logits", "MaxPool", "Node", "ReferenceError", "Relu",
-           "Rescale", "lower", "lower_model", "plain_pool", "run_nodes"]
 
 
 _GRID_PRESERVING = ("relu", "maxpool", "flatten", "skip")

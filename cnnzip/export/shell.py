@@ -34,8 +34,8 @@ import torch
 import torch.fx
 from torch import nn
 
-from cnnzip.export.reference import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
-                                     IntModel, MaxPool, ReferenceError, Relu, Rescale)
+from cnnzip.export.intops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+                                  IntModel, MaxPool, ReferenceError, Relu, Rescale)
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 
 NOT_NOP = 2.0 ** -30  # a scale's bias as hls4ml reads it when the real one is 0

@@ -214,7 +214,7 @@ def test_packed_weights_decode_to_the_layer_in_both_layouts():
     """Gaps longer than one entry spans take zero-valued padding entries; dense low-bit layers
     take the gapless layout, 8 / bits codes to a byte."""
     from cnnzip.export.costmodel import pack
-    from cnnzip.export.reference import IntLayer
+    from cnnzip.export.intops import IntLayer
 
     rng = np.random.default_rng(0)
     one = np.ones(4, np.int64)

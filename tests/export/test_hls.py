@@ -10,8 +10,9 @@ import torch
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.fpga import layer_costs, resource_report, value_ranges
 from cnnzip.export.hls import HlsOptions, export_project
+from cnnzip.export.intops import IntLayer, ReferenceError
+from cnnzip.export.reference import lower_model
 from cnnzip.export.shell import build_shell, signed_bits
-from cnnzip.export.reference import IntLayer, ReferenceError, lower_model
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from tests.helpers import int8_lenet5, tiny

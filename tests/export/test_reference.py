@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.reference import ReferenceError, lower
+from cnnzip.export.intops import ReferenceError, lower
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.quant import quantize
@@ -104,7 +104,8 @@ def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_lo
     """Residual adds (rescaled as TensorFlow Lite does), concatenations, global average pooling,
     depthwise and grouped convolutions: the integer graph agrees with the fake-quantized
     model."""
-    from cnnzip.export.reference import Add, Concat, GlobalAvgPool, lower_model
+    from cnnzip.export.intops import Add, Concat, GlobalAvgPool
+    from cnnzip.export.reference import lower_model
     from tests.helpers import tiny
 
     torch.manual_seed(0)
