@@ -105,7 +105,7 @@ def main() -> int:
                     rows.append(row)
                     budget = f"{speedup:g} bits" if args.bits else f"{speedup:g}×"
                     print(f"{name:9s} {budget} {row['method']:12s} seed {seed} acc {base_acc:.4f} → "
-                          f"{acc:.4f} (−{row['drop_points']:.2f}) MACs ÷{row['macs_ratio']:.2f}"
+                          f"{acc:.4f} ({-row['drop_points']:+.2f}) MACs ÷{row['macs_ratio']:.2f}"
                           f" ({row['seconds']:.0f} s)", flush=True)
                     (out / "results.json").write_text(json.dumps(
                         {"runtime": runtime_name(), "args": vars(args), "rows": rows}, indent=2))

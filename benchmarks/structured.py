@@ -145,7 +145,7 @@ def main() -> int:
                 row["measured_speedup"] = speed["pruned"] / speed["base"]
                 rows.append(row)
                 print(f"{name:12s} {speedup:g}× {method:22s} acc {base_acc:.4f} → {acc:.4f} "
-                      f"(−{row['drop_points']:.2f}) MACs ÷{row['macs_ratio']:.2f} "
+                      f"({-row['drop_points']:+.2f}) MACs ÷{row['macs_ratio']:.2f} "
                       f"params ÷{base_params / row['params']:.2f} "
                       f"speed ×{row['measured_speedup']:.2f} ({row['seconds']:.0f} s)",
                       flush=True)

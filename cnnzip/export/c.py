@@ -23,7 +23,7 @@ import torch
 from cnnzip.errors import CnnzipError
 from cnnzip.export.costmodel import choose, estimate, geometry, macs
 from cnnzip.export.kernels import emit
-from cnnzip.export.floatref import FloatLayer, FloatModel
+from cnnzip.export.floatref import FloatAdd, FloatLayer, FloatMean, FloatModel
 from cnnzip.export.intops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
                                   IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
 
@@ -136,7 +136,20 @@ def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
         c, h, w = in_shapes[0]
         return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
                                s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
+    if isinstance(op, FloatMean):
+        c, h, w = in_shapes[0]
+        value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
+        return (f"static void {name}(const float *restrict in, float *restrict out)\n{{\n"
+                f"    for (int c = 0; c < {c}; c++) {{\n        float acc = 0.0f;\n"
+                f"        for (int i = 0; i < {h * w}; i++) acc += in[c * {h * w} + i];\n"
+                f"        const float v = acc / {float(h * w)!r}f;\n"
+                f"        out[c] = {value};\n    }}\n}}\n")
     n = int(np.prod(out_shape))
+    if isinstance(op, FloatAdd):
+        value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
+        return _ELEMENTWISE.substitute(
+            name=name, params="const float *restrict in0, const float *restrict in1", t="float",
+            n=n, body=f"        const float v = in0[i] + in1[i];\n        out[i] = {value};")
     if isinstance(op, Rescale):  # after GlobalAvgPool, a Rescale too
         body = (f"        const int32_t v = cnz_requantize((int32_t)in0[i] - {op.in_zero}, "
                 f"{op.multiplier}, {op.shift}) + {op.out_zero};\n"

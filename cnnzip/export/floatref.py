@@ -1,6 +1,7 @@
-"""The float baseline for the C generator: an unquantized chain model (lenet300, lenet5) as
-:class:`FloatLayer` nodes, computed as the float C computes them, so that compressed C is timed
-against a baseline written by the same generator with the same dense kernels."""
+"""The float baseline for the C generator: an unquantized model (a chain such as lenet5, or a
+graph with residual adds, concatenations and global average pooling such as resnet20) as
+:class:`FloatLayer` and other nodes, computed as the float C computes them, so that compressed
+C is timed against a baseline written by the same generator with the same dense kernels."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import RELUS, SKIPPED, Flatten, MaxPool, Node, ReferenceError, run_nodes
-from cnnzip.export.reference import plain_pool
+from cnnzip.export.intops import (Concat, Flatten, MaxPool, Node, ReferenceError, Relu,
+                                  run_nodes)
+from cnnzip.export.reference import fused_relu, mean_keeps_dims, node_kind
 from cnnzip.graph import foldable_pairs, with_shapes
-from cnnzip.modules import FlatLinear, QuantLayer
+from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.surgery.fold import fold_batchnorm
 from cnnzip.surgery.replace import pair
 
@@ -46,6 +48,32 @@ class FloatLayer:
 
 
 @dataclass(frozen=True)
+class FloatAdd:
+    """Elementwise sum of two float tensors (a residual add), ReLU fused."""
+
+    relu: bool
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        y = np.asarray(a, np.float32) + np.asarray(b, np.float32)
+        return np.maximum(y, np.float32(0)) if self.relu else y
+
+
+@dataclass(frozen=True)
+class FloatMean:
+    """Global average pooling of a float tensor: the sum over height and width, in order, then
+    divided by their product (as the C computes it); ``keepdim``: N×C×1×1, else N×C."""
+
+    relu: bool
+    keepdim: bool = False
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float32)
+        y = x.reshape(*x.shape[:2], -1).sum(-1, dtype=np.float32) / np.float32(x[0, 0].size)
+        y = np.maximum(y, np.float32(0)) if self.relu else y
+        return y.reshape(*y.shape, 1, 1) if self.keepdim else y
+
+
+@dataclass(frozen=True)
 class FloatModel:
     """A float CNN for the C generator (the baseline the compressed C is timed against):
     normalised images in, float logits out; ``nodes`` as in :class:`IntModel`."""
@@ -59,88 +87,69 @@ class FloatModel:
         return run_nodes(self.nodes, x)
 
 
+def _float_layer(layer: nn.Module, relu: bool) -> FloatLayer:
+    weight = layer.weight.detach().float().numpy()
+    bias = layer.bias.detach().float().numpy() if layer.bias is not None \
+        else np.zeros(len(weight), np.float32)
+    if isinstance(layer, nn.Conv2d):
+        return FloatLayer("conv", weight, bias, relu, tuple(layer.stride), pair(layer.padding),
+                          layer.groups)
+    return FloatLayer("linear", weight, bias, relu, flatten=isinstance(layer, FlatLinear))
+
+
 def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel:
-    """The float form of an unquantized chain model (lenet300, lenet5), BatchNorms folded.
+    """The float form of an unquantized model, BatchNorms folded: its conv (also depthwise and
+    grouped) and linear layers, ReLUs (fused into the layer or add before them), max poolings,
+    global average poolings, flattens, residual adds and channel concatenations, as a graph of
+    :class:`Node` in the order of the model's own graph.
 
     Raises:
-        ReferenceError: as :func:`lower_model`, or a quantized or weight-shared layer.
+        ReferenceError: an operation that is not lowered yet (named), or a quantized or
+            weight-shared layer.
     """
     model = copy.deepcopy(model).eval()
     fold_batchnorm(model, foldable_pairs(model))
-    kinds = (nn.Conv2d, nn.Linear)
-    chain, layers = _chain(model, in_shape, kinds, "to C")
-    if not layers:
-        raise ReferenceError("the model has no conv or linear layer")
-    ops: list = [Flatten() for _ in chain[:layers[0]]]
-    for k, i in enumerate(layers):
-        name, layer = chain[i]
-        if type(layer) not in (nn.Conv2d, nn.Linear, FlatLinear):
-            raise ReferenceError(f"{name}: a {type(layer).__name__} is not lowered to C yet")
-        between = _between(chain, layers, k)
-        relu = any(isinstance(m, RELUS) for _, m in between)
-        weight = layer.weight.detach().float().numpy()
-        bias = layer.bias.detach().float().numpy() if layer.bias is not None \
-            else np.zeros(len(weight), np.float32)
-        if isinstance(layer, nn.Conv2d):
-            ops.append(FloatLayer("conv", weight, bias, relu, tuple(layer.stride),
-                                  pair(layer.padding), layer.groups))
-        else:
-            ops.append(FloatLayer("linear", weight, bias, relu,
-                                  flatten=isinstance(layer, FlatLinear)))
-        ops += _glue(between)
-    return FloatModel(tuple(Node(op, (k - 1,)) for k, op in enumerate(ops)))
-
-
-def _chain(model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type, ...],
-           what: str) -> tuple[list[tuple[str, nn.Module]], list[int]]:
-    """The model's graph as a chain of (name, module), and the positions of its layers (modules
-    of ``kinds``).
-
-    Raises:
-        ReferenceError: an operation other than those layers, ReLU, max pooling and flatten,
-            a join, or a model that does not start with a layer.
-    """
-    gm = with_shapes(model, in_shape, what, leaves=(QuantLayer, FlatLinear))
+    gm = with_shapes(model, in_shape, "to C", leaves=(QuantLayer, CodebookLayer, FlatLinear))
     modules = dict(model.named_modules())
-    chain: list[tuple[str, nn.Module]] = []
-    for node in gm.graph.nodes:
-        if node.op in ("placeholder", "output"):
-            continue
-        if node.op == "call_module":
-            module = modules[node.target]
-            if not isinstance(module, SKIPPED):
-                chain.append((node.target, module))
-        elif node.op == "call_function" and node.target in (torch.flatten,):
-            chain.append((node.name, nn.Flatten()))
-        elif node.op == "call_function" and node.target in (F.relu, torch.relu):
-            chain.append((node.name, nn.ReLU()))
-        else:
-            raise ReferenceError(f"{node.name}: {node.op} {node.target} is not lowered {what} "
-                                 "yet")
-        if len(node.args) and sum(isinstance(a, torch.fx.Node) for a in node.args) > 1:
-            raise ReferenceError(f"{node.name}: joins (residual adds, concatenation) are not "
-                                 f"lowered {what} yet")
-    layers = [i for i, (_, m) in enumerate(chain) if isinstance(m, kinds)]
-    for name, module in chain[:layers[0] if layers else 0]:
-        if not (isinstance(module, nn.Flatten) and module.start_dim == 1):
-            raise ReferenceError(f"{name}: the model must start with a layer")
-    return chain, layers
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    kinds = {n: node_kind(n, modules, floats=True) for n in nodes}
+    output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
+        raise ReferenceError("the model must end with its classifier (a conv or linear layer)")
+    out: list[Node] = []
+    placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
+    tensor: dict[torch.fx.Node, int] = {placeholder: -1}  # fx node → the node holding its value
 
+    def emit(op, inputs: tuple[int, ...], name: str) -> int:
+        out.append(Node(op, inputs, name))
+        return len(out) - 1
 
-def _between(chain, layers: list[int], k: int) -> list[tuple[str, nn.Module]]:
-    end = layers[k + 1] if k + 1 < len(layers) else len(chain)
-    return chain[layers[k] + 1:end]
-
-
-def _glue(between: list[tuple[str, nn.Module]]) -> list:
-    """The pooling and flattening between two layers (ReLUs are fused into the layer)."""
-    ops = []
-    for other, module in between:
-        if isinstance(module, nn.MaxPool2d) and plain_pool(module):
-            ops.append(MaxPool(pair(module.kernel_size), pair(module.stride or module.kernel_size)))
-        elif isinstance(module, nn.Flatten) and module.start_dim == 1 and module.end_dim == -1:
-            ops.append(Flatten())
-        elif not isinstance(module, RELUS):
-            raise ReferenceError(f"{other}: a {type(module).__name__} is not lowered to "
-                                 "integers yet")
-    return ops
+    for n in nodes:
+        name = n.target if n.op == "call_module" else n.name
+        kind = kinds[n]
+        args = list(n.args[0]) if kind == "cat" else \
+            [a for a in n.args if isinstance(a, torch.fx.Node)]
+        inputs = tuple(tensor[a] for a in args)
+        relu = fused_relu(n, kinds) and n is not output
+        if kind == "skip":
+            tensor[n] = inputs[0]
+        elif kind == "relu":
+            fused = fused_relu(args[0], kinds) and kinds.get(args[0]) in ("layer", "add", "mean")
+            tensor[n] = inputs[0] if fused else emit(Relu(0), inputs, name)
+        elif kind == "layer":
+            tensor[n] = emit(_float_layer(modules[n.target], relu), inputs, name)
+        elif kind == "add":
+            tensor[n] = emit(FloatAdd(relu), inputs, name)
+        elif kind == "mean":
+            tensor[n] = emit(FloatMean(relu, mean_keeps_dims(n)), inputs, name)
+        elif kind == "maxpool":
+            m = modules[n.target]
+            tensor[n] = emit(MaxPool(pair(m.kernel_size), pair(m.stride or m.kernel_size)),
+                             inputs, name)
+        elif kind == "flatten":
+            tensor[n] = emit(Flatten(), inputs, name)
+        else:  # cat
+            tensor[n] = emit(Concat(), inputs, name)
+    if tensor[output] != len(out) - 1:
+        raise ReferenceError("the classifier must be the last operation")
+    return FloatModel(tuple(out))

@@ -35,11 +35,17 @@ from cnnzip.surgery.replace import pair
 _GRID_PRESERVING = ("relu", "maxpool", "flatten", "skip")
 
 
-def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
-    """What an fx node is to the lowering, or a ReferenceError naming it."""
+def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool = False) -> str:
+    """What an fx node is to the lowering (``layer``, ``skip``, ``relu``, ``maxpool``,
+    ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The layers are the
+    quantized ones, or with ``floats`` the float conv and linear layers (the float C)."""
+    what = "to C" if floats else "to integers"
     if node.op == "call_module":
         m = modules[node.target]
-        if isinstance(m, QuantLayer):
+        if floats and isinstance(m, (QuantLayer, CodebookLayer)):
+            raise ReferenceError(f"{node.target}: a quantized or weight-shared layer in a float "
+                                 "model")
+        if isinstance(m, (nn.Conv2d, nn.Linear) if floats else QuantLayer):
             return "layer"
         if isinstance(m, SKIPPED):
             return "skip"
@@ -54,8 +60,7 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise ReferenceError(f"{node.target}: its weights are float; quantize it (the int8 "
                                  "recipe) first, or export with --calibrate")
-        raise ReferenceError(f"{node.target}: a {type(m).__name__} is not lowered to integers "
-                             "yet")
+        raise ReferenceError(f"{node.target}: a {type(m).__name__} is not lowered {what} yet")
     if node.op == "call_function":
         if node.target in (F.relu, torch.relu):
             return "relu"
@@ -77,7 +82,7 @@ def _kind(node: torch.fx.Node, modules: dict[str, nn.Module]) -> str:
         if node.target == "mean" and _mean_dims(node) == {2, 3}:
             return "mean"
     raise ReferenceError(f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
-                         " is not lowered to integers yet")
+                         f" is not lowered {what} yet")
 
 
 def _cat_dim(node: torch.fx.Node) -> int:
@@ -140,7 +145,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
                      leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
     nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    kinds = {n: _kind(n, modules) for n in nodes}
+    kinds = {n: node_kind(n, modules) for n in nodes}
     if "layer" not in kinds.values():
         raise ReferenceError("the model has no quantized layer: compress it with the int8 "
                              "recipe first, or export with --calibrate")
@@ -194,10 +199,6 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
 
     current = ""  # the fx node being lowered: what each emitted node is named after
 
-    def fused_relu(n: torch.fx.Node) -> bool:
-        users = list(n.users)
-        return len(users) == 1 and kinds.get(users[0]) == "relu"
-
     for n in nodes:
         current = n.target if n.op == "call_module" else n.name
         kind, args = kinds[n], [a for a in n.args if isinstance(a, torch.fx.Node)]
@@ -207,7 +208,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             tensor[n] = tensor[args[0]]
         elif kind == "relu":
             src = args[0]
-            if fused_relu(src) and kinds.get(src) in ("layer", "add", "mean"):
+            if fused_relu(src, kinds) and kinds.get(src) in ("layer", "add", "mean"):
                 tensor[n] = tensor[src]  # the producer clamps at its zero point
             else:
                 t = tensor[src]
@@ -230,7 +231,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
                 # fuses them back, requantizing the window's largest accumulator
                 g, merged = grid_of(n), layer.layer if isinstance(layer.layer, ConvMaxPool) \
                     else None
-                relu = fused_relu(n) or (merged is not None and merged.act is not None)
+                relu = fused_relu(n, kinds) or (merged is not None and merged.act is not None)
                 t = emit(lower(layer, g.scale, g.zero, g.bits, relu=relu, name=n.target),
                          (t,), g)
                 if merged is not None:
@@ -239,16 +240,15 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
         elif kind == "add":
             a, b = (tensor[x] for x in args)
             g = grid_of(n)
-            tensor[n] = emit(add_node(grids[a], grids[b], g, fused_relu(n)), (a, b), g)
+            tensor[n] = emit(add_node(grids[a], grids[b], g, fused_relu(n, kinds)), (a, b), g)
         elif kind == "mean":
             t = tensor[args[0]]
             src, g = grids[t], grid_of(n)
             h, w = shape_of(args[0])[2:]
             m, s = quantize_multiplier(src.scale / (g.scale * h * w))
-            keep = n.op == "call_module" or bool(n.kwargs.get("keepdim", False)) \
-                or (len(n.args) > 2 and bool(n.args[2]))
             tensor[n] = emit(GlobalAvgPool(src.zero, int(m[0]), int(s[0]), g.zero,
-                                           g.zero if fused_relu(n) else 0, g.hi, keep), (t,), g)
+                                           g.zero if fused_relu(n, kinds) else 0, g.hi,
+                                           mean_keeps_dims(n)), (t,), g)
         elif kind == "cat":
             g = grid_of(n)
             parts = tuple(on_grid(tensor[x], g) for x in args)
@@ -257,6 +257,18 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
         raise ReferenceError("the classifier must be the last operation")
     first = grids[-1]
     return IntModel(first.scale, first.zero, first.bits, tuple(out), out[-1].op.logit_scale)
+
+
+def fused_relu(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
+    """Whether ``n``'s only reader is a ReLU (which its producer then performs)."""
+    users = list(n.users)
+    return len(users) == 1 and kinds.get(users[0]) == "relu"
+
+
+def mean_keeps_dims(n: torch.fx.Node) -> bool:
+    """Whether a global average pooling node keeps the height and width (N×C×1×1)."""
+    return n.op == "call_module" or bool(n.kwargs.get("keepdim", False)) \
+        or (len(n.args) > 2 and bool(n.args[2]))
 
 
 def plain_pool(m: nn.MaxPool2d) -> bool:
