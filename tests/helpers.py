@@ -97,6 +97,19 @@ def tiny(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+def zoo_model(name: str, seed: int = 0, width: float = 0.25) -> nn.Module:
+    """A narrow zoo model (resnet20, mobilenetv2) with seeded weights, its BatchNorm statistics
+    measured on random images (untrained, a deep model's default statistics let the features
+    vanish), in eval mode."""
+    from cnnzip.surgery import build_model, resolve_spec
+
+    torch.manual_seed(seed)
+    model = build_model(resolve_spec(name, (1, 28, 28), 10, width=width))
+    with torch.no_grad():
+        model.train()(torch.randn(256, 1, 28, 28))
+    return model.eval()
+
+
 def write_idx(path: Path, array: np.ndarray, *, compress: bool = False) -> Path:
     """Write a uint8 array as an IDX file (gzip-compressed when asked)."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(struct.pack(">I", d) for d in array.shape)

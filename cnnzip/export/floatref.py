@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (Concat, Flatten, MaxPool, Node, ReferenceError, Relu,
-                                  run_nodes)
-from cnnzip.export.reference import fused_relu, mean_keeps_dims, node_kind
+from cnnzip.export.intops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, ReferenceError,
+                                  Relu, run_nodes)
+from cnnzip.export.reference import (capped_by, classified, fused_relu, lone_relu6,
+                                     mean_keeps_dims)
 from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.surgery.fold import fold_batchnorm
@@ -34,6 +35,7 @@ class FloatLayer:
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
     flatten: bool = False
+    cap: float | None = None  # with relu: also clamp at this (ReLU6)
 
     is_logits = False
 
@@ -44,7 +46,8 @@ class FloatLayer:
             y = F.conv2d(t, w, b, stride=self.stride, padding=self.padding, groups=self.groups)
         else:
             y = F.linear(t.flatten(1) if self.flatten else t, w, b)
-        return (y.relu() if self.relu else y).numpy()
+        y = y.clamp(0, self.cap) if self.relu else y
+        return y.numpy()
 
 
 @dataclass(frozen=True)
@@ -87,19 +90,21 @@ class FloatModel:
         return run_nodes(self.nodes, x)
 
 
-def _float_layer(layer: nn.Module, relu: bool) -> FloatLayer:
+def _float_layer(layer: nn.Module, relu: bool, cap: float | None) -> FloatLayer:
     weight = layer.weight.detach().float().numpy()
     bias = layer.bias.detach().float().numpy() if layer.bias is not None \
         else np.zeros(len(weight), np.float32)
     if isinstance(layer, nn.Conv2d):
         return FloatLayer("conv", weight, bias, relu, tuple(layer.stride), pair(layer.padding),
-                          layer.groups)
-    return FloatLayer("linear", weight, bias, relu, flatten=isinstance(layer, FlatLinear))
+                          layer.groups, cap=cap)
+    return FloatLayer("linear", weight, bias, relu, flatten=isinstance(layer, FlatLinear),
+                      cap=cap)
 
 
 def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel:
     """The float form of an unquantized model, BatchNorms folded: its conv (also depthwise and
-    grouped) and linear layers, ReLUs (fused into the layer or add before them), max poolings,
+    grouped) and linear layers, ReLUs (fused into the layer or add before them) and ReLU6s
+    (fused into the layer before them), max poolings,
     global average poolings, flattens, residual adds and channel concatenations, as a graph of
     :class:`Node` in the order of the model's own graph.
 
@@ -111,8 +116,7 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
     fold_batchnorm(model, foldable_pairs(model))
     gm = with_shapes(model, in_shape, "to C", leaves=(QuantLayer, CodebookLayer, FlatLinear))
     modules = dict(model.named_modules())
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    kinds = {n: node_kind(n, modules, floats=True) for n in nodes}
+    nodes, kinds = classified(gm, modules, floats=True)
     output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
         raise ReferenceError("the model must end with its classifier (a conv or linear layer)")
@@ -133,11 +137,15 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
         relu = fused_relu(n, kinds) and n is not output
         if kind == "skip":
             tensor[n] = inputs[0]
+        elif kind == "relu6":
+            tensor[n] = inputs[0] if capped_by(args[0], kinds) else lone_relu6(n)
         elif kind == "relu":
             fused = fused_relu(args[0], kinds) and kinds.get(args[0]) in ("layer", "add", "mean")
             tensor[n] = inputs[0] if fused else emit(Relu(0), inputs, name)
         elif kind == "layer":
-            tensor[n] = emit(_float_layer(modules[n.target], relu), inputs, name)
+            capped = capped_by(n, kinds) and n is not output
+            tensor[n] = emit(_float_layer(modules[n.target], relu or capped,
+                                          RELU6_CAP if capped else None), inputs, name)
         elif kind == "add":
             tensor[n] = emit(FloatAdd(relu), inputs, name)
         elif kind == "mean":

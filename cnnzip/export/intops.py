@@ -82,9 +82,10 @@ class IntLayer:
 
 
 def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
-          relu: bool = False, name: str = "layer") -> IntLayer:
+          relu: bool = False, cap: float | None = None, name: str = "layer") -> IntLayer:
     """The integer form of ``layer`` whose output goes to a grid of ``out_bits`` unsigned bits
-    with ``out_scale`` and ``out_zero`` (the next layer's input grid), a ReLU fused if asked.
+    with ``out_scale`` and ``out_zero`` (the next layer's input grid), a ReLU fused if asked,
+    and with ``cap`` also the clamp at that value (ReLU6: the grid point nearest 6).
 
     Raises:
         ReferenceError: a layer without quantized inputs, or of a kind not lowered yet.
@@ -107,6 +108,8 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
         else np.zeros(codes.shape[0])
     multiplier, shift = quantize_multiplier(acc_scale / out_scale)
     hi = (1 << out_bits) - 1
+    if cap is not None:
+        hi = min(hi, int(out_zero) + int(round(cap / out_scale)))
     common = dict(weight=codes, bias=round_half_away(bias / acc_scale),
                   in_zero=int(layer.a_zero.item()), multiplier=multiplier, shift=shift,
                   out_zero=int(out_zero), lo=int(out_zero) if relu else 0, hi=hi)
@@ -173,6 +176,7 @@ class IntModel:
 
 SKIPPED = (nn.Identity, nn.Dropout)
 RELUS = (nn.ReLU,)
+RELU6_CAP = 6.0
 
 
 @dataclass(frozen=True)

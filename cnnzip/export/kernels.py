@@ -46,6 +46,9 @@ def _epilogue(layer, name: str, index: str, o: str, acc: str = "acc") -> str:
     """Store accumulator ``acc`` of channel ``o`` into ``out[index]``: requantized, zero point,
     clamp (int); ReLU or not (float); int32 logits on the common scale (classifier)."""
     if layer.weight.dtype.kind == "f":
+        if layer.relu and layer.cap is not None:
+            cap = float_literal(layer.cap)
+            return f"out[{index}] = {acc} < 0.0f ? 0.0f : {acc} > {cap} ? {cap} : {acc};"
         return f"out[{index}] = {f'{acc} > 0.0f ? {acc} : 0.0f' if layer.relu else acc};"
     if layer.is_logits:
         return f"out[{index}] = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]);"

@@ -22,7 +22,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (SKIPPED, Concat, Flatten, GlobalAvgPool, Grid, IntModel,
+from cnnzip.export.intops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid, IntModel,
                                   MaxPool, Node, ReferenceError, Relu, Rescale, add_node,
                                   layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes
@@ -32,7 +32,7 @@ from cnnzip.ops.intmath import quantize_multiplier
 from cnnzip.surgery.replace import pair
 
 
-_GRID_PRESERVING = ("relu", "maxpool", "flatten", "skip")
+_GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten", "skip")
 
 
 def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool = False) -> str:
@@ -51,6 +51,8 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
             return "skip"
         if isinstance(m, nn.ReLU):
             return "relu"
+        if isinstance(m, nn.ReLU6):
+            return "relu6"
         if isinstance(m, nn.MaxPool2d) and plain_pool(m):
             return "maxpool"
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
@@ -64,6 +66,8 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
     if node.op == "call_function":
         if node.target in (F.relu, torch.relu):
             return "relu"
+        if node.target is F.relu6:
+            return "relu6"
         if node.target in (torch.flatten,) and node.args[1:2] in ((1,), ()) \
                 and node.kwargs.get("end_dim", -1) == -1:
             return "flatten"
@@ -83,6 +87,20 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
             return "mean"
     raise ReferenceError(f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
                          f" is not lowered {what} yet")
+
+
+def classified(gm: torch.fx.GraphModule, modules: dict[str, nn.Module],
+               floats: bool = False) -> tuple[list[torch.fx.Node], dict[torch.fx.Node, str]]:
+    """The graph's operations and what each is to the lowering (:func:`node_kind`), with the
+    modules that compute nothing (Identity, such as a folded BatchNorm; Dropout) taken out of
+    the graph first, so that a ReLU after a folded BatchNorm fuses into the layer before it."""
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and isinstance(modules[n.target], SKIPPED):
+            n.replace_all_uses_with(n.args[0])
+            gm.graph.erase_node(n)
+    gm.recompile()
+    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
+    return nodes, {n: node_kind(n, modules, floats) for n in nodes}
 
 
 def _cat_dim(node: torch.fx.Node) -> int:
@@ -144,8 +162,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     gm = with_shapes(model, in_shape, "for the integer reference",
                      leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
-    nodes = [n for n in gm.graph.nodes if n.op not in ("placeholder", "output")]
-    kinds = {n: node_kind(n, modules) for n in nodes}
+    nodes, kinds = classified(gm, modules)
     if "layer" not in kinds.values():
         raise ReferenceError("the model has no quantized layer: compress it with the int8 "
                              "recipe first, or export with --calibrate")
@@ -206,6 +223,8 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             args = list(n.args[0])
         if kind == "skip":
             tensor[n] = tensor[args[0]]
+        elif kind == "relu6":
+            tensor[n] = tensor[args[0]] if capped_by(args[0], kinds) else lone_relu6(n)
         elif kind == "relu":
             src = args[0]
             if fused_relu(src, kinds) and kinds.get(src) in ("layer", "add", "mean"):
@@ -231,9 +250,10 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
                 # fuses them back, requantizing the window's largest accumulator
                 g, merged = grid_of(n), layer.layer if isinstance(layer.layer, ConvMaxPool) \
                     else None
-                relu = fused_relu(n, kinds) or (merged is not None and merged.act is not None)
-                t = emit(lower(layer, g.scale, g.zero, g.bits, relu=relu, name=n.target),
-                         (t,), g)
+                relu = fused_relu(n, kinds) or capped_by(n, kinds) \
+                    or (merged is not None and merged.act is not None)
+                t = emit(lower(layer, g.scale, g.zero, g.bits, relu=relu, name=n.target,
+                               cap=RELU6_CAP if capped_by(n, kinds) else None), (t,), g)
                 if merged is not None:
                     t = emit(MaxPool(merged.pool_kernel, merged.pool_stride), (t,), g)
                 tensor[n] = t
@@ -263,6 +283,18 @@ def fused_relu(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
     """Whether ``n``'s only reader is a ReLU (which its producer then performs)."""
     users = list(n.users)
     return len(users) == 1 and kinds.get(users[0]) == "relu"
+
+
+def capped_by(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
+    """Whether ``n`` is a layer whose only reader is a ReLU6 (which the layer then performs,
+    clamping at 6 as well as at 0)."""
+    users = list(n.users)
+    return kinds.get(n) == "layer" and len(users) == 1 and kinds.get(users[0]) == "relu6"
+
+
+def lone_relu6(n: torch.fx.Node) -> None:
+    raise ReferenceError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
+                         "layer (fused into it)")
 
 
 def mean_keeps_dims(n: torch.fx.Node) -> bool:

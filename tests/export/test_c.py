@@ -74,16 +74,15 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
 
 
 @pytest.mark.parametrize("name", ["residual", "concat", "depthwise", "grouped", "convbn",
-                                  "mlp", "resnet20"])
+                                  "mlp", "resnet20", "mobilenetv2"])
 def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, name):
     """Residual adds, concatenation, global average pooling, depthwise and grouped
     convolutions, folded BatchNorms: the C gives the reference's logits bit for bit, sparse
     where pruned."""
-    from tests.helpers import tiny
+    from tests.helpers import tiny, zoo_model
 
     torch.manual_seed(0)
-    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval() \
-        if name == "resnet20" else tiny(name)
+    model = zoo_model(name) if name in ("resnet20", "mobilenetv2") else tiny(name)
     with torch.no_grad():  # half the weights pruned: the sparse kernels take part
         for m in model.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
@@ -102,10 +101,10 @@ def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, nam
         assert np.array_equal(got.logits, int_model(codes))
 
 
-@pytest.mark.parametrize("name", ["lenet5", "resnet20"])
+@pytest.mark.parametrize("name", ["lenet5", "resnet20", "mobilenetv2"])
 def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path, name):
-    """A chain, and a graph with residual adds and global average pooling (BatchNorms folded,
-    with statistics that are not the identity's)."""
+    """A chain, and graphs with residual adds, global average pooling, depthwise convolutions
+    and ReLU6 (BatchNorms folded, with statistics that are not the identity's)."""
     torch.manual_seed(0)
     model = build_model(resolve_spec(name, (1, 28, 28), 10))
     with torch.no_grad():
@@ -114,7 +113,7 @@ def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path, name):
     float_model = lower_float_model(model, (1, 28, 28))
     gen = generate(float_model, (1, 28, 28))
     assert {p.form for p in gen.layers} == {"dense"}
-    x = torch.randn(64, 1, 28, 28)
+    x = torch.randn(16, 1, 28, 28)
     (tmp_path / "model.h").write_text(gen.header)
     (tmp_path / "model.c").write_text(gen.source)
     got = run(build(tmp_path, "host"), "host", x.numpy(), "<f4", 10)

@@ -99,25 +99,25 @@ def test_a_whole_quantized_model_in_integers_gives_the_fake_quantized_logits(nam
 
 
 @pytest.mark.parametrize("name", ["residual", "concat", "depthwise", "grouped", "convbn",
-                                  "mlp", "resnet20"])
+                                  "mlp", "resnet20", "mobilenetv2"])
 def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_logits(name):
     """Residual adds (rescaled as TensorFlow Lite does), concatenations, global average pooling,
     depthwise and grouped convolutions: the integer graph agrees with the fake-quantized
     model."""
     from cnnzip.export.intops import Add, Concat, GlobalAvgPool
     from cnnzip.export.reference import lower_model
-    from tests.helpers import tiny
+    from tests.helpers import tiny, zoo_model
 
     torch.manual_seed(0)
-    model = build_model(resolve_spec("resnet20", (1, 28, 28), 10, width=0.25)).eval() \
-        if name == "resnet20" else tiny(name)
+    model = zoo_model(name) if name in ("resnet20", "mobilenetv2") else tiny(name)
     splits = synthetic_splits()
     apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
     x, _ = next(iter(batches(splits.test, splits.info, 256)))
     calibration, _ = next(iter(batches(splits.train, splits.info, 256)))
     int_model = lower_model(model, (1, 28, 28), calibration)
     kinds = {type(node.op) for node in int_model.nodes}
-    expect = {"residual": Add, "resnet20": Add, "concat": Concat, "depthwise": GlobalAvgPool}
+    expect = {"residual": Add, "resnet20": Add, "mobilenetv2": Add, "concat": Concat,
+              "depthwise": GlobalAvgPool}
     assert expect.get(name, object) in kinds or name not in expect
     got = int_model(int_model.quantize_input(x)) * int_model.logit_scale
     with torch.no_grad():
