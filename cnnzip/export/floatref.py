@@ -104,9 +104,9 @@ def _float_layer(layer: nn.Module, relu: bool, cap: float | None) -> FloatLayer:
 def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel:
     """The float form of an unquantized model, BatchNorms folded: its conv (also depthwise and
     grouped) and linear layers, ReLUs (fused into the layer or add before them) and ReLU6s
-    (fused into the layer before them), max poolings,
-    global average poolings, flattens, residual adds and channel concatenations, as a graph of
-    :class:`Node` in the order of the model's own graph.
+    (fused into the layer before them), max poolings, global average poolings, flattens,
+    residual adds and channel concatenations, as a graph of :class:`Node` in the order of the
+    model's own graph.
 
     Raises:
         ReferenceError: an operation that is not lowered yet (named), or a quantized or
