@@ -16,15 +16,16 @@ themselves are defined in :mod:`cnnzip.export.intops`.
 from __future__ import annotations
 
 import operator
+from typing import NoReturn
 
 import torch
 import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid, IntModel,
-                                  MaxPool, Node, ReferenceError, Relu, Rescale, add_node,
-                                  layer_grid, lower, lower_logits, rescaler)
+from cnnzip.export.intops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid,
+                                  IntModel, MaxPool, Node, ReferenceError, Relu, Rescale,
+                                  add_node, layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.modules.merged import ConvMaxPool
@@ -36,9 +37,10 @@ _GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten", "skip")
 
 
 def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool = False) -> str:
-    """What an fx node is to the lowering (``layer``, ``skip``, ``relu``, ``maxpool``,
-    ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The layers are the
-    quantized ones, or with ``floats`` the float conv and linear layers (the float C)."""
+    """What an fx node is to the lowering (``layer``, ``skip``, ``relu``, ``relu6``,
+    ``maxpool``, ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The
+    layers are the quantized ones, or with ``floats`` the float conv and linear layers (the
+    float C)."""
     what = "to C" if floats else "to integers"
     if node.op == "call_module":
         m = modules[node.target]
@@ -292,7 +294,8 @@ def capped_by(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
     return kinds.get(n) == "layer" and len(users) == 1 and kinds.get(users[0]) == "relu6"
 
 
-def lone_relu6(n: torch.fx.Node) -> None:
+def lone_relu6(n: torch.fx.Node) -> NoReturn:
+    """Refuse a ReLU6 that no layer performs (after an add, a pooling, another ReLU6)."""
     raise ReferenceError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
                          "layer (fused into it)")
 
