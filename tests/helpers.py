@@ -97,10 +97,10 @@ def tiny(name: str, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
-def zoo_model(name: str, seed: int = 0, width: float = 0.25) -> nn.Module:
-    """A narrow zoo model (resnet20, mobilenetv2) with seeded weights, its BatchNorm statistics
-    measured on random images (untrained, a deep model's default statistics let the features
-    vanish), in eval mode."""
+def zoo_model(name: str, seed: int = 0, width: float | None = 0.25) -> nn.Module:
+    """A zoo model, narrow by default (None: the zoo's width), with seeded weights, its
+    BatchNorm statistics measured on random images (untrained, a deep model's default
+    statistics let the features vanish), in eval mode."""
     from cnnzip.surgery import build_model, resolve_spec
 
     torch.manual_seed(seed)

@@ -15,8 +15,8 @@ from torch import nn
 
 from cnnzip.export.intops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, ReferenceError,
                                   Relu, run_nodes)
-from cnnzip.export.reference import (capped_by, classified, fused_relu, lone_relu6,
-                                     mean_keeps_dims)
+from cnnzip.export.reference import (capped_by, classified, fused_relu, mean_keeps_dims,
+                                     performed_by_producer)
 from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.surgery.fold import fold_batchnorm
@@ -135,13 +135,9 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
             [a for a in n.args if isinstance(a, torch.fx.Node)]
         inputs = tuple(tensor[a] for a in args)
         relu = fused_relu(n, kinds) and n is not output
-        if kind == "skip":
-            tensor[n] = inputs[0]
-        elif kind == "relu6":
-            tensor[n] = inputs[0] if capped_by(args[0], kinds) else lone_relu6(n)
-        elif kind == "relu":
-            fused = fused_relu(args[0], kinds) and kinds.get(args[0]) in ("layer", "add", "mean")
-            tensor[n] = inputs[0] if fused else emit(Relu(0), inputs, name)
+        if kind in ("relu", "relu6"):
+            tensor[n] = inputs[0] if performed_by_producer(n, kinds) \
+                else emit(Relu(0), inputs, name)
         elif kind == "layer":
             capped = capped_by(n, kinds) and n is not output
             tensor[n] = emit(_float_layer(modules[n.target], relu or capped,

@@ -16,7 +16,6 @@ themselves are defined in :mod:`cnnzip.export.intops`.
 from __future__ import annotations
 
 import operator
-from typing import NoReturn
 
 import torch
 import torch.fx
@@ -33,12 +32,12 @@ from cnnzip.ops.intmath import quantize_multiplier
 from cnnzip.surgery.replace import pair
 
 
-_GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten", "skip")
+_GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten")
 
 
 def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool = False) -> str:
-    """What an fx node is to the lowering (``layer``, ``skip``, ``relu``, ``relu6``,
-    ``maxpool``, ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The
+    """What an fx node is to the lowering (``layer``, ``relu``, ``relu6``, ``maxpool``,
+    ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The
     layers are the quantized ones, or with ``floats`` the float conv and linear layers (the
     float C)."""
     what = "to C" if floats else "to integers"
@@ -49,8 +48,6 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
                                  "model")
         if isinstance(m, (nn.Conv2d, nn.Linear) if floats else QuantLayer):
             return "layer"
-        if isinstance(m, SKIPPED):
-            return "skip"
         if isinstance(m, nn.ReLU):
             return "relu"
         if isinstance(m, nn.ReLU6):
@@ -223,17 +220,10 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
         kind, args = kinds[n], [a for a in n.args if isinstance(a, torch.fx.Node)]
         if kind == "cat":
             args = list(n.args[0])
-        if kind == "skip":
-            tensor[n] = tensor[args[0]]
-        elif kind == "relu6":
-            tensor[n] = tensor[args[0]] if capped_by(args[0], kinds) else lone_relu6(n)
-        elif kind == "relu":
-            src = args[0]
-            if fused_relu(src, kinds) and kinds.get(src) in ("layer", "add", "mean"):
-                tensor[n] = tensor[src]  # the producer clamps at its zero point
-            else:
-                t = tensor[src]
-                tensor[n] = emit(Relu(grids[t].zero), (t,), grids[t])
+        if kind in ("relu", "relu6"):
+            t = tensor[args[0]]
+            tensor[n] = t if performed_by_producer(n, kinds) \
+                else emit(Relu(grids[t].zero), (t,), grids[t])
         elif kind == "flatten":
             t = tensor[args[0]]
             tensor[n] = emit(Flatten(), (t,), grids[t])
@@ -294,10 +284,18 @@ def capped_by(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
     return kinds.get(n) == "layer" and len(users) == 1 and kinds.get(users[0]) == "relu6"
 
 
-def lone_relu6(n: torch.fx.Node) -> NoReturn:
-    """Refuse a ReLU6 that no layer performs (after an add, a pooling, another ReLU6)."""
-    raise ReferenceError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
-                         "layer (fused into it)")
+def performed_by_producer(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:
+    """Whether activation ``n`` (``relu`` or ``relu6``) is computed by the operation before it,
+    being its only reader: a ReLU by a layer, an add or an average pooling (the clamp at zero),
+    a ReLU6 by a layer (the clamp at 0 and 6). A ReLU that is not is its own operation; a
+    ReLU6 that is not is refused."""
+    src = n.args[0]
+    if kinds[n] == "relu":
+        return fused_relu(src, kinds) and kinds.get(src) in ("layer", "add", "mean")
+    if not capped_by(src, kinds):
+        raise ReferenceError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
+                             "layer (fused into it)")
+    return True
 
 
 def mean_keeps_dims(n: torch.fx.Node) -> bool:

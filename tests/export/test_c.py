@@ -105,11 +105,9 @@ def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, nam
 def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path, name):
     """A chain, and graphs with residual adds, global average pooling, depthwise convolutions
     and ReLU6 (BatchNorms folded, with statistics that are not the identity's)."""
-    torch.manual_seed(0)
-    model = build_model(resolve_spec(name, (1, 28, 28), 10))
-    with torch.no_grad():
-        model.train()(torch.randn(256, 1, 28, 28))  # running statistics away from 0 and 1
-    model.eval()
+    from tests.helpers import zoo_model
+
+    model = zoo_model(name, width=None)  # the zoo's width; measured BatchNorm statistics
     float_model = lower_float_model(model, (1, 28, 28))
     gen = generate(float_model, (1, 28, 28))
     assert {p.form for p in gen.layers} == {"dense"}
