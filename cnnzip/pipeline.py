@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -87,7 +88,8 @@ def compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path, 
         stage_bench: time every stage's model against the original (False: sizes and
             accuracies only, for quick runs and tests).
         resume: continue from the last step saved in ``OUT/stages/`` by an interrupted run of
-            the same command (the result is byte for byte the uninterrupted run's).
+            the same command (the result is byte for byte the uninterrupted run's), or by a
+            run whose recipe differed only in later steps (their steps run again).
 
     Returns:
         The report (also written to ``report.json``).
@@ -128,17 +130,21 @@ def _compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
                 "params": metrics.count_params(teacher),
                 "macs": metrics.count_macs(teacher, spec.in_shape),
                 "bytes_fp32": metrics.fp32_bytes(teacher)}
-    run = stage_files.fingerprint(model=stage_files.file_sha256(model_path),
-                                  steps=recipe.steps, seed=seed, dataset=dataset,
-                                  split=splits.split, finetune_epochs=finetune_epochs,
-                                  bench=stage_bench)
+    model_sha = stage_files.file_sha256(model_path)
+    runs = [stage_files.fingerprint(model=model_sha, steps=recipe.steps[:i + 1], seed=seed,
+                                    dataset=dataset, split=splits.split,
+                                    finetune_epochs=finetune_epochs, bench=stage_bench)
+            for i in range(len(kinds))]  # the run up to each step: a changed later step resumes
     saved_dir = out / "stages"
-    saved = stage_files.latest(saved_dir, kinds, run, trust_code=trust_code) if resume else None
+    saved = stage_files.latest(saved_dir, kinds, runs, trust_code=trust_code) if resume else None
     if saved is None:
         stage_files.clear(saved_dir)
         model, stages, first = copy.deepcopy(teacher), [], 0
     else:
         model, first = saved.model, saved.step + 1
+        if not quiet:
+            print(f"resuming after step {first} of {len(kinds)} ({kinds[saved.step]}), saved "
+                  f"in {saved_dir}", file=sys.stderr)
         ctx.masks, ctx.edits = saved.masks, list(saved.spec.edits[len(spec.edits):])
         ctx.sparsities, ctx.notes = saved.values.sparsities, saved.values.notes
         stages = saved.values.stages
@@ -152,7 +158,7 @@ def _compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
                                        out / ".stage.cnz", stage_bench))
         stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits), ctx.masks,
                          stage_files.Values(sparsities=ctx.sparsities, notes=ctx.notes,
-                                            stages=stages), run)
+                                            stages=stages), runs[i])
     distributed.check_same(model, "compress")  # masks, codebooks, channels alike on every rank
     spec = spec.with_edits(ctx.edits)
     # model.cnz appears only when everything, report included, has succeeded

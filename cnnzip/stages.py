@@ -3,10 +3,13 @@ steps need under ``OUT/stages/``, so that ``--resume`` after a kill continues fr
 step saved and writes the same bytes as an uninterrupted run.
 
 A stage file is a safetensors file like a checkpoint: the model's state and the pruning masks
-as tensors, one JSON document (the spec, the run's fingerprint, the steps' notes and stage
-figures, the context's typed values) and one SHA-256 over both. It is read with every check a
-checkpoint gets; a file of another run (another model file, recipe, seed, dataset or
-options) is refused by its fingerprint.
+as tensors, one JSON document (the spec, the fingerprint of the run up to its step, the steps'
+notes and stage figures, the context's typed values) and one SHA-256 over both. It is read
+with every check a checkpoint gets. The fingerprint covers the model file, seed, dataset,
+options and the recipe's steps up to the file's own, not the steps after it: a run whose
+recipe changed only from some step on resumes after the last step both recipes share (an hour
+of pruning is not redone to try other sharing options); a file of another model file, seed,
+dataset or options, or of a recipe that differs before its step, is never used.
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from torch import nn
 from cnnzip.codec.records import rebuild
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (CHECKSUM, check_finite, digest, fail, guard, read_versioned,
-                              validate)
+from cnnzip.integrity import (CHECKSUM, RawFile, check_finite, digest, fail, guard,
+                              read_versioned, validate)
 from cnnzip.modules import CodebookLayer
 from cnnzip.surgery import ModelSpec
 
@@ -99,26 +102,35 @@ def clear(directory: Path) -> None:
         path.unlink()
 
 
-def latest(directory: Path, kinds: list[str], run: str, *, trust_code: bool) -> Saved | None:
-    """The last stage file of this run, ``kinds`` being its recipe's steps; None when there is
-    none.
+def latest(directory: Path, kinds: list[str], runs: list[str], *,
+           trust_code: bool) -> Saved | None:
+    """The last stage file this run can continue from: ``kinds`` are its recipe's steps and
+    ``runs[i]`` the fingerprint of the run up to step ``i``; a file whose fingerprint is not
+    its step's (a later step the recipe changed) is passed over. None when there is no file.
 
     Raises:
-        CnnzipError: a stage file of another run, or a damaged one.
+        CnnzipError: files, but none of this run's; a damaged one.
     """
     found = sorted(directory.glob(PATTERN))
     if not found:
         return None
-    path = found[-1]
-    raw, _ = read_versioned(path, FORMAT, "cnnzip stage file", reads=(VERSION,),
-                            checksum_since=VERSION)
+    for path in reversed(found):
+        raw, _ = read_versioned(path, FORMAT, "cnnzip stage file", reads=(VERSION,),
+                                checksum_since=VERSION)
+        step = raw.meta.get("step")
+        if type(step) is int and 0 <= step < len(runs) and raw.meta.get("run") == runs[step]:
+            return _restore(path, raw, kinds, trust_code=trust_code)
+    raise CnnzipError(f"{directory}: no stage file there was saved by a run with this model "
+                      "file, seed, dataset and options and the same recipe up to its step; "
+                      "remove the stages folder or drop --resume")
+
+
+def _restore(path: Path, raw: RawFile, kinds: list[str], *, trust_code: bool) -> Saved:
+    """The run as the stage file ``raw`` (read from ``path``, its fingerprint matched) left
+    it, every field checked."""
     meta = raw.meta
-    if meta.get("run") != run:
-        raise CnnzipError(f"{path}: saved by a run with another model file, recipe, seed, "
-                          "dataset or options; remove the stages folder or drop --resume")
-    step = meta.get("step")
-    if type(step) is not int or not 0 <= step < len(kinds) or meta.get("kind") != kinds[step] \
-            or path != _path(directory, step, kinds[step]):
+    step = meta["step"]
+    if meta.get("kind") != kinds[step] or path != _path(path.parent, step, kinds[step]):
         raise fail(path, f"step {step!r} ({meta.get('kind')!r}) is not a step of this recipe")
     if not isinstance(meta.get("model"), dict):
         raise fail(path, "no model record")

@@ -78,12 +78,38 @@ def test_a_run_killed_after_any_step_resumes_to_the_same_bytes(tmp_path, monkeyp
         assert _figures(resumed) == _figures(whole)
 
 
+def test_a_recipe_changed_from_a_step_on_resumes_after_the_steps_before_it(tmp_path,
+                                                                         monkeypatch):
+    path = tmp_path / "m.safetensors"
+    train_baseline("lenet300", "synthetic", path, config=TrainConfig(epochs=0), quiet=True)
+    run = dict(finetune_epochs=0, quiet=True, stage_bench=False)
+    compress(path, "deep-compression", tmp_path / "out", **run)
+    changed = ("share.fc_bits=3", "share.min_bits=2")
+    fresh = compress(path, "deep-compression", tmp_path / "fresh", overrides=changed, **run)
+    applied, apply = [], pipeline.apply
+    monkeypatch.setattr(pipeline, "apply",
+                        lambda m, c, ctx: applied.append(c) or apply(m, c, ctx))
+    resumed = compress(path, "deep-compression", tmp_path / "out", overrides=changed,
+                       resume=True, **run)
+    assert [type(c).__name__ for c in applied] == ["WeightSharing"]  # scan, pruning kept
+    assert _sha(tmp_path / "out" / "model.cnz") == _sha(tmp_path / "fresh" / "model.cnz")
+    assert _figures(resumed) == _figures(fresh)
+    # the changed recipe's own share stage replaced the old one: resuming again runs nothing
+    applied.clear()
+    compress(path, "deep-compression", tmp_path / "out", overrides=changed, resume=True, **run)
+    assert applied == []
+    # a change in the first step leaves nothing to continue from
+    with pytest.raises(CnnzipError, match="same recipe up to its step"):
+        compress(path, "deep-compression", tmp_path / "out", resume=True,
+                 overrides=("sensitivity.target_sparsity=0.8",), **run)
+
+
 def test_resuming_refuses_the_stages_of_another_run(tmp_path):
     path = tmp_path / "m.safetensors"
     train_baseline("lenet300", "synthetic", path, config=TrainConfig(epochs=0), quiet=True)
     compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, quiet=True,
              stage_bench=False)
-    with pytest.raises(CnnzipError, match="another model file, recipe, seed"):
+    with pytest.raises(CnnzipError, match="this model file, seed, dataset"):
         compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, seed=1,
                  quiet=True, stage_bench=False, resume=True)
     damaged = sorted((tmp_path / "out" / "stages").iterdir())[-1]

@@ -63,7 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "accuracies are still measured)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run of the same command from the last step "
-                        "saved in OUT/stages/ (the same model.cnz as an uninterrupted run)")
+                        "saved in OUT/stages/ (the same model.cnz as an uninterrupted run); "
+                        "with a recipe changed from some step on, continue after the last "
+                        "step saved before it")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
