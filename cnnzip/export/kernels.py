@@ -11,7 +11,7 @@ from string import Template
 import numpy as np
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.costmodel import MAX_CODE_BITS, Geometry, pack
+from cnnzip.export.costmodel import LANES, MAX_CODE_BITS, Geometry, lane_groups, pack
 
 UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
 
@@ -161,6 +161,22 @@ $pad    for (int py = 0; py < $poh; py++)
 $body            }
 $stores        }
 }
+""")
+
+
+_SIMD = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
+{
+$pad$channels}
+""")
+
+# one output channel of the simd form: its own loops, so the block's maxima stay in registers
+_SIMD_CHANNEL = Template(r"""    for (int py = 0; py < $poh; py++)
+        for (int bx = 0; bx < $blocks; bx++) {
+            int32_t $best;
+            for (int q = 0; q < $qh; q++) {
+                const uint8_t *p = $src + ((py * $qsh + q) * $sh) * $wp + bx * $lanes;
+$body            }
+$stores        }
 """)
 
 
@@ -332,6 +348,8 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         return Emitted(data, text, const, padded)
     if form == "packed":
         return _emit_packed(layer, name, geo, common, data, const, off, padded)
+    if form == "simd":
+        return _emit_simd(layer, name, geo, common, data, const, off)
     if qh * qw > 1 and np.count_nonzero(weight) * qh * qw <= UNROLL_WINDOWS:
         # small layers: every pooling window position written out too, so each channel's
         # maximum stays in a register and its offsets are constants
@@ -350,6 +368,8 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
                                                    str(o), "best") + "\n")
         text = _UNROLLED_WINDOWS.substitute(common, body="".join(body))
         return Emitted(data, text, const, padded)
+    if not conv:
+        return Emitted(data, _unrolled_linear(layer, name, weight, common["tout"]), const, 0)
     body, stores = [], []
     for o in range(len(weight)):
         terms = _terms(weight[o], off[o])
@@ -358,4 +378,77 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         stores.append("            " + _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
                                                   str(o), f"best[{o}]") + "\n")
     text = _UNROLLED.substitute(common, body="".join(body), stores="".join(stores))
+    return Emitted(data, text, const, padded)
+
+
+def _unrolled_linear(layer, name: str, weight: np.ndarray, tout: str) -> str:
+    """A linear layer unrolled: one ``case`` per output, so that each output's straight-line
+    code is a block of its own for the compiler (one block of 10,000 terms took gcc a minute
+    to compile; a case each, seconds)."""
+    cases = "".join(f"        case {o}: acc = {name}_b[{o}]{_terms(row, np.arange(len(row)))}; "
+                    "break;\n" for o, row in enumerate(weight))
+    return (f"static void {name}(const uint8_t *restrict in, {tout} *restrict out)\n{{\n"
+            "    const uint8_t *p = in;\n"
+            f"    for (int o = 0; o < {len(weight)}; o++) {{\n"
+            "        int32_t acc;\n"
+            "        switch (o) {\n"
+            f"{cases}"
+            "        default: acc = 0; break;\n"
+            "        }\n"
+            f"        {_epilogue(layer, name, 'o', 'o')}\n"
+            "    }\n}\n")
+
+
+def _emit_simd(layer, name: str, geo: Geometry, common: dict, data: str, const: int,
+               off: np.ndarray) -> Emitted:
+    """The ``simd`` form: unrolled as ``unrolled``, over blocks of :data:`LANES` adjacent
+    output columns at once. Each input word (four adjacent bytes) is added into two registers of
+    two 16-bit lanes (columns 0 and 2, 1 and 3), the inputs of equal weights summed there before
+    one multiply per lane. The last block may run past the row: its extra columns read the
+    padded copy's slack and are not stored."""
+    weight = layer.weight.reshape(len(layer.weight), -1)
+    qh, qw, qsh, _ = geo.pool
+    poh, pow_ = geo.pooled
+    blocks = -(-pow_ * qw // LANES)
+    sh, wp = layer.stride[0], common["wp"]
+    ph, pw = layer.padding
+    size = geo.cin * (geo.h + 2 * ph) * wp
+    reach = (((poh - 1) * qsh + qh - 1) * sh * wp + (blocks - 1) * LANES + int(off.max(initial=0))
+             + LANES)  # one past the last byte a word load reads
+    padded = max(size, reach) if (ph or pw or reach > size) else 0
+    pad = "" if not padded else _PAD.substitute(
+        padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h, w=geo.w,
+        hp=geo.h + 2 * ph, wp=wp, ph=ph, pw=pw)
+    channels = []
+    indent = " " * 16
+    per = LANES // qw  # pooled outputs per block
+    for o in range(len(weight)):
+        groups = lane_groups(weight[o], off[o])
+        body = [f"{indent}int32_t a0 = {name}_b[{o}], a1 = a0, a2 = a0, a3 = a0;\n"]
+        body.append(f"{indent}uint32_t w, e, d;\n" if groups else f"{indent}(void)p;\n")
+        for value, taps in groups:
+            for i, t in enumerate(taps):
+                add = ("e = cnz_even(w); d = cnz_odd(w);" if i == 0 else
+                       "e = cnz_add_even(e, w); d = cnz_add_odd(d, w);")
+                body.append(f"{indent}w = cnz_load4(p + {t}); {add}\n")
+            body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); a1 = cnz_mla_lo(a1, d, {value}); "
+                        f"a2 = cnz_mla_hi(a2, e, {value}); a3 = cnz_mla_hi(a3, d, {value});\n")
+        # the block's columns pooled across (a value per pooled output), then down the rows
+        stores = []
+        for k in range(per):
+            value = f"b{k}"
+            for j in range(k * qw, (k + 1) * qw):
+                value = f"cnz_max({value}, a{j})"
+            body.append(f"{indent}b{k} = {value};\n")
+            px = f"bx * {per} + {k}"
+            store = _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + {px}", str(o), f"b{k}")
+            guard = f"if ({px} < {pow_}) " if per * blocks > pow_ else ""
+            stores.append(f"            {guard}{store}\n")
+        channels.append(_SIMD_CHANNEL.substitute(
+            best=", ".join(f"b{k} = INT32_MIN" for k in range(per)), poh=poh, blocks=blocks,
+            qh=qh, src="pad" if padded else "in", qsh=qsh, sh=sh, wp=wp, lanes=LANES,
+            body="".join(body), stores="".join(stores)))
+    text = _SIMD.substitute(name=name, tout=common["tout"], pad=pad,
+                            scratch=", uint8_t *restrict pad" if padded else "",
+                            channels="".join(channels))
     return Emitted(data, text, const, padded)

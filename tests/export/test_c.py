@@ -48,6 +48,8 @@ def _run_on(target: str, int_model, gen, folder, codes):
     ("lenet300", {"weight_bits": 8}, 0.95, "unrolled"),
     ("lenet5", {"weight_bits": 4}, 0.8, "packed"), ("lenet300", {"weight_bits": 2}, 0.9, "packed"),
     ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "packed"),
+    ("lenet5", {"weight_bits": 4}, 0.7, "simd"), ("lenet5", {}, 0.5, "simd"),
+    ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "simd"),
 ])
 def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options, sparsity,
                                                               kernels):
@@ -58,8 +60,8 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     forms = {p.form for p in gen.layers}
     if kernels in ("dense", "sparse", "packed"):
         assert forms == {kernels}
-    elif kernels == "unrolled":  # but layers too large to unroll are sparse
-        assert "unrolled" in forms and forms <= {"unrolled", "sparse"}
+    elif kernels in ("unrolled", "simd"):  # layers too large to unroll, or linear: sparse
+        assert kernels in forms and forms <= {kernels, "sparse"}
     if name == "lenet5":  # both convolutions carry their max pooling
         assert [p.name.endswith("+ max pool") for p in gen.layers[:2]] == [True, True]
     x, _ = next(iter(batches(splits.test, splits.info, 256)))
@@ -127,10 +129,15 @@ def test_the_float_c_of_a_baseline_matches_pytorch(tmp_path, name):
 def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_deterministic(tmp_path):
     model, splits = _quantized("lenet5", {"weight_bits": 4}, 0.8)
     int_model = lower_model(model, (1, 28, 28))
-    gen = generate(int_model, (1, 28, 28), "balanced")
-    assert {p.form for p in gen.layers} >= {"unrolled", "packed"}
     x, _ = next(iter(batches(splits.test, splits.info, 64)))
     codes = int_model.quantize_input(x)
+    gen = generate(int_model, (1, 28, 28), "unrolled")  # the M4's own instructions aside
+    assert "unrolled" in {p.form for p in gen.layers}
+    (tmp_path / "unrolled").mkdir()
+    unrolled = _run_on("cortex-m4", int_model, gen, tmp_path / "unrolled", codes)
+    assert np.array_equal(unrolled.logits, int_model(codes))
+    gen = generate(int_model, (1, 28, 28), "balanced")
+    assert {p.form for p in gen.layers} >= {"simd", "packed"}  # UXTAB16, SMLABB, SMLATB
     first = _run_on("cortex-m4", int_model, gen, tmp_path, codes)
     assert np.array_equal(first.logits, int_model(codes))
     again = run(tmp_path / "bench-cortex-m4", "cortex-m4", codes.astype(np.uint8), "<i4", 10)
@@ -138,6 +145,33 @@ def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_determin
     size = model_sections(tmp_path, tmp_path, "cortex-m4")  # the memory plan, checked
     assert size["bss"] == gen.arena_bytes
     assert size["rodata"] == pytest.approx(gen.const_bytes, rel=0.05)
+
+
+def test_simd_lanes_never_overflow_where_one_weight_covers_many_taps(tmp_path):
+    """A 16×16 convolution whose 256 weights are equal: summed in one 16-bit lane, 256 inputs of
+    255 would pass what SMLABB reads as a signed lane (the portable C reads it the same way);
+    the kernel splits the group at 128 and stays exact."""
+    from cnnzip.export.costmodel import MAX_LANE_TERMS, lane_groups
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 16), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 13 * 13, 10))
+    with torch.no_grad():
+        model[0].weight.fill_(0.01)
+        model[0].weight[1].fill_(-0.01)
+    splits = synthetic_splits()
+    apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
+    int_model = lower_model(model, (1, 28, 28))
+    conv = int_model.nodes[0].op
+    assert len(np.unique(conv.weight[0])) == 1
+    groups = lane_groups(conv.weight[0].reshape(-1), np.arange(256))
+    assert [len(taps) for _, taps in groups] == [MAX_LANE_TERMS, 256 - MAX_LANE_TERMS]
+    gen = generate(int_model, (1, 28, 28), "simd")
+    assert gen.layers[0].form == "simd"
+    x, _ = next(iter(batches(splits.test, splits.info, 64)))
+    codes = int_model.quantize_input(x)
+    codes[0] = 255  # every lane at its largest sum
+    got = _run_on("host", int_model, gen, tmp_path, codes)
+    assert np.array_equal(got.logits, int_model(codes))
 
 
 def test_the_arena_planner_never_overlaps_two_live_tensors():
@@ -179,7 +213,7 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     plan, compiled = r["memory"], r["compiled"]
     assert compiled["bss"] == plan["arena_bytes"] > 0
     assert compiled["rodata"] == pytest.approx(plan["const_bytes"], rel=0.05)
-    assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled"}
+    assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled", "simd"}
     # compress planned the same C in report.json (without the pixel table)
     planned = json.loads((tmp_path / "q" / "report.json").read_text())["c"]
     assert planned["available"] and planned["arena_bytes"] == plan["arena_bytes"]

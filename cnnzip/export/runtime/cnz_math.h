@@ -32,4 +32,57 @@ static inline int32_t cnz_requantize(int32_t acc, int32_t multiplier, int32_t sh
     return cnz_divide_by_pot(cnz_doubling_high_mult(acc * (1 << left), multiplier), right);
 }
 
+static inline int32_t cnz_max(int32_t a, int32_t b)
+{
+    return a > b ? a : b;
+}
+
+/* Four output columns at once (the ``simd`` kernels): two adjacent-column pairs of 16-bit
+ * lanes. A word holds four adjacent input bytes x0..x3; the even lanes take x0 and x2, the odd
+ * ones x1 and x3; sums of at most 128 bytes per lane never carry into the next lane, so the
+ * portable code (a 32-bit add) and the Cortex-M4's UXTAB16 give the same bits, and the lane's
+ * value times a weight (SMLABB / SMLATB) is exact. */
+static inline uint32_t cnz_load4(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* cnz_fresh(p): the compiler may not assume p's bytes were loaded before (each output
+ * channel reloads its words rather than keeping another channel's in spilled registers). */
+#if defined(__GNUC__)
+#define cnz_fresh(p) __asm__("" : "+r"(p))
+#else
+#define cnz_fresh(p) ((void)0)
+#endif
+
+#if defined(__ARM_FEATURE_SIMD32) && defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
+#include <arm_acle.h>
+static inline uint32_t cnz_odd(uint32_t w)
+{
+    uint32_t r;
+    __asm__("uxtb16 %0, %1, ror #8" : "=r"(r) : "r"(w));
+    return r;
+}
+static inline uint32_t cnz_add_odd(uint32_t s, uint32_t w)
+{
+    uint32_t r;
+    __asm__("uxtab16 %0, %1, %2, ror #8" : "=r"(r) : "r"(s), "r"(w));
+    return r;
+}
+#define cnz_even(w) __uxtb16(w)
+#define cnz_add_even(s, w) __uxtab16((s), (w))
+#define cnz_mla_lo(acc, s, v) __smlabb((int32_t)(s), (v), (acc))
+#define cnz_mla_hi(acc, s, v) __smlatb((int32_t)(s), (v), (acc))
+#else
+#define cnz_even(w) ((w) & 0x00FF00FFu)
+#define cnz_odd(w) (((w) >> 8) & 0x00FF00FFu)
+#define cnz_add_even(s, w) ((s) + cnz_even(w))
+#define cnz_add_odd(s, w) ((s) + cnz_odd(w))
+/* the lane read as a signed 16-bit value, as SMLABB / SMLATB read it */
+#define cnz_lane_lo(s) (((int32_t)((s) & 0xFFFFu) ^ 0x8000) - 0x8000)
+#define cnz_lane_hi(s) (((int32_t)((s) >> 16) ^ 0x8000) - 0x8000)
+#define cnz_mla_lo(acc, s, v) ((acc) + (v) * cnz_lane_lo(s))
+#define cnz_mla_hi(acc, s, v) ((acc) + (v) * cnz_lane_hi(s))
+#endif
+
 #endif
