@@ -2,8 +2,8 @@
 data or code, one static activation arena planned over tensor lifetimes, no ``malloc``, no
 floating point; one entry point, ``void cnz_infer(const uint8_t *input, int32_t *logits)``,
 computing bit for bit what the numpy reference computes (the requantization is
-``cnnzip/export/runtime/cnz_math.h``). Each layer's kernel (dense, sparse or unrolled) is chosen
-by the cost model in :mod:`cnnzip.export.costmodel`.
+``cnnzip/export/runtime/cnz_math.h``). Each layer's kernel (dense, sparse, unrolled, simd or
+packed) is chosen by the cost model in :mod:`cnnzip.export.costmodel`.
 
 The same generator writes a float model (:class:`cnnzip.export.reference.FloatModel`) as float
 C with the same dense kernels: the baseline that compressed C is timed against.

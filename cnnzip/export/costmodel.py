@@ -2,7 +2,7 @@
 form's encoding, :func:`pack`), and the cost model that chooses among them; the C text itself
 is :mod:`cnnzip.export.kernels`.
 
-Four forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
+Five forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
 :class:`~cnnzip.export.floatref.FloatLayer` for the float baseline):
 
 ``dense``

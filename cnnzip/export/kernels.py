@@ -1,6 +1,7 @@
 """The C kernels of a layer, each instantiated for one layer with its shapes as constants: the
-forms ``dense``, ``sparse``, ``unrolled`` and ``packed`` that :mod:`cnnzip.export.costmodel`
-describes and chooses among, written as C99 text with their constant arrays.
+forms ``dense``, ``sparse``, ``unrolled``, ``simd`` and ``packed`` that
+:mod:`cnnzip.export.costmodel` describes and chooses among, written as C99 text with their
+constant arrays.
 """
 
 from __future__ import annotations

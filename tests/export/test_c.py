@@ -147,14 +147,17 @@ def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_determin
     assert size["rodata"] == pytest.approx(gen.const_bytes, rel=0.05)
 
 
-def test_simd_lanes_never_overflow_where_one_weight_covers_many_taps(tmp_path):
-    """A 16×16 convolution whose 256 weights are equal: summed in one 16-bit lane, 256 inputs of
-    255 would pass what SMLABB reads as a signed lane (the portable C reads it the same way);
-    the kernel splits the group at 128 and stays exact."""
+@pytest.mark.parametrize("k", [16, 26])  # 13 output columns (the last block past the row), 3
+def test_simd_lanes_never_overflow_where_one_weight_covers_many_taps(tmp_path, k):
+    """A k×k convolution whose weights are equal: summed in one 16-bit lane, 256 inputs of 255
+    would pass what SMLABB reads as a signed lane (the portable C reads it the same way); the
+    kernel splits the group at 128 and stays exact."""
     from cnnzip.export.costmodel import MAX_LANE_TERMS, lane_groups
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 16), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 13 * 13, 10))
+    side = 28 - k + 1
+    model = nn.Sequential(nn.Conv2d(1, 2, k), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * side * side, 10))
     with torch.no_grad():
         model[0].weight.fill_(0.01)
         model[0].weight[1].fill_(-0.01)
@@ -163,8 +166,9 @@ def test_simd_lanes_never_overflow_where_one_weight_covers_many_taps(tmp_path):
     int_model = lower_model(model, (1, 28, 28))
     conv = int_model.nodes[0].op
     assert len(np.unique(conv.weight[0])) == 1
-    groups = lane_groups(conv.weight[0].reshape(-1), np.arange(256))
-    assert [len(taps) for _, taps in groups] == [MAX_LANE_TERMS, 256 - MAX_LANE_TERMS]
+    groups = lane_groups(conv.weight[0].reshape(-1), np.arange(k * k))
+    sizes = [len(taps) for _, taps in groups]
+    assert sum(sizes) == k * k and sizes[0] == MAX_LANE_TERMS == max(sizes)
     gen = generate(int_model, (1, 28, 28), "simd")
     assert gen.layers[0].form == "simd"
     x, _ = next(iter(batches(splits.test, splits.info, 64)))
