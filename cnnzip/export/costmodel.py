@@ -22,8 +22,9 @@ Five forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.I
     a convolution of row stride 1 as ``unrolled``, over four adjacent output columns at once:
     each load of four input bytes is added into two registers of two 16-bit lanes (UXTAB16 on
     a Cortex-M4, one 32-bit add elsewhere), the inputs of equal weights summed in the lanes
-    before one multiply per column (SMLABB / SMLATB); about a third of ``unrolled``'s
-    instructions per multiply-accumulate;
+    before one multiply per column (SMLABB / SMLATB); where weights repeat (shared or 4-bit
+    layers) about two thirds of ``unrolled``'s instructions, where each weight is its own
+    value about as many;
 ``packed``
     for a layer whose non-zero weights take at most 63 distinct values (weight-shared layers,
     4-, 3-, 2- and 1-bit weights): per output channel a stream of one-byte entries, EIE's

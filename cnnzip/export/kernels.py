@@ -432,8 +432,9 @@ def _emit_simd(layer, name: str, geo: Geometry, common: dict, data: str, const: 
                 add = ("e = cnz_even(w); d = cnz_odd(w);" if i == 0 else
                        "e = cnz_add_even(e, w); d = cnz_add_odd(d, w);")
                 body.append(f"{indent}w = cnz_load4(p + {t}); {add}\n")
-            body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); a1 = cnz_mla_lo(a1, d, {value}); "
-                        f"a2 = cnz_mla_hi(a2, e, {value}); a3 = cnz_mla_hi(a3, d, {value});\n")
+            body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); "
+                        f"a1 = cnz_mla_lo(a1, d, {value}); a2 = cnz_mla_hi(a2, e, {value}); "
+                        f"a3 = cnz_mla_hi(a3, d, {value});\n")
         # the block's columns pooled across (a value per pooled output), then down the rows
         stores = []
         for k in range(per):

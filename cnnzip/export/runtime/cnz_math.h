@@ -47,14 +47,6 @@ static inline uint32_t cnz_load4(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* cnz_fresh(p): the compiler may not assume p's bytes were loaded before (each output
- * channel reloads its words rather than keeping another channel's in spilled registers). */
-#if defined(__GNUC__)
-#define cnz_fresh(p) __asm__("" : "+r"(p))
-#else
-#define cnz_fresh(p) ((void)0)
-#endif
-
 #if defined(__ARM_FEATURE_SIMD32) && defined(__ARM_FEATURE_DSP) && defined(__GNUC__)
 #include <arm_acle.h>
 static inline uint32_t cnz_odd(uint32_t w)
