@@ -131,13 +131,34 @@ def test_io_stream_is_refused_where_its_simulation_is_wrong(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+class _Capped(torch.nn.Module):
+    """Conv → BatchNorm → ReLU6 → global average pooling → linear, the convolution's outputs
+    well past 6 so that the cap clamps."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(1, 6, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(6)
+        self.fc = torch.nn.Linear(6, 10)
+        with torch.no_grad():
+            self.conv.weight.mul_(20)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.relu6(self.bn(self.conv(x))).mean((2, 3)))
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["residual", "concat"])
+@pytest.mark.parametrize("name", ["residual", "concat", "relu6"])
 def test_the_c_simulation_equals_the_integer_reference_on_every_logit(tmp_path, name):
     """Residual add, concatenation with rescaled inputs (one by a factor that is 1 in float32),
-    clamps whose zero point is not 0, global average pooling: hls4ml's compiled C++ (g++)
-    gives the integer reference's logits exactly."""
-    int_model, codes, x = _integer(tiny(name), samples=100)
+    clamps whose zero point is not 0, ReLU6's clamp at the grid point nearest 6, global average
+    pooling: hls4ml's compiled C++ (g++) gives the integer reference's logits exactly."""
+    model = _Capped().eval() if name == "relu6" else tiny(name)
+    int_model, codes, x = _integer(model, samples=100)
+    if name == "relu6":  # the cap is reached: the conv's clamp is below the uint8 range's top
+        conv = int_model.nodes[0].op
+        assert conv.hi < 255 and (int_model.nodes[0].op(codes) == conv.hi).any()
     predicted = np.zeros(len(codes), np.int64)
     r = export_project(int_model, (1, 28, 28), tmp_path / "hls", HlsOptions(),
                        check=(codes, predicted, predicted), quiet=True)
