@@ -64,25 +64,19 @@ def test_requantize_is_the_two_roundings_of_cmsis_nn_exactly():
         requantize(np.array([1 << 30]), np.array([1 << 30]), np.array([2]))
 
 
-def test_the_c_runtime_computes_the_same_integers(tmp_path):
+def _run_c(tmp_path, columns: np.ndarray, call: str) -> np.ndarray:
+    """Each row of int32 ``columns`` through the C expression ``call`` (of ``t[0]``, ``t[1]``,
+    ...), compiled with the runtime header."""
     gcc = shutil.which("gcc") or shutil.which("cc")
     assert gcc, "no C compiler: scripts/setup.sh installs gcc"
-    rng = np.random.default_rng(1)
-    n = 50_000
-    acc = rng.integers(-(1 << 24), 1 << 24, n)
-    acc[:8] = [0, 1, -1, (1 << 24) - 1, -(1 << 24), 2, -2, 3]
-    mult, shift = quantize_multiplier(np.exp(rng.uniform(np.log(1e-7), np.log(60.0), n)))
-    shift = np.where(shift > 0, np.minimum(shift, 6), shift)  # keep acc << shift in int32
-    expected = requantize(acc, mult, shift)
-    triples = np.stack([acc, mult, shift], 1).astype("<i4")
-    (tmp_path / "in.bin").write_bytes(triples.tobytes())
+    (tmp_path / "in.bin").write_bytes(columns.astype("<i4").tobytes())
     (tmp_path / "t.c").write_text(f'''#include <stdio.h>
 #include "{HEADER}"
 int main(void) {{
-    int32_t t[3];
+    int32_t t[{columns.shape[1]}];
     FILE *in = fopen("in.bin", "rb"), *out = fopen("out.bin", "wb");
     while (fread(t, sizeof t, 1, in) == 1) {{
-        int32_t r = cnz_requantize(t[0], t[1], t[2]);
+        int32_t r = {call};
         fwrite(&r, sizeof r, 1, out);
     }}
     fclose(in); fclose(out); return 0;
@@ -91,5 +85,34 @@ int main(void) {{
     subprocess.run([gcc, "-O2", "-std=c99", "-Wall", "-Werror", "t.c", "-o", "t"],
                    cwd=tmp_path, check=True)
     subprocess.run(["./t"], cwd=tmp_path, check=True)
-    got = np.frombuffer((tmp_path / "out.bin").read_bytes(), "<i4")
+    return np.frombuffer((tmp_path / "out.bin").read_bytes(), "<i4")
+
+
+def test_the_c_rounding_shift_agrees_on_ties_and_extremes(tmp_path):
+    """Every exponent 0..31 on the int32 extremes, the values around each half (the ties that
+    round away from zero) and random values."""
+    rng = np.random.default_rng(2)
+    xs, es = [], []
+    for e in range(32):
+        half = 1 << max(e - 1, 0)
+        around = [m * (1 << e) + d for m in (-3, -1, 0, 1, 2) for d in (half - 1, half, half + 1)]
+        values = [-(1 << 31), (1 << 31) - 1, -1, 0, 1, *around,
+                  *rng.integers(-(1 << 31), 1 << 31, 200).tolist()]
+        values = [v for v in values if -(1 << 31) <= v < (1 << 31)]
+        xs += values
+        es += [e] * len(values)
+    x, e = np.array(xs, np.int64), np.array(es, np.int64)
+    got = _run_c(tmp_path, np.stack([x, e], 1), "cnz_divide_by_pot(t[0], t[1])")
+    assert np.array_equal(got, divide_by_power_of_two(x, e))
+
+
+def test_the_c_runtime_computes_the_same_integers(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 50_000
+    acc = rng.integers(-(1 << 24), 1 << 24, n)
+    acc[:8] = [0, 1, -1, (1 << 24) - 1, -(1 << 24), 2, -2, 3]
+    mult, shift = quantize_multiplier(np.exp(rng.uniform(np.log(1e-7), np.log(60.0), n)))
+    shift = np.where(shift > 0, np.minimum(shift, 6), shift)  # keep acc << shift in int32
+    expected = requantize(acc, mult, shift)
+    got = _run_c(tmp_path, np.stack([acc, mult, shift], 1), "cnz_requantize(t[0], t[1], t[2])")
     assert got.shape == (n,) and np.array_equal(got, expected)

@@ -19,9 +19,10 @@ static inline int32_t cnz_divide_by_pot(int32_t x, int32_t exponent)
 {
     const int32_t mask = (int32_t)((((uint32_t)1) << exponent) - 1u);
     const int32_t remainder = x & mask;
-    const int32_t result = x >> exponent;
-    const int32_t threshold = (mask >> 1) + (result < 0 ? 1 : 0);
-    return result + (remainder > threshold ? 1 : 0);
+    /* CMSIS-NN's threshold, one more below zero; "remainder > threshold" as the sign bit of
+     * their difference (both in [-2^31 + 1, 2^30]: no overflow), so no branch */
+    const int32_t threshold = (mask >> 1) + (int32_t)((uint32_t)x >> 31);
+    return (x >> exponent) + (int32_t)((uint32_t)(threshold - remainder) >> 31);
 }
 
 /* acc * multiplier * 2^(shift - 31), multiplier in [2^30, 2^31), shift in [-31, 30]. */
