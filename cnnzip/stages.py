@@ -79,7 +79,8 @@ def _path(directory: Path, step: int, kind: str) -> Path:
 
 def save(directory: Path, step: int, kind: str, model: nn.Module, spec: ModelSpec,
          masks: dict[str, torch.Tensor], values: Values, run: str) -> Path:
-    """Write step ``step``'s stage file (atomically) and remove those of later steps."""
+    """Write step ``step``'s stage file (atomically) and remove those of later steps (and one of
+    this step of another kind, left by a changed recipe)."""
     tensors = {f"model/{k}": v.detach().contiguous().clone()
                for k, v in model.state_dict().items()}
     tensors.update({f"mask/{k}": v.detach().contiguous().clone() for k, v in masks.items()})
@@ -90,9 +91,9 @@ def save(directory: Path, step: int, kind: str, model: nn.Module, spec: ModelSpe
     path = _path(directory, step, kind)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta, separators=(",", ":"))})
-    for later in directory.glob(PATTERN):
-        if int(later.name[:2]) > step + 1:
-            later.unlink()
+    for other in directory.glob(PATTERN):  # later steps, and this step of another recipe
+        if int(other.name[:2]) > step + 1 or (int(other.name[:2]) == step + 1 and other != path):
+            other.unlink()
     return path
 
 

@@ -98,6 +98,16 @@ def test_a_recipe_changed_from_a_step_on_resumes_after_the_steps_before_it(tmp_p
     applied.clear()
     compress(path, "deep-compression", tmp_path / "out", overrides=changed, resume=True, **run)
     assert applied == []
+    # another kind of last step: it runs after the same two, and its file replaces share's
+    recipe = tmp_path / "dc-quantize.yaml"
+    recipe.write_text("name: x\nsteps:\n  - sensitivity: {target_sparsity: 0.90}\n"
+                      "  - prune: {schedule: agp, epochs: 60, lr: 0.01}\n"
+                      "  - quantize: {calibration: 64}\n")
+    applied.clear()
+    compress(path, recipe, tmp_path / "out", resume=True, **run)
+    assert [type(c).__name__ for c in applied] == ["Quantize"]
+    assert sorted(p.name for p in (tmp_path / "out" / "stages").iterdir()) == [
+        "01-sensitivity.safetensors", "02-prune.safetensors", "03-quantize.safetensors"]
     # a change in the first step leaves nothing to continue from
     with pytest.raises(CnnzipError, match="same recipe up to its step"):
         compress(path, "deep-compression", tmp_path / "out", resume=True,
