@@ -131,7 +131,7 @@ def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_determin
     int_model = lower_model(model, (1, 28, 28))
     x, _ = next(iter(batches(splits.test, splits.info, 64)))
     codes = int_model.quantize_input(x)
-    gen = generate(int_model, (1, 28, 28), "unrolled")  # the M4's own instructions aside
+    gen = generate(int_model, (1, 28, 28), "unrolled")  # plain Thumb-2, no SIMD instructions
     assert "unrolled" in {p.form for p in gen.layers}
     (tmp_path / "unrolled").mkdir()
     unrolled = _run_on("cortex-m4", int_model, gen, tmp_path / "unrolled", codes)
