@@ -189,10 +189,11 @@ def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
     if layer.weight.dtype.kind == "f":
         return "dense"
     nonzero = np.count_nonzero(layer.weight)
-    limit = {"unrolled": UNROLL_LIMIT if layer.kind == "conv" else CHANNEL_UNROLL_LIMIT,
-             "simd": CHANNEL_UNROLL_LIMIT if simd_fits(layer, geo) else -1}
-    allowed = [f for f in FORMS if nonzero <= limit.get(f, nonzero)
-               and (f != "packed" or pack(layer))]
+    fits = {"unrolled": nonzero <= (UNROLL_LIMIT if layer.kind == "conv"
+                                    else CHANNEL_UNROLL_LIMIT),
+            "simd": simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT,
+            "packed": pack(layer) is not None}
+    allowed = [f for f in FORMS if fits.get(f, True)]
     if policy in FORMS:
         return policy if policy in allowed else "sparse"
     worth = {"fast": (1.0, 0.0), "small": (1e-9, 1.0), "balanced": (1.0, BYTE_WORTH)}[policy]

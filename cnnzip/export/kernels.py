@@ -1,75 +1,21 @@
 """The C kernels of a layer, each instantiated for one layer with its shapes as constants: the
-forms ``dense``, ``sparse``, ``unrolled``, ``simd`` and ``packed`` that
-:mod:`cnnzip.export.costmodel` describes and chooses among, written as C99 text with their
-constant arrays.
+forms ``dense``, ``sparse``, ``unrolled``, ``simd`` (its text in :mod:`cnnzip.export.simd`)
+and ``packed`` that :mod:`cnnzip.export.costmodel` describes and chooses among, written as C99
+text with their constant arrays (the pieces they share: :mod:`cnnzip.export.ctext`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from string import Template
 
 import numpy as np
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.costmodel import LANES, MAX_CODE_BITS, Geometry, lane_groups, pack
+from cnnzip.export.costmodel import MAX_CODE_BITS, Geometry, pack
+from cnnzip.export.ctext import PAD, Emitted, carray, epilogue, out_type, pad_copy, params
+from cnnzip.export.simd import emit_simd
 
 UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
-
-
-def carray(ctype: str, name: str, values) -> str:
-    """A ``static const`` C array."""
-    flat = np.asarray(values).reshape(-1).tolist()
-    if ctype == "float":
-        flat = [float_literal(v) for v in flat]
-    rows = [", ".join(map(str, flat[i:i + 16])) for i in range(0, len(flat), 16)]
-    return (f"static const {ctype} {name}[{max(len(flat), 1)}] = {{\n    "
-            + ",\n    ".join(rows or ["0"]) + "\n};\n")
-
-
-def float_literal(v: float) -> str:
-    """A float32 value as a C literal that reads back to the same bits."""
-    return f"{float(np.float32(v))!r}f"
-
-
-@dataclass(frozen=True)
-class Emitted:
-    """A layer in C: its constant arrays, its function, the bytes of its constant data and of
-    the scratch (a padded copy of the input) the function takes as a third argument."""
-
-    data: str
-    function: str
-    const_bytes: int
-    scratch_bytes: int
-
-
-def _epilogue(layer, name: str, index: str, o: str, acc: str = "acc") -> str:
-    """Store accumulator ``acc`` of channel ``o`` into ``out[index]``: requantized, zero point,
-    clamp (int); ReLU or not (float); int32 logits on the common scale (classifier)."""
-    if layer.weight.dtype.kind == "f":
-        if layer.relu and layer.cap is not None:
-            cap = float_literal(layer.cap)
-            return f"out[{index}] = {acc} < 0.0f ? 0.0f : {acc} > {cap} ? {cap} : {acc};"
-        return f"out[{index}] = {f'{acc} > 0.0f ? {acc} : 0.0f' if layer.relu else acc};"
-    if layer.is_logits:
-        return f"out[{index}] = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]);"
-    return (f"{{ const int32_t v = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]) + "
-            f"{layer.out_zero}; out[{index}] = (uint8_t)(v < {layer.lo} ? {layer.lo} : "
-            f"v > {layer.hi} ? {layer.hi} : v); }}")
-
-
-def _out_type(layer) -> str:
-    if layer.weight.dtype.kind == "f":
-        return "float"
-    return "int32_t" if layer.is_logits else "uint8_t"
-
-
-def _params(layer, name: str, bias: np.ndarray) -> tuple[str, int]:
-    """Bias (and requantization) arrays: C text and bytes."""
-    if layer.weight.dtype.kind == "f":
-        return carray("float", f"{name}_b", bias), 4 * bias.size
-    return (carray("int32_t", f"{name}_b", bias) + carray("int32_t", f"{name}_m", layer.multiplier)
-            + carray("int32_t", f"{name}_s", layer.shift), 12 * bias.size)
 
 
 # Every conv kernel walks the pooled outputs (py, px) and, in each, the pooling window's q
@@ -111,13 +57,6 @@ _DENSE_LINEAR = Template(r"""static void $name(const $tin *restrict in, $tout *r
         $epilogue
     }
 }
-""")
-
-_PAD = Template(r"""    for (int i = 0; i < $padded; i++) pad[i] = $zero;
-    for (int c = 0; c < $ci; c++)
-        for (int y = 0; y < $h; y++)
-            for (int x = 0; x < $w; x++)
-                pad[(c * $hp + y + $ph) * $wp + x + $pw] = in[(c * $h + y) * $w + x];
 """)
 
 # sparse and packed: per output channel a run of non-zero weights ($run sets it up and the
@@ -165,22 +104,6 @@ $stores        }
 """)
 
 
-_SIMD = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
-{
-$pad$channels}
-""")
-
-# one output channel of the simd form: its own loops, so the block's maxima stay in registers
-_SIMD_CHANNEL = Template(r"""    for (int py = 0; py < $poh; py++)
-        for (int bx = 0; bx < $blocks; bx++) {
-            int32_t $best;
-            for (int q = 0; q < $qh; q++) {
-                const uint8_t *p = $src + ((py * $qsh + q) * $sh) * $wp + bx * $lanes;
-$body            }
-$stores        }
-""")
-
-
 def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
     """The C of ``layer`` (an IntLayer, Logits or FloatLayer) on ``geo``, computed by ``form``.
 
@@ -201,10 +124,10 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
     # a padding conv reads a padded copy (zeros, or the zero point folded into the bias)
     bias = layer.bias if is_float else _folded_bias(layer, name)
     padded = geo.cin * (geo.h + 2 * ph) * (geo.w + 2 * pw) if conv and (ph or pw) else 0
-    data, const = _params(layer, name, bias)
+    data, const = params(layer, name, bias)
     data = carray(tw, f"{name}_w", layer.weight) + data
     const += layer.weight.size * (4 if is_float else 1)
-    common = dict(name=name, tin=tin, tout=_out_type(layer), tw=tw,
+    common = dict(name=name, tin=tin, tout=out_type(layer), tw=tw,
                   tacc="float" if is_float else "int32_t", co=geo.cout)
     if conv:
         _, cig, kh, kw = layer.weight.shape
@@ -214,17 +137,17 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
         pad = f"    const {tin} *src = in;\n"
         if padded:
             zero = "0.0f" if is_float else layer.in_zero
-            pad = _PAD.substitute(padded=padded, zero=zero, ci=geo.cin, h=geo.h, w=geo.w,
+            pad = PAD.substitute(padded=padded, zero=zero, ci=geo.cin, h=geo.h, w=geo.w,
                                   hp=h, wp=w, ph=ph, pw=pw) + f"    const {tin} *src = pad;\n"
         text = _DENSE_CONV.substitute(
             common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=h, w=w,
             sh=layer.stride[0], sw=layer.stride[1], poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh,
             qsw=qsw, pad=pad, scratch=f", {tin} *restrict pad" if padded else "",
             row=" + ".join(f"k[ky * {kw} + {x}] * p[ky * {w} + {x}]" for x in range(kw)),
-            epilogue=_epilogue(layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
+            epilogue=epilogue(layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
     else:
         text = _DENSE_LINEAR.substitute(common, n=layer.weight.shape[1],
-                                        epilogue=_epilogue(layer, name, "o", "o"))
+                                        epilogue=epilogue(layer, name, "o", "o"))
     return Emitted(data, text, const, padded * (4 if is_float else 1))
 
 
@@ -296,7 +219,7 @@ def _emit_packed(layer, name: str, geo: Geometry, common: dict, data: str, const
                  "                    }\n")
     text = _RUNS.substitute(
         common, run=run, inner=inner,
-        epilogue=_epilogue(layer, name, f"(o * {common['poh']} + py) * {common['pow']} + px",
+        epilogue=epilogue(layer, name, f"(o * {common['poh']} + py) * {common['pow']} + px",
                            "o", "best"))
     return Emitted(data, text, const, padded)
 
@@ -318,15 +241,12 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
     off, wp, padded = _taps(layer, geo)
     # the input zero point folded into the bias; the padded copy holds z where a padding tap
     # reads, so those taps add w·z − w·z = 0 as well
-    data, const = _params(layer, name, _folded_bias(layer, name))
+    data, const = params(layer, name, _folded_bias(layer, name))
     conv = layer.kind == "conv"
-    ph, pw = layer.padding if conv else (0, 0)
-    pad = "" if not padded else _PAD.substitute(
-        padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h, w=geo.w,
-        hp=geo.h + 2 * ph, wp=wp, ph=ph, pw=pw)
+    pad = pad_copy(layer, geo, wp, padded)
     qh, qw, qsh, qsw = geo.pool
     poh, pow_ = geo.pooled
-    common = dict(name=name, tout=_out_type(layer), pad=pad, poh=poh, pow=pow_, qh=qh, qw=qw,
+    common = dict(name=name, tout=out_type(layer), pad=pad, poh=poh, pow=pow_, qh=qh, qw=qw,
                   qsh=qsh, qsw=qsw, sh=layer.stride[0] if conv else 1,
                   sw=layer.stride[1] if conv else 1, wp=wp, co=geo.cout,
                   src="pad" if padded else "in",
@@ -344,13 +264,13 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
                f"        const {toff} *f = {name}_off + {name}_start[o];\n"
                f"        const int n = {name}_start[o + 1] - {name}_start[o];\n")
         inner = "                    for (int j = 0; j < n; j++) acc += v[j] * p[f[j]];\n"
-        text = _RUNS.substitute(common, run=run, inner=inner, epilogue=_epilogue(
+        text = _RUNS.substitute(common, run=run, inner=inner, epilogue=epilogue(
             layer, name, f"(o * {poh} + py) * {pow_} + px", "o", "best"))
         return Emitted(data, text, const, padded)
     if form == "packed":
         return _emit_packed(layer, name, geo, common, data, const, off, padded)
     if form == "simd":
-        return _emit_simd(layer, name, geo, common, data, const, off)
+        return emit_simd(layer, name, geo, common, data, const, off)
     if qh * qw > 1 and np.count_nonzero(weight) * qh * qw <= UNROLL_WINDOWS:
         # small layers: every pooling window position written out too, so each channel's
         # maximum stays in a register and its offsets are constants
@@ -365,7 +285,7 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
                 else:
                     body.append(f"            acc = {name}_b[{o}]{terms};\n"
                                 "            if (acc > best) best = acc;\n")
-            body.append("            " + _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
+            body.append("            " + epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
                                                    str(o), "best") + "\n")
         text = _UNROLLED_WINDOWS.substitute(common, body="".join(body))
         return Emitted(data, text, const, padded)
@@ -376,7 +296,7 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         terms = _terms(weight[o], off[o])
         body.append(f"                acc = {name}_b[{o}]{terms};\n"
                     f"                if (q == 0 || acc > best[{o}]) best[{o}] = acc;\n")
-        stores.append("            " + _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
+        stores.append("            " + epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + px",
                                                   str(o), f"best[{o}]") + "\n")
     text = _UNROLLED.substitute(common, body="".join(body), stores="".join(stores))
     return Emitted(data, text, const, padded)
@@ -396,61 +316,5 @@ def _unrolled_linear(layer, name: str, weight: np.ndarray, tout: str) -> str:
             f"{cases}"
             "        default: acc = 0; break;\n"
             "        }\n"
-            f"        {_epilogue(layer, name, 'o', 'o')}\n"
+            f"        {epilogue(layer, name, 'o', 'o')}\n"
             "    }\n}\n")
-
-
-def _emit_simd(layer, name: str, geo: Geometry, common: dict, data: str, const: int,
-               off: np.ndarray) -> Emitted:
-    """The ``simd`` form: unrolled as ``unrolled``, over blocks of :data:`LANES` adjacent
-    output columns at once. Each input word (four adjacent bytes) is added into two registers of
-    two 16-bit lanes (columns 0 and 2, 1 and 3), the inputs of equal weights summed there before
-    one multiply per lane. The last block may run past the row: its extra columns read the
-    padded copy's slack and are not stored."""
-    weight = layer.weight.reshape(len(layer.weight), -1)
-    qh, qw, qsh, _ = geo.pool
-    poh, pow_ = geo.pooled
-    blocks = -(-pow_ * qw // LANES)
-    sh, wp = layer.stride[0], common["wp"]
-    ph, pw = layer.padding
-    size = geo.cin * (geo.h + 2 * ph) * wp
-    reach = (((poh - 1) * qsh + qh - 1) * sh * wp + (blocks - 1) * LANES + int(off.max(initial=0))
-             + LANES)  # one past the last byte a word load reads
-    padded = max(size, reach) if (ph or pw or reach > size) else 0
-    pad = "" if not padded else _PAD.substitute(
-        padded=padded, zero=layer.in_zero, ci=geo.cin, h=geo.h, w=geo.w,
-        hp=geo.h + 2 * ph, wp=wp, ph=ph, pw=pw)
-    channels = []
-    indent = " " * 16
-    per = LANES // qw  # pooled outputs per block
-    for o in range(len(weight)):
-        groups = lane_groups(weight[o], off[o])
-        body = [f"{indent}int32_t a0 = {name}_b[{o}], a1 = a0, a2 = a0, a3 = a0;\n"]
-        body.append(f"{indent}uint32_t w, e, d;\n" if groups else f"{indent}(void)p;\n")
-        for value, taps in groups:
-            for i, t in enumerate(taps):
-                add = ("e = cnz_even(w); d = cnz_odd(w);" if i == 0 else
-                       "e = cnz_add_even(e, w); d = cnz_add_odd(d, w);")
-                body.append(f"{indent}w = cnz_load4(p + {t}); {add}\n")
-            body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); "
-                        f"a1 = cnz_mla_lo(a1, d, {value}); a2 = cnz_mla_hi(a2, e, {value}); "
-                        f"a3 = cnz_mla_hi(a3, d, {value});\n")
-        # the block's columns pooled across (a value per pooled output), then down the rows
-        stores = []
-        for k in range(per):
-            value = f"b{k}"
-            for j in range(k * qw, (k + 1) * qw):
-                value = f"cnz_max({value}, a{j})"
-            body.append(f"{indent}b{k} = {value};\n")
-            px = f"bx * {per} + {k}"
-            store = _epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + {px}", str(o), f"b{k}")
-            guard = f"if ({px} < {pow_}) " if per * blocks > pow_ else ""
-            stores.append(f"            {guard}{store}\n")
-        channels.append(_SIMD_CHANNEL.substitute(
-            best=", ".join(f"b{k} = INT32_MIN" for k in range(per)), poh=poh, blocks=blocks,
-            qh=qh, src="pad" if padded else "in", qsh=qsh, sh=sh, wp=wp, lanes=LANES,
-            body="".join(body), stores="".join(stores)))
-    text = _SIMD.substitute(name=name, tout=common["tout"], pad=pad,
-                            scratch=", uint8_t *restrict pad" if padded else "",
-                            channels="".join(channels))
-    return Emitted(data, text, const, padded)
