@@ -115,14 +115,14 @@ _GAP = Template(r"""static void $name(const uint8_t *restrict in, uint8_t *restr
         int32_t acc = 0;
         for (int i = 0; i < $hw; i++) acc += (int32_t)in[c * $hw + i] - $zero;
         const int32_t v = cnz_requantize(acc, $m, $s) + $out_zero;
-        out[c] = (uint8_t)(v < $lo ? $lo : v > $hi ? $hi : v);
+        out[c] = cnz_clamp(v, $lo, $hi);
     }
 }
 """)
 
 
 def _clamp(v: str, lo: int, hi: int) -> str:
-    return f"(uint8_t)({v} < {lo} ? {lo} : {v} > {hi} ? {hi} : {v})"
+    return f"cnz_clamp({v}, {lo}, {hi})"
 
 
 def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:

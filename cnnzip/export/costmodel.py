@@ -71,9 +71,10 @@ _PER_MAC = {("dense", "conv"): 4.8, ("dense", "linear"): 4.6, ("sparse", "conv")
             ("float", "conv"): 5.0, ("float", "linear"): 4.6}
 _PER_OUTPUT = {"int": 20.0, "float": 6.0}
 _BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0, "simd": 12.0, "packed": 1.0}
-# simd: instructions per word loaded (per tap and block), per lane group (four multiplies and
-# a weight constant), per channel and block (bias, maximum), and constant bytes per group
-_SIMD_TAP, _SIMD_GROUP, _SIMD_CHANNEL, _SIMD_GROUP_BYTES = 3.5, 4.5, 30.0, 20.0
+# simd: instructions per word loaded (per tap and block row: a load, two lane adds), per lane
+# group (four multiplies and a weight constant), per channel and block row (bias, maxima), and
+# constant bytes per group (the code of each row of a pooling window is its own)
+_SIMD_TAP, _SIMD_GROUP, _SIMD_CHANNEL, _SIMD_GROUP_BYTES = 3.0, 5.0, 12.5, 20.0
 # ``balanced``: one byte of constant data is worth this many instructions per inference
 BYTE_WORTH = 8.0
 
@@ -150,7 +151,7 @@ def _estimate_simd(layer, geo: Geometry) -> dict[str, float]:
     taps = np.count_nonzero(weight)
     work = _SIMD_TAP * taps + _SIMD_GROUP * groups + _SIMD_CHANNEL * len(weight)
     return {"instructions": blocks * work + _PER_OUTPUT["int"] * geo.outputs,
-            "const_bytes": _BYTES_PER_WEIGHT["simd"] * taps + _SIMD_GROUP_BYTES * groups
+            "const_bytes": qh * (_BYTES_PER_WEIGHT["simd"] * taps + _SIMD_GROUP_BYTES * groups)
             + 12 * len(weight)}
 
 

@@ -46,8 +46,7 @@ def epilogue(layer, name: str, index: str, o: str, acc: str = "acc") -> str:
     if layer.is_logits:
         return f"out[{index}] = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]);"
     return (f"{{ const int32_t v = cnz_requantize({acc}, {name}_m[{o}], {name}_s[{o}]) + "
-            f"{layer.out_zero}; out[{index}] = (uint8_t)(v < {layer.lo} ? {layer.lo} : "
-            f"v > {layer.hi} ? {layer.hi} : v); }}")
+            f"{layer.out_zero}; out[{index}] = cnz_clamp(v, {layer.lo}, {layer.hi}); }}")
 
 
 def out_type(layer) -> str:

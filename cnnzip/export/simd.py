@@ -15,14 +15,14 @@ _SIMD = Template(r"""static void $name(const uint8_t *restrict in, $tout *restri
 $pad$channels}
 """)
 
-# one output channel of the simd form: its own loops, so the block's maxima stay in registers
+# one output channel of the simd form: its own loops, so the block's maxima stay in registers,
+# and the pooling window's rows in one run of code (no loop to carry them across)
 _SIMD_CHANNEL = Template(r"""    for (int py = 0; py < $poh; py++)
         for (int bx = 0; bx < $blocks; bx++) {
+            const uint8_t *p = $src + (py * $qsh * $sh) * $wp + bx * $lanes;
             int32_t $best;
-            for (int q = 0; q < $qh; q++) {
-                const uint8_t *p = $src + ((py * $qsh + q) * $sh) * $wp + bx * $lanes;
-$body            }
-$stores        }
+            $decl
+$body$stores        }
 """)
 
 
@@ -45,34 +45,39 @@ def emit_simd(layer, name: str, geo: Geometry, common: dict, data: str, const: i
     padded = max(size, reach) if (ph or pw or reach > size) else 0
     pad = pad_copy(layer, geo, wp, padded)
     channels = []
-    indent = " " * 16
+    indent = " " * 12
     per = LANES // qw  # pooled outputs per block
     for o in range(len(weight)):
         groups = lane_groups(weight[o], off[o])
-        body = [f"{indent}int32_t a0 = {name}_b[{o}], a1 = a0, a2 = a0, a3 = a0;\n"]
-        body.append(f"{indent}uint32_t w, e, d;\n" if groups else f"{indent}(void)p;\n")
-        for value, taps in groups:
-            for i, t in enumerate(taps):
-                add = ("e = cnz_even(w); d = cnz_odd(w);" if i == 0 else
-                       "e = cnz_add_even(e, w); d = cnz_add_odd(d, w);")
-                body.append(f"{indent}w = cnz_load4(p + {t}); {add}\n")
-            body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); "
-                        f"a1 = cnz_mla_lo(a1, d, {value}); a2 = cnz_mla_hi(a2, e, {value}); "
-                        f"a3 = cnz_mla_hi(a3, d, {value});\n")
-        # the block's columns pooled across (a value per pooled output), then down the rows
+        body = []
+        for q in range(qh):  # a row of the pooling window: its own accumulators, then the maxima
+            row = q * sh * wp
+            body.append(f"{indent}{'{'} int32_t a0 = {name}_b[{o}], a1 = a0, a2 = a0, a3 = a0;\n")
+            for value, taps in groups:
+                for i, t in enumerate(taps):
+                    add = ("e = cnz_even(w); d = cnz_odd(w);" if i == 0 else
+                           "e = cnz_add_even(e, w); d = cnz_add_odd(d, w);")
+                    body.append(f"{indent}w = cnz_load4(p + {row + t}); {add}\n")
+                body.append(f"{indent}a0 = cnz_mla_lo(a0, e, {value}); "
+                            f"a1 = cnz_mla_lo(a1, d, {value}); a2 = cnz_mla_hi(a2, e, {value}); "
+                            f"a3 = cnz_mla_hi(a3, d, {value}); CNZ_BARRIER();\n")
+            # the block's columns pooled across (a value per pooled output), then down the rows
+            for k in range(per):
+                value = f"b{k}"
+                for j in range(k * qw, (k + 1) * qw):
+                    value = f"cnz_max({value}, a{j})"
+                body.append(f"{indent}b{k} = {value};\n")
+            body.append(f"{indent}{'}'}\n")
         stores = []
         for k in range(per):
-            value = f"b{k}"
-            for j in range(k * qw, (k + 1) * qw):
-                value = f"cnz_max({value}, a{j})"
-            body.append(f"{indent}b{k} = {value};\n")
             px = f"bx * {per} + {k}"
             store = epilogue(layer, name, f"({o} * {poh} + py) * {pow_} + {px}", str(o), f"b{k}")
             guard = f"if ({px} < {pow_}) " if per * blocks > pow_ else ""
             stores.append(f"            {guard}{store}\n")
         channels.append(_SIMD_CHANNEL.substitute(
             best=", ".join(f"b{k} = INT32_MIN" for k in range(per)), poh=poh, blocks=blocks,
-            qh=qh, src="pad" if padded else "in", qsh=qsh, sh=sh, wp=wp, lanes=LANES,
+            decl="uint32_t w, e, d;" if groups else "(void)p;",
+            src="pad" if padded else "in", qsh=qsh, sh=sh, wp=wp, lanes=LANES,
             body="".join(body), stores="".join(stores)))
     text = _SIMD.substitute(name=name, tout=common["tout"], pad=pad,
                             scratch=", uint8_t *restrict pad" if padded else "",

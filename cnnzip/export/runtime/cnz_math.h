@@ -38,6 +38,29 @@ static inline int32_t cnz_max(int32_t a, int32_t b)
     return a > b ? a : b;
 }
 
+#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+#include <arm_acle.h>
+#endif
+
+/* v clamped to [lo, hi] (0 <= lo <= hi <= 255, both constants) as a byte: on a core with the
+ * saturating instructions one USAT where hi is 255 (after a maximum where lo is above 0). */
+static inline uint8_t cnz_clamp(int32_t v, int32_t lo, int32_t hi)
+{
+#if defined(__ARM_FEATURE_SAT) && defined(__GNUC__)
+    if (hi == 255) return (uint8_t)__usat(lo > 0 && v < lo ? lo : v, 8);
+#endif
+    return (uint8_t)(v < lo ? lo : v > hi ? hi : v);
+}
+
+/* A point the compiler does not move memory accesses across: the simd kernels put one between
+ * the rows of a pooling window, so each row's loads are scheduled (and kept in registers) on
+ * their own rather than all at once. */
+#if defined(__GNUC__)
+#define CNZ_BARRIER() __asm__ __volatile__("" ::: "memory")
+#else
+#define CNZ_BARRIER() ((void)0)
+#endif
+
 /* Four output columns at once (the ``simd`` kernels): two adjacent-column pairs of 16-bit
  * lanes. A word holds four adjacent input bytes x0..x3; the even lanes take x0 and x2, the odd
  * ones x1 and x3; sums of at most 128 bytes per lane never carry into the next lane, so the
