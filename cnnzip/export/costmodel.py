@@ -2,7 +2,7 @@
 form's encoding, :func:`pack`), and the cost model that chooses among them; the C text itself
 is :mod:`cnnzip.export.kernels`.
 
-Five forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
+Six forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
 :class:`~cnnzip.export.floatref.FloatLayer` for the float baseline):
 
 ``dense``
@@ -24,7 +24,10 @@ Five forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.I
     a Cortex-M4, one 32-bit add elsewhere), the inputs of equal weights summed in the lanes
     before one multiply per column (SMLABB / SMLATB); where weights repeat (shared or 4-bit
     layers) about two thirds of ``unrolled``'s instructions, where each weight is its own
-    value about as many;
+    value about as many; a fused pooling window's rows are a loop over one copy of the code;
+``simd-rows``
+    ``simd`` with each row of the pooling window as its own copy of the code (no loop to
+    carry the maxima and the counter across rows): fewer instructions, the code once per row;
 ``packed``
     for a layer whose non-zero weights take at most 63 distinct values (weight-shared layers,
     4-, 3-, 2- and 1-bit weights): per output channel a stream of one-byte entries, EIE's
@@ -49,7 +52,7 @@ import numpy as np
 
 from cnnzip.errors import CnnzipError
 
-FORMS = ("dense", "sparse", "unrolled", "simd", "packed")
+FORMS = ("dense", "sparse", "unrolled", "simd", "simd-rows", "packed")
 POLICIES = ("balanced", "fast", "small", *FORMS)
 UNROLL_LIMIT = 8192  # non-zero weights of an unrolled convolution (one block of code)
 # ... of a simd convolution or an unrolled linear layer (a block of code per output channel,
@@ -72,9 +75,10 @@ _PER_MAC = {("dense", "conv"): 4.8, ("dense", "linear"): 4.6, ("sparse", "conv")
 _PER_OUTPUT = {"int": 20.0, "float": 6.0}
 _BYTES_PER_WEIGHT = {"dense": 1.0, "sparse": 3.0, "unrolled": 12.0, "simd": 12.0, "packed": 1.0}
 # simd: instructions per word loaded (per tap and block row: a load, two lane adds), per lane
-# group (four multiplies and a weight constant), per channel and block row (bias, maxima), and
-# constant bytes per group (the code of each row of a pooling window is its own)
-_SIMD_TAP, _SIMD_GROUP, _SIMD_CHANNEL, _SIMD_GROUP_BYTES = 3.0, 5.0, 12.5, 20.0
+# group (four multiplies and a weight constant), per channel and block row (bias, maxima, the
+# loop over the pooling window's rows; fewer in simd-rows, whose rows are each their own
+# code), and constant bytes per group
+_SIMD_TAP, _SIMD_GROUP, _SIMD_CHANNEL, _SIMD_ROW_LOOP, _SIMD_GROUP_BYTES = 3.0, 5.0, 12.5, 9.0, 20.0
 # ``balanced``: one byte of constant data is worth this many instructions per inference
 BYTE_WORTH = 8.0
 
@@ -143,22 +147,24 @@ def lane_groups(weight: np.ndarray, offset: np.ndarray) -> list[tuple[int, np.nd
     return groups
 
 
-def _estimate_simd(layer, geo: Geometry) -> dict[str, float]:
+def _estimate_simd(layer, geo: Geometry, form: str) -> dict[str, float]:
     qh = geo.pool[0]
     blocks = -(-geo.pooled[1] * geo.pool[1] // LANES) * geo.pooled[0] * qh
     weight = layer.weight.reshape(len(layer.weight), -1)
     groups = sum(len(lane_groups(row, np.zeros(len(row), np.int64))) for row in weight)
     taps = np.count_nonzero(weight)
-    work = _SIMD_TAP * taps + _SIMD_GROUP * groups + _SIMD_CHANNEL * len(weight)
+    copies = qh if form == "simd-rows" else 1  # the code of a row, once or once per row
+    channel = _SIMD_CHANNEL + (_SIMD_ROW_LOOP if copies < qh else 0.0)
+    work = _SIMD_TAP * taps + _SIMD_GROUP * groups + channel * len(weight)
     return {"instructions": blocks * work + _PER_OUTPUT["int"] * geo.outputs,
-            "const_bytes": qh * (_BYTES_PER_WEIGHT["simd"] * taps + _SIMD_GROUP_BYTES * groups)
-            + 12 * len(weight)}
+            "const_bytes": copies * (_BYTES_PER_WEIGHT["simd"] * taps
+                                     + _SIMD_GROUP_BYTES * groups) + 12 * len(weight)}
 
 
 def estimate(layer, geo: Geometry, form: str) -> dict[str, float]:
     """Predicted Cortex-M4 instructions and constant bytes of ``layer`` computed by ``form``."""
-    if form == "simd":
-        return _estimate_simd(layer, geo)
+    if form in ("simd", "simd-rows"):
+        return _estimate_simd(layer, geo, form)
     dense, nonzero = macs(layer, geo)
     is_float = layer.weight.dtype.kind == "f"
     per_mac = _PER_MAC["float" if is_float else form, layer.kind]
@@ -193,6 +199,7 @@ def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
     fits = {"unrolled": nonzero <= (UNROLL_LIMIT if layer.kind == "conv"
                                     else CHANNEL_UNROLL_LIMIT),
             "simd": simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT,
+            "simd-rows": simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT,
             "packed": pack(layer) is not None}
     allowed = [f for f in FORMS if fits.get(f, True)]
     if policy in FORMS:

@@ -269,8 +269,8 @@ def _emit_sparse(layer, name: str, geo: Geometry, form: str) -> Emitted:
         return Emitted(data, text, const, padded)
     if form == "packed":
         return _emit_packed(layer, name, geo, common, data, const, off, padded)
-    if form == "simd":
-        return emit_simd(layer, name, geo, common, data, const, off)
+    if form in ("simd", "simd-rows"):
+        return emit_simd(layer, name, geo, common, data, const, off, rows=form == "simd-rows")
     if qh * qw > 1 and np.count_nonzero(weight) * qh * qw <= UNROLL_WINDOWS:
         # small layers: every pooling window position written out too, so each channel's
         # maximum stays in a register and its offsets are constants

@@ -49,6 +49,7 @@ def _run_on(target: str, int_model, gen, folder, codes):
     ("lenet5", {"weight_bits": 4}, 0.8, "packed"), ("lenet300", {"weight_bits": 2}, 0.9, "packed"),
     ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "packed"),
     ("lenet5", {"weight_bits": 4}, 0.7, "simd"), ("lenet5", {}, 0.5, "simd"),
+    ("lenet5", {"weight_bits": 4}, 0.7, "simd-rows"), ("lenet5", {}, 0.5, "simd-rows"),
     ("lenet5", {"weight_bits": 1, "layers": {"features.0": 2}}, 0.0, "simd"),
 ])
 def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, options, sparsity,
@@ -60,7 +61,7 @@ def test_the_compiled_c_equals_the_reference_on_every_logit(tmp_path, name, opti
     forms = {p.form for p in gen.layers}
     if kernels in ("dense", "sparse", "packed"):
         assert forms == {kernels}
-    elif kernels in ("unrolled", "simd"):  # layers too large to unroll, or linear: sparse
+    elif kernels in ("unrolled", "simd", "simd-rows"):  # too large to unroll, or linear: sparse
         assert kernels in forms and forms <= {kernels, "sparse"}
     if name == "lenet5":  # both convolutions carry their max pooling
         assert [p.name.endswith("+ max pool") for p in gen.layers[:2]] == [True, True]
@@ -136,8 +137,13 @@ def test_on_the_emulated_cortex_m4_the_c_is_bit_exact_and_its_ticks_are_determin
     (tmp_path / "unrolled").mkdir()
     unrolled = _run_on("cortex-m4", int_model, gen, tmp_path / "unrolled", codes)
     assert np.array_equal(unrolled.logits, int_model(codes))
+    gen = generate(int_model, (1, 28, 28), "simd-rows")  # UXTAB16, SMLABB, SMLATB, USAT
+    assert {p.form for p in gen.layers[:2]} == {"simd-rows"}
+    (tmp_path / "rows").mkdir()
+    rows = _run_on("cortex-m4", int_model, gen, tmp_path / "rows", codes)
+    assert np.array_equal(rows.logits, int_model(codes))
     gen = generate(int_model, (1, 28, 28), "balanced")
-    assert {p.form for p in gen.layers} >= {"simd", "packed"}  # UXTAB16, SMLABB, SMLATB
+    assert {p.form for p in gen.layers} >= {"simd", "packed"}
     first = _run_on("cortex-m4", int_model, gen, tmp_path, codes)
     assert np.array_equal(first.logits, int_model(codes))
     again = run(tmp_path / "bench-cortex-m4", "cortex-m4", codes.astype(np.uint8), "<i4", 10)
@@ -217,7 +223,8 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
     plan, compiled = r["memory"], r["compiled"]
     assert compiled["bss"] == plan["arena_bytes"] > 0
     assert compiled["rodata"] == pytest.approx(plan["const_bytes"], rel=0.05)
-    assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled", "simd"}
+    assert {p["form"] for p in r["layers"]} <= {"dense", "sparse", "unrolled", "simd",
+                                                "simd-rows"}
     # compress planned the same C in report.json (without the pixel table)
     planned = json.loads((tmp_path / "q" / "report.json").read_text())["c"]
     assert planned["available"] and planned["arena_bytes"] == plan["arena_bytes"]
