@@ -52,9 +52,9 @@ static inline uint8_t cnz_clamp(int32_t v, int32_t lo, int32_t hi)
     return (uint8_t)(v < lo ? lo : v > hi ? hi : v);
 }
 
-/* A point the compiler does not move memory accesses across: the simd kernels put one between
- * the rows of a pooling window, so each row's loads are scheduled (and kept in registers) on
- * their own rather than all at once. */
+/* A point the compiler does not move memory accesses across: the simd kernels put one after
+ * each lane group, so gcc schedules one group's loads at a time instead of hoisting a whole
+ * row's ahead of the multiplies (which spills registers on a Cortex-M4). */
 #if defined(__GNUC__)
 #define CNZ_BARRIER() __asm__ __volatile__("" ::: "memory")
 #else
