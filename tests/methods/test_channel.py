@@ -154,14 +154,26 @@ def test_recoverable_silence_keeps_gradients_flowing_to_the_zeroed_filters():
     assert model.bn.weight[1] == 0
 
 
-def test_soft_pruning_meets_the_budget_and_reselects_every_epoch():
+def test_soft_pruning_meets_the_budget_and_its_last_epoch_trains_the_final_choice(monkeypatch):
+    import cnnzip.methods.channel as channel_module
+
     spec = resolve_spec("resnet20", IN, 10, width=0.25)
     model = build_model(spec)
     base = metrics.count_macs(model, IN)
     ctx = Context(synthetic_splits(n_train=256), quiet=True)
-    apply(model, ChannelPrune(target_macs=0.5, soft=True, epochs=2, lr=0.05), ctx)
+    seen = []  # recoverable or not, per group silenced
+
+    def spy(group, channels, *, recoverable=False):
+        seen.append(recoverable)
+        silence_channels(group, channels, recoverable=recoverable)
+    monkeypatch.setattr(channel_module, "silence_channels", spy)
+    apply(model, ChannelPrune(target_macs=0.5, soft=True, epochs=3, lr=0.05), ctx)
     assert metrics.count_macs(model, IN) <= 0.5 * base
-    assert len(ctx.notes["channels"]["soft_reselected"]) == 2
+    assert len(ctx.notes["channels"]["soft_reselected"]) == 2  # after epochs 0 and 1
+    # four rounds over the groups: at the start and after epoch 0 revivable; after epoch 1 (so
+    # for the last epoch) and at the removal silenced for good, BatchNorm shifts too
+    n = len(seen) // 4
+    assert n > 0 and seen == [True] * 2 * n + [False] * 2 * n
     rebuilt = build_model(spec.with_edits(ctx.edits))
     assert metrics.count_params(rebuilt) == metrics.count_params(model)
 
