@@ -92,7 +92,7 @@ def save(directory: Path, step: int, kind: str, model: nn.Module, spec: ModelSpe
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(meta, separators=(",", ":"))})
     for other in directory.glob(PATTERN):  # later steps, and this step of another recipe
-        if int(other.name[:2]) > step + 1 or (int(other.name[:2]) == step + 1 and other != path):
+        if int(other.name[:2]) >= step + 1 and other != path:
             other.unlink()
     return path
 

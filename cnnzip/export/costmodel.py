@@ -196,11 +196,10 @@ def choose(layer, geo: Geometry, policy: str = "balanced") -> str:
     if layer.weight.dtype.kind == "f":
         return "dense"
     nonzero = np.count_nonzero(layer.weight)
+    simd = simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT
     fits = {"unrolled": nonzero <= (UNROLL_LIMIT if layer.kind == "conv"
                                     else CHANNEL_UNROLL_LIMIT),
-            "simd": simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT,
-            "simd-rows": simd_fits(layer, geo) and nonzero <= CHANNEL_UNROLL_LIMIT,
-            "packed": pack(layer) is not None}
+            "simd": simd, "simd-rows": simd, "packed": pack(layer) is not None}
     allowed = [f for f in FORMS if fits.get(f, True)]
     if policy in FORMS:
         return policy if policy in allowed else "sparse"

@@ -9,6 +9,7 @@ from string import Template
 
 import numpy as np
 
+
 def carray(ctype: str, name: str, values) -> str:
     """A ``static const`` C array."""
     flat = np.asarray(values).reshape(-1).tolist()
@@ -69,7 +70,6 @@ PAD = Template(r"""    for (int i = 0; i < $padded; i++) pad[i] = $zero;
             for (int x = 0; x < $w; x++)
                 pad[(c * $hp + y + $ph) * $wp + x + $pw] = in[(c * $h + y) * $w + x];
 """)
-
 
 
 def pad_copy(layer, geo, wp: int, padded: int) -> str:

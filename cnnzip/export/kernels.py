@@ -138,7 +138,7 @@ def emit(layer, name: str, geo: Geometry, form: str) -> Emitted:
         if padded:
             zero = "0.0f" if is_float else layer.in_zero
             pad = PAD.substitute(padded=padded, zero=zero, ci=geo.cin, h=geo.h, w=geo.w,
-                                  hp=h, wp=w, ph=ph, pw=pw) + f"    const {tin} *src = pad;\n"
+                                 hp=h, wp=w, ph=ph, pw=pw) + f"    const {tin} *src = pad;\n"
         text = _DENSE_CONV.substitute(
             common, cog=geo.cout // layer.groups, cig=cig, kh=kh, kw=kw, h=h, w=w,
             sh=layer.stride[0], sw=layer.stride[1], poh=poh, pow=pow_, qh=qh, qw=qw, qsh=qsh,
