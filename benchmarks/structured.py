@@ -3,12 +3,14 @@ recipe at the same MACs budget and the same fine-tuning, side by side.
 
     python benchmarks/structured.py [--models resnet20 vgg16 mobilenetv2] [--speedups 2 4]
         [--configs l2/global fpgm/adaptive ...] [--torch-pruning local global isomorphic]
-        [--epochs 3] [--out runs/bench-structured]
+        [--epochs 3] [--seeds 0 1 2] [--out runs/bench-structured]
 
 Every row starts from the trained baseline in benchmarks/baselines/ and is measured in this run:
 test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and parameters of the
-pruned model, and throughput of baseline and pruned model timed alternately in this process
-(batch 256, best of five rounds of at least 2 s each).
+pruned model, and throughput: the baseline and every method's pruned model at one budget and seed
+timed alternately in this process once all are fine-tuned, so that they share the machine's load
+(batch 256, best of five rounds of at least 2 s each). With several seeds, a table of each
+method's mean drop and speed-up follows.
 
 Torch-Pruning with group L2 magnitude importance in each of its modes (``--torch-pruning``):
 ``local``, its default (every layer pruned by the same ratio), ``global`` (its benchmarks' "l2"
@@ -31,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -93,6 +96,64 @@ def ours(spec: str, target_macs: float, epochs: int, lr: float) -> ChannelPrune:
                         cost_weight=cost, round_to=round_to, epochs=epochs, lr=lr)
 
 
+def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods: list[str],
+              seed: int, args: argparse.Namespace) -> list[dict]:
+    """Every method on one model at one budget and seed; the pruned models are timed together
+    at the end, alternately with the baseline, so their speed-ups share the machine's load."""
+    in_shape = tuple(splits.info.in_shape)
+    base_acc = evaluate(base, splits.test, splits.info)
+    base_macs, base_params = metrics.count_macs(base, in_shape), metrics.count_params(base)
+    rows, pruned = [], {}
+    for method in methods:
+        start = time.perf_counter()
+        model = copy.deepcopy(base)
+        ctx = Context(splits, teacher=base, seed=seed, quiet=True)
+        if method.startswith("torch-pruning/"):
+            torch_pruning(model, in_shape, 1 / speedup, method.partition("/")[2])
+            finetune(model, ctx, epochs=args.epochs, lr=args.lr, description="retrain")
+        else:
+            apply(model, ours(method, 1 / speedup, args.epochs, args.lr), ctx)
+        pruned[method] = model.eval()
+        acc = evaluate(model, splits.test, splits.info)
+        row = {"model": name, "speedup_target": speedup, "method": method, "seed": seed,
+               "epochs": args.epochs, "base_acc": base_acc, "acc": acc,
+               "drop_points": 100 * (base_acc - acc),
+               "macs": metrics.count_macs(model, in_shape), "base_macs": base_macs,
+               "params": metrics.count_params(model), "base_params": base_params,
+               "seconds": time.perf_counter() - start}
+        row["macs_ratio"] = base_macs / row["macs"]
+        rows.append(row)
+    speed = bench_models({"": base, **pruned}, in_shape, rounds=5, min_seconds=2.0)
+    for row in rows:
+        row["base_images_per_s"], row["images_per_s"] = speed[""], speed[row["method"]]
+        row["measured_speedup"] = row["images_per_s"] / row["base_images_per_s"]
+        print(f"{name:12s} {speedup:g}× {row['method']:22s} seed {seed} "
+              f"acc {base_acc:.4f} → {row['acc']:.4f} ({-row['drop_points']:+.2f}) "
+              f"MACs ÷{row['macs_ratio']:.2f} params ÷{base_params / row['params']:.2f} "
+              f"speed ×{row['measured_speedup']:.2f} ({row['seconds']:.0f} s)", flush=True)
+    return rows
+
+
+def print_means(rows: list[dict]) -> None:
+    """Each method's mean drop and speed-up over the seeds, with their spread."""
+    cells: dict[tuple, list[dict]] = {}
+    for r in rows:
+        cells.setdefault((r["model"], r["speedup_target"], r["method"]), []).append(r)
+    print("\n| model | MACs target | method | seeds | drop (pts), mean ± sd | each seed "
+          "| measured speed-up, mean ± sd |\n|---|---|---|---|---|---|---|")
+    for (model, speedup, method), group in cells.items():
+        drops = [r["drop_points"] for r in group]
+        speeds = [r["measured_speedup"] for r in group]
+        print(f"| {model} | {speedup:g}× | {method} | {len(group)} | "
+              f"{statistics.mean(drops):.2f} ± {_sd(drops):.2f} | "
+              f"{', '.join(f'{d:.2f}' for d in drops)} | "
+              f"{statistics.mean(speeds):.2f}× ± {_sd(speeds):.2f} |")
+
+
+def _sd(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["resnet20", "vgg16", "mobilenetv2"])
@@ -106,58 +167,32 @@ def main() -> int:
                         "(local is its default; none: only ours)")
     parser.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs, both sides")
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="fine-tuning (and validation split) seeds; with several, a table "
+                             "of each method's mean and spread follows")
     parser.add_argument("--out", default="runs/bench-structured")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = load_dataset("fashion-mnist", seed=args.seed)
-    in_shape = tuple(splits.info.in_shape)
     methods = [f"torch-pruning/{m}" for m in args.torch_pruning] + list(args.configs)
     rows = []
     for name, path in baselines(args.models):
         base = load_checkpoint(path).model.eval()
-        base_acc = evaluate(base, splits.test, splits.info)
-        base_macs = metrics.count_macs(base, in_shape)
-        base_params = metrics.count_params(base)
-        for speedup in args.speedups:
-            for method in methods:
-                start = time.perf_counter()
-                model = copy.deepcopy(base)
-                ctx = Context(splits, teacher=base, seed=args.seed, quiet=True)
-                if method.startswith("torch-pruning/"):
-                    torch_pruning(model, in_shape, 1 / speedup, method.partition("/")[2])
-                    finetune(model, ctx, epochs=args.epochs, lr=args.lr, description="retrain")
-                else:
-                    apply(model, ours(method, 1 / speedup, args.epochs, args.lr), ctx)
-                model.eval()
-                acc = evaluate(model, splits.test, splits.info)
-                speed = bench_models({"base": base, "pruned": model}, in_shape, rounds=5,
-                                     min_seconds=2.0)
-                row = {"model": name, "speedup_target": speedup, "method": method,
-                       "epochs": args.epochs, "base_acc": base_acc, "acc": acc,
-                       "drop_points": 100 * (base_acc - acc),
-                       "macs": metrics.count_macs(model, in_shape), "base_macs": base_macs,
-                       "params": metrics.count_params(model), "base_params": base_params,
-                       "base_images_per_s": speed["base"], "images_per_s": speed["pruned"],
-                       "seconds": time.perf_counter() - start}
-                row["macs_ratio"] = base_macs / row["macs"]
-                row["measured_speedup"] = speed["pruned"] / speed["base"]
-                rows.append(row)
-                print(f"{name:12s} {speedup:g}× {method:22s} acc {base_acc:.4f} → {acc:.4f} "
-                      f"({-row['drop_points']:+.2f}) MACs ÷{row['macs_ratio']:.2f} "
-                      f"params ÷{base_params / row['params']:.2f} "
-                      f"speed ×{row['measured_speedup']:.2f} ({row['seconds']:.0f} s)",
-                      flush=True)
+        for seed in args.seeds:
+            splits = load_dataset("fashion-mnist", seed=seed)
+            for speedup in args.speedups:
+                rows += run_group(name, base, splits, speedup, methods, seed, args)
                 (out / "results.json").write_text(json.dumps(
                     {"runtime": runtime_name(), "batch_size": 256, "rows": rows}, indent=2))
-    print("\n| model | MACs target | method | accuracy | drop (pts) | MACs ÷ | params ÷ "
-          "| measured speed-up |\n|---|---|---|---|---|---|---|---|")
+    print("\n| model | MACs target | method | seed | accuracy | drop (pts) | MACs ÷ | params ÷ "
+          "| measured speed-up |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['speedup_target']:g}× | {r['method']} | "
+        print(f"| {r['model']} | {r['speedup_target']:g}× | {r['method']} | {r['seed']} | "
               f"{r['base_acc']:.4f} → {r['acc']:.4f} | {r['drop_points']:.2f} | "
               f"{r['macs_ratio']:.2f} | {r['base_params'] / r['params']:.2f} | "
               f"{r['measured_speedup']:.2f}× |")
+    if len(args.seeds) > 1:
+        print_means(rows)
     print(f"\nruntime: {runtime_name()}, batch 256; results in {out / 'results.json'}")
     return 0
 
