@@ -142,8 +142,8 @@ def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = T
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from cnnzip.codec.records import (FORMAT, PACKED_SINCE, join_payloads, layer_tensors,
-                                      pack_document, unpack_document)
+    from cnnzip.codec.records import (FORMAT, PACKED_SINCE, DenseRecord, join_payloads,
+                                      layer_tensors, pack_document, unpack_document)
     from cnnzip.integrity import CHECKSUM, digest
 
     with safe_open(str(path), framework="pt") as f:
@@ -155,7 +155,8 @@ def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = T
     if packed:
         meta = {k: v for k, v in unpack_document(path, meta).items()
                 if k not in ("version", CHECKSUM)}
-        tensors = layer_tensors(path, meta["layers"], meta["quant"], tensors)
+        grid = DenseRecord.model_validate(meta["dense"]).grid_bytes()
+        tensors = layer_tensors(path, meta["layers"], meta["quant"], tensors, grid)
     if edit_meta is not None:
         edit_meta(meta)
     if edit_tensors is not None:

@@ -37,15 +37,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from cnnzip.codec.records import (FORMAT, CodebookRecord, Coding, DenseRecord, QuantRecord,
-                                  codebook_record, join_payloads, pack_document, quant_record,
-                                  read_container, rebuild)
+                                  codebook_record, grid_size, join_payloads, pack_document,
+                                  quant_record, read_container, rebuild)
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import CHECKSUM, check_finite, check_runs, digest, fail, guard, tensor_bytes
 from cnnzip.modules import CodebookLayer
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
-from cnnzip.ops.quant import pack, unpack
+from cnnzip.ops.quant import Grid, pack, pow2_codes, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 from cnnzip.surgery import ModelSpec, WeightsShared, share_layer
 
@@ -105,6 +105,38 @@ def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor,
+                                                              np.ndarray]:
+    """The dense block's record, its float16 values, and the packed integers of the tensors
+    that lie on a power-of-two grid of fewer than 16 bits (biases rounded so by ``share``'s
+    ``bias_bits``): stored so, they are smaller and exactly the same values."""
+    halves, packed, grids = [], [], []
+    for i, value in enumerate(state.values()):
+        value = value.half()
+        codes = pow2_codes(value)
+        if codes is None or value.numel() * (16 - codes[2]) < _GRID_RECORD_BITS:
+            halves.append(value.flatten())
+            continue
+        q, exponent, bits = codes
+        packed.append(np.frombuffer(pack(q, _symmetric(bits)), dtype=np.uint8))
+        grids.append([i, bits, exponent])
+    flat = torch.cat(halves) if halves else torch.zeros(0, dtype=torch.float16)
+    grid = np.concatenate(packed) if packed else np.zeros(0, dtype=np.uint8)
+    record = {"index": [[k, list(v.shape)] for k, v in state.items()],
+              "crc": zlib.crc32(grid.tobytes(), zlib.crc32(flat.numpy().tobytes()))}
+    if grids:  # files without grids stay as earlier versions wrote them
+        record["grids"] = grids
+    return record, flat, grid
+
+
+# A grid's entry in the document, about what a tensor must save to be worth one
+_GRID_RECORD_BITS = 96
+
+
+def _symmetric(bits: int) -> Grid:
+    return Grid(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+
+
 def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
                 input: dict[str, Any] | None = None) -> list[CodebookRecord]:
     """Write ``model`` (already rounded for storage) as a .cnz container, atomically.
@@ -124,16 +156,13 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
             qrecord, payload = _encode_quant(name, module)
             quant.append(qrecord)
             tensors[f"q:{name}"] = torch.from_numpy(payload.copy())
-    dense = _dense_state(model)
-    flat = (torch.cat([v.flatten() for v in dense.values()]).half() if dense
-            else torch.zeros(0, dtype=torch.float16))
-    tensors["dense"] = flat
-    index = [[k, list(v.shape)] for k, v in dense.items()]
+    dense, tensors["dense"], grid = _encode_dense(_dense_state(model))
+    if len(grid):
+        tensors["grid"] = torch.from_numpy(grid)
     document = {  # pack_document writes it as JSON (tuples as lists, no NaN)
         "model": _without_sharing(spec).to_dict(), "input": input or {},
         "layers": [list(asdict(r).values()) for r in records],
-        "quant": [list(asdict(r).values()) for r in quant],
-        "dense": {"index": index, "crc": zlib.crc32(flat.numpy().tobytes())}}
+        "quant": [list(asdict(r).values()) for r in quant], "dense": dense}
     tensors = join_payloads(document["layers"], document["quant"], tensors)
     header = pack_document(document)
     header[CHECKSUM] = digest(header, tensors)
@@ -283,25 +312,45 @@ def _decode_into(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
     for qrecord in quant:
         _decode_quant(path, qrecord, quantized[qrecord.name],
                       tensor_bytes(tensors[f"q:{qrecord.name}"]))
+    model.load_state_dict(_decode_dense(path, model, tensors, dense), strict=False)
+    return restored
+
+
+def _decode_dense(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor],
+                  dense: DenseRecord) -> dict[str, torch.Tensor]:
+    """The dense block's tensors by key, every count and shape checked against the model."""
     flat = tensors["dense"]
-    if zlib.crc32(tensor_bytes(flat)) != dense.crc:
+    grid = tensor_bytes(tensors["grid"]) if "grid" in tensors else b""
+    if zlib.crc32(grid, zlib.crc32(tensor_bytes(flat))) != dense.crc:
         raise fail(path, "dense tensors: checksum mismatch (the file is damaged)")
     expected = {k: v.shape for k, v in _dense_state(model).items()}
     keys = [key for key, _ in dense.index]
     if set(keys) != set(expected) or len(keys) != len(set(keys)):
         raise fail(path, "dense tensors do not match the model's architecture")
-    if sum(math.prod(shape) for _, shape in dense.index) != flat.numel():
+    grids = {i: (bits, exponent) for i, bits, exponent in dense.grids}
+    halves = sum(math.prod(shape) for i, (_, shape) in enumerate(dense.index) if i not in grids)
+    if halves != flat.numel():
         raise fail(path, "dense tensors: the index does not cover the dense block exactly")
-    state, offset = {}, 0
-    for key, shape in dense.index:
+    state, offset, at = {}, 0, 0
+    for i, (key, shape) in enumerate(dense.index):
         if tuple(shape) != tuple(expected[key]):
             raise fail(path, f"dense tensor {key!r} has shape {tuple(shape)}; the architecture "
                              f"needs {tuple(expected[key])}")
         n = math.prod(shape)
-        state[key] = flat[offset:offset + n].float().view(tuple(shape))
-        offset += n
-    model.load_state_dict(state, strict=False)
-    return restored
+        if i in grids:
+            bits, exponent = grids[i]
+            size = grid_size(shape, bits)
+            try:
+                q = unpack(grid[at:at + size], n, _symmetric(bits))
+            except ValueError as exc:
+                raise fail(path, f"dense tensor {key!r}: {exc}") from None
+            state[key] = torch.ldexp(q.double(), torch.tensor(float(exponent))).float()
+            at += size
+        else:
+            state[key] = flat[offset:offset + n].float()
+            offset += n
+        state[key] = state[key].view(tuple(shape))
+    return state
 
 
 def stream_report(model: nn.Module, records: list[CodebookRecord]) -> list[dict[str, Any]]:

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Sequence
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
 from cnnzip.integrity import (CHECKSUM, MAX_PARAMS, InputRecord, RawFile, Sha256, fail,
                               parse_metadata, read_versioned, tensor_bytes, validate)
+from cnnzip.ops.quant import POW2_EXPONENTS
 from cnnzip.surgery.edits import Name
 from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model
 
@@ -126,11 +127,36 @@ class ContainerHeader(BaseModel):
 
 
 class DenseRecord(BaseModel):
+    """The float tensors outside coded layers: each (key, shape) in ``index`` is float16 in the
+    ``dense`` tensor, in order, unless ``grids`` lists it: (its position in ``index``, bits,
+    exponent) for a tensor of integers q · 2^exponent, packed at that many bits (sign
+    included) after the layers' bytes in ``payload``. ``crc`` covers both parts."""
+
     model_config = ConfigDict(extra="forbid")
 
     index: list[tuple[Annotated[str, Field(max_length=256)],
                       Annotated[list[Dim], Field(max_length=4)]]] = Field(max_length=100_000)
     crc: Crc
+    grids: list[tuple[Annotated[StrictInt, Field(ge=0, le=100_000)],
+                      Annotated[StrictInt, Field(ge=2, le=15)],
+                      Annotated[StrictInt, Field(ge=POW2_EXPONENTS[0], le=POW2_EXPONENTS[1])]]
+                ] = Field(default=[], max_length=100_000)
+
+    @model_validator(mode="after")
+    def _grids_in_order(self) -> "DenseRecord":
+        at = [g[0] for g in self.grids]
+        if at != sorted(set(at)) or (at and at[-1] >= len(self.index)):
+            raise ValueError("dense grids must name distinct tensors of the index, in order")
+        return self
+
+    def grid_bytes(self) -> int:
+        """The packed integers' bytes in ``payload``."""
+        return sum(grid_size(self.index[i][1], bits) for i, bits, _ in self.grids)
+
+
+def grid_size(shape: Sequence[int], bits: int) -> int:
+    """Bytes of a tensor of ``shape`` packed at ``bits`` per value."""
+    return -(-math.prod(shape) * bits // 8)
 
 
 ContainerHeader.model_rebuild()
@@ -167,24 +193,31 @@ def unpack_document(path: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
     return {**doc, **{k: v for k, v in meta.items() if k != PACKED}}
 
 
-def _payload_lengths(layers: Sequence[Sequence], quant: Sequence[Sequence]) -> dict[str, int]:
+def _payload_lengths(layers: Sequence[Sequence], quant: Sequence[Sequence],
+                     grid_bytes: int = 0) -> dict[str, int]:
     """Each layer's payload tensor name and its bytes, in the order version 5 stores them, from
-    the codebook layers' and quantized layers' records (rows as the document holds them)."""
+    the codebook layers' and quantized layers' records (rows as the document holds them), then
+    the dense tensors' packed integers (``grid``) where there are any."""
     return {**{f"w:{r[0]}": r[8] + r[9] + r[10] for r in layers},
-            **{f"q:{r[0]}": r[4] + 2 * r[5] for r in quant}}
+            **{f"q:{r[0]}": r[4] + 2 * r[5] for r in quant},
+            **({"grid": grid_bytes} if grid_bytes else {})}
 
 
 def join_payloads(layers: Sequence[Sequence], quant: Sequence[Sequence],
                   tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Version 5's tensors from one tensor per layer (``w:name``, ``q:name``) and ``dense``:
-    the layers' bytes concatenated, in record order, as ``payload``."""
-    parts = [tensors[name] for name in _payload_lengths(layers, quant)]
+    """Version 5's tensors from one tensor per layer (``w:name``, ``q:name``), the dense
+    tensors' packed integers (``grid``, if any) and ``dense``: the bytes concatenated, in record
+    order, as ``payload``."""
+    grid = tensors.get("grid")
+    parts = [tensors[name] for name in _payload_lengths(layers, quant,
+                                                        0 if grid is None else grid.numel())]
     payload = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.uint8)
     return {"dense": tensors["dense"], "payload": payload}
 
 
 def layer_tensors(path: str | Path, layers: Sequence[Sequence], quant: Sequence[Sequence],
-                  tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+                  tensors: dict[str, torch.Tensor], grid_bytes: int = 0
+                  ) -> dict[str, torch.Tensor]:
     """The inverse of :func:`join_payloads`: ``payload`` cut by the records' byte counts
     (``layers``, ``quant``, checked by the schema), which must cover it exactly."""
     if set(tensors) != {"dense", "payload"}:
@@ -192,7 +225,7 @@ def layer_tensors(path: str | Path, layers: Sequence[Sequence], quant: Sequence[
         raise fail(path, f"tensor {odd!r}: a packed container holds the tensors 'dense' and "
                          f"'payload' only")
     payload = tensors["payload"]
-    lengths = _payload_lengths(layers, quant)
+    lengths = _payload_lengths(layers, quant, grid_bytes)
     if payload.dtype != torch.uint8 or payload.dim() != 1 \
             or payload.numel() != sum(lengths.values()):
         raise fail(path, f"tensor 'payload' is {payload.dtype} of shape {tuple(payload.shape)}; "
@@ -216,7 +249,7 @@ def read_container(path: Path) -> tuple[RawFile, ContainerHeader]:
     else:
         header = _header(path, raw.meta)
     expected = {"dense", *(f"w:{r[0]}" for r in header.layers),
-                *(f"q:{r[0]}" for r in header.quant)}
+                *(f"q:{r[0]}" for r in header.quant), *(["grid"] if header.dense.grids else [])}
     if set(raw.tensors) != expected:
         odd = sorted(set(raw.tensors) ^ expected)[0]
         where = "has no payload" if odd in expected else "is not in the metadata"
@@ -244,7 +277,7 @@ def _unpacked(raw: RawFile) -> tuple[RawFile, ContainerHeader]:
     doc = unpack_document(raw.path, raw.meta)
     header = _header(raw.path, doc)
     return RawFile(raw.path, doc, layer_tensors(raw.path, header.layers, header.quant,
-                                                raw.tensors)), header
+                                                raw.tensors, header.dense.grid_bytes())), header
 
 
 def _name_damaged_layer(raw: RawFile) -> None:

@@ -16,6 +16,7 @@ from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.codebook import expand
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.cluster import Init, entropy_constrained, kmeans, to_blocks
+from cnnzip.ops.quant import round_pow2
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import share_layer
 
@@ -47,6 +48,9 @@ class WeightSharing:
             k-means). The bits scan clusters the same way.
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
+        bias_bits: after fine-tuning, each shared layer's bias rounded onto the signed grid of
+            this many bits (2 to 8) whose step is a power of two, which the container stores
+            as those integers instead of float16 (0: biases stay float16).
     """
 
     method: Sharing = Sharing.KMEANS
@@ -60,6 +64,7 @@ class WeightSharing:
     entropy_weight: float = 0.0
     epochs: int = 4
     lr: float = 0.002
+    bias_bits: int = 0
 
     def __post_init__(self) -> None:
         if self.method is Sharing.KMEANS and self.block != 1:
@@ -67,6 +72,9 @@ class WeightSharing:
         for bits in (self.conv_bits, self.fc_bits, self.min_bits, *self.layers.values()):
             if not 1 <= bits <= 16:
                 raise CnnzipError(f"share: code bits must be in 1..16, got {bits}")
+        if self.bias_bits and not 2 <= self.bias_bits <= 8:
+            raise CnnzipError(f"share: bias_bits must be 0 (float16) or 2..8, got "
+                              f"{self.bias_bits}")
         if not 0 <= self.entropy_weight <= 100:
             raise CnnzipError(f"share: entropy_weight must be in [0, 100], got "
                               f"{self.entropy_weight}")
@@ -162,4 +170,12 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
+    if config.bias_bits:
+        modules = dict(model.named_modules())
+        with torch.no_grad():
+            for name in layers:
+                bias = modules[name].layer.bias
+                if bias is not None and bias.abs().max() > 0:
+                    bias.copy_(round_pow2(bias, config.bias_bits))
+        ctx.notes["share"]["bias_bits"] = config.bias_bits
     return model

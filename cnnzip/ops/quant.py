@@ -15,6 +15,7 @@ whose quantized values have the least squared error).
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -197,3 +198,42 @@ def unpack(data: bytes, count: int, grid: Grid) -> torch.Tensor:
     if count and (q.max() > grid.qmax):
         raise ValueError(f"packed values exceed the {bits}-bit grid")
     return q
+
+
+# Power-of-two grids: the values q · 2^exponent with small integers q. Such values are exact in
+# float16 (|q| < 2^11), and a tensor that lies on one is stored as its integers and exponent.
+POW2_EXPONENTS = (-40, 15)  # float16's range, from its smallest subnormal's step
+
+
+def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """``x`` rounded onto the signed ``bits``-bit grid (±(2^(bits-1) - 1)) whose step is the
+    smallest power of two that covers max |x|."""
+    grid = Grid.weights(bits)
+    peak = float(x.detach().abs().max()) if x.numel() else 0.0
+    if peak == 0.0 or grid.binary:
+        raise ValueError(f"a power-of-two grid needs 2 to 8 bits and a non-zero tensor; got "
+                         f"{bits} bits, max |x| {peak}")
+    exponent = max(math.ceil(math.log2(peak / grid.qmax)), -24)
+    step = 2.0 ** exponent
+    return (torch.round(x / step).clamp(grid.qmin, grid.qmax) * step).to(x.dtype)
+
+
+def pow2_codes(x: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
+    """The integers q, their exponent and their bits (sign included) of the coarsest
+    power-of-two grid that holds every value of the float16 tensor ``x`` exactly; None where
+    that takes 16 bits or more (float16 itself is then as small)."""
+    values = x.detach().double().flatten()
+    nonzero = values[values != 0]
+    if not len(nonzero) or not torch.isfinite(nonzero).all():
+        return None
+    mantissa, exp = torch.frexp(nonzero)  # |mantissa| in [0.5, 1): 11 significant bits
+    ints = (mantissa * 2048).round().to(torch.int64)
+    if not torch.equal(ints.double(), mantissa * 2048):
+        return None  # not a float16 value
+    trailing = (ints & -ints).double().log2().to(torch.int64)
+    exponent = int((exp - 11 + trailing).min())
+    if not POW2_EXPONENTS[0] <= exponent <= POW2_EXPONENTS[1]:
+        return None
+    q = torch.ldexp(values, torch.tensor(-exponent, dtype=torch.float64)).to(torch.int64)
+    bits = int(q.abs().max()).bit_length() + 1
+    return (q, exponent, bits) if bits < 16 else None

@@ -126,6 +126,48 @@ def test_the_document_is_packed_and_the_payloads_are_one_tensor(tmp_path):
     assert sorted(raw.tensors) == sorted(["dense", *(f"w:{r[0]}" for r in header.layers)])
 
 
+def test_biases_on_a_power_of_two_grid_are_stored_as_their_integers(tmp_path):
+    from cnnzip.codec.records import read_container
+    from cnnzip.ops.quant import round_pow2
+
+    path, model, shared = _packed_file(tmp_path)
+    plain = path.stat().st_size
+    layers = [m for m in model.modules() if isinstance(m, CodebookLayer)]
+    with torch.no_grad():
+        for layer in layers:
+            layer.layer.bias.copy_(round_pow2(layer.layer.bias, 8))
+    encode_file(path, model, SPEC.with_edits(shared))
+    # those of 12 biases or more (16, 120 and 84; not 6 and 10: a grid's entry in the document
+    # would cost about what they save) take a byte instead of two, less their entries
+    coded = [n for n in (layer.layer.bias.numel() for layer in layers) if n >= 12]
+    assert len(coded) == 3
+    assert plain - path.stat().st_size >= sum(coded) - 8 * len(coded)
+    _, header = read_container(path)
+    assert [bits for _, bits, _ in header.dense.grids] == [8] * len(coded)
+    _assert_same(model, decode_file(path)[0])
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda meta: meta["dense"]["grids"][0].__setitem__(1, 3), "the records give a flat"),
+    (lambda meta: meta["dense"]["grids"][0].__setitem__(0, 99), "dense grids must name"),
+    (lambda meta: meta["dense"]["grids"].reverse(), "dense grids must name"),
+    (lambda meta: meta["dense"]["grids"][0].__setitem__(2, 99), "less than or equal"),
+])
+def test_a_damaged_dense_grid_is_a_clear_error(tmp_path, edit, message):
+    from cnnzip.ops.quant import round_pow2
+    from tests.helpers import rewrite
+
+    path, model, shared = _packed_file(tmp_path)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, CodebookLayer):
+                layer.layer.bias.copy_(round_pow2(layer.layer.bias, 8))
+    encode_file(path, model, SPEC.with_edits(shared))
+    rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        decode_file(path)
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda meta: meta.update(packed=meta["packed"][:-5]), "does not inflate"),
     (lambda meta: meta.update(packed=meta["packed"] + "0"), "does not inflate"),

@@ -42,6 +42,24 @@ def test_bits_scan_restores_the_weights_it_tries():
 def test_bad_bits_are_clear_errors():
     with pytest.raises(CnnzipError, match="1..16"):
         WeightSharing(min_bits=0)
+    with pytest.raises(CnnzipError, match="bias_bits must be 0"):
+        WeightSharing(bias_bits=9)
+
+
+def test_bias_bits_put_the_shared_layers_biases_on_a_power_of_two_grid():
+    from cnnzip.ops.quant import pow2_codes
+
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    before = {n: m.bias.detach().clone() for n, m in weight_layers(model).items()}
+    apply(model, WeightSharing(fc_bits=4, bias_bits=6), ctx)
+    assert ctx.notes["share"]["bias_bits"] == 6
+    for name, layer in weight_layers(model).items():
+        bias = layer.layer.bias.detach()
+        q, _, bits = pow2_codes(bias.half())
+        assert bits <= 6
+        step = before[name].abs().max() / 31  # at most half the grid's step away
+        assert (bias - before[name]).abs().max() <= step
 
 
 def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):

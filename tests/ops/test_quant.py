@@ -3,7 +3,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnzip.ops.quant import (Grid, calibrate, dequantize, fake_quantize, pack, qparams, quantize,
+from cnnzip.ops.quant import (Grid, calibrate, dequantize, fake_quantize, pack, pow2_codes,
+                              qparams, quantize, round_pow2,
                               sqnr_db, unpack)
 
 
@@ -113,3 +114,33 @@ def test_bits_outside_one_to_eight_are_refused():
         Grid.weights(0)
     with pytest.raises(ValueError, match="from 2 to 8"):
         Grid.activations(9)
+
+
+@given(st.integers(2, 8), st.floats(1e-5, 1e3), st.integers(0, 1000))
+@settings(max_examples=40, deadline=None)
+def test_a_power_of_two_grid_is_found_again_exactly(bits, peak, seed):
+    g = torch.Generator().manual_seed(seed)
+    original = torch.randn(50, generator=g, dtype=torch.float64)
+    original = (original * (peak / original.abs().max())).float()
+    x = round_pow2(original, bits)
+    assert torch.equal(x.half().float(), x)  # exact in float16, as the container stores it
+    q, exponent, found = pow2_codes(x.half())
+    assert found <= bits and q.abs().max() <= 2 ** (found - 1) - 1
+    assert torch.equal(torch.ldexp(q.double(), torch.tensor(float(exponent))).float(), x)
+    # the step is under twice max |x| / qmax, and rounding moves a value half a step at most
+    assert (x - original).abs().max() <= peak / (2 ** (bits - 1) - 1) * (1 + 1e-6)
+
+
+def test_values_needing_sixteen_bits_or_more_have_no_grid():
+    assert pow2_codes(torch.tensor([1000.0, 1e-3]).half()) is None
+    assert pow2_codes(torch.zeros(4).half()) is None
+    assert pow2_codes(torch.tensor([1.0, float("inf")]).half()) is None
+    q, exponent, bits = pow2_codes(torch.tensor([0.5, -0.25, 0.0]).half())
+    assert q.tolist() == [2, -1, 0] and exponent == -2 and bits == 3
+
+
+def test_a_power_of_two_grid_needs_two_to_eight_bits_and_a_nonzero_tensor():
+    with pytest.raises(ValueError, match="2 to 8 bits"):
+        round_pow2(torch.zeros(3), 8)
+    with pytest.raises(ValueError, match="2 to 8 bits"):
+        round_pow2(torch.ones(3), 1)
