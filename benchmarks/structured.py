@@ -20,8 +20,9 @@ at least 10% of every layer's channels (max_ratio 0.9), never prune the output l
 fine-tune with the same distillation loss, epochs and learning rate. Our configurations are
 CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
 with the chosen channels zeroed and free to recover), "+cost" or "+cost:POWER" to rank
-channels by importance per MAC (cost_weight 1 or POWER), and "+round:N" to keep channel
-counts multiples of N (round_to).
+channels by importance per MAC (cost_weight 1 or POWER), "+round:N" to keep channel
+counts multiples of N (round_to), and "+KEY=VALUE" for any other option of the ``channels``
+step (e.g. "fpgm/sensitivity+sensitivity_samples=5000").
 
 Targets (issue 4): at 2× fewer MACs, ≤ 0.5 points accuracy drop on resnet20 and vgg16 and
 measured throughput ≥ 1.6× the baseline's; our best configuration at least matches
@@ -39,14 +40,17 @@ from pathlib import Path
 
 import torch
 import torch_pruning as tp
+import yaml
 
 from cnnzip import metrics
 from cnnzip.api import bench_models, runtime_name
 from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
+from cnnzip.errors import CnnzipError
 from cnnzip.graph.groups import output_layer
 from cnnzip.methods.base import Context, apply, finetune
-from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
+from cnnzip.methods.channel import ChannelPrune
+from cnnzip.recipes import parse_recipe
 from cnnzip.train import evaluate
 from common import baselines
 
@@ -80,20 +84,29 @@ def torch_pruning(model: torch.nn.Module, in_shape: tuple[int, ...], target_macs
 
 
 def ours(spec: str, target_macs: float, epochs: int, lr: float) -> ChannelPrune:
-    """CRITERION/ALLOCATION[+soft][+cost[:POWER]][+round:N] as a ChannelPrune config."""
+    """CRITERION/ALLOCATION[+soft][+cost[:POWER]][+round:N][+KEY=VALUE...] as a ChannelPrune
+    config (KEY any option of the ``channels`` step, VALUE read as YAML)."""
     name, *flags = spec.split("+")
-    cost, round_to = 0.0, 1
-    for flag in flags:
-        if flag.startswith("cost"):
-            cost = float(flag.partition(":")[2] or 1.0)
-        elif flag.startswith("round:"):
-            round_to = int(flag.partition(":")[2])
-        elif flag != "soft":
-            raise SystemExit(f"{spec}: unknown flag {flag!r} (soft, cost, cost:POWER, round:N)")
     criterion, _, allocation = name.partition("/")
-    return ChannelPrune(criterion=Criterion(criterion), allocation=Allocation(allocation),
-                        target_macs=target_macs, max_ratio=MAX_RATIO, soft="soft" in flags,
-                        cost_weight=cost, round_to=round_to, epochs=epochs, lr=lr)
+    options = {"criterion": criterion, "allocation": allocation, "target_macs": target_macs,
+               "max_ratio": MAX_RATIO, "epochs": epochs, "lr": lr}
+    for flag in flags:
+        key, eq, value = flag.partition("=")
+        if eq:
+            options[key] = yaml.safe_load(value)
+        elif flag.startswith("cost"):
+            options["cost_weight"] = float(flag.partition(":")[2] or 1.0)
+        elif flag.startswith("round:"):
+            options["round_to"] = int(flag.partition(":")[2])
+        elif flag == "soft":
+            options["soft"] = True
+        else:
+            raise SystemExit(f"{spec}: unknown flag {flag!r} (soft, cost, cost:POWER, round:N, "
+                             f"KEY=VALUE)")
+    try:
+        return parse_recipe({"name": spec, "steps": [{"channels": options}]}, spec).steps[0][1]
+    except CnnzipError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods: list[str],
