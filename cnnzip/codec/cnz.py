@@ -105,6 +105,10 @@ def _dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+# A grid's entry in the document, about what a tensor must save to be worth one
+_GRID_RECORD_BITS = 96
+
+
 def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch.Tensor,
                                                               np.ndarray]:
     """The dense block's record, its float16 values, and the packed integers of the tensors
@@ -127,10 +131,6 @@ def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch
     if grids:  # files without grids stay as earlier versions wrote them
         record["grids"] = grids
     return record, flat, grid
-
-
-# A grid's entry in the document, about what a tensor must save to be worth one
-_GRID_RECORD_BITS = 96
 
 
 def _symmetric(bits: int) -> Grid:

@@ -202,7 +202,7 @@ def unpack(data: bytes, count: int, grid: Grid) -> torch.Tensor:
 
 # Power-of-two grids: the values q · 2^exponent with small integers q. Such values are exact in
 # float16 (|q| < 2^11), and a tensor that lies on one is stored as its integers and exponent.
-POW2_EXPONENTS = (-40, 15)  # float16's range, from its smallest subnormal's step
+POW2_EXPONENTS = (-24, 15)  # float16's: its smallest subnormal 2^-24 to 2^15
 
 
 def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -213,7 +213,7 @@ def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
     if peak == 0.0 or grid.binary:
         raise ValueError(f"a power-of-two grid needs 2 to 8 bits and a non-zero tensor; got "
                          f"{bits} bits, max |x| {peak}")
-    exponent = max(math.ceil(math.log2(peak / grid.qmax)), -24)
+    exponent = max(math.ceil(math.log2(peak / grid.qmax)), POW2_EXPONENTS[0])
     step = 2.0 ** exponent
     return (torch.round(x / step).clamp(grid.qmin, grid.qmax) * step).to(x.dtype)
 
