@@ -10,7 +10,8 @@ test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and par
 pruned model, and throughput: the baseline and every method's pruned model at one budget and seed
 timed alternately in this process once all are fine-tuned, so that they share the machine's load
 (batch 256, best of five rounds of at least 2 s each). With several seeds, a table of each
-method's mean drop and speed-up follows.
+method's mean drop and speed-up follows. results.json also holds each pruned model's
+convolution widths.
 
 Torch-Pruning with group L2 magnitude importance in each of its modes (``--torch-pruning``):
 ``local``, its default (every layer pruned by the same ratio), ``global`` (its benchmarks' "l2"
@@ -133,6 +134,8 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
                "drop_points": 100 * (base_acc - acc),
                "macs": metrics.count_macs(model, in_shape), "base_macs": base_macs,
                "params": metrics.count_params(model), "base_params": base_params,
+               "widths": [m.out_channels for m in model.modules()
+                          if isinstance(m, torch.nn.Conv2d)],
                "seconds": time.perf_counter() - start}
         row["macs_ratio"] = base_macs / row["macs"]
         rows.append(row)

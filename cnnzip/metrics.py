@@ -162,6 +162,41 @@ def throughput(model: nn.Module, in_shape: tuple[int, ...], *, batch_size: int =
     return batch_size / times[len(times) // 2]
 
 
+def layer_times(model: nn.Module, in_shape: tuple[int, ...], kinds: tuple[type, ...], *,
+                batch_size: int = 64, rounds: int = 5) -> dict[str, float]:
+    """Seconds each module of ``kinds`` takes in an eval-mode forward pass of a random batch,
+    timed in-process by hooks around it; the least of ``rounds`` passes after one untimed."""
+    x = torch.randn(batch_size, *in_shape, generator=torch.Generator().manual_seed(0))
+    started: dict[str, float] = {}
+    best: dict[str, float] = {}
+
+    def before(name: str):
+        return lambda _module, _inputs: started.__setitem__(name, time.perf_counter())
+
+    def after(name: str):
+        def hook(_module, _inputs, _output) -> None:
+            seconds = time.perf_counter() - started[name]
+            best[name] = min(best.get(name, math.inf), seconds)
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        if isinstance(module, kinds):
+            handles += [module.register_forward_pre_hook(before(name)),
+                        module.register_forward_hook(after(name))]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(x)
+            best.clear()
+            for _ in range(rounds):
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return best
+
+
 def bench_models(models: dict[str, nn.Module], in_shape: tuple[int, ...], *,
                  batch_size: int = 256, rounds: int = 3,
                  min_seconds: float = 1.0) -> dict[str, float]:

@@ -43,6 +43,13 @@ class Allocation(enum.Enum):
         return self in (Allocation.DDPG, Allocation.DDPG_SCALE)
 
 
+class Cost(enum.Enum):
+    """What a channel costs, for ``cost_weight``."""
+
+    MACS = "macs"  # the multiply-accumulates it takes part in
+    TIME = "time"  # its layers' time, measured in this process
+
+
 def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  config: ChannelPrune, ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
     """Per group, the keys by which channels are ranked across groups (lower goes first), and
@@ -63,7 +70,12 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
     else:
         keys = _score_keys(scores, config.allocation, config.global_weight)
     if config.cost_weight and config.allocation is not Allocation.UNIFORM:
-        costs = channel_costs(model, groups, tuple(ctx.splits.info.in_shape))
+        costs = channel_costs(model, groups, tuple(ctx.splits.info.in_shape), config.cost)
+        if config.allocation is Allocation.SENSITIVITY:
+            # a drop of 0 is one below the scan's resolution (one sample), not nothing: without
+            # a floor every such channel would stay at 0 and ignore its cost
+            keys = {root: k.clamp_min(0.5 / config.sensitivity_samples)
+                    for root, k in keys.items()}
         keys = cost_weighted(keys, costs, config.cost_weight)
     return keys, notes
 
@@ -133,23 +145,33 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
     return keys, table
 
 
-def channel_costs(model: nn.Module, groups: list[ChannelGroup],
-                  in_shape: tuple[int, ...]) -> dict[str, torch.Tensor]:
-    """MACs each unit of each group takes part in (the producing layers' share of its
-    channels plus the reading layers' share of them)."""
-    macs = {s.name: s.macs for s in metrics.layer_stats(model, in_shape)}
+def channel_costs(model: nn.Module, groups: list[ChannelGroup], in_shape: tuple[int, ...],
+                  measure: Cost = Cost.MACS) -> dict[str, torch.Tensor]:
+    """What each unit of each group costs: the MACs it takes part in (the producing layers'
+    share of its channels plus the reading layers' share of them) or, by ``Cost.TIME``, the
+    same shares of those layers' and its BatchNorms' measured time, which also counts the
+    feature-map traffic that MACs do not (a high-resolution layer's channel costs more time
+    per MAC)."""
+    if measure is Cost.TIME:
+        per_layer = metrics.layer_times(model, in_shape, (nn.Conv2d, nn.Linear,
+                                                          nn.modules.batchnorm._BatchNorm))
+    else:
+        per_layer = {s.name: s.macs for s in metrics.layer_stats(model, in_shape)}
     costs = {}
     for group in groups:
         total = 0.0
         for member in group.members:
-            if member.role is Role.NORM or member.name not in macs:
+            norm = member.role is Role.NORM
+            if (norm and measure is Cost.MACS) or member.name not in per_layer:
                 continue
             module, out = member.module, member.role is Role.OUT
-            if isinstance(module, nn.Linear):
+            if norm:
+                width = module.num_features
+            elif isinstance(module, nn.Linear):
                 width = module.out_features if out else module.in_features
             else:
                 width = module.out_channels if out else module.in_channels
-            total += macs[member.name] * len(member.idxs) / width
+            total += per_layer[member.name] * len(member.idxs) / width
         costs[group.root] = torch.tensor([total * len(u) / group.channels for u in group.units])
     return costs
 

@@ -18,7 +18,7 @@ from torch import nn
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
-from cnnzip.methods.allocation import (Allocation, channels, lowest, plan_removals,
+from cnnzip.methods.allocation import (Allocation, Cost, channels, lowest, plan_removals,
                                        ranking_keys, sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
@@ -63,6 +63,10 @@ class ChannelPrune:
             channel's MACs (relative to the model's average channel) to this power. 0 ignores
             cost; 1 is the knapsack greedy, which meets a MACs budget with fewer, costlier
             channels (usually early, high-resolution layers, which also run slowest).
+        cost: what a channel costs for ``cost_weight``: ``macs``, or ``time``, its layers'
+            and BatchNorms' time measured in this process (a forward pass of 64 images, the
+            least of five), which also counts feature-map traffic: on a CPU a channel of an
+            early, high-resolution layer costs more time per MAC than the MACs say.
         sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
             time, to measure the validation accuracy it costs.
         sensitivity_samples: sensitivity: validation samples per measurement.
@@ -103,6 +107,7 @@ class ChannelPrune:
     indirect_weight: float = 0.5
     global_weight: float = 0.5
     cost_weight: float = 0.0
+    cost: Cost = Cost.MACS
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sensitivity_samples: int = 2000
     policy_episodes: int = 300

@@ -1,6 +1,7 @@
 
 import pytest
 import torch
+from torch import nn
 
 from cnnzip import metrics
 from cnnzip.codec import load_checkpoint, save_checkpoint
@@ -291,3 +292,36 @@ def test_the_last_unit_removed_gives_way_to_a_smaller_one_that_meets_the_budget_
     assert cost(1, order) > 86 >= cost(2, order) == 65  # two units meet it, 21 under
     assert _give_back(order, 2, 65, 86, cost) == ["b", "c", "a", "b"]  # 85: 1 under
     assert _give_back(order, 2, 65, 80, cost) == order  # no swap meets 80
+
+
+def test_time_costs_share_each_layers_measured_time_as_macs_costs_share_its_macs(monkeypatch):
+    from cnnzip.methods.allocation import Cost, channel_costs
+
+    model = build_model(resolve_spec("vgg16", IN, 10, width=0.25)).eval()
+    groups = channel_groups(model, dependency_graph(model, IN))
+    times = metrics.layer_times(model, IN, (nn.Conv2d, nn.Linear, nn.BatchNorm2d), rounds=2)
+    layers = {n for n, m in model.named_modules()
+              if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d))}
+    assert set(times) == layers and all(t > 0 for t in times.values())
+    # timed as if a layer's time were its MACs and a BatchNorm free, the costs are the MACs'
+    macs = {s.name: s.macs for s in metrics.layer_stats(model, IN)}
+    monkeypatch.setattr(metrics, "layer_times", lambda m, shape, kinds: {
+        n: (0.0 if isinstance(mod, nn.BatchNorm2d) else macs[n])
+        for n, mod in m.named_modules() if isinstance(mod, kinds)})
+    by_time = channel_costs(model, groups, IN, Cost.TIME)
+    by_macs = channel_costs(model, groups, IN, Cost.MACS)
+    assert by_time.keys() == by_macs.keys()
+    for root in by_macs:
+        assert torch.allclose(by_time[root], by_macs[root])
+
+
+def test_sensitivity_with_time_costs_meets_the_budget():
+    from cnnzip.methods.allocation import Cost
+
+    spec = resolve_spec("vgg16", IN, 10, width=0.25)
+    model = build_model(spec).eval()
+    base = metrics.count_macs(model, IN)
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, ChannelPrune(target_macs=0.5, allocation=Allocation.SENSITIVITY,
+                              sensitivity_samples=64, cost_weight=1.0, cost=Cost.TIME), ctx)
+    assert 0.45 * base <= metrics.count_macs(model, IN) <= 0.5 * base
