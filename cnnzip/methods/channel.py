@@ -66,7 +66,8 @@ class ChannelPrune:
         cost: what a channel costs for ``cost_weight``: ``macs``, or ``time``, its layers'
             and BatchNorms' time measured in this process (a forward pass of 64 images, the
             least of five), which also counts feature-map traffic: on a CPU a channel of an
-            early, high-resolution layer costs more time per MAC than the MACs say.
+            early, high-resolution layer costs more time per MAC than the MACs say. Timings
+            vary, so with ``time`` two runs of the same command may remove other channels.
         sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
             time, to measure the validation accuracy it costs.
         sensitivity_samples: sensitivity: validation samples per measurement.
