@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import warnings
 
+
 import numpy as np
 import tensorly as tl
 import torch
+from tensorly.cp_tensor import CPTensor
 from tensorly.decomposition import parafac, partial_tucker
 
 
@@ -73,11 +75,32 @@ def cp(w: torch.Tensor, rank: int, *, iterations: int = 100,
     Σ_r last[o, r] · first[r, i] · vertical[r, y] · horizontal[r, x]``: a 1×1 convolution to
     ``rank`` channels, a kh×1 and a 1×kw depthwise convolution, a 1×1 convolution back.
     """
-    with warnings.catch_warnings():  # a rank above a mode's size: tensorly pads its SVD start
+    t = _np(w)
+    with warnings.catch_warnings():  # tensorly advises against a given start with normalizing
         warnings.simplefilter("ignore", UserWarning)
-        weights, (a, b, c, d) = parafac(_np(w), rank=rank, n_iter_max=iterations, init="svd",
-                                        tol=1e-8, random_state=seed, normalize_factors=True)
+        weights, (a, b, c, d) = parafac(t, rank=rank, n_iter_max=iterations,
+                                        init=_svd_start(t, rank, seed), tol=1e-8,
+                                        random_state=seed, normalize_factors=True)
     return _torch(b.T), _torch(c.T), _torch(d.T), _torch(a * weights[None, :])
+
+
+def _svd_start(t: np.ndarray, rank: int, seed: int) -> CPTensor:
+    """CP's usual start, as tensorly's ``init="svd"`` makes it: each mode's factor the leading
+    left singular vectors of the tensor unfolded along it (the first scaled by the singular
+    values), padded with uniform random columns where the rank exceeds the mode's size. Made
+    here with thin SVDs: tensorly's asks for ``rank`` vectors of a 3 × 147,456 unfolding of a
+    128 × 128 × 3 × 3 kernel and computes the full one (22 GB)."""
+    rng = np.random.default_rng(seed)
+    factors = []
+    for mode in range(t.ndim):
+        u, sv, _ = np.linalg.svd(tl.unfold(t, mode), full_matrices=False)
+        u = u[:, :rank]
+        if mode == 0:
+            u = u * sv[:u.shape[1]]
+        if u.shape[1] < rank:
+            u = np.concatenate([u, rng.random((u.shape[0], rank - u.shape[1]))], axis=1)
+        factors.append(u)
+    return CPTensor((np.ones(rank), factors))
 
 
 def relative_error(w: torch.Tensor, approx: torch.Tensor) -> float:

@@ -50,6 +50,24 @@ def test_at_full_rank_a_factorized_convolution_computes_the_same(kind, ranks):
         assert torch.allclose(dense_weight(seq), conv.weight, atol=1e-4)
 
 
+def test_cp_starts_from_thin_svds_in_little_memory():
+    """tensorly's own SVD start asks for ``rank`` vectors of the 3 × 36,864 unfolding of a
+    64 × 64 × 3 × 3 kernel and computes the full SVD (36,864² doubles, 11 GB)."""
+    import tracemalloc
+
+    torch.manual_seed(0)
+    w = torch.randn(64, 64, 3, 3)
+    tracemalloc.start()
+    try:
+        first, vertical, horizontal, last = lowrank.cp(w, 16, iterations=5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 100e6
+    assert (first.shape, vertical.shape, horizontal.shape, last.shape) == \
+        ((16, 64), (16, 3), (16, 3), (64, 16))
+
+
 def test_truncation_keeps_the_best_approximation_and_costs_less():
     torch.manual_seed(0)
     lin = nn.Linear(40, 30)
