@@ -45,7 +45,7 @@ from cnnzip.modules import CodebookLayer
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
-from cnnzip.ops.quant import Grid, pack, pow2_codes, unpack
+from cnnzip.ops.quant import pack, pow2_codes, pow2_grid, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 from cnnzip.surgery import ModelSpec, WeightsShared, share_layer
 
@@ -122,7 +122,7 @@ def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch
             halves.append(value.flatten())
             continue
         q, exponent, bits = codes
-        packed.append(np.frombuffer(pack(q, _symmetric(bits)), dtype=np.uint8))
+        packed.append(np.frombuffer(pack(q, pow2_grid(bits)), dtype=np.uint8))
         grids.append([i, bits, exponent])
     flat = torch.cat(halves) if halves else torch.zeros(0, dtype=torch.float16)
     grid = np.concatenate(packed) if packed else np.zeros(0, dtype=np.uint8)
@@ -131,10 +131,6 @@ def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch
     if grids:  # files without grids stay as earlier versions wrote them
         record["grids"] = grids
     return record, flat, grid
-
-
-def _symmetric(bits: int) -> Grid:
-    return Grid(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
 
 
 def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
@@ -341,7 +337,7 @@ def _decode_dense(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]
             bits, exponent = grids[i]
             size = grid_size(shape, bits)
             try:
-                q = unpack(grid[at:at + size], n, _symmetric(bits))
+                q = unpack(grid[at:at + size], n, pow2_grid(bits))
             except ValueError as exc:
                 raise fail(path, f"dense tensor {key!r}: {exc}") from None
             state[key] = torch.ldexp(q.double(), torch.tensor(float(exponent))).float()

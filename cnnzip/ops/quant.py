@@ -205,6 +205,12 @@ def unpack(data: bytes, count: int, grid: Grid) -> torch.Tensor:
 POW2_EXPONENTS = (-24, 15)  # float16's: its smallest subnormal 2^-24 to 2^15
 
 
+def pow2_grid(bits: int) -> Grid:
+    """The signed grid ±(2^(bits-1) - 1) that :func:`pow2_codes`' integers of ``bits`` fit
+    (the weights' grid, at up to 15 bits)."""
+    return Grid(-(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1)
+
+
 def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
     """``x`` rounded onto the signed ``bits``-bit grid (±(2^(bits-1) - 1)) whose step is the
     smallest power of two that covers max |x|."""
