@@ -18,7 +18,7 @@ from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.cluster import Init, entropy_constrained, kmeans, to_blocks
 from cnnzip.ops.quant import round_pow2
 from cnnzip.progress import progress_bar
-from cnnzip.surgery import share_layer
+from cnnzip.surgery import share_layer, standardize_batchnorm
 
 
 class Sharing(enum.Enum):
@@ -48,9 +48,11 @@ class WeightSharing:
             k-means). The bits scan clusters the same way.
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
-        bias_bits: after fine-tuning, each shared layer's bias rounded onto the signed grid of
-            this many bits (2 to 8) whose step is a power of two, which the container stores
-            as those integers instead of float16 (0: biases stay float16).
+        bias_bits: after fine-tuning, each shared layer's bias, and each BatchNorm's scale
+            and shift (the BatchNorm rewritten with mean 0 and variance 1, which the container
+            stores in 2 bits a value), rounded onto the signed grid of this many bits (2 to 8)
+            whose step is a power of two, which the container stores as those integers instead
+            of float16 (0: biases and BatchNorms stay float16).
     """
 
     method: Sharing = Sharing.KMEANS
@@ -172,10 +174,14 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
     if config.bias_bits:
         modules = dict(model.named_modules())
+        rounded = [modules[name].layer.bias for name in layers]
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) \
+                    and standardize_batchnorm(module):
+                rounded += [module.weight, module.bias]
         with torch.no_grad():
-            for name in layers:
-                bias = modules[name].layer.bias
-                if bias is not None and bias.abs().max() > 0:
-                    bias.copy_(round_pow2(bias, config.bias_bits))
+            for values in rounded:
+                if values is not None and values.abs().max() > 0:
+                    values.copy_(round_pow2(values, config.bias_bits))
         ctx.notes["share"]["bias_bits"] = config.bias_bits
     return model

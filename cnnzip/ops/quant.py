@@ -227,11 +227,14 @@ def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
 def pow2_codes(x: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
     """The integers q, their exponent and their bits (sign included) of the coarsest
     power-of-two grid that holds every value of the float16 tensor ``x`` exactly; None where
-    that takes 16 bits or more (float16 itself is then as small)."""
+    that takes 16 bits or more (float16 itself is then as small). An all-zero tensor is its
+    zeros at 2 bits."""
     values = x.detach().double().flatten()
-    nonzero = values[values != 0]
-    if not len(nonzero) or not torch.isfinite(nonzero).all():
+    if not len(values) or not torch.isfinite(values).all():
         return None
+    nonzero = values[values != 0]
+    if not len(nonzero):
+        return torch.zeros(len(values), dtype=torch.int64), 0, 2
     mantissa, exp = torch.frexp(nonzero)  # |mantissa| in [0.5, 1): 11 significant bits
     ints = (mantissa * 2048).round().to(torch.int64)
     if not torch.equal(ints.double(), mantissa * 2048):

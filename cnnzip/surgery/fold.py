@@ -1,5 +1,6 @@
 """BatchNorm folding: a foldable BatchNorm (:func:`cnnzip.graph.foldable_pairs`) goes into its
-layer's weights and bias and becomes an identity."""
+layer's weights and bias and becomes an identity; and standardizing: a BatchNorm rewritten with
+mean 0 and variance 1, its scale and shift carrying the rest."""
 
 from __future__ import annotations
 
@@ -64,6 +65,23 @@ def _affine(bn: nn.Module, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
         scale = scale * bn.weight
     shift = bn.bias if bn.bias is not None else torch.zeros_like(scale)
     return scale, (bias - bn.running_mean) * scale + shift
+
+
+def standardize_batchnorm(bn: nn.Module) -> bool:
+    """Rewrite ``bn`` in place with running mean 0 and running variance 1, its weight and bias
+    taking the rest, so that in eval mode it computes the same: two numbers per channel
+    instead of four, the two constants cheap to store. False (unchanged) for a BatchNorm
+    without an affine weight and bias or without running statistics."""
+    if bn.weight is None or bn.bias is None or bn.running_mean is None \
+            or bn.running_var is None:
+        return False
+    with torch.no_grad():
+        scale, shift = _affine(bn, torch.zeros_like(bn.running_mean))
+        bn.weight.copy_(scale * (1 + bn.eps) ** 0.5)
+        bn.bias.copy_(shift)
+        bn.running_mean.zero_()
+        bn.running_var.fill_(1.0)
+    return True
 
 
 def _rows(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,13 @@
 import pytest
 import torch
+from torch import nn
 
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.share import WeightSharing, scan_bits
 from cnnzip.modules import weight_layers
-from tests.helpers import tiny
+from tests.helpers import tiny, zoo_model
 
 
 def _scanned(tolerance: float) -> Context:
@@ -60,6 +61,43 @@ def test_bias_bits_put_the_shared_layers_biases_on_a_power_of_two_grid():
         assert bits <= 6
         step = before[name].abs().max() / 31  # at most half the grid's step away
         assert (bias - before[name]).abs().max() <= step
+
+
+def test_bias_bits_store_each_batchnorm_as_a_scale_and_shift_on_the_grid(tmp_path):
+    from cnnzip.codec import decode_file, encode_file
+    from cnnzip.ops.quant import pow2_codes
+    from cnnzip.surgery import resolve_spec
+
+    spec = resolve_spec("resnet20", (1, 28, 28), 10, width=0.5)
+    sizes = {}
+    for bits in (0, 8):
+        model = zoo_model("resnet20", width=0.5)
+        with torch.no_grad():  # as trained: no tensor of theirs on a coarse grid
+            for m in model.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.uniform_(0.5, 1.5)
+                    m.bias.uniform_(-0.5, 0.5)
+        ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+        x = torch.randn(4, 1, 28, 28)
+        before = model(x)
+        apply(model, WeightSharing(conv_bits=4, fc_bits=4, epochs=0, bias_bits=bits), ctx)
+        model.eval()
+        norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        if bits:
+            for m in norms:
+                assert not m.running_mean.any() and bool((m.running_var == 1).all())
+                assert pow2_codes(m.weight.detach().half())[2] <= bits
+            # shared weights move the outputs; the rounding of 8-bit scales adds little
+            assert (model(x) - before).abs().max() < 0.5 * before.abs().max()
+        path = tmp_path / f"{bits}.cnz"
+        encode_file(path, model, spec.with_edits(ctx.edits))
+        assert torch.allclose(decode_file(path)[0](x), model(x), atol=2e-3)  # float16
+        sizes[bits] = path.stat().st_size
+    # each channel's four float16 numbers become two bytes and two 2-bit constants (the 8
+    # channels of the first stage's scales and shifts stay float16: a grid's entry would cost
+    # about what they save)
+    channels = sum(m.num_features for m in norms)
+    assert sizes[0] - sizes[8] >= 3 * channels - 2 * 8 * 7
 
 
 def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):

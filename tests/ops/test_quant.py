@@ -133,10 +133,15 @@ def test_a_power_of_two_grid_is_found_again_exactly(bits, peak, seed):
 
 def test_values_needing_sixteen_bits_or_more_have_no_grid():
     assert pow2_codes(torch.tensor([1000.0, 1e-3]).half()) is None
-    assert pow2_codes(torch.zeros(4).half()) is None
     assert pow2_codes(torch.tensor([1.0, float("inf")]).half()) is None
+    assert pow2_codes(torch.tensor([0.0, float("nan")]).half()) is None
     q, exponent, bits = pow2_codes(torch.tensor([0.5, -0.25, 0.0]).half())
     assert q.tolist() == [2, -1, 0] and exponent == -2 and bits == 3
+
+
+def test_zeros_are_two_bit_integers():
+    q, exponent, bits = pow2_codes(torch.zeros(4).half())
+    assert q.tolist() == [0] * 4 and exponent == 0 and bits == 2
 
 
 def test_a_power_of_two_grid_needs_two_to_eight_bits_and_a_nonzero_tensor():

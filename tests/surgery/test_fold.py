@@ -10,7 +10,8 @@ from cnnzip.graph import foldable_pairs
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.share import WeightSharing
-from cnnzip.surgery import ModelSpec, NormFolded, build_model, fold_batchnorm, resolve_spec
+from cnnzip.surgery import (ModelSpec, NormFolded, build_model, fold_batchnorm, resolve_spec,
+                            standardize_batchnorm)
 from tests.helpers import tiny
 
 IN = (1, 28, 28)
@@ -52,6 +53,25 @@ def test_folding_the_tiny_zoo_is_exact(name):
     before = model(x)
     fold_batchnorm(model, foldable_pairs(model))
     assert torch.allclose(model(x), before, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet20", "mobilenetv2"])
+def test_standardizing_every_batchnorm_keeps_the_function(name):
+    model = _randomize_norms(build_model(resolve_spec(name, IN, 10, width=0.25)))
+    x = torch.randn(3, *IN)
+    before = model(x)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(standardize_batchnorm(m) for m in norms)
+    for m in norms:
+        assert not m.running_mean.any() and bool((m.running_var == 1).all())
+    assert torch.allclose(model(x), before, atol=1e-5)
+
+
+def test_a_batchnorm_without_scale_or_statistics_is_left_alone():
+    for bn in (nn.BatchNorm2d(4, affine=False), nn.BatchNorm2d(4, track_running_stats=False)):
+        state = {k: v.clone() for k, v in bn.state_dict().items()}
+        assert not standardize_batchnorm(bn)
+        assert all(torch.equal(v, bn.state_dict()[k]) for k, v in state.items())
 
 
 class NormAfterAdd(nn.Module):
