@@ -2,7 +2,8 @@
 
 Layout:
 - one uint8 tensor per codebook layer, the concatenation of three streams: gap symbols of the
-  surviving positions (entropy-coded), codes (entropy-coded), and the codebook (float16);
+  surviving positions (entropy-coded), codes (entropy-coded), and the codebook (float16, or
+  where that is smaller and its values allow, its integers on a power-of-two grid);
 - one uint8 tensor per uniformly quantized layer: its integer weights, packed at their bit width
   or entropy-coded when that is smaller (pruned layers), then its weight scales (float16);
 - one float16 tensor ``dense`` holding every other float tensor (biases, BatchNorm, feature-map
@@ -45,7 +46,7 @@ from cnnzip.modules import CodebookLayer
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
-from cnnzip.ops.quant import pack, pow2_codes, pow2_grid, unpack
+from cnnzip.ops.quant import POW2_EXPONENTS, pack, pow2_codes, pow2_grid, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 from cnnzip.surgery import ModelSpec, WeightsShared, share_layer
 
@@ -67,13 +68,40 @@ def _encode_layer(name: str, layer: CodebookLayer) -> tuple[CodebookRecord, np.n
     gaps = positions_to_gaps(positions, max_gap)
     pos = encode_symbols(gaps)
     codes = encode_symbols(layer.codes.numpy())
-    book = layer.codebook.detach().half().numpy().tobytes()
+    book = _encode_book(layer.codebook.detach().half())
     payload = np.frombuffer(pos + codes + book, dtype=np.uint8)
     k, d = layer.codebook.shape
     record = CodebookRecord(name, layer.weight_shape, layer.nnz, k, d, max_gap, len(gaps),
                          int(layer.codes.numel()), len(pos), len(codes), len(book),
                          zlib.crc32(payload.tobytes()))
     return record, payload
+
+
+def _encode_book(book: torch.Tensor) -> bytes:
+    """A float16 codebook's bytes: its values, or, where they are all q · 2^e with integers q
+    of fewer than 16 bits and that is smaller, ``[bits, e]`` (e a signed byte) and the q
+    packed at ``bits`` (so a codebook stored so is never 2 bytes a value long, which is how
+    the decoder tells the two apart)."""
+    plain = book.numpy().tobytes()
+    codes = pow2_codes(book)
+    if codes is None:
+        return plain
+    q, exponent, bits = codes
+    grid = bytes([bits, exponent & 0xFF]) + pack(q, pow2_grid(bits))
+    return grid if len(grid) < len(plain) else plain
+
+
+def _decode_book(path: Path, record: CodebookRecord, data: bytes) -> np.ndarray:
+    values = record.k * record.d
+    if len(data) == 2 * values:
+        return np.frombuffer(data, dtype=np.float16).astype(np.float32)
+    bits, exponent = data[0], data[1] - 256 if data[1] >= 128 else data[1]
+    if not 2 <= bits <= 15 or not POW2_EXPONENTS[0] <= exponent <= POW2_EXPONENTS[1] \
+            or len(data) != 2 + -(-values * bits // 8):
+        raise fail(path, f"layer {record.name!r}: its codebook of {len(data)} bytes is neither "
+                         f"{values} float16 values nor integers on a power-of-two grid")
+    q = unpack(data[2:], values, pow2_grid(bits))
+    return torch.ldexp(q.double(), torch.tensor(float(exponent))).float().numpy()
 
 
 def _encode_quant(name: str, layer: QuantLayer) -> tuple[QuantRecord, np.ndarray]:
@@ -191,7 +219,7 @@ def _decode_layer(path: Path, record: CodebookRecord, payload: bytes) -> tuple[t
         codes = decode_symbols(payload[a:b], record.n_codes, record.k)
     except ValueError as exc:
         raise fail(path, f"layer {record.name!r}: {exc}") from None
-    book = np.frombuffer(payload[b:], dtype=np.float16).astype(np.float32)
+    book = _decode_book(path, record, payload[b:])
     if (len(positions) != record.nnz or (positions.size and positions[-1] >= math.prod(record.shape))
             or (codes.size and codes.max() >= record.k)):
         raise fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")

@@ -53,6 +53,8 @@ class WeightSharing:
             stores in 2 bits a value), rounded onto the signed grid of this many bits (2 to 8)
             whose step is a power of two, which the container stores as those integers instead
             of float16 (0: biases and BatchNorms stay float16).
+        codebook_bits: after fine-tuning, each layer's centroids rounded onto such a grid of
+            this many bits (2 to 8), stored as those integers (0: float16).
     """
 
     method: Sharing = Sharing.KMEANS
@@ -67,6 +69,7 @@ class WeightSharing:
     epochs: int = 4
     lr: float = 0.002
     bias_bits: int = 0
+    codebook_bits: int = 0
 
     def __post_init__(self) -> None:
         if self.method is Sharing.KMEANS and self.block != 1:
@@ -74,9 +77,10 @@ class WeightSharing:
         for bits in (self.conv_bits, self.fc_bits, self.min_bits, *self.layers.values()):
             if not 1 <= bits <= 16:
                 raise CnnzipError(f"share: code bits must be in 1..16, got {bits}")
-        if self.bias_bits and not 2 <= self.bias_bits <= 8:
-            raise CnnzipError(f"share: bias_bits must be 0 (float16) or 2..8, got "
-                              f"{self.bias_bits}")
+        for key in ("bias_bits", "codebook_bits"):
+            if getattr(self, key) and not 2 <= getattr(self, key) <= 8:
+                raise CnnzipError(f"share: {key} must be 0 (float16) or 2..8, got "
+                                  f"{getattr(self, key)}")
         if not 0 <= self.entropy_weight <= 100:
             raise CnnzipError(f"share: entropy_weight must be in [0, 100], got "
                               f"{self.entropy_weight}")
@@ -172,16 +176,21 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}
     finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
+    modules = dict(model.named_modules())
+    rounded: list[tuple[torch.Tensor | None, int]] = []
     if config.bias_bits:
-        modules = dict(model.named_modules())
-        rounded = [modules[name].layer.bias for name in layers]
+        rounded += [(modules[name].layer.bias, config.bias_bits) for name in layers]
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) \
                     and standardize_batchnorm(module):
-                rounded += [module.weight, module.bias]
-        with torch.no_grad():
-            for values in rounded:
-                if values is not None and values.abs().max() > 0:
-                    values.copy_(round_pow2(values, config.bias_bits))
-        ctx.notes["share"]["bias_bits"] = config.bias_bits
+                rounded += [(module.weight, config.bias_bits), (module.bias, config.bias_bits)]
+    if config.codebook_bits:
+        rounded += [(modules[name].codebook, config.codebook_bits) for name in layers]
+    with torch.no_grad():
+        for values, bits in rounded:
+            if values is not None and values.abs().max() > 0:
+                values.copy_(round_pow2(values, bits))
+    for key in ("bias_bits", "codebook_bits"):
+        if getattr(config, key):
+            ctx.notes["share"][key] = getattr(config, key)
     return model

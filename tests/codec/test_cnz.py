@@ -76,11 +76,16 @@ def test_golden_layer_payload():
     assert (record.nnz, record.k, record.d, record.max_gap) == (3, 2, 1, 7)
     # gaps 1, 0, 3 → the coarse table [0 4 | levels 15 15 0 15] (4 bytes against the exact
     # [4 | 1 1 0 1]); codes 1, 0, 1 → the exact table [2 | 1 2] (a tie: exact wins); each one ANS
-    # word; codebook float16 0.5 = 0x3800, -1.0 = 0xbc00 (little-endian)
+    # word; codebook 0.5, -1.0 = [1, -2] · 2^-1, 3 bits: [bits 3, exponent -1 = 0xFF], then
+    # q + 3 = 4, 1 packed least significant bit first: 0 0 1 | 1 0 0 → 0x0C
     assert payload[:4].tobytes() == bytes([0, 4, 0xFF, 0xF0])
     assert payload[8:11].tobytes() == bytes([2, 1, 2])
-    assert payload[-4:].tobytes() == bytes([0x00, 0x38, 0x00, 0xBC])
-    assert len(payload) == record.pos_bytes + record.code_bytes + record.book_bytes == 19
+    assert payload[-3:].tobytes() == bytes([3, 0xFF, 0x0C])
+    assert len(payload) == record.pos_bytes + record.code_bytes + record.book_bytes == 18
+    # centroids off any coarse grid stay float16: 0.3 ≈ 0x34cd, -1.0 = 0xbc00 (little-endian)
+    layer.codebook.data = torch.tensor([[0.3], [-1.0]])
+    record, payload = _encode_layer("fc", layer)
+    assert payload[-4:].tobytes() == bytes([0xCD, 0x34, 0x00, 0xBC]) and record.book_bytes == 4
 
 
 @pytest.mark.parametrize("damage,message", [
@@ -164,6 +169,60 @@ def test_a_damaged_dense_grid_is_a_clear_error(tmp_path, edit, message):
                 layer.layer.bias.copy_(round_pow2(layer.layer.bias, 8))
     encode_file(path, model, SPEC.with_edits(shared))
     rewrite(path, edit)
+    with pytest.raises(CheckpointError, match=message):
+        decode_file(path)
+
+
+def _grid_books(tmp_path):
+    """The packed lenet5 with its centroids rounded onto 8-bit power-of-two grids."""
+    from cnnzip.ops.quant import round_pow2
+
+    path, model, shared = _packed_file(tmp_path)
+    plain = path.stat().st_size
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, CodebookLayer):
+                layer.codebook.copy_(round_pow2(layer.codebook, 8))
+    encode_file(path, model, SPEC.with_edits(shared))
+    return path, model, plain
+
+
+def test_codebooks_on_a_power_of_two_grid_are_stored_as_their_integers(tmp_path):
+    from cnnzip.codec.records import read_container
+
+    path, model, plain = _grid_books(tmp_path)
+    _, header = read_container(path)
+    books = [(r[3] * r[4], r[10]) for r in header.layers]  # k·d values, their bytes
+    # [bits, exponent], then a byte a value at most (fewer where the rounded values allow)
+    assert all(2 < size <= 2 + values for values, size in books)
+    saved = sum(2 * values - size for values, size in books)
+    assert saved >= sum(values - 2 for values, _ in books)
+    # the document's records change with them (sizes, checksums): within a few bytes
+    assert abs(plain - path.stat().st_size - saved) <= 40
+    _assert_same(model, decode_file(path)[0])
+
+
+@pytest.mark.parametrize("byte,value,message", [
+    (0, 1, "neither"), (0, 16, "neither"), (1, 100, "neither"), (1, 0x80, "neither")])
+def test_a_damaged_grid_codebook_is_a_clear_error(tmp_path, byte, value, message):
+    import zlib
+
+    from tests.helpers import rewrite
+
+    path, _, _ = _grid_books(tmp_path)
+    rows = {}
+
+    def tensors(t):
+        row = rows["row"]
+        data = bytearray(t[f"w:{row[0]}"].numpy().tobytes())
+        data[row[8] + row[9] + byte] = value
+        t[f"w:{row[0]}"] = torch.frombuffer(data, dtype=torch.uint8)
+        row[11] = zlib.crc32(bytes(data))
+
+    def meta(m):
+        rows["row"] = m["layers"][1]
+
+    rewrite(path, meta, tensors)
     with pytest.raises(CheckpointError, match=message):
         decode_file(path)
 

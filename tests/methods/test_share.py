@@ -100,6 +100,25 @@ def test_bias_bits_store_each_batchnorm_as_a_scale_and_shift_on_the_grid(tmp_pat
     assert sizes[0] - sizes[8] >= 3 * channels - 2 * 8 * 7
 
 
+def test_codebook_bits_put_each_codebook_on_a_power_of_two_grid():
+    from cnnzip.ops.quant import pow2_codes
+
+    books = {}
+    for bits in (0, 6):
+        model = tiny("mlp")
+        ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+        apply(model, WeightSharing(fc_bits=4, codebook_bits=bits, epochs=0), ctx)
+        books[bits] = {n: m.codebook.detach() for n, m in weight_layers(model).items()}
+    assert ctx.notes["share"]["codebook_bits"] == 6 and "bias_bits" not in ctx.notes["share"]
+    for name, book in books[6].items():
+        plain = books[0][name]
+        assert pow2_codes(book.half())[2] <= 6 and not torch.equal(book, plain)
+        # the step is under 2 max |c| / 31, and rounding moves a centroid half a step at most
+        assert (book - plain).abs().max() <= plain.abs().max() / 31
+    with pytest.raises(CnnzipError, match="codebook_bits must be 0"):
+        WeightSharing(codebook_bits=1)
+
+
 def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):
     import cnnzip.methods.share as share
     from cnnzip.ops import cluster
