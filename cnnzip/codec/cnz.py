@@ -46,7 +46,7 @@ from cnnzip.modules import CodebookLayer
 from cnnzip.modules.codebook import WEIGHT_LAYERS
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.entropy import decode_symbols, encode_symbols, stream_stats
-from cnnzip.ops.quant import POW2_EXPONENTS, pack, pow2_codes, pow2_grid, unpack
+from cnnzip.ops.quant import POW2_EXPONENTS, pack, pow2_codes, pow2_grid, pow2_values, unpack
 from cnnzip.ops.sparse import choose_max_gap, gaps_to_positions, positions_to_gaps
 from cnnzip.surgery import ModelSpec, WeightsShared, share_layer
 
@@ -97,11 +97,11 @@ def _decode_book(path: Path, record: CodebookRecord, data: bytes) -> np.ndarray:
         return np.frombuffer(data, dtype=np.float16).astype(np.float32)
     bits, exponent = data[0], data[1] - 256 if data[1] >= 128 else data[1]
     if not 2 <= bits <= 15 or not POW2_EXPONENTS[0] <= exponent <= POW2_EXPONENTS[1] \
-            or len(data) != 2 + -(-values * bits // 8):
+            or len(data) != 2 + grid_size((values,), bits):
         raise fail(path, f"layer {record.name!r}: its codebook of {len(data)} bytes is neither "
                          f"{values} float16 values nor integers on a power-of-two grid")
     q = unpack(data[2:], values, pow2_grid(bits))
-    return torch.ldexp(q.double(), torch.tensor(float(exponent))).float().numpy()
+    return pow2_values(q, exponent).numpy()
 
 
 def _encode_quant(name: str, layer: QuantLayer) -> tuple[QuantRecord, np.ndarray]:
@@ -368,7 +368,7 @@ def _decode_dense(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]
                 q = unpack(grid[at:at + size], n, pow2_grid(bits))
             except ValueError as exc:
                 raise fail(path, f"dense tensor {key!r}: {exc}") from None
-            state[key] = torch.ldexp(q.double(), torch.tensor(float(exponent))).float()
+            state[key] = pow2_values(q, exponent)
             at += size
         else:
             state[key] = flat[offset:offset + n].float()

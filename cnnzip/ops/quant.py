@@ -224,6 +224,11 @@ def round_pow2(x: torch.Tensor, bits: int) -> torch.Tensor:
     return (torch.round(x / step).clamp(grid.qmin, grid.qmax) * step).to(x.dtype)
 
 
+def pow2_values(q: torch.Tensor, exponent: int) -> torch.Tensor:
+    """Inverse of :func:`pow2_codes`: the float32 values q · 2^exponent."""
+    return torch.ldexp(q.double(), torch.tensor(float(exponent))).float()
+
+
 def pow2_codes(x: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
     """The integers q, their exponent and their bits (sign included) of the coarsest
     power-of-two grid that holds every value of the float16 tensor ``x`` exactly; None where
