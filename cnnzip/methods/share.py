@@ -53,8 +53,9 @@ class WeightSharing:
             stores in 2 bits a value), rounded onto the signed grid of this many bits (2 to 8)
             whose step is a power of two, which the container stores as those integers instead
             of float16 (0: biases and BatchNorms stay float16).
-        codebook_bits: after fine-tuning, each layer's centroids rounded onto such a grid of
-            this many bits (2 to 8), stored as those integers (0: float16).
+        codebook_bits: each layer's centroids on such a grid of this many bits (2 to 8),
+            stored as those integers (0: float16): fine-tuning computes with them rounded
+            (straight-through gradients), and they are rounded for good after it.
     """
 
     method: Sharing = Sharing.KMEANS
@@ -175,8 +176,12 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
             ctx.edits.append(share_layer(model, name, positions, codebook, codes))
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}
-    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
     modules = dict(model.named_modules())
+    for name in layers:
+        modules[name].grid_bits = config.codebook_bits
+    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
+    for name in layers:
+        del modules[name].grid_bits
     rounded: list[tuple[torch.Tensor | None, int]] = []
     if config.bias_bits:
         rounded += [(modules[name].layer.bias, config.bias_bits) for name in layers]

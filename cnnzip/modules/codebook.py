@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.modules.merged import FlatLinear
+from cnnzip.ops.quant import round_pow2
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # the layers with a weight to prune, quantize, share
 
@@ -71,6 +72,10 @@ class CodebookLayer(nn.Module):
     """
 
     wraps_layer = True  # metrics count this module with ``self.layer``'s geometry
+    # > 0 while training for a codebook on a power-of-two grid of this many bits: the layer
+    # computes with its centroids rounded there, and their gradients pass the rounding
+    # unchanged (straight through), so fine-tuning adapts to the values that will be stored
+    grid_bits = 0
 
     def __init__(self, layer: nn.Module, positions: torch.Tensor, codebook: torch.Tensor,
                  codes: torch.Tensor):
@@ -100,6 +105,8 @@ class CodebookLayer(nn.Module):
         # backward); dividing by the cluster size makes its step that of one weight, so a single
         # learning rate suits clusters of 10 and of 10,000 weights alike.
         codebook = _ScaleGrad.apply(self.codebook, self.inv_cluster_size)  # (k, d)
+        if self.grid_bits and codebook.detach().abs().max() > 0:
+            codebook = codebook + (round_pow2(codebook, self.grid_bits) - codebook).detach()
         return expand(codebook, self.codes, self.positions, self.weight_shape)
 
     @property

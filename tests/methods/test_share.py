@@ -119,6 +119,27 @@ def test_codebook_bits_put_each_codebook_on_a_power_of_two_grid():
         WeightSharing(codebook_bits=1)
 
 
+def test_codebook_bits_fine_tune_on_the_grid_and_store_what_they_trained(monkeypatch):
+    import cnnzip.methods.share as share
+    from cnnzip.ops.quant import pow2_codes
+
+    seen = []
+
+    def finetune(model, ctx, **kwargs):
+        seen.extend(layer.grid_bits for layer in weight_layers(model).values())
+        return fit_finetune(model, ctx, **kwargs)
+
+    fit_finetune = share.finetune
+    monkeypatch.setattr(share, "finetune", finetune)
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), teacher=tiny("mlp"), quiet=True)
+    apply(model, WeightSharing(fc_bits=4, codebook_bits=5, epochs=1), ctx)
+    assert seen and set(seen) == {5}  # every layer trained on its grid
+    for layer in weight_layers(model).values():
+        assert pow2_codes(layer.codebook.detach().half())[2] <= 5
+        assert layer.grid_bits == 0  # back to plain centroids once stored
+
+
 def test_large_layers_train_their_codebook_on_a_sample(monkeypatch):
     import cnnzip.methods.share as share
     from cnnzip.ops import cluster

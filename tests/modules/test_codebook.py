@@ -28,6 +28,27 @@ def test_codebook_layer_matches_the_dense_layer():
     assert "k=2, d=1" in repr(layer)
 
 
+def test_a_grid_codebook_computes_with_its_rounded_centroids_and_trains_straight_through():
+    from cnnzip.ops.quant import round_pow2
+
+    torch.manual_seed(0)
+    book = torch.tensor([[0.3], [-0.7], [0.11]])
+    positions, codes = torch.tensor([0, 5, 17, 100]), torch.tensor([0, 1, 2, 0])
+    layer = CodebookLayer(nn.Conv2d(3, 4, 3, padding=1), positions, book, codes)
+    rounded = CodebookLayer(nn.Conv2d(3, 4, 3, padding=1), positions, round_pow2(book, 3),
+                            codes)
+    rounded.layer.bias = layer.layer.bias
+    layer.grid_bits = 3
+    x = torch.randn(2, 3, 5, 5)
+    out = layer(x)
+    assert torch.equal(out, rounded(x)) and not torch.equal(round_pow2(book, 3), book)
+    out.square().sum().backward()
+    rounded(x).square().sum().backward()
+    # the gradient at the rounded centroids reaches the float ones unchanged
+    assert torch.allclose(layer.codebook.grad, rounded.codebook.grad)
+    assert layer.codebook.grad.abs().min() > 0
+
+
 def test_metrics_see_the_dense_geometry():
     model = tiny("convbn")
     params, macs = count_params(model), count_macs(model, (1, 28, 28))
