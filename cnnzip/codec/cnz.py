@@ -154,8 +154,9 @@ def _encode_dense(state: dict[str, torch.Tensor]) -> tuple[dict[str, Any], torch
         grids.append([i, bits, exponent])
     flat = torch.cat(halves) if halves else torch.zeros(0, dtype=torch.float16)
     grid = np.concatenate(packed) if packed else np.zeros(0, dtype=np.uint8)
-    record = {"index": [[k, list(v.shape)] for k, v in state.items()],
-              "crc": zlib.crc32(grid.tobytes(), zlib.crc32(flat.numpy().tobytes()))}
+    # no index: the decoder takes the keys and shapes from the architecture it rebuilds
+    record: dict[str, Any] = {
+        "crc": zlib.crc32(grid.tobytes(), zlib.crc32(flat.numpy().tobytes()))}
     if grids:  # files without grids stay as earlier versions wrote them
         record["grids"] = grids
     return record, flat, grid
@@ -180,7 +181,7 @@ def encode_file(path: str | Path, model: nn.Module, spec: ModelSpec, *,
             qrecord, payload = _encode_quant(name, module)
             quant.append(qrecord)
             tensors[f"q:{name}"] = torch.from_numpy(payload.copy())
-    dense, tensors["dense"], grid = _encode_dense(_dense_state(model))
+    dense, tensors["dense"], grid = _encode_dense(dict(sorted(_dense_state(model).items())))
     if len(grid):
         tensors["grid"] = torch.from_numpy(grid)
     document = {  # pack_document writes it as JSON (tuples as lists, no NaN)
@@ -220,7 +221,8 @@ def _decode_layer(path: Path, record: CodebookRecord, payload: bytes) -> tuple[t
     except ValueError as exc:
         raise fail(path, f"layer {record.name!r}: {exc}") from None
     book = _decode_book(path, record, payload[b:])
-    if (len(positions) != record.nnz or (positions.size and positions[-1] >= math.prod(record.shape))
+    if (len(positions) != record.nnz
+            or (positions.size and positions[-1] >= math.prod(record.shape))
             or (codes.size and codes.max() >= record.k)):
         raise fail(path, f"layer {record.name!r}: decoded streams do not fit the layer")
     return (torch.from_numpy(positions), torch.from_numpy(book.reshape(record.k, record.d)),
@@ -348,15 +350,19 @@ def _decode_dense(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]
     if zlib.crc32(grid, zlib.crc32(tensor_bytes(flat))) != dense.crc:
         raise fail(path, "dense tensors: checksum mismatch (the file is damaged)")
     expected = {k: v.shape for k, v in _dense_state(model).items()}
-    keys = [key for key, _ in dense.index]
+    index = dense.index if dense.index is not None else \
+        [(key, list(shape)) for key, shape in sorted(expected.items())]
+    keys = [key for key, _ in index]
     if set(keys) != set(expected) or len(keys) != len(set(keys)):
         raise fail(path, "dense tensors do not match the model's architecture")
     grids = {i: (bits, exponent) for i, bits, exponent in dense.grids}
-    halves = sum(math.prod(shape) for i, (_, shape) in enumerate(dense.index) if i not in grids)
-    if halves != flat.numel():
+    halves = sum(math.prod(shape) for i, (_, shape) in enumerate(index) if i not in grids)
+    packed = sum(grid_size(index[i][1], bits) for i, (bits, _) in grids.items()
+                 if i < len(index))
+    if halves != flat.numel() or packed != len(grid) or any(i >= len(index) for i in grids):
         raise fail(path, "dense tensors: the index does not cover the dense block exactly")
     state, offset, at = {}, 0, 0
-    for i, (key, shape) in enumerate(dense.index):
+    for i, (key, shape) in enumerate(index):
         if tuple(shape) != tuple(expected[key]):
             raise fail(path, f"dense tensor {key!r} has shape {tuple(shape)}; the architecture "
                              f"needs {tuple(expected[key])}")

@@ -34,11 +34,12 @@ from cnnzip.surgery.edits import Name
 from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model
 
 FORMAT = "cnnzip-cnz"
-VERSION = 5
+VERSION = 6
 # 2 added uniformly quantized layers, 3 the checksum over everything, 4 the ordered edits,
-# 5 the packed document and one payload tensor
-READS = (1, 2, 3, 4, 5)
+# 5 the packed document and one payload tensor, 6 the dense index left to the architecture
+READS = (1, 2, 3, 4, 5, 6)
 PACKED_SINCE = 5
+IMPLICIT_INDEX_SINCE = 6
 PACKED = "packed"  # version 5's metadata key for the packed document
 MAX_DOCUMENT = 1 << 24  # bytes a packed document may inflate to
 # Deflate's preset dictionary: the words of a container's document (keys, edit kinds, layer
@@ -130,12 +131,14 @@ class DenseRecord(BaseModel):
     """The float tensors outside coded layers: each (key, shape) in ``index`` is float16 in the
     ``dense`` tensor, in order, unless ``grids`` lists it: (its position in ``index``, bits,
     exponent) for a tensor of integers q · 2^exponent, packed at that many bits (sign
-    included) after the layers' bytes in ``payload``. ``crc`` covers both parts."""
+    included) after the layers' bytes in ``payload``. ``crc`` covers both parts. From version
+    6 there is no ``index``: the tensors are the rebuilt architecture's, in key order."""
 
     model_config = ConfigDict(extra="forbid")
 
     index: list[tuple[Annotated[str, Field(max_length=256)],
-                      Annotated[list[Dim], Field(max_length=4)]]] = Field(max_length=100_000)
+                      Annotated[list[Dim], Field(max_length=4)]]] | None = Field(
+        default=None, max_length=100_000)
     crc: Crc
     grids: list[tuple[Annotated[StrictInt, Field(ge=0, le=100_000)],
                       Annotated[StrictInt, Field(ge=2, le=15)],
@@ -145,12 +148,16 @@ class DenseRecord(BaseModel):
     @model_validator(mode="after")
     def _grids_in_order(self) -> "DenseRecord":
         at = [g[0] for g in self.grids]
-        if at != sorted(set(at)) or (at and at[-1] >= len(self.index)):
+        count = len(self.index) if self.index is not None else None
+        if at != sorted(set(at)) or (at and count is not None and at[-1] >= count):
             raise ValueError("dense grids must name distinct tensors of the index, in order")
         return self
 
-    def grid_bytes(self) -> int:
-        """The packed integers' bytes in ``payload``."""
+    def grid_bytes(self) -> int | None:
+        """The packed integers' bytes in ``payload`` (None: the rest of it, which only the
+        architecture's shapes can check, where the index is left to them)."""
+        if self.index is None:
+            return None if self.grids else 0
         return sum(grid_size(self.index[i][1], bits) for i, bits, _ in self.grids)
 
 
@@ -216,15 +223,19 @@ def join_payloads(layers: Sequence[Sequence], quant: Sequence[Sequence],
 
 
 def layer_tensors(path: str | Path, layers: Sequence[Sequence], quant: Sequence[Sequence],
-                  tensors: dict[str, torch.Tensor], grid_bytes: int = 0
+                  tensors: dict[str, torch.Tensor], grid_bytes: int | None = 0
                   ) -> dict[str, torch.Tensor]:
     """The inverse of :func:`join_payloads`: ``payload`` cut by the records' byte counts
-    (``layers``, ``quant``, checked by the schema), which must cover it exactly."""
+    (``layers``, ``quant``, checked by the schema), which must cover it exactly; ``grid_bytes``
+    None: the dense tensors' integers are the rest, at least a byte (the decoder checks their
+    size against the architecture)."""
     if set(tensors) != {"dense", "payload"}:
         odd = sorted(set(tensors) ^ {"dense", "payload"})[0]
         raise fail(path, f"tensor {odd!r}: a packed container holds the tensors 'dense' and "
                          f"'payload' only")
     payload = tensors["payload"]
+    if grid_bytes is None:
+        grid_bytes = max(1, payload.numel() - sum(_payload_lengths(layers, quant).values()))
     lengths = _payload_lengths(layers, quant, grid_bytes)
     if payload.dtype != torch.uint8 or payload.dim() != 1 \
             or payload.numel() != sum(lengths.values()):
@@ -265,6 +276,10 @@ def read_container(path: Path) -> tuple[RawFile, ContainerHeader]:
 def _header(path: Path, doc: dict[str, Any]) -> ContainerHeader:
     """The document checked by the schema, no layer recorded twice."""
     header = validate(path, ContainerHeader, doc)
+    if (header.dense.index is None) != (header.version >= IMPLICIT_INDEX_SINCE):
+        raise fail(path, f"damaged metadata: a version {header.version} container "
+                         f"{'has no' if header.version >= IMPLICIT_INDEX_SINCE else 'needs a'} "
+                         f"dense index")
     names = [r[0] for r in header.layers] + [r[0] for r in header.quant]
     if len(set(names)) != len(names):
         raise fail(path, "damaged metadata: a layer is recorded twice")
