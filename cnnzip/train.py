@@ -168,8 +168,8 @@ def fit(model: nn.Module, splits: Splits, config: TrainConfig, *,
                 if distributed.average_gradients(model, 0.0 if torch.isfinite(total_loss)
                                                  else 1.0):
                     raise CnnzipError(f"{description}: training diverged (loss "
-                                      f"{float(total_loss)}) in epoch {epoch + 1}; lower the "
-                                      "learning rate")
+                                      f"{float(total_loss.detach())}) in epoch {epoch + 1}; "
+                                      "lower the learning rate")
                 if config.clip_norm:  # the data's gradients are clipped, the L1 penalty's not
                     nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
                 if penalty is not None and penalty.requires_grad:  # no BatchNorm: nothing
