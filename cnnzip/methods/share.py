@@ -179,9 +179,11 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     modules = dict(model.named_modules())
     for name in layers:
         modules[name].grid_bits = config.codebook_bits
-    finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
-    for name in layers:
-        del modules[name].grid_bits
+    try:
+        finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="centroid fine-tune")
+    finally:
+        for name in layers:
+            del modules[name].grid_bits
     rounded: list[tuple[torch.Tensor | None, int]] = []
     if config.bias_bits:
         rounded += [(modules[name].layer.bias, config.bias_bits) for name in layers]
