@@ -356,10 +356,11 @@ def _decode_dense(path: Path, model: nn.Module, tensors: dict[str, torch.Tensor]
     if set(keys) != set(expected) or len(keys) != len(set(keys)):
         raise fail(path, "dense tensors do not match the model's architecture")
     grids = {i: (bits, exponent) for i, bits, exponent in dense.grids}
+    if any(i >= len(index) for i in grids):
+        raise fail(path, "dense tensors: the index does not cover the dense block exactly")
     halves = sum(math.prod(shape) for i, (_, shape) in enumerate(index) if i not in grids)
-    packed = sum(grid_size(index[i][1], bits) for i, (bits, _) in grids.items()
-                 if i < len(index))
-    if halves != flat.numel() or packed != len(grid) or any(i >= len(index) for i in grids):
+    packed = sum(grid_size(index[i][1], bits) for i, (bits, _) in grids.items())
+    if halves != flat.numel() or packed != len(grid):
         raise fail(path, "dense tensors: the index does not cover the dense block exactly")
     state, offset, at = {}, 0, 0
     for i, (key, shape) in enumerate(index):
