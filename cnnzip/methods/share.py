@@ -8,8 +8,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.modules import CodebookLayer, weight_layers
@@ -24,6 +26,13 @@ from cnnzip.surgery import share_layer, standardize_batchnorm
 class Sharing(enum.Enum):
     KMEANS = "kmeans"  # scalar codebook, d = 1
     PQ = "pq"  # codebook of d-dimensional sub-vectors
+
+
+class Weighting(enum.Enum):
+    """What a weight's squared error counts for when its layer is clustered."""
+
+    NONE = "none"  # every weight alike (Deep Compression)
+    FISHER = "fisher"  # its loss's mean squared gradient (Choi et al. 2017's Hessian weighting)
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,13 @@ class WeightSharing:
             code's length in bits under the entropy coder, and centroids move to their means,
             until the assignment settles; rare codes empty and the coded size falls (0: plain
             k-means). The bits scan clusters the same way.
+        weighting: `fisher`: each weight's squared error is weighed by the diagonal of the
+            loss's Fisher information (its gradient squared, averaged over `fisher_samples`
+            training images in batches of 32, normalised to mean 1 per layer), in the k-means
+            and the entropy-constrained assignment alike, so that the weights the loss is
+            most sensitive to sit closest to their centroids (k-means only; `none`: all
+            weights alike).
+        fisher_samples: training images the Fisher diagonal is averaged over.
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
         bias_bits: after fine-tuning, each shared layer's bias, and each BatchNorm's scale
@@ -67,6 +83,8 @@ class WeightSharing:
     block: int = 1
     init: Init = Init.LINEAR
     entropy_weight: float = 0.0
+    weighting: Weighting = Weighting.NONE
+    fisher_samples: int = 2048
     epochs: int = 4
     lr: float = 0.002
     bias_bits: int = 0
@@ -75,6 +93,11 @@ class WeightSharing:
     def __post_init__(self) -> None:
         if self.method is Sharing.KMEANS and self.block != 1:
             raise CnnzipError("share: k-means works on single weights; use method pq for block > 1")
+        if self.weighting is not Weighting.NONE and self.method is not Sharing.KMEANS:
+            raise CnnzipError("share: weighting applies to k-means (one weight a code); "
+                              "product quantization clusters sub-vectors unweighted")
+        if self.fisher_samples < 1:
+            raise CnnzipError(f"share: fisher_samples must be ≥ 1, got {self.fisher_samples}")
         for bits in (self.conv_bits, self.fc_bits, self.min_bits, *self.layers.values()):
             if not 1 <= bits <= 16:
                 raise CnnzipError(f"share: code bits must be in 1..16, got {bits}")
@@ -93,22 +116,57 @@ class WeightSharing:
 TRAIN_POINTS = 10_000_000
 
 
+# a weight's Fisher importance is at least this fraction of its layer's mean: a weight whose
+# gradient happened to be 0 on the sampled images still counts for something
+FISHER_FLOOR = 0.01
+
+
 def cluster_weight(weight: torch.Tensor, bits: int, block: int, init: Init, seed: int,
-                   entropy_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor,
-                                                         torch.Tensor]:
-    """Cluster a weight's non-zero entries: (positions (nnz,), codebook (k, d), codes)."""
+                   entropy_weight: float = 0.0, importance: torch.Tensor | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cluster a weight's non-zero entries: (positions (nnz,), codebook (k, d), codes);
+    ``importance`` (the weight's shape, block 1 only) weighs each entry's squared error."""
     flat = weight.detach().flatten()
     positions = torch.nonzero(flat, as_tuple=True)[0]  # (nnz,)
     values = flat[positions].numpy()
+    weights = None
     if values.size == 0:
         values = np.zeros(1, np.float32)  # an all-zero layer keeps one zero centroid
+    elif importance is not None:
+        weights = importance.detach().flatten()[positions].double().numpy()
+        mean = weights.mean()
+        weights = np.maximum(weights / mean, FISHER_FLOOR) if mean > 0 else None
     k = 2 ** bits
     blocks = to_blocks(values, block)
     centroids, codes = kmeans(blocks, k, init=init, seed=seed,
-                              max_points_per_centroid=max(1, TRAIN_POINTS // k))
+                              max_points_per_centroid=max(1, TRAIN_POINTS // k), weights=weights)
     if entropy_weight > 0 and len(centroids) > 1:
-        centroids, codes = entropy_constrained(blocks, centroids, entropy_weight)
+        centroids, codes = entropy_constrained(blocks, centroids, entropy_weight, weights=weights)
     return positions, torch.from_numpy(centroids), torch.from_numpy(codes)
+
+
+def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], ctx: Context,
+                    samples: int) -> dict[str, torch.Tensor]:
+    """Each layer's weight-shaped mean squared gradient of the cross-entropy loss over the
+    first ``samples`` shuffled training images, in batches of 32, the model in eval mode."""
+    sums = {name: torch.zeros_like(layer.weight) for name, layer in layers.items()}
+    was_training, count = model.training, 0
+    model.eval()
+    try:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        for x, y in batches(ctx.splits.train, ctx.splits.info, 32, shuffle=True, generator=gen):
+            if count >= samples:
+                break
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            for name, layer in layers.items():
+                if layer.weight.grad is not None:
+                    sums[name] += layer.weight.grad.detach() ** 2
+            count += len(y)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+    return {name: total / max(count, 1) for name, total in sums.items()}
 
 
 def _configured_bits(config: WeightSharing, name: str, layer: nn.Module) -> int:
@@ -117,7 +175,8 @@ def _configured_bits(config: WeightSharing, name: str, layer: nn.Module) -> int:
 
 
 def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightSharing,
-              ctx: Context) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
+              ctx: Context, importance: dict[str, torch.Tensor] | None = None,
+              ) -> tuple[dict[str, int], dict[str, list[tuple[int, float]]]]:
     """Each layer's fewest bits within ``config.bits_tolerance``, one layer clustered at a time.
 
     Returns:
@@ -133,9 +192,9 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
             chosen[name], table[name] = ceiling, []
             original = layer.weight.detach().clone()
             for bits in range(min(config.min_bits, ceiling), ceiling):
-                positions, codebook, codes = cluster_weight(original, bits, config.block,
-                                                            config.init, ctx.seed,
-                                                            config.entropy_weight)
+                positions, codebook, codes = cluster_weight(
+                    original, bits, config.block, config.init, ctx.seed, config.entropy_weight,
+                    None if importance is None else importance[name])
                 with torch.no_grad():
                     layer.weight.copy_(expand(codebook, codes, positions, tuple(original.shape)))
                 accuracy = ctx.val_accuracy(model)
@@ -161,18 +220,22 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     if unknown:
         raise CnnzipError(f"share: no conv or linear layer named {', '.join(unknown)}")
     notes: dict[str, object] = {"method": config.method.value, "block": config.block,
-                                "entropy_weight": config.entropy_weight}
+                                "entropy_weight": config.entropy_weight,
+                                "weighting": config.weighting.value}
+    importance = None
+    if config.weighting is Weighting.FISHER:
+        importance = fisher_diagonal(model, layers, ctx, config.fisher_samples)
     if config.bits_tolerance is not None:
-        chosen, notes["bits_scan"] = scan_bits(model, layers, config, ctx)
+        chosen, notes["bits_scan"] = scan_bits(model, layers, config, ctx, importance)
         notes["bits_tolerance"] = config.bits_tolerance
     else:
         chosen = {name: _configured_bits(config, name, layer) for name, layer in layers.items()}
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
         for name, layer in layers.items():
-            positions, codebook, codes = cluster_weight(layer.weight, chosen[name],
-                                                        config.block, config.init, ctx.seed,
-                                                        config.entropy_weight)
+            positions, codebook, codes = cluster_weight(
+                layer.weight, chosen[name], config.block, config.init, ctx.seed,
+                config.entropy_weight, None if importance is None else importance[name])
             ctx.edits.append(share_layer(model, name, positions, codebook, codes))
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}

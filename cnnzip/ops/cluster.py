@@ -41,17 +41,17 @@ def initial_centroids(x: np.ndarray, k: int, init: Init, seed: int) -> np.ndarra
 
 
 def train(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,
-          max_points_per_centroid: int = 1 << 30) -> np.ndarray:
+          max_points_per_centroid: int = 1 << 30,
+          weights: np.ndarray | None = None) -> np.ndarray:
     """k-means centroids (k, d) of the rows of ``x`` (n, d), 1 ≤ k < n, on faiss (which trains
-    on at most ``max_points_per_centroid`` · k sampled rows)."""
+    on at most ``max_points_per_centroid`` · k sampled rows); ``weights`` (n,) weigh each row's
+    squared error (a centroid moves to its rows' weighted mean)."""
     x = np.ascontiguousarray(x, dtype=np.float32)
     km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed,
                       max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1)
-    start = initial_centroids(x, k, init, seed)
-    if start is None:
-        km.train(x)
-    else:
-        km.train(x, init_centroids=start)
+    if weights is not None:
+        weights = np.ascontiguousarray(weights, dtype=np.float32)
+    km.train(x, weights=weights, init_centroids=initial_centroids(x, k, init, seed))
     return km.centroids.copy()
 
 
@@ -73,9 +73,11 @@ def assign_scalar(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
 
 
 def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,
-           max_points_per_centroid: int = 1 << 30) -> tuple[np.ndarray, np.ndarray]:
-    """Cluster the rows of ``x`` (n, d) into at most ``k`` centroids: :func:`train`, then
-    :func:`assign`.
+           max_points_per_centroid: int = 1 << 30,
+           weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Cluster the rows of ``x`` (n, d) into at most ``k`` centroids: :func:`train` (weighted
+    by ``weights`` (n,) when given), then :func:`assign` (the nearest centroid: a row's weight
+    does not change which that is).
 
     Returns:
         centroids (k', d) float32 with k' = min(k, n) and codes (n,) int64.
@@ -86,12 +88,26 @@ def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, ni
     if k == n:  # as many centroids as points: every point is its own centroid
         return x.copy(), np.arange(n, dtype=np.int64)
     centroids = train(x, k, init=init, seed=seed, niter=niter,
-                      max_points_per_centroid=max_points_per_centroid)
+                      max_points_per_centroid=max_points_per_centroid, weights=weights)
     return centroids, assign(x, centroids)
 
 
+def _assign_weighted(x: np.ndarray, centroids: np.ndarray, weights: np.ndarray,
+                     rate: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Each row's centroid minimising ``weight · ‖x − c‖² + rate(c)`` (n,) int64, in chunks
+    of rows (a per-row weight on the error is no extra dimension, so no faiss search)."""
+    codes = np.empty(len(x), np.int64)
+    for start in range(0, len(x), chunk):
+        rows = x[start:start + chunk]
+        error = ((rows[:, None, :] - centroids[None, :, :]) ** 2).sum(2)
+        cost = weights[start:start + chunk, None] * error + rate[None, :]
+        codes[start:start + chunk] = cost.argmin(1)
+    return codes
+
+
 def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
-                        niter: int = 25) -> tuple[np.ndarray, np.ndarray]:
+                        niter: int = 25, weights: np.ndarray | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Entropy-constrained clustering (Chou, Lookabaugh and Gray 1989; for weight sharing,
     Choi et al. 2017): from ``centroids`` (k, d), alternately assign every row of ``x`` to the
     centroid minimising ``‖x − c‖² + λ · len(c)``, with ``len(c) = −log2 p(c)`` the bits its
@@ -102,6 +118,11 @@ def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
     The rate term is a distance in one more dimension (rows get 0 there, centroid c gets
     √(λ · len(c))), so faiss's exact search does the assignment.
 
+    With ``weights`` (n,) (a row's importance, e.g. its loss's curvature: Choi et al.'s
+    Hessian-weighted quantization) the error term is ``weights · ‖x − c‖²`` and centroids
+    move to their rows' weighted means; ``λ`` is then scaled by the mean weight, so that
+    ``weight`` means what it does unweighted.
+
     Returns:
         centroids (k, d) float32 (unused ones kept where they were) and codes (n,) int64.
     """
@@ -110,19 +131,27 @@ def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
     k = len(centroids)
     c = np.array(centroids, dtype=np.float32)
     lam = weight * float(x.var(0).sum())
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        lam *= float(weights.mean())
     lengths = np.full(k, np.log2(k))
     padded = np.hstack([x, np.zeros((n, 1), np.float32)])
     codes = None
     for _ in range(niter):
-        extra = np.sqrt(lam * lengths).astype(np.float32)[:, None]
-        new = assign(padded, np.hstack([c, extra]))
+        if weights is None:
+            extra = np.sqrt(lam * lengths).astype(np.float32)[:, None]
+            new = assign(padded, np.hstack([c, extra]))
+        else:
+            new = _assign_weighted(x, c, weights, lam * lengths)
         if codes is not None and np.array_equal(new, codes):
             break
         codes = new
         counts = np.bincount(codes, minlength=k)
-        used = counts > 0
+        mass = counts if weights is None else np.bincount(codes, weights=weights, minlength=k)
+        used = mass > 0
         for j in range(d):
-            c[used, j] = np.bincount(codes, weights=x[:, j], minlength=k)[used] / counts[used]
+            rows = x[:, j] if weights is None else x[:, j] * weights
+            c[used, j] = np.bincount(codes, weights=rows, minlength=k)[used] / mass[used]
         # an unused centroid's code would be infinitely long; 64 bits keeps it out
         lengths = np.where(used, -np.log2(np.maximum(counts, 1) / n), 64.0)
     return c, codes

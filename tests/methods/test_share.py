@@ -181,3 +181,55 @@ def test_entropy_constrained_sharing_lowers_the_codes_entropy_and_files_shrink(t
     assert h1 < h0 - 0.5 and size1 < size0
     with pytest.raises(CnnzipError, match="entropy_weight must be in"):
         WeightSharing(entropy_weight=-1)
+
+
+def test_fisher_diagonal_is_the_mean_squared_gradient_of_each_batch():
+    import torch.nn.functional as F
+
+    from cnnzip.data import batches
+    from cnnzip.methods.share import fisher_diagonal
+
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), seed=3, quiet=True)
+    layers = weight_layers(model)
+    fisher = fisher_diagonal(model, layers, ctx, samples=64)  # two batches of 32
+    assert all(l.weight.grad is None for l in layers.values()) and not model.training
+    expected = {n: torch.zeros_like(l.weight) for n, l in layers.items()}
+    gen = torch.Generator().manual_seed(3)
+    for _, (x, y) in zip(range(2), batches(ctx.splits.train, ctx.splits.info, 32, shuffle=True,
+                                           generator=gen)):
+        model.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        for name, layer in layers.items():
+            expected[name] += layer.weight.grad ** 2 / 64
+    for name, layer in layers.items():
+        assert fisher[name].shape == layer.weight.shape
+        assert torch.allclose(fisher[name], expected[name], rtol=1e-4, atol=1e-12)
+        assert fisher[name].sum() > 0
+
+
+def test_an_important_weight_sits_closer_to_its_centroid_under_fisher_weighting():
+    from cnnzip.methods.share import Init, cluster_weight
+
+    weight = torch.randn(400, generator=torch.Generator().manual_seed(0))
+    importance = torch.ones(400)
+    importance[:3] = 1e4  # 3 weights the loss is most sensitive to, 4 centroids
+    errors = []
+    for imp in (None, importance):
+        positions, book, codes = cluster_weight(weight, 2, 1, Init.LINEAR, 0, 0.02, imp)
+        errors.append(((book[codes][:, 0] - weight[positions]) ** 2)[:3].mean())
+    assert errors[1] < 0.01 * errors[0]
+
+
+def test_fisher_weighted_sharing_records_its_weighting_and_needs_kmeans():
+    from cnnzip.methods.share import Sharing, Weighting
+
+    model = tiny("mlp")
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(fc_bits=3, weighting=Weighting.FISHER, fisher_samples=64,
+                               bits_tolerance=0.5, entropy_weight=0.02), ctx)
+    assert ctx.notes["share"]["weighting"] == "fisher"
+    with pytest.raises(CnnzipError, match="weighting applies to k-means"):
+        WeightSharing(method=Sharing.PQ, block=2, weighting=Weighting.FISHER)
+    with pytest.raises(CnnzipError, match="fisher_samples"):
+        WeightSharing(fisher_samples=0)

@@ -112,3 +112,39 @@ def test_entropy_constrained_clustering_beats_fewer_centroids_at_the_same_rate()
     c, codes = entropy_constrained(x, start, hi)
     assert _entropy(codes) <= rate
     assert float(((x - c[codes]) ** 2).mean()) < 0.9 * error
+
+
+def test_weighted_kmeans_moves_a_centroid_to_its_rows_weighted_mean():
+    x = np.array([[0.0], [1.0], [10.0], [10.5]], np.float32)
+    plain, _ = kmeans(x, 2, seed=0)
+    heavy, codes = kmeans(x, 2, seed=0, weights=np.array([1.0, 99.0, 1.0, 1.0]))
+    assert sorted(plain[:, 0].tolist()) == pytest.approx([0.5, 10.25], abs=1e-5)
+    assert sorted(heavy[:, 0].tolist()) == pytest.approx([0.99, 10.25], abs=1e-5)
+    assert codes[0] == codes[1] != codes[2] == codes[3]
+
+
+def test_entropy_constrained_clustering_with_unit_weights_is_the_unweighted_one():
+    from cnnzip.ops.cluster import entropy_constrained
+
+    rng = np.random.default_rng(1)
+    x = (rng.laplace(size=(3000, 1)) * 0.05).astype(np.float32)
+    start, _ = kmeans(x, 16)
+    c, codes = entropy_constrained(x, start, 0.05)
+    cw, codes_w = entropy_constrained(x, start, 0.05, weights=np.ones(len(x)))
+    assert np.array_equal(codes, codes_w)
+    assert np.allclose(c, cw, atol=1e-6)
+
+
+def test_entropy_constrained_clustering_keeps_heavy_rows_on_their_own_centroid():
+    from cnnzip.ops.cluster import entropy_constrained
+
+    # 1,000 rows near 0 and 5 rows at 1: the rate term pulls the rare rows onto the common
+    # centroid unless their errors weigh enough
+    x = np.concatenate([np.random.default_rng(2).normal(0, 0.01, 1000), np.ones(5)])
+    x = x.astype(np.float32)[:, None]
+    start = np.array([[0.0], [1.0]], np.float32)
+    _, codes = entropy_constrained(x, start, 100.0)
+    assert len(set(codes[-5:].tolist())) == 1 and codes[-1] == codes[0]
+    weights = np.concatenate([np.ones(1000), np.full(5, 1e4)])
+    c, codes = entropy_constrained(x, start, 100.0, weights=weights)
+    assert codes[-1] != codes[0] and c[codes[-1], 0] == pytest.approx(1.0)
