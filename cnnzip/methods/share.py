@@ -60,7 +60,8 @@ class WeightSharing:
             training images in batches of 32, normalised to mean 1 per layer), in the k-means
             and the entropy-constrained assignment alike, so that the weights the loss is
             most sensitive to sit closest to their centroids (k-means only; `none`: all
-            weights alike).
+            weights alike). Measured: better at 2 bits on dense layers, worse on pruned
+            ones and at 3 to 5 bits (RESULTS.md).
         fisher_samples: training images the Fisher diagonal is averaged over.
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
@@ -148,7 +149,8 @@ def cluster_weight(weight: torch.Tensor, bits: int, block: int, init: Init, seed
 def fisher_diagonal(model: nn.Module, layers: dict[str, nn.Module], ctx: Context,
                     samples: int) -> dict[str, torch.Tensor]:
     """Each layer's weight-shaped mean squared gradient of the cross-entropy loss over the
-    first ``samples`` shuffled training images, in batches of 32, the model in eval mode."""
+    first ``samples`` shuffled training images (rounded up to whole batches of 32, each
+    batch's gradient squared), the model in eval mode."""
     sums = {name: torch.zeros_like(layer.weight) for name, layer in layers.items()}
     was_training, count = model.training, 0
     model.eval()
