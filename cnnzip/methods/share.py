@@ -60,8 +60,9 @@ class WeightSharing:
             training images in batches of 32, normalised to mean 1 per layer), in the k-means
             and the entropy-constrained assignment alike, so that the weights the loss is
             most sensitive to sit closest to their centroids (k-means only; `none`: all
-            weights alike). Measured: better at 2 bits on dense layers, worse on pruned
-            ones and at 3 to 5 bits (RESULTS.md).
+            weights alike). Measured: better at 2 bits on dense lenet5 and on resnet20's
+            pruned factors, worse on lenet5's pruned layers and resnet20's dense factors
+            (RESULTS.md).
         fisher_samples: training images the Fisher diagonal is averaged over.
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
