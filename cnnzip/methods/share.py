@@ -197,7 +197,7 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
             for bits in range(min(config.min_bits, ceiling), ceiling):
                 positions, codebook, codes = cluster_weight(
                     original, bits, config.block, config.init, ctx.seed, config.entropy_weight,
-                    None if importance is None else importance[name])
+                    (importance or {}).get(name))
                 with torch.no_grad():
                     layer.weight.copy_(expand(codebook, codes, positions, tuple(original.shape)))
                 accuracy = ctx.val_accuracy(model)
@@ -225,9 +225,8 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     notes: dict[str, object] = {"method": config.method.value, "block": config.block,
                                 "entropy_weight": config.entropy_weight,
                                 "weighting": config.weighting.value}
-    importance = None
-    if config.weighting is Weighting.FISHER:
-        importance = fisher_diagonal(model, layers, ctx, config.fisher_samples)
+    importance = fisher_diagonal(model, layers, ctx, config.fisher_samples) \
+        if config.weighting is Weighting.FISHER else {}
     if config.bits_tolerance is not None:
         chosen, notes["bits_scan"] = scan_bits(model, layers, config, ctx, importance)
         notes["bits_tolerance"] = config.bits_tolerance
@@ -238,7 +237,7 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
         for name, layer in layers.items():
             positions, codebook, codes = cluster_weight(
                 layer.weight, chosen[name], config.block, config.init, ctx.seed,
-                config.entropy_weight, None if importance is None else importance[name])
+                config.entropy_weight, importance.get(name))
             ctx.edits.append(share_layer(model, name, positions, codebook, codes))
             bar.advance(task)
     ctx.notes["share"] = {**notes, "bits": chosen}

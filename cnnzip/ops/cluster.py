@@ -135,10 +135,10 @@ def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
         weights = np.asarray(weights, dtype=np.float64)
         lam *= float(weights.mean())
     lengths = np.full(k, np.log2(k))
-    padded = np.hstack([x, np.zeros((n, 1), np.float32)])
+    padded = np.hstack([x, np.zeros((n, 1), np.float32)]) if weights is None else None
     codes = None
     for _ in range(niter):
-        if weights is None:
+        if padded is not None:
             extra = np.sqrt(lam * lengths).astype(np.float32)[:, None]
             new = assign(padded, np.hstack([c, extra]))
         else:
