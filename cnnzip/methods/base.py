@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cnnzip.data import Splits
 from cnnzip.modules.quant import QuantLayer
@@ -111,6 +112,8 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
         for name, mask in masks.items():
             module = modules[name]  # a quantized layer trains its float ``latent`` weight
             weight = getattr(module, "latent", None)
+            if weight is None and parametrize.is_parametrized(module, "weight"):
+                weight = module.parametrizations.weight.original  # the weight that trains
             weight = getattr(module, "weight", None) if weight is None else weight
             if isinstance(weight, torch.Tensor):
                 weight.mul_(mask)

@@ -10,12 +10,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.modules import CodebookLayer, weight_layers
-from cnnzip.modules.codebook import expand
+from cnnzip.modules.codebook import ClusteredWeight, expand
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.cluster import Init, entropy_constrained, kmeans, to_blocks
 from cnnzip.ops.quant import round_pow2
@@ -64,6 +65,13 @@ class WeightSharing:
             pruned factors, worse on lenet5's pruned layers and resnet20's dense factors
             (RESULTS.md).
         fisher_samples: training images the Fisher diagonal is averaged over.
+        weight_epochs: epochs of fine-tuning the weights themselves, clustered, before the
+            centroid fine-tuning (k-means only): every forward computes with each surviving
+            weight replaced by the centroid that minimises its squared error (plus, with
+            ``entropy_weight``, the code's length in bits, the rates updated after each
+            epoch), with gradients to the centroids and, straight through, to the float
+            weights, so weights move between clusters as they train (0: the clustering stays
+            as k-means left it and only the centroids train, Deep Compression's way).
         epochs: centroid fine-tuning epochs.
         lr: fine-tuning peak learning rate.
         bias_bits: after fine-tuning, each shared layer's bias, and each BatchNorm's scale
@@ -87,6 +95,7 @@ class WeightSharing:
     entropy_weight: float = 0.0
     weighting: Weighting = Weighting.NONE
     fisher_samples: int = 2048
+    weight_epochs: int = 0
     epochs: int = 4
     lr: float = 0.002
     bias_bits: int = 0
@@ -98,6 +107,12 @@ class WeightSharing:
         if self.weighting is not Weighting.NONE and self.method is not Sharing.KMEANS:
             raise CnnzipError("share: weighting applies to k-means (one weight a code); "
                               "product quantization clusters sub-vectors unweighted")
+        if self.weight_epochs and (self.method is not Sharing.KMEANS
+                                   or self.weighting is not Weighting.NONE):
+            raise CnnzipError("share: weight_epochs train scalar k-means codes, unweighted "
+                              "(method kmeans, weighting none)")
+        if self.weight_epochs < 0:
+            raise CnnzipError(f"share: weight_epochs must be ≥ 0, got {self.weight_epochs}")
         if self.fisher_samples < 1:
             raise CnnzipError(f"share: fisher_samples must be ≥ 1, got {self.fisher_samples}")
         for bits in (self.conv_bits, self.fc_bits, self.min_bits, *self.layers.values()):
@@ -211,6 +226,41 @@ def scan_bits(model: nn.Module, layers: dict[str, nn.Module], config: WeightShar
     return chosen, table
 
 
+Clusters = dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def train_clustered(model: nn.Module, layers: dict[str, nn.Module], clusters: Clusters,
+                    config: WeightSharing, ctx: Context) -> Clusters:
+    """Fine-tune ``layers``' float weights and centroids together for ``config.weight_epochs``,
+    each layer computing with its weights clustered (:class:`ClusteredWeight`, from the
+    starting ``clusters``: positions, codebook (k, 1), codes); returns the clusters they end
+    in. The layers keep their float weights as trained."""
+    quantizers: dict[str, ClusteredWeight] = {}
+    for name, layer in layers.items():
+        positions, codebook, codes = clusters[name]
+        values = layer.weight.detach().flatten()[positions]
+        lam = config.entropy_weight * float(values.var()) if values.numel() > 1 else 0.0
+        quantizers[name] = ClusteredWeight(positions, codebook, codes, lam,
+                                           config.codebook_bits)
+        parametrize.register_parametrization(layer, "weight", quantizers[name])
+
+    def update_rates(_: nn.Module, epoch: int) -> None:
+        for quantizer in quantizers.values():
+            quantizer.update_rates()
+
+    try:
+        finetune(model, ctx, epochs=config.weight_epochs, lr=config.lr,
+                 description="clustered weight fine-tune", after_epoch=update_rates)
+        with torch.no_grad():  # the codes of the weights as they ended
+            for name, layer in layers.items():
+                quantizers[name](layer.parametrizations.weight.original)
+    finally:
+        for layer in layers.values():
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+    return {name: (q.positions, q.codebook.detach().clone(), q.codes)
+            for name, q in quantizers.items()}
+
+
 @register("share", WeightSharing,
           after=(("quantize", "the weights are quantized already; use weight sharing or "
                               "uniform quantization, not both"),))
@@ -232,14 +282,19 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
         notes["bits_tolerance"] = config.bits_tolerance
     else:
         chosen = {name: _configured_bits(config, name, layer) for name, layer in layers.items()}
+    clusters = {}
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task(f"{config.method.value} clustering", total=len(layers), status="")
         for name, layer in layers.items():
-            positions, codebook, codes = cluster_weight(
+            clusters[name] = cluster_weight(
                 layer.weight, chosen[name], config.block, config.init, ctx.seed,
                 config.entropy_weight, importance.get(name))
-            ctx.edits.append(share_layer(model, name, positions, codebook, codes))
             bar.advance(task)
+    if config.weight_epochs:
+        clusters = train_clustered(model, layers, clusters, config, ctx)
+        notes["weight_epochs"] = config.weight_epochs
+    for name in layers:
+        ctx.edits.append(share_layer(model, name, *clusters[name]))
     ctx.notes["share"] = {**notes, "bits": chosen}
     modules = dict(model.named_modules())
     for name in layers:

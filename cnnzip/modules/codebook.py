@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.modules.merged import FlatLinear
+from cnnzip.ops.cluster import assign_scalar
 from cnnzip.ops.quant import round_pow2
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # the layers with a weight to prune, quantize, share
@@ -58,6 +59,67 @@ def run_layer(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.
             x = x.flatten(1)
         return F.linear(x, weight, layer.bias)
     return layer._conv_forward(x, weight, layer.bias)
+
+
+def _on_grid(codebook: torch.Tensor, bits: int) -> torch.Tensor:
+    """``codebook`` rounded onto the power-of-two grid of ``bits`` (0: as it is), with the
+    rounding's gradient passed straight through."""
+    if bits and codebook.detach().abs().max() > 0:
+        return codebook + (round_pow2(codebook, bits) - codebook).detach()
+    return codebook
+
+
+class ClusteredWeight(nn.Module):
+    """A parametrization (``torch.nn.utils.parametrize``) of a conv or linear weight for
+    weight sharing that trains the weights too: each forward replaces every surviving weight
+    by the scalar centroid that minimises ``(w − c)² + rate(c)``, the rate being ``lam`` times
+    the code's length in bits (``−log2`` of its share of the weights, from
+    :meth:`update_rates`), so weights move between clusters as they train. The output's
+    gradient reaches both the centroid (summed over its weights and divided by their number,
+    as in :class:`CodebookLayer`) and each float weight (straight through the rounding).
+
+    Args:
+        positions: flat indices of the surviving weights (nnz,); the others compute as zero.
+        codebook: starting centroids (k, 1).
+        codes: the starting assignment (nnz,), which sets the first rates.
+        lam: the rate's weight (0: the nearest centroid).
+        grid_bits: > 0: the centroids compute rounded onto that power-of-two grid.
+    """
+
+    def __init__(self, positions: torch.Tensor, codebook: torch.Tensor, codes: torch.Tensor,
+                 lam: float = 0.0, grid_bits: int = 0):
+        super().__init__()
+        if codebook.ndim != 2 or codebook.shape[1] != 1:
+            raise ValueError(f"a scalar codebook (k, 1) is needed, got {tuple(codebook.shape)}")
+        self.register_buffer("positions", positions.long().clone())
+        self.codebook = nn.Parameter(codebook.detach().float().clone())
+        self.register_buffer("codes", codes.long().clone())
+        self.register_buffer("rate", torch.zeros(len(codebook), dtype=torch.float64))
+        self.lam, self.grid_bits = lam, grid_bits
+        self.update_rates()
+
+    def update_rates(self) -> None:
+        """Each code's rate from how many weights the last forward gave it (an unused code
+        costs 64 bits: it does not come back)."""
+        counts = torch.bincount(self.codes, minlength=len(self.codebook)).double()
+        share = counts / max(int(self.codes.numel()), 1)
+        bits = torch.where(counts > 0, -torch.log2(share.clamp_min(1e-300)), 64.0)
+        self.rate = self.lam * bits
+
+    def assign(self, values: torch.Tensor, codebook: torch.Tensor) -> None:
+        self.codes = torch.from_numpy(assign_scalar(
+            values.detach().double().numpy(), codebook.detach().double().numpy(),
+            self.rate.numpy()))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        flat = weight.reshape(-1)
+        values = flat[self.positions]
+        codebook = _on_grid(self.codebook, self.grid_bits)
+        self.assign(values, codebook)
+        sizes = torch.bincount(self.codes, minlength=len(codebook)).clamp(min=1)
+        coded = _ScaleGrad.apply(codebook, (1.0 / sizes.float())[:, None])[self.codes, 0]
+        shared = coded + (values - values.detach())  # the centroid's value, both gradients
+        return flat.new_zeros(flat.shape).scatter(0, self.positions, shared).view_as(weight)
 
 
 class CodebookLayer(nn.Module):
@@ -105,9 +167,8 @@ class CodebookLayer(nn.Module):
         # backward); dividing by the cluster size makes its step that of one weight, so a single
         # learning rate suits clusters of 10 and of 10,000 weights alike.
         codebook = _ScaleGrad.apply(self.codebook, self.inv_cluster_size)  # (k, d)
-        if self.grid_bits and codebook.detach().abs().max() > 0:
-            codebook = codebook + (round_pow2(codebook, self.grid_bits) - codebook).detach()
-        return expand(codebook, self.codes, self.positions, self.weight_shape)
+        return expand(_on_grid(codebook, self.grid_bits), self.codes, self.positions,
+                      self.weight_shape)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -63,13 +63,41 @@ def assign(x: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     return codes[:, 0].astype(np.int64)
 
 
-def assign_scalar(values: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Each scalar's nearest of ``centroids`` (k, 1) by thresholds: a binary search among the
-    midpoints of the sorted centroids (what a scalar codebook needs; no distances computed)."""
-    flat = centroids[:, 0]
-    order = np.argsort(flat, kind="stable")
-    sorted_ = flat[order]
-    return order[np.searchsorted((sorted_[1:] + sorted_[:-1]) / 2, values)].astype(np.int64)
+def scalar_bounds(centroids: np.ndarray, rate: np.ndarray | None = None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The centroids (k, 1) that win somewhere and the bounds between them, for assigning a
+    scalar v to the centroid minimising ``(v − c)² + rate(c)`` (``rate`` (k,): 0 when None):
+    v's centroid is ``winners[searchsorted(bounds, v)]``.
+
+    Less v², each cost is a line in v, ``−2c·v + c² + rate(c)``, so the winners are the lower
+    envelope of k lines, found in one pass over the centroids in increasing order; with no
+    rate the bounds are the midpoints between neighbouring centroids.
+    """
+    c = centroids[:, 0].astype(np.float64)
+    r = np.zeros_like(c) if rate is None else np.asarray(rate, dtype=np.float64)
+    offset = c * c + r
+
+    def cross(a: int, b: int) -> float:  # where line b (the larger centroid) starts to win
+        return (offset[b] - offset[a]) / (2 * (c[b] - c[a]))
+
+    hull: list[int] = []
+    for j in np.lexsort((r, c)):  # by centroid, a tie by rate (the cheaper one first)
+        if hull and c[hull[-1]] == c[j]:
+            continue  # the same centroid at a higher rate never wins
+        while len(hull) >= 2 and cross(hull[-2], j) <= cross(hull[-2], hull[-1]):
+            hull.pop()
+        hull.append(int(j))
+    bounds = np.array([cross(a, b) for a, b in zip(hull, hull[1:])], dtype=np.float64)
+    return np.array(hull, dtype=np.int64), bounds
+
+
+def assign_scalar(values: np.ndarray, centroids: np.ndarray,
+                  rate: np.ndarray | None = None) -> np.ndarray:
+    """Each scalar's centroid among ``centroids`` (k, 1), the nearest or, with ``rate`` (k,),
+    the one minimising ``(v − c)² + rate(c)``, by a binary search among the bounds of
+    :func:`scalar_bounds` (what a scalar codebook needs; no distances computed)."""
+    winners, bounds = scalar_bounds(centroids, rate)
+    return winners[np.searchsorted(bounds, values)]
 
 
 def kmeans(x: np.ndarray, k: int, *, init: Init = Init.LINEAR, seed: int = 0, niter: int = 25,

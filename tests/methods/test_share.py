@@ -233,3 +233,34 @@ def test_fisher_weighted_sharing_records_its_weighting_and_needs_kmeans():
         WeightSharing(method=Sharing.PQ, block=2, weighting=Weighting.FISHER)
     with pytest.raises(CnnzipError, match="fisher_samples"):
         WeightSharing(fisher_samples=0)
+
+
+def test_weight_epochs_train_the_weights_clustered_and_keep_the_pruned_ones_zero():
+    from torch.nn.utils import parametrize
+
+    from cnnzip.methods.prune import MagnitudePrune, Schedule
+    from cnnzip.methods.share import Sharing, Weighting
+    from cnnzip.modules import CodebookLayer
+
+    codes = {}
+    for epochs in (0, 2):
+        model = tiny("mlp")
+        ctx = Context(synthetic_splits(), teacher=tiny("mlp"), quiet=True)
+        apply(model, MagnitudePrune(sparsity=0.6, schedule=Schedule.ONE_SHOT, epochs=0), ctx)
+        zeros = {n: m.weight.detach() == 0 for n, m in weight_layers(model).items()}
+        model = apply(model, WeightSharing(fc_bits=3, entropy_weight=0.02, weight_epochs=epochs,
+                                           epochs=0), ctx)
+        for name, layer in weight_layers(model).items():
+            assert isinstance(layer, CodebookLayer)
+            assert not parametrize.is_parametrized(layer.layer)
+            assert not (layer.weight.detach()[zeros[name]]).any()  # pruned weights stay zero
+            assert layer.nnz == int((~zeros[name]).sum())
+            codes[name, epochs] = layer.codes
+    assert ctx.notes["share"]["weight_epochs"] == 2
+    # weights moved between clusters as they trained
+    assert any(not torch.equal(codes[n, 0], codes[n, 2]) for n, _ in codes if _ == 0)
+    for bad in ({"method": Sharing.PQ, "block": 2}, {"weighting": Weighting.FISHER}):
+        with pytest.raises(CnnzipError, match="weight_epochs train scalar k-means"):
+            WeightSharing(weight_epochs=1, **bad)
+    with pytest.raises(CnnzipError, match="weight_epochs must be"):
+        WeightSharing(weight_epochs=-1)

@@ -104,3 +104,52 @@ def test_materialize_computes_the_same():
     materialize(model)
     assert not any(isinstance(m, CodebookLayer) for m in model.modules())
     assert torch.equal(model(x), expected)
+
+
+def test_clustered_weight_computes_with_centroids_and_trains_both_ways():
+    from torch.nn.utils import parametrize
+
+    from cnnzip.modules.codebook import ClusteredWeight
+
+    layer = nn.Linear(4, 3, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.9, 0.0, -1.1, 0.2],
+                                         [1.2, -0.8, 0.0, 0.1],
+                                         [0.0, 0.0, 0.0, -0.1]]))
+    positions = torch.nonzero(layer.weight.detach().flatten(), as_tuple=True)[0]
+    book = torch.tensor([[-1.0], [0.0], [1.0]])
+    quantizer = ClusteredWeight(positions, book, torch.zeros(len(positions), dtype=torch.long))
+    parametrize.register_parametrization(layer, "weight", quantizer)
+    expected = torch.tensor([[1.0, 0.0, -1.0, 0.0], [1.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    assert torch.equal(layer.weight, expected)  # nearest centroids; pruned entries stay zero
+    assert quantizer.codes.tolist() == [2, 0, 1, 2, 0, 1, 1]
+    grad = torch.arange(12.0).view(3, 4)
+    (layer.weight * grad).sum().backward()
+    latent = layer.parametrizations.weight.original
+    mask = torch.zeros(12)
+    mask[positions] = 1
+    assert torch.equal(latent.grad, grad * mask.view(3, 4))  # straight through, survivors only
+    # a centroid's gradient: the mean of its weights' (2 and 5 for -1; 3, 7, 11 for 0; 0, 4)
+    assert quantizer.codebook.grad[:, 0].tolist() == [3.5, 7.0, 2.0]
+    with torch.no_grad():  # a weight that trains past the midpoint changes cluster
+        latent[0, 3] = 0.6
+    layer.weight
+    assert quantizer.codes.tolist() == [2, 0, 2, 2, 0, 1, 1]
+
+
+def test_clustered_weight_rates_empty_rare_codes():
+    from cnnzip.modules.codebook import ClusteredWeight
+
+    weight = torch.cat([torch.full((90,), 0.1), torch.full((10,), 0.4)])
+    book, codes = torch.tensor([[0.0], [0.5]]), (weight > 0.25).long()
+    free = ClusteredWeight(torch.arange(100), book, codes, lam=0.0)
+    priced = ClusteredWeight(torch.arange(100), book, codes, lam=0.01)
+    assert priced.rate[1] > priced.rate[0] > 0 and free.rate.abs().sum() == 0
+    assert torch.equal(free(weight), torch.where(weight > 0.25, 0.5, 0.0))
+    # 0.4's error at 0.0 is 0.16, at 0.5 0.01 plus 0.01 × log2(10) ≈ 0.033 more than the code
+    # 0 costs: it stays; at lam 0.1 the rare code costs more than the error it saves
+    assert priced(weight).max() == 0.5
+    expensive = ClusteredWeight(torch.arange(100), book, codes, lam=0.1)
+    assert expensive(weight).max() == 0.0 and expensive.codes.sum() == 0
+    expensive.update_rates()
+    assert expensive.rate[1] == 0.1 * 64  # unused: it does not come back

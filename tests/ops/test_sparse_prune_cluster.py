@@ -77,6 +77,21 @@ def test_threshold_assignment_finds_the_nearest_scalar_centroid():
     assert (assign(values[:, None], centroids) == exact).mean() > 0.999  # faiss: float distances
 
 
+def test_threshold_assignment_with_rates_minimises_error_plus_rate():
+    from cnnzip.ops.cluster import assign_scalar
+
+    rng = np.random.default_rng(1)
+    values = rng.standard_normal(20_000)
+    centroids = np.vstack([rng.standard_normal((15, 1)), [[0.3]]])  # and a repeated centroid:
+    centroids[3] = 0.3
+    rate = rng.uniform(0, 0.5, 16)
+    rate[[3, 7]] = [0.05, 64.0]  # the cheaper of two equal centroids; one that never wins
+    codes = assign_scalar(values, centroids, rate)
+    cost = (values[:, None] - centroids[None, :, 0]) ** 2 + rate[None, :]
+    assert np.allclose(cost[np.arange(len(values)), codes], cost.min(1))
+    assert 7 not in codes and len(np.unique(codes)) < 16  # expensive codes lose their weights
+
+
 def _entropy(codes):
     p = np.bincount(codes) / len(codes)
     p = p[p > 0]
