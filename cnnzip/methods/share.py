@@ -78,7 +78,9 @@ class WeightSharing:
             and shift (the BatchNorm rewritten with mean 0 and variance 1, which the container
             stores in 2 bits a value), rounded onto the signed grid of this many bits (2 to 8)
             whose step is a power of two, which the container stores as those integers instead
-            of float16 (0: biases and BatchNorms stay float16).
+            of float16 (0: biases and BatchNorms stay float16). A BatchNorm whose grid would
+            move its channels' outputs by more than 10% of their spread on average (one
+            channel's scale far above the others' sets too coarse a step) stays float16.
         codebook_bits: each layer's centroids on such a grid of this many bits (2 to 8),
             stored as those integers (0: float16): fine-tuning computes with them rounded
             (straight-through gradients), and they are rounded for good after it.
@@ -136,6 +138,26 @@ TRAIN_POINTS = 10_000_000
 # a weight's Fisher importance is at least this fraction of its layer's mean: a weight whose
 # gradient happened to be 0 on the sampled images still counts for something
 FISHER_FLOOR = 0.01
+
+
+# a BatchNorm stays float16 where its grid would move its channels' outputs by more than this
+# fraction of their spread on average: one channel of tiny variance (scale 417 among scales
+# near 3, in resnet20's pruned factors) sets a grid step that wipes out the other channels
+BATCHNORM_GRID_ERROR = 0.1
+
+
+def batchnorm_grid_error(bn: nn.Module, bits: int) -> float:
+    """How far rounding the standardized BatchNorm ``bn``'s scale s and shift b onto their
+    ``bits``-bit grids moves each channel's output s·x + b (x of unit variance), relative to
+    its spread |s|: the mean over channels of √(Δs² + Δb²) / |s|."""
+    scale, shift = bn.weight.detach(), bn.bias.detach()
+    live = scale != 0
+    if not live.any():
+        return 0.0
+    moved = [round_pow2(t, bits) - t if t.abs().max() > 0 else torch.zeros_like(t)
+             for t in (scale, shift)]
+    error = (moved[0] ** 2 + moved[1] ** 2).sqrt()[live] / scale.abs()[live]
+    return float(error.mean())
 
 
 def cluster_weight(weight: torch.Tensor, bits: int, block: int, init: Init, seed: int,
@@ -307,10 +329,16 @@ def share(model: nn.Module, config: WeightSharing, ctx: Context) -> nn.Module:
     rounded: list[tuple[torch.Tensor | None, int]] = []
     if config.bias_bits:
         rounded += [(modules[name].layer.bias, config.bias_bits) for name in layers]
-        for module in model.modules():
+        kept = []
+        for bn_name, module in model.named_modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) \
                     and standardize_batchnorm(module):
+                if batchnorm_grid_error(module, config.bias_bits) > BATCHNORM_GRID_ERROR:
+                    kept.append(bn_name)
+                    continue
                 rounded += [(module.weight, config.bias_bits), (module.bias, config.bias_bits)]
+        if kept:
+            ctx.notes["share"]["float16_batchnorms"] = kept
     if config.codebook_bits:
         rounded += [(modules[name].codebook, config.codebook_bits) for name in layers]
     with torch.no_grad():

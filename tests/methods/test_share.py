@@ -264,3 +264,25 @@ def test_weight_epochs_train_the_weights_clustered_and_keep_the_pruned_ones_zero
             WeightSharing(weight_epochs=1, **bad)
     with pytest.raises(CnnzipError, match="weight_epochs must be"):
         WeightSharing(weight_epochs=-1)
+
+
+def test_a_batchnorm_whose_grid_would_wipe_out_its_channels_stays_float16():
+    from cnnzip.methods.share import BATCHNORM_GRID_ERROR, batchnorm_grid_error
+    from cnnzip.ops.quant import pow2_codes
+
+    model = zoo_model("resnet20", width=0.5)
+    norms = {n: m for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+    with torch.no_grad():
+        for m in norms.values():
+            m.weight.uniform_(2.0, 4.0)
+            m.bias.uniform_(-0.5, 0.5)
+        # a channel of tiny variance: its standardized scale ~400, the grid's step 4
+        norms["layers.8.bn2"].running_var[5] = 1e-4
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, WeightSharing(conv_bits=4, fc_bits=4, epochs=0, bias_bits=8), ctx)
+    assert ctx.notes["share"]["float16_batchnorms"] == ["layers.8.bn2"]
+    outlier = norms["layers.8.bn2"]
+    assert batchnorm_grid_error(outlier, 8) > BATCHNORM_GRID_ERROR
+    assert pow2_codes(outlier.weight.detach().half()) is None  # float16, as it was
+    assert pow2_codes(norms["layers.7.bn2"].weight.detach().half())[2] <= 8
+    assert batchnorm_grid_error(norms["layers.7.bn2"], 8) < 0.01
