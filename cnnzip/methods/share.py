@@ -258,7 +258,8 @@ def train_clustered(model: nn.Module, layers: dict[str, nn.Module], clusters: Cl
     starting ``clusters``: positions, codebook (k, 1), codes); returns the clusters they end
     in. The layers keep their float weights as trained."""
     quantizers: dict[str, ClusteredWeight] = {}
-    for name, layer in layers.items():
+    layers = {name: layer for name, layer in layers.items() if len(clusters[name][0])}
+    for name, layer in layers.items():  # (a layer pruned to nothing keeps its zero centroid)
         positions, codebook, codes = clusters[name]
         values = layer.weight.detach().flatten()[positions]
         lam = config.entropy_weight * float(values.var()) if values.numel() > 1 else 0.0
@@ -279,8 +280,8 @@ def train_clustered(model: nn.Module, layers: dict[str, nn.Module], clusters: Cl
     finally:
         for layer in layers.values():
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
-    return {name: (q.positions, q.codebook.detach().clone(), q.codes)
-            for name, q in quantizers.items()}
+    return {**clusters, **{name: (q.positions, q.codebook.detach().clone(), q.codes)
+                           for name, q in quantizers.items()}}
 
 
 @register("share", WeightSharing,

@@ -100,7 +100,7 @@ class ClusteredWeight(nn.Module):
 
     def update_rates(self) -> None:
         """Each code's rate from how many weights the last forward gave it (an unused code
-        costs 64 bits: it does not come back)."""
+        costs 64 bits, so with ``lam`` > 0 it does not come back)."""
         counts = torch.bincount(self.codes, minlength=len(self.codebook)).double()
         share = counts / max(int(self.codes.numel()), 1)
         bits = torch.where(counts > 0, -torch.log2(share.clamp_min(1e-300)), 64.0)

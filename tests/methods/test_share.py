@@ -286,3 +286,14 @@ def test_a_batchnorm_whose_grid_would_wipe_out_its_channels_stays_float16():
     assert pow2_codes(outlier.weight.detach().half()) is None  # float16, as it was
     assert pow2_codes(norms["layers.7.bn2"].weight.detach().half())[2] <= 8
     assert batchnorm_grid_error(norms["layers.7.bn2"], 8) < 0.01
+
+
+def test_weight_epochs_pass_over_a_layer_pruned_to_nothing():
+    model = tiny("mlp")
+    first = next(iter(weight_layers(model).values()))
+    with torch.no_grad():
+        first.weight.zero_()
+    ctx = Context(synthetic_splits(), teacher=tiny("mlp"), quiet=True)
+    model = apply(model, WeightSharing(fc_bits=3, weight_epochs=1, epochs=0), ctx)
+    layer = next(iter(weight_layers(model).values()))
+    assert layer.nnz == 0 and not layer.weight.any() and len(layer.codes) == 1
