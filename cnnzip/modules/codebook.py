@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.modules.merged import FlatLinear
-from cnnzip.ops.cluster import assign_scalar
+from cnnzip.ops.cluster import assign_scalar, code_lengths
 from cnnzip.ops.quant import round_pow2
 
 WEIGHT_LAYERS = (nn.Conv2d, nn.Linear)  # the layers with a weight to prune, quantize, share
@@ -101,10 +102,8 @@ class ClusteredWeight(nn.Module):
     def update_rates(self) -> None:
         """Each code's rate from how many weights the last forward gave it (an unused code
         costs 64 bits, so with ``lam`` > 0 it does not come back)."""
-        counts = torch.bincount(self.codes, minlength=len(self.codebook)).double()
-        share = counts / max(int(self.codes.numel()), 1)
-        bits = torch.where(counts > 0, -torch.log2(share.clamp_min(1e-300)), 64.0)
-        self.rate = self.lam * bits
+        counts = np.bincount(self.codes.numpy(), minlength=len(self.codebook))
+        self.rate = torch.from_numpy(self.lam * code_lengths(counts))
 
     def assign(self, values: torch.Tensor, codebook: torch.Tensor) -> None:
         self.codes = torch.from_numpy(assign_scalar(

@@ -133,6 +133,14 @@ def _assign_weighted(x: np.ndarray, centroids: np.ndarray, weights: np.ndarray,
     return codes
 
 
+def code_lengths(counts: np.ndarray) -> np.ndarray:
+    """Each code's length in bits under an entropy coder, ``−log2`` of its share of
+    ``counts`` (k,); an unused code's would be infinite, and 64 bits keeps it out."""
+    counts = np.asarray(counts, dtype=np.float64)
+    share = np.maximum(counts, 1) / max(counts.sum(), 1)
+    return np.where(counts > 0, -np.log2(share), 64.0)
+
+
 def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
                         niter: int = 25, weights: np.ndarray | None = None,
                         ) -> tuple[np.ndarray, np.ndarray]:
@@ -180,8 +188,7 @@ def entropy_constrained(x: np.ndarray, centroids: np.ndarray, weight: float, *,
         for j in range(d):
             rows = x[:, j] if weights is None else x[:, j] * weights
             c[used, j] = np.bincount(codes, weights=rows, minlength=k)[used] / mass[used]
-        # an unused centroid's code would be infinitely long; 64 bits keeps it out
-        lengths = np.where(used, -np.log2(np.maximum(counts, 1) / n), 64.0)
+        lengths = code_lengths(counts)
     return c, codes
 
 
