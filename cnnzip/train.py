@@ -93,6 +93,28 @@ def evaluate(model: nn.Module, data: ImageSet, info: DatasetInfo, *,
 
 
 @torch.no_grad()
+def log_probabilities(model: nn.Module, data: ImageSet, info: DatasetInfo, *,
+                      batch_size: int = 1000) -> torch.Tensor:
+    """``model``'s (in eval mode) log-softmax outputs on every sample of ``data``, in order."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([F.log_softmax(model(x), dim=1) for x, _ in
+                          batches(data, info, batch_size)])
+    finally:
+        model.train(was_training)
+
+
+def divergence(model: nn.Module, data: ImageSet, info: DatasetInfo,
+               reference: torch.Tensor) -> float:
+    """The mean KL divergence, in nats, of ``model``'s predictions on ``data`` from the
+    ``reference`` log-probabilities (``log_probabilities`` of another model on the same data):
+    how far its outputs moved, smooth where top-1 accuracy moves in steps of one sample."""
+    mine = log_probabilities(model, data, info)
+    return float(F.kl_div(mine, reference, reduction="batchmean", log_target=True))
+
+
+@torch.no_grad()
 def output_agreement(a: nn.Module, b: nn.Module, data: ImageSet, info: DatasetInfo, *,
                      samples: int = 256) -> dict[str, float]:
     """How closely two models (in eval mode) agree on the first ``samples`` of ``data``: the

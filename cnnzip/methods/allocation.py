@@ -21,6 +21,7 @@ from cnnzip.methods.policy import PolicySearch, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
+from cnnzip.train import divergence, evaluate, log_probabilities
 
 if TYPE_CHECKING:
     from cnnzip.methods.channel import ChannelPrune
@@ -50,6 +51,13 @@ class Cost(enum.Enum):
     TIME = "time"  # its layers' time, measured in this process
 
 
+class Measure(enum.Enum):
+    """What the sensitivity scan measures of a group cut alone."""
+
+    ACCURACY = "accuracy"  # the validation accuracy it loses
+    KL = "kl"  # how far its predictions move: the mean KL divergence from the uncut model's
+
+
 def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  config: ChannelPrune, ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
     """Per group, the keys by which channels are ranked across groups (lower goes first), and
@@ -74,8 +82,9 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
         if config.allocation is Allocation.SENSITIVITY:
             # a drop of 0 is one below the scan's resolution (one sample), not nothing: without
             # a floor every such channel would stay at 0 and ignore its cost
-            keys = {root: k.clamp_min(0.5 / config.sensitivity_samples)
-                    for root, k in keys.items()}
+            floor = 0.5 / config.sensitivity_samples \
+                if config.sensitivity_measure is Measure.ACCURACY else 1e-9
+            keys = {root: k.clamp_min(floor) for root, k in keys.items()}
         keys = cost_weighted(keys, costs, config.cost_weight)
     return keys, notes
 
@@ -113,11 +122,24 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
                      scores: dict[str, torch.Tensor], config: ChannelPrune,
                      ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
     """Ranking keys from a sensitivity scan: each group alone loses its lowest-scored
-    ``sensitivity_ratios`` of channels (silenced, which is exact), and a channel's key is the
-    validation accuracy lost when the group is cut down to it (interpolated, non-decreasing,
-    reaching the whole accuracy when every channel goes). Returns the keys and the drops."""
+    ``sensitivity_ratios`` of channels (silenced, which is exact), and a channel's key is what
+    the group's cut down to it costs (interpolated, non-decreasing): the validation accuracy
+    lost (reaching the whole accuracy when every channel goes) or, by ``Measure.KL``, the
+    predictions' divergence from the uncut model's (continued past the last ratio at its last
+    slope); a divergence orders cuts that lose no sample's top-1 class. Returns the keys and
+    the scan's costs."""
     samples = config.sensitivity_samples
-    base = ctx.val_accuracy(model, samples)
+    val, info = ctx.val_subset(samples), ctx.splits.info
+    kl = config.sensitivity_measure is Measure.KL
+    reference = log_probabilities(model, val, info) if kl else None
+    base = 0.0 if kl else evaluate(model, val, info)
+    shown = "{:.3g} nats" if kl else "−{:.2%}"
+
+    def measure() -> float:
+        if kl:
+            return divergence(model, val, info, reference)
+        return base - evaluate(model, val, info)
+
     saved = {k: v.clone() for k, v in model.state_dict().items()}
     keys, table = {}, {}
     with progress_bar(disable=ctx.quiet) as bar:
@@ -130,14 +152,19 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
             for ratio in sorted(config.sensitivity_ratios):
                 k = min(n - 1, max(1, int(round(ratio * n))))
                 silence_channels(group, group.channels_of(order[:k].tolist()))
-                drops.append(max(drops[-1], base - ctx.val_accuracy(model, samples)))
+                drops.append(max(drops[-1], measure()))
                 fractions.append(k / n)
                 model.load_state_dict(saved)
                 bar.update(task, advance=1, status=f"{group.root} {ratio:g}: "
-                                                   f"−{100 * drops[-1]:.2f} pts")
+                                                   + shown.format(drops[-1]))
             table[group.root] = drops[1:]
+            if kl:
+                slope = (drops[-1] - drops[-2]) / max(fractions[-1] - fractions[-2], 1e-12)
+                end = drops[-1] + slope * (1.0 - fractions[-1])
+            else:
+                end = base
             fractions.append(1.0)
-            drops.append(max(drops[-1], base))
+            drops.append(max(drops[-1], end))
             curve = np.interp(np.arange(1, n + 1) / n, fractions, drops)
             key = torch.empty(n)
             key[order] = torch.tensor(curve, dtype=torch.float32)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from cnnzip.data import Splits
+from cnnzip.data import ImageSet, Splits
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.surgery import Edit
 from cnnzip.train import TrainConfig, evaluate, fit
@@ -47,11 +47,15 @@ class Context:
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs
 
-    def val_accuracy(self, model: nn.Module, samples: int | None = None) -> float:
+    def val_subset(self, samples: int | None = None) -> ImageSet:
+        """The first ``samples`` validation samples (all of them for None)."""
         val = self.splits.val
         if samples is not None and samples < len(val):
             val = type(val)(val.images[:samples], val.labels[:samples])
-        return evaluate(model, val, self.splits.info)
+        return val
+
+    def val_accuracy(self, model: nn.Module, samples: int | None = None) -> float:
+        return evaluate(model, self.val_subset(samples), self.splits.info)
 
 
 Handler = Callable[[nn.Module, Any, Context], nn.Module]

@@ -18,8 +18,8 @@ from torch import nn
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
-from cnnzip.methods.allocation import (Allocation, Cost, channels, lowest, plan_removals,
-                                       ranking_keys, sensitivity_keys)
+from cnnzip.methods.allocation import (Allocation, Cost, Measure, channels, lowest,
+                                       plan_removals, ranking_keys, sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.modules.quant import QuantLayer
@@ -71,6 +71,10 @@ class ChannelPrune:
         sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
             time, to measure the validation accuracy it costs.
         sensitivity_samples: sensitivity: validation samples per measurement.
+        sensitivity_measure: sensitivity: what a cut costs: ``accuracy``, the validation
+            accuracy it loses, or ``kl``, the mean KL divergence of the model's predictions
+            from the uncut model's on the same samples (smooth: it also orders the cuts that
+            change no sample's top-1 class, which the accuracy counts as free).
         policy_episodes: ddpg, ddpg-scale: episodes of the search (each one pruned model
             scored on ``policy_samples`` validation images, before retraining).
         policy_warmup: of those, the first episodes that act at random to fill the agent's
@@ -111,6 +115,7 @@ class ChannelPrune:
     cost: Cost = Cost.MACS
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sensitivity_samples: int = 2000
+    sensitivity_measure: Measure = Measure.ACCURACY
     policy_episodes: int = 300
     policy_warmup: int = 100
     policy_samples: int = 1000
