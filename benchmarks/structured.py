@@ -3,13 +3,14 @@ recipe at the same MACs budget and the same fine-tuning, side by side.
 
     python benchmarks/structured.py [--models resnet20 vgg16 mobilenetv2] [--speedups 2 4]
         [--configs l2/global fpgm/adaptive ...] [--torch-pruning local global isomorphic]
-        [--epochs 3] [--seeds 0 1 2] [--out runs/bench-structured]
+        [--epochs 3] [--seeds 0 1 2] [--rounds 5] [--fold] [--out runs/bench-structured]
 
 Every row starts from the trained baseline in benchmarks/baselines/ and is measured in this run:
 test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and parameters of the
 pruned model, and throughput: the baseline and every method's pruned model at one budget and seed
 timed alternately in this process once all are fine-tuned, so that they share the machine's load
-(batch 256, best of five rounds of at least 2 s each). With several seeds, a table of each
+(batch 256, best of five rounds of at least 2 s each; ``--fold`` times them again with their
+BatchNorms folded, as they would ship). With several seeds, a table of each
 method's mean drop and speed-up follows. results.json also holds each pruned model's
 convolution widths.
 
@@ -48,10 +49,12 @@ from cnnzip.api import bench_models, runtime_name
 from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
+from cnnzip.graph import foldable_pairs
 from cnnzip.graph.groups import output_layer
 from cnnzip.methods.base import Context, apply, finetune
 from cnnzip.methods.channel import ChannelPrune
 from cnnzip.recipes import parse_recipe
+from cnnzip.surgery import fold_batchnorm
 from cnnzip.train import evaluate
 from common import baselines
 
@@ -139,15 +142,29 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
                "seconds": time.perf_counter() - start}
         row["macs_ratio"] = base_macs / row["macs"]
         rows.append(row)
-    speed = bench_models({"": base, **pruned}, in_shape, rounds=5, min_seconds=2.0)
+    models = {"": base, **pruned}
+    speed = bench_models(models, in_shape, rounds=args.rounds, min_seconds=2.0)
+    folded = bench_models({k: _folded(m) for k, m in models.items()}, in_shape,
+                          rounds=args.rounds, min_seconds=2.0) if args.fold else {}
     for row in rows:
         row["base_images_per_s"], row["images_per_s"] = speed[""], speed[row["method"]]
         row["measured_speedup"] = row["images_per_s"] / row["base_images_per_s"]
+        also = ""
+        if folded:
+            row["measured_speedup_folded"] = folded[row["method"]] / folded[""]
+            also = f", ×{row['measured_speedup_folded']:.2f} folded"
         print(f"{name:12s} {speedup:g}× {row['method']:22s} seed {seed} "
               f"acc {base_acc:.4f} → {row['acc']:.4f} ({-row['drop_points']:+.2f}) "
               f"MACs ÷{row['macs_ratio']:.2f} params ÷{base_params / row['params']:.2f} "
-              f"speed ×{row['measured_speedup']:.2f} ({row['seconds']:.0f} s)", flush=True)
+              f"speed ×{row['measured_speedup']:.2f}{also} ({row['seconds']:.0f} s)", flush=True)
     return rows
+
+
+def _folded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with its BatchNorms folded into their layers, as it would ship."""
+    copy_ = copy.deepcopy(model)
+    fold_batchnorm(copy_, foldable_pairs(copy_))
+    return copy_.eval()
 
 
 def print_means(rows: list[dict]) -> None:
@@ -160,10 +177,12 @@ def print_means(rows: list[dict]) -> None:
     for (model, speedup, method), group in cells.items():
         drops = [r["drop_points"] for r in group]
         speeds = [r["measured_speedup"] for r in group]
+        folded = [r["measured_speedup_folded"] for r in group if "measured_speedup_folded" in r]
+        also = f" ({statistics.mean(folded):.2f}× folded)" if folded else ""
         print(f"| {model} | {speedup:g}× | {method} | {len(group)} | "
               f"{statistics.mean(drops):.2f} ± {_sd(drops):.2f} | "
               f"{', '.join(f'{d:.2f}' for d in drops)} | "
-              f"{statistics.mean(speeds):.2f}× ± {_sd(speeds):.2f} |")
+              f"{statistics.mean(speeds):.2f}× ± {_sd(speeds):.2f}{also} |")
 
 
 def _sd(values: list[float]) -> float:
@@ -186,6 +205,10 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="fine-tuning (and validation split) seeds; with several, a table "
                              "of each method's mean and spread follows")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="timing rounds (each model's best is kept)")
+    parser.add_argument("--fold", action="store_true",
+                        help="also time every model with its BatchNorms folded, as it ships")
     parser.add_argument("--out", default="runs/bench-structured")
     args = parser.parse_args()
     out = Path(args.out)
@@ -206,7 +229,8 @@ def main() -> int:
         print(f"| {r['model']} | {r['speedup_target']:g}× | {r['method']} | {r['seed']} | "
               f"{r['base_acc']:.4f} → {r['acc']:.4f} | {r['drop_points']:.2f} | "
               f"{r['macs_ratio']:.2f} | {r['base_params'] / r['params']:.2f} | "
-              f"{r['measured_speedup']:.2f}× |")
+              f"{r['measured_speedup']:.2f}×"
+              + (f" ({r['measured_speedup_folded']:.2f}× folded)" if args.fold else "") + " |")
     if len(args.seeds) > 1:
         print_means(rows)
     print(f"\nruntime: {runtime_name()}, batch 256; results in {out / 'results.json'}")
