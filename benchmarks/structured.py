@@ -3,7 +3,8 @@ recipe at the same MACs budget and the same fine-tuning, side by side.
 
     python benchmarks/structured.py [--models resnet20 vgg16 mobilenetv2] [--speedups 2 4]
         [--configs l2/global fpgm/adaptive ...] [--torch-pruning local global isomorphic]
-        [--epochs 3] [--seeds 0 1 2] [--rounds 5] [--fold] [--out runs/bench-structured]
+        [--epochs 3] [--steps 1] [--seeds 0 1 2] [--rounds 5] [--fold]
+        [--out runs/bench-structured]
 
 Every row starts from the trained baseline in benchmarks/baselines/ and is measured in this run:
 test accuracy on the full Fashion-MNIST test set after fine-tuning, MACs and parameters of the
@@ -19,8 +20,9 @@ Torch-Pruning with group L2 magnitude importance in each of its modes (``--torch
 method: one ranking across the model) and ``isomorphic`` (global ranking within groups of the
 same structure); channels removed in small steps until the MACs budget is met. Both sides keep
 at least 10% of every layer's channels (max_ratio 0.9), never prune the output layer, and
-fine-tune with the same distillation loss, epochs and learning rate. Our configurations are
-CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
+fine-tune with the same distillation loss, epochs and learning rate (with ``--steps N``,
+both prune gradually: N cuts, each to the same share of what is left, fine-tuned between).
+Our configurations are CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
 with the chosen channels zeroed and free to recover), "+cost" or "+cost:POWER" to rank
 channels by importance per MAC (cost_weight 1 or POWER), "+round:N" to keep channel
 counts multiples of N (round_to), and "+KEY=VALUE" for any other option of the ``channels``
@@ -70,15 +72,15 @@ TP_MODES = {  # Torch-Pruning's settings: (global_pruning, isomorphic)
 
 
 def torch_pruning(model: torch.nn.Module, in_shape: tuple[int, ...], target_macs: float,
-                  mode: str = "global") -> None:
+                  mode: str = "global", max_ratio: float = MAX_RATIO) -> None:
     """Torch-Pruning's L2 group-magnitude pruning in ``mode`` (TP_MODES), stepped until
-    MACs ≤ target × baseline's."""
+    MACs ≤ target × the model's."""
     head = dict(model.named_modules())[output_layer(model)]
     global_pruning, isomorphic = TP_MODES[mode]
     pruner = tp.pruner.MetaPruner(model, torch.randn(1, *in_shape),
                                   importance=tp.importance.GroupMagnitudeImportance(p=2),
                                   global_pruning=global_pruning, isomorphic=isomorphic,
-                                  pruning_ratio=1.0, max_pruning_ratio=MAX_RATIO,
+                                  pruning_ratio=1.0, max_pruning_ratio=max_ratio,
                                   iterative_steps=TP_STEPS, ignored_layers=[head])
     budget = target_macs * metrics.count_macs(model, in_shape)
     while metrics.count_macs(model, in_shape) > budget:
@@ -87,13 +89,13 @@ def torch_pruning(model: torch.nn.Module, in_shape: tuple[int, ...], target_macs
         pruner.step()
 
 
-def ours(spec: str, target_macs: float, epochs: int, lr: float) -> ChannelPrune:
+def ours(spec: str, target_macs: float, epochs: int, lr: float, steps: int = 1) -> ChannelPrune:
     """CRITERION/ALLOCATION[+soft][+cost[:POWER]][+round:N][+KEY=VALUE...] as a ChannelPrune
     config (KEY any option of the ``channels`` step, VALUE read as YAML)."""
     name, *flags = spec.split("+")
     criterion, _, allocation = name.partition("/")
     options = {"criterion": criterion, "allocation": allocation, "target_macs": target_macs,
-               "max_ratio": MAX_RATIO, "epochs": epochs, "lr": lr}
+               "max_ratio": MAX_RATIO, "epochs": epochs, "lr": lr, "steps": steps}
     for flag in flags:
         key, eq, value = flag.partition("=")
         if eq:
@@ -126,10 +128,18 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
         model = copy.deepcopy(base)
         ctx = Context(splits, teacher=base, seed=seed, quiet=True)
         if method.startswith("torch-pruning/"):
-            torch_pruning(model, in_shape, 1 / speedup, method.partition("/")[2])
-            finetune(model, ctx, epochs=args.epochs, lr=args.lr, description="retrain")
+            # with --steps, pruned and fine-tuned in turn as its README's iterative loop, each
+            # cut to the same share of what is left as ours, the same epochs after each
+            n = args.steps
+            epochs = [args.epochs // n + (1 if k >= n - args.epochs % n else 0)
+                      for k in range(n)]
+            for k in range(n):
+                now = metrics.count_macs(model, in_shape)
+                torch_pruning(model, in_shape, base_macs * speedup ** (-(k + 1) / n) / now,
+                              method.partition("/")[2], 1 - (1 - MAX_RATIO) ** (1 / n))
+                finetune(model, ctx, epochs=epochs[k], lr=args.lr, description="retrain")
         else:
-            apply(model, ours(method, 1 / speedup, args.epochs, args.lr), ctx)
+            apply(model, ours(method, 1 / speedup, args.epochs, args.lr, args.steps), ctx)
         pruned[method] = model.eval()
         acc = evaluate(model, splits.test, splits.info)
         row = {"model": name, "speedup_target": speedup, "method": method, "seed": seed,
@@ -205,6 +215,9 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0],
                         help="fine-tuning (and validation split) seeds; with several, a table "
                              "of each method's mean and spread follows")
+    parser.add_argument("--steps", type=int, default=1,
+                        help="gradual pruning, both sides: the budget reached in this many "
+                             "cuts, the fine-tuning epochs spread between them")
     parser.add_argument("--rounds", type=int, default=5,
                         help="timing rounds (each model's best is kept)")
     parser.add_argument("--fold", action="store_true",

@@ -9,12 +9,13 @@ choice is removed."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzip import metrics
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
@@ -96,6 +97,10 @@ class ChannelPrune:
             retrain while they may recover, choose again after every epoch but the last (which
             trains with the final choice silenced for good), and remove only that choice.
         epochs: retraining epochs with distillation (after removal, or during soft pruning).
+        steps: gradual pruning: reach the budget in this many cuts, each removing the same
+            fraction of what is left (scored, allocated and, for the sensitivity allocation,
+            scanned again on the retrained model), the retraining epochs spread between
+            them; ``max_ratio`` and ``layers`` still bound what a group loses in all.
         lr: retraining peak learning rate.
         recalibrate: on a quantized model, measure the feature-map ranges again after the
             removal (the remaining channels' sums change); false keeps the learned ones, so
@@ -127,6 +132,7 @@ class ChannelPrune:
     slimming_epochs: int = 0
     soft: bool = False
     epochs: int = 10
+    steps: int = 1
     lr: float = 0.01
     recalibrate: bool = True
 
@@ -155,6 +161,12 @@ class ChannelPrune:
         if self.policy_samples < 1 or not 0 < self.policy_deviation <= 1:
             raise CnnzipError("channels: policy_samples must be positive and policy_deviation "
                               f"in (0, 1]; got {self.policy_samples}, {self.policy_deviation}")
+        if self.steps < 1:
+            raise CnnzipError(f"channels: steps must be a positive count of cuts, got "
+                              f"{self.steps}")
+        if self.steps > 1 and self.soft:
+            raise CnnzipError("channels: soft pruning chooses again every epoch; it does not "
+                              "combine with steps > 1")
         if self.slimming_epochs and self.slimming <= 0:
             raise CnnzipError("channels: slimming_epochs needs a positive slimming weight")
         for name, ratio in self.layers.items():
@@ -309,12 +321,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
             raise CnnzipError(f"channels: {', '.join(unsupported)} cannot run on a quantized "
                               "model; prune before quantizing, or use another allocation")
     in_shape = tuple(ctx.splits.info.in_shape)
-    with plain_layers(model):  # a quantized model is traced as its plain layers
-        graph = dependency_graph(model, in_shape)
-        groups = channel_groups(model, graph)
-    if not groups:
-        whole = "; ".join(f"{n}: {why}" for n, why in groups.whole.items())
-        raise CnnzipError(f"channels: no layer's channels can be removed ({whole})")
+    graph, groups = _traced_groups(model, in_shape)
     unknown = sorted(set(config.layers) - {g.root for g in groups})
     if unknown:
         raise CnnzipError(f"channels: no prunable group rooted at {', '.join(unknown)}; groups "
@@ -327,6 +334,73 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
                  slimming=config.slimming)
         notes["slimming"] = {"weight": config.slimming,
                              "epochs": ctx.epochs(config.slimming_epochs)}
+    before = {g.root: g.channels for g in groups}
+    removed: dict[str, int] = {}
+    kind = "params" if config.target_params is not None else "macs"
+    cut_config, budgets, epochs = _schedule(model, config, ctx, in_shape, kind)
+    if config.steps > 1:
+        notes["steps"] = []
+    for i, (budget, step_epochs) in enumerate(zip(budgets, epochs)):
+        if i:
+            graph, groups = _traced_groups(model, in_shape)
+        cut = cut_config
+        if budget is not None:
+            with plain_layers(model):
+                now = metrics.count_params(model) if kind == "params" else \
+                    metrics.count_macs(model, in_shape)
+            cut = replace(cut_config, **{f"target_{kind}": min(budget / now, 1 - 1e-9)})
+        step_notes = _cut(model, graph, groups, cut, ctx, in_shape)
+        for root, n in step_notes.pop("removed").items():
+            removed[root] = removed.get(root, 0) + n
+        if config.steps == 1:
+            notes.update(step_notes)
+        else:
+            notes["steps"].append({"val_accuracy_before_retraining": ctx.val_accuracy(model),
+                                   "epochs": step_epochs, **step_notes})
+        if not config.soft:
+            finetune(model, replace(ctx, finetune_epochs=step_epochs), epochs=step_epochs,
+                     lr=config.lr, description="retrain" if config.steps == 1 else
+                     f"retrain {i + 1}/{config.steps}")
+    notes["groups"] = {root: {"channels": before[root], "removed": n,
+                              "ratio": n / before[root]} for root, n in removed.items()}
+    ctx.notes["channels"] = notes
+    return model
+
+
+def _schedule(model: nn.Module, config: ChannelPrune, ctx: Context, in_shape: tuple[int, ...],
+              kind: str) -> tuple[ChannelPrune, list[float | None], list[int]]:
+    """The cuts of a (gradual) pruning: the config each cut runs with, each cut's budget (the
+    MACs or parameters it keeps; None: the config's own ratios) and the retraining epochs after
+    it. With ``steps`` n, cut k keeps ``target ** (k / n)`` of the original budget, so each
+    removes the same fraction of what is left; the group limits (``max_ratio``, ``layers``)
+    become per-cut fractions whose n cuts together remove at most the configured ones; the
+    epochs are spread evenly, the later cuts getting any extra."""
+    total = ctx.epochs(config.epochs)
+    n = config.steps
+    if n == 1:
+        return config, [None], [total]
+    epochs = [total // n + (1 if k >= n - total % n else 0) for k in range(n)]
+
+    def per_cut(ratio: float) -> float:
+        return 1 - (1 - ratio) ** (1 / n)
+
+    cut = replace(config, max_ratio=per_cut(config.max_ratio), steps=1,
+                  layers={k: per_cut(v) for k, v in config.layers.items()})
+    target = config.target_params if kind == "params" else config.target_macs
+    if target is None:
+        return cut, [None] * n, epochs
+    with plain_layers(model):
+        original = metrics.count_params(model) if kind == "params" else \
+            metrics.count_macs(model, in_shape)
+    return cut, [original * target ** ((k + 1) / n) for k in range(n)], epochs
+
+
+def _cut(model: nn.Module, graph, groups, config: ChannelPrune, ctx: Context,
+         in_shape: tuple[int, ...]) -> dict:
+    """One cut: score the groups, choose the channels under ``config``'s budget (for soft
+    pruning, choose again while retraining), remove them. Returns notes for the report, with
+    ``removed``: the channels each group lost."""
+    notes: dict = {}
     scores = _score(model, groups, config, ctx)
     with plain_layers(model):
         keys, allocation_notes = ranking_keys(model, groups, scores, config, ctx)
@@ -361,7 +435,6 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         silence(recoverable=False)  # exactly zero: removal changes nothing
         notes["soft_reselected"] = revived
     removals = channels(by_root, removals)
-    before = {g.root: g.channels for g in groups}
     rows: dict[str, list[int]] = {}
     with plain_layers(model, rows) as wrappers:
         ctx.edits.append(remove_channels(model, graph, removals, rows))
@@ -369,10 +442,17 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         calibrate_feature_maps(model, wrappers, calibration_images(ctx, 1024), ctx,
                                Observer.PERCENTILE)
         notes["val_after_recalibration"] = ctx.val_accuracy(model)
-    notes["groups"] = {root: {"channels": before[root], "removed": len(idxs),
-                              "ratio": len(idxs) / before[root]}
-                       for root, idxs in removals.items()}
-    ctx.notes["channels"] = notes
-    if not config.soft:
-        finetune(model, ctx, epochs=config.epochs, lr=config.lr, description="retrain")
-    return model
+    notes["removed"] = {root: len(idxs) for root, idxs in removals.items()}
+    return notes
+
+
+def _traced_groups(model: nn.Module, in_shape: tuple[int, ...]):
+    """The model's dependency graph and its prunable channel groups (a quantized model is
+    traced as its plain layers)."""
+    with plain_layers(model):
+        graph = dependency_graph(model, in_shape)
+        groups = channel_groups(model, graph)
+    if not groups:
+        whole = "; ".join(f"{n}: {why}" for n, why in groups.whole.items())
+        raise CnnzipError(f"channels: no layer's channels can be removed ({whole})")
+    return graph, groups

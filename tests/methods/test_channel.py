@@ -367,3 +367,48 @@ def test_kl_sensitivity_orders_cuts_that_accuracy_counts_as_free():
     apply(model, ChannelPrune(target_macs=0.5, allocation=Allocation.SENSITIVITY,
                               sensitivity_samples=64, sensitivity_measure=Measure.KL), ctx)
     assert 0.45 * base <= metrics.count_macs(model, IN) <= 0.5 * base
+
+
+def test_gradual_pruning_meets_the_budget_in_steps_and_rebuilds_from_its_edits():
+    spec = resolve_spec("vgg16", IN, 10, width=0.25)
+    model = build_model(spec).eval()
+    base = metrics.count_macs(model, IN)
+    channels_before = {n: m.out_channels for n, m in model.named_modules()
+                       if isinstance(m, nn.Conv2d)}
+    ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
+    apply(model, ChannelPrune(target_macs=0.5, steps=3, max_ratio=0.6), ctx)
+    assert 0.45 * base <= metrics.count_macs(model, IN) <= 0.5 * base
+    notes = ctx.notes["channels"]
+    assert len(notes["steps"]) == 3
+    removals = [e for e in ctx.edits if isinstance(e, ChannelsRemoved)]
+    assert len(removals) == 3 and all(e.removed for e in removals)
+    for name, conv in model.named_modules():  # max_ratio bounds the three cuts together
+        if isinstance(conv, nn.Conv2d):
+            assert conv.out_channels >= 0.4 * channels_before[name] - 1e-9
+    modules = dict(model.named_modules())
+    for root, g in notes["groups"].items():
+        layer = modules[root]
+        width = layer.out_channels if isinstance(layer, nn.Conv2d) else layer.out_features
+        assert g["removed"] == g["channels"] - width
+    rebuilt = build_model(spec.with_edits(ctx.edits))
+    rebuilt.load_state_dict(model.state_dict())
+    x = torch.randn(2, *IN)
+    assert torch.equal(rebuilt.eval()(x), model(x))
+
+
+def test_gradual_pruning_spreads_the_epochs_and_refuses_soft_steps():
+    from cnnzip.methods.channel import _schedule
+
+    model = tiny("convbn")
+    for total, expected in ((3, [1, 1, 1]), (4, [1, 1, 2]), (2, [0, 1, 1]), (0, [0, 0, 0])):
+        ctx = Context(synthetic_splits(), finetune_epochs=total, quiet=True)
+        cut, budgets, epochs = _schedule(model, ChannelPrune(target_macs=0.5, steps=3), ctx,
+                                         IN, "macs")
+        assert epochs == expected and cut.steps == 1
+        assert cut.max_ratio == pytest.approx(1 - 0.1 ** (1 / 3))
+        macs = metrics.count_macs(model, IN)
+        assert budgets == pytest.approx([macs * 0.5 ** (1 / 3), macs * 0.5 ** (2 / 3), macs / 2])
+    with pytest.raises(CnnzipError, match="soft"):
+        ChannelPrune(steps=2, soft=True)
+    with pytest.raises(CnnzipError, match="steps"):
+        ChannelPrune(steps=0)
