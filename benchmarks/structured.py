@@ -22,11 +22,11 @@ same structure); channels removed in small steps until the MACs budget is met. B
 at least 10% of every layer's channels (max_ratio 0.9), never prune the output layer, and
 fine-tune with the same distillation loss, epochs and learning rate (with ``--steps N``,
 both prune gradually: N cuts, each to the same share of what is left, fine-tuned between).
-Our configurations are CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning epochs are then spent
-with the chosen channels zeroed and free to recover), "+cost" or "+cost:POWER" to rank
-channels by importance per MAC (cost_weight 1 or POWER), "+round:N" to keep channel
-counts multiples of N (round_to), and "+KEY=VALUE" for any other option of the ``channels``
-step (e.g. "fpgm/sensitivity+sensitivity_samples=5000").
+Our configurations are CRITERION/ALLOCATION, with "+soft" for soft pruning (the fine-tuning
+epochs are then spent with the chosen channels zeroed and free to recover), "+cost" or
+"+cost:POWER" to rank channels by importance per MAC (cost_weight 1 or POWER), "+round:N" to
+keep channel counts multiples of N (round_to), and "+KEY=VALUE" for any other option of the
+``channels`` step (e.g. "fpgm/sensitivity+sensitivity_measure=kl").
 
 Targets (issue 4): at 2× fewer MACs, ≤ 0.5 points accuracy drop on resnet20 and vgg16 and
 measured throughput ≥ 1.6× the baseline's; our best configuration at least matches
