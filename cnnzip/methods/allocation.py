@@ -17,7 +17,8 @@ from cnnzip import metrics
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
-from cnnzip.methods.policy import PolicySearch, search_ratios
+from cnnzip.methods.calibration import calibration_images
+from cnnzip.methods.policy import PolicySearch, recalibrate_batchnorm, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
@@ -126,21 +127,31 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
     the group's cut down to it costs (interpolated, non-decreasing): the validation accuracy
     lost (reaching the whole accuracy when every channel goes) or, by ``Measure.KL``, the
     predictions' divergence from the uncut model's (continued past the last ratio at its last
-    slope); a divergence orders cuts that lose no sample's top-1 class. Returns the keys and
-    the scan's costs."""
+    slope); a divergence orders cuts that lose no sample's top-1 class. With
+    ``sensitivity_bn_images``, every measurement (the uncut model's too) follows EagleEye's
+    adaptive BatchNorm: the statistics measured again on that many training images, so a cut
+    is judged as retraining would start from it, not by the stale statistics it leaves.
+    Returns the keys and the scan's costs; the model is left as it came."""
     samples = config.sensitivity_samples
     val, info = ctx.val_subset(samples), ctx.splits.info
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+    bn_images = calibration_images(ctx, config.sensitivity_bn_images) \
+        if config.sensitivity_bn_images else None
+    if bn_images is not None:  # the uncut model measured as every cut is: statistics re-measured
+        recalibrate_batchnorm(model, bn_images, info)
     kl = config.sensitivity_measure is Measure.KL
     reference = log_probabilities(model, val, info) if kl else None
     base = 0.0 if kl else evaluate(model, val, info)
+    model.load_state_dict(saved)
     shown = "{:.3g} nats" if kl else "−{:.2%}"
 
     def measure() -> float:
+        if bn_images is not None:
+            recalibrate_batchnorm(model, bn_images, info)
         if kl:
             return divergence(model, val, info, reference)
         return base - evaluate(model, val, info)
 
-    saved = {k: v.clone() for k, v in model.state_dict().items()}
     keys, table = {}, {}
     with progress_bar(disable=ctx.quiet) as bar:
         task = bar.add_task("sensitivity", total=len(groups) * len(config.sensitivity_ratios),

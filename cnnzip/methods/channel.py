@@ -76,6 +76,9 @@ class ChannelPrune:
             accuracy it loses, or ``kl``, the mean KL divergence of the model's predictions
             from the uncut model's on the same samples (smooth: it also orders the cuts that
             change no sample's top-1 class, which the accuracy counts as free).
+        sensitivity_bn_images: sensitivity: before each measurement, measure the BatchNorms'
+            statistics again on this many training images (EagleEye's adaptive BatchNorm;
+            0: measure the cut with the statistics it leaves).
         policy_episodes: ddpg, ddpg-scale: episodes of the search (each one pruned model
             scored on ``policy_samples`` validation images, before retraining).
         policy_warmup: of those, the first episodes that act at random to fill the agent's
@@ -121,6 +124,7 @@ class ChannelPrune:
     sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
     sensitivity_samples: int = 2000
     sensitivity_measure: Measure = Measure.ACCURACY
+    sensitivity_bn_images: int = 0
     policy_episodes: int = 300
     policy_warmup: int = 100
     policy_samples: int = 1000
@@ -161,6 +165,9 @@ class ChannelPrune:
         if self.policy_samples < 1 or not 0 < self.policy_deviation <= 1:
             raise CnnzipError("channels: policy_samples must be positive and policy_deviation "
                               f"in (0, 1]; got {self.policy_samples}, {self.policy_deviation}")
+        if self.sensitivity_bn_images < 0:
+            raise CnnzipError("channels: sensitivity_bn_images is a count of training images, "
+                              f"got {self.sensitivity_bn_images}")
         if self.steps < 1:
             raise CnnzipError(f"channels: steps must be a positive count of cuts, got "
                               f"{self.steps}")

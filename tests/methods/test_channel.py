@@ -179,11 +179,12 @@ def test_soft_pruning_meets_the_budget_and_its_last_epoch_trains_the_final_choic
     assert metrics.count_params(rebuilt) == metrics.count_params(model)
 
 
-def test_sensitivity_keys_follow_each_groups_measured_cost():
+@pytest.mark.parametrize("bn_images", [0, 64])
+def test_sensitivity_keys_follow_each_groups_measured_cost(bn_images):
     model = tiny("residual")
     ctx = Context(synthetic_splits(), quiet=True)
     groups = channel_groups(model, dependency_graph(model, IN))
-    config = ChannelPrune(allocation=Allocation.SENSITIVITY)
+    config = ChannelPrune(allocation=Allocation.SENSITIVITY, sensitivity_bn_images=bn_images)
     scores = {g.root: group_scores(g, config) for g in groups}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     keys, drops = sensitivity_keys(model, groups, scores, config, ctx)
@@ -412,3 +413,38 @@ def test_gradual_pruning_spreads_the_epochs_and_refuses_soft_steps():
         ChannelPrune(steps=2, soft=True)
     with pytest.raises(CnnzipError, match="steps"):
         ChannelPrune(steps=0)
+
+
+def test_adaptive_batchnorm_in_the_scan_re_measures_every_cut_and_restores_the_model(
+        monkeypatch):
+    """With sensitivity_bn_images each measurement (the uncut model's and every cut's) follows
+    a re-measurement of the BatchNorm statistics, and the scan leaves the model as it came."""
+    from cnnzip.methods import allocation
+
+    calls = []
+    real = allocation.recalibrate_batchnorm
+
+    def spy(model, images, info):
+        calls.append(len(images))
+        real(model, images, info)
+
+    monkeypatch.setattr(allocation, "recalibrate_batchnorm", spy)
+    model = tiny("convbn").train()
+    with torch.no_grad():  # stale statistics that a re-measurement would change
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.add_(3.0)
+    model.eval()
+    ctx = Context(synthetic_splits(), quiet=True)
+    groups = channel_groups(model, dependency_graph(model, IN))
+    scores = {g.root: group_scores(g, ChannelPrune()) for g in groups}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for bn_images, expected in ((0, 0), (32, 1 + 2 * len(groups))):
+        calls.clear()
+        config = ChannelPrune(allocation=Allocation.SENSITIVITY, sensitivity_bn_images=bn_images,
+                              sensitivity_samples=64, sensitivity_ratios=(0.25, 0.5))
+        sensitivity_keys(model, groups, scores, config, ctx)
+        assert len(calls) == expected and all(n == bn_images for n in calls)
+        assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(CnnzipError, match="sensitivity_bn_images"):
+        ChannelPrune(sensitivity_bn_images=-1)
