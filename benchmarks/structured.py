@@ -47,16 +47,14 @@ import torch_pruning as tp
 import yaml
 
 from cnnzip import metrics
-from cnnzip.api import bench_models, runtime_name
+from cnnzip.api import bench_models, folded_copy, runtime_name
 from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
-from cnnzip.graph import foldable_pairs
 from cnnzip.graph.groups import output_layer
 from cnnzip.methods.base import Context, apply, finetune
-from cnnzip.methods.channel import ChannelPrune
+from cnnzip.methods.channel import ChannelPrune, cut_epochs, cut_ratio
 from cnnzip.recipes import parse_recipe
-from cnnzip.surgery import fold_batchnorm
 from cnnzip.train import evaluate
 from common import baselines
 
@@ -131,13 +129,11 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
             # with --steps, pruned and fine-tuned in turn as its README's iterative loop, each
             # cut to the same share of what is left as ours, the same epochs after each
             n = args.steps
-            epochs = [args.epochs // n + (1 if k >= n - args.epochs % n else 0)
-                      for k in range(n)]
-            for k in range(n):
+            for k, epochs in enumerate(cut_epochs(args.epochs, n)):
                 now = metrics.count_macs(model, in_shape)
                 torch_pruning(model, in_shape, base_macs * speedup ** (-(k + 1) / n) / now,
-                              method.partition("/")[2], 1 - (1 - MAX_RATIO) ** (1 / n))
-                finetune(model, ctx, epochs=epochs[k], lr=args.lr, description="retrain")
+                              method.partition("/")[2], cut_ratio(MAX_RATIO, n))
+                finetune(model, ctx, epochs=epochs, lr=args.lr, description="retrain")
         else:
             apply(model, ours(method, 1 / speedup, args.epochs, args.lr, args.steps), ctx)
         pruned[method] = model.eval()
@@ -154,7 +150,7 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
         rows.append(row)
     models = {"": base, **pruned}
     speed = bench_models(models, in_shape, rounds=args.rounds, min_seconds=2.0)
-    folded = bench_models({k: _folded(m) for k, m in models.items()}, in_shape,
+    folded = bench_models({k: folded_copy(m)[0] or m for k, m in models.items()}, in_shape,
                           rounds=args.rounds, min_seconds=2.0) if args.fold else {}
     for row in rows:
         row["base_images_per_s"], row["images_per_s"] = speed[""], speed[row["method"]]
@@ -168,13 +164,6 @@ def run_group(name: str, base: torch.nn.Module, splits, speedup: float, methods:
               f"MACs ÷{row['macs_ratio']:.2f} params ÷{base_params / row['params']:.2f} "
               f"speed ×{row['measured_speedup']:.2f}{also} ({row['seconds']:.0f} s)", flush=True)
     return rows
-
-
-def _folded(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` with its BatchNorms folded into their layers, as it would ship."""
-    copy_ = copy.deepcopy(model)
-    fold_batchnorm(copy_, foldable_pairs(copy_))
-    return copy_.eval()
 
 
 def print_means(rows: list[dict]) -> None:

@@ -158,7 +158,7 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     if len(shapes) != 1:
         raise CnnzipError(f"the two models take different inputs: {sorted(shapes)}")
     shape = shapes.pop()
-    folded, n_folded = _folded(models["baseline"])
+    folded, n_folded = folded_copy(models["baseline"])
     if folded is not None:
         models["baseline_folded"] = folded
     quantized = any(isinstance(m, QuantLayer) for m in models["compressed"].modules())
@@ -192,7 +192,7 @@ def bench_files(baseline: str | Path, compressed: str | Path, *, batch_size: int
     return out
 
 
-def _folded(model: nn.Module) -> tuple[nn.Module | None, int]:
+def folded_copy(model: nn.Module) -> tuple[nn.Module | None, int]:
     """A copy of ``model`` with every foldable BatchNorm folded, and how many (None, 0: nothing
     to fold, or a model that does not trace)."""
     from cnnzip.graph import foldable_pairs

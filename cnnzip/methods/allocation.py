@@ -269,7 +269,8 @@ def lowest(scores: dict[str, torch.Tensor], counts: dict[str, int]) -> dict[str,
             for root, s in scores.items()}
 
 
-def _measure(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
+def model_cost(model: nn.Module, in_shape: tuple[int, ...], kind: str) -> int:
+    """The model's parameters (``kind`` "params") or MACs (anything else)."""
     return metrics.count_params(model) if kind == "params" else metrics.count_macs(model, in_shape)
 
 
@@ -286,13 +287,13 @@ def plan_removals(model: nn.Module, groups: list[ChannelGroup], scores: dict[str
         return _removals(scores, order, 0, config, by_root)
     kind = "params" if config.target_params is not None else "macs"
     fraction = config.target_params if kind == "params" else config.target_macs
-    budget = fraction * _measure(model, in_shape, kind)
+    budget = fraction * model_cost(model, in_shape, kind)
 
     def cost(count: int, order: list[str] = order) -> int:
         trial = copy.deepcopy(model)
         remove_channels(trial, dependency_graph(trial, in_shape),
                         channels(by_root, _removals(scores, order, count, config, by_root)))
-        return _measure(trial, in_shape, kind)
+        return model_cost(trial, in_shape, kind)
 
     lo, hi = 0, len(order)
     reachable = hi_cost = cost(hi)

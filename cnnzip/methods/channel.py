@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip import metrics
 from cnnzip.data import batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, channel_groups, dependency_graph
 from cnnzip.methods.allocation import (Allocation, Cost, Measure, channels, lowest,
-                                       plan_removals, ranking_keys, sensitivity_keys)
+                                       model_cost, plan_removals, ranking_keys,
+                                       sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.modules.quant import QuantLayer
@@ -353,8 +353,7 @@ def channel_prune(model: nn.Module, config: ChannelPrune, ctx: Context) -> nn.Mo
         cut = cut_config
         if budget is not None:
             with plain_layers(model):
-                now = metrics.count_params(model) if kind == "params" else \
-                    metrics.count_macs(model, in_shape)
+                now = model_cost(model, in_shape, kind)
             cut = replace(cut_config, **{f"target_{kind}": min(budget / now, 1 - 1e-9)})
         step_notes = _cut(model, graph, groups, cut, ctx, in_shape)
         for root, n in step_notes.pop("removed").items():
@@ -382,24 +381,30 @@ def _schedule(model: nn.Module, config: ChannelPrune, ctx: Context, in_shape: tu
     removes the same fraction of what is left; the group limits (``max_ratio``, ``layers``)
     become per-cut fractions whose n cuts together remove at most the configured ones; the
     epochs are spread evenly, the later cuts getting any extra."""
-    total = ctx.epochs(config.epochs)
     n = config.steps
+    epochs = cut_epochs(ctx.epochs(config.epochs), n)
     if n == 1:
-        return config, [None], [total]
-    epochs = [total // n + (1 if k >= n - total % n else 0) for k in range(n)]
-
-    def per_cut(ratio: float) -> float:
-        return 1 - (1 - ratio) ** (1 / n)
-
-    cut = replace(config, max_ratio=per_cut(config.max_ratio), steps=1,
-                  layers={k: per_cut(v) for k, v in config.layers.items()})
+        return config, [None], epochs
+    cut = replace(config, max_ratio=cut_ratio(config.max_ratio, n), steps=1,
+                  layers={k: cut_ratio(v, n) for k, v in config.layers.items()})
     target = config.target_params if kind == "params" else config.target_macs
     if target is None:
         return cut, [None] * n, epochs
     with plain_layers(model):
-        original = metrics.count_params(model) if kind == "params" else \
-            metrics.count_macs(model, in_shape)
+        original = model_cost(model, in_shape, kind)
     return cut, [original * target ** ((k + 1) / n) for k in range(n)], epochs
+
+
+def cut_epochs(total: int, steps: int) -> list[int]:
+    """``total`` retraining epochs spread evenly over ``steps`` cuts, the later cuts getting
+    any extra."""
+    return [total // steps + (1 if k >= steps - total % steps else 0) for k in range(steps)]
+
+
+def cut_ratio(ratio: float, steps: int) -> float:
+    """The share of a group each of ``steps`` cuts may take so that together they take at
+    most ``ratio`` of it."""
+    return 1 - (1 - ratio) ** (1 / steps)
 
 
 def _cut(model: nn.Module, graph, groups, config: ChannelPrune, ctx: Context,
