@@ -9,8 +9,9 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import Role, channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, _data_stats, group_scores,
+from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, group_scores,
                                     sensitivity_keys)
+from cnnzip.methods.channel_scores import _data_stats
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.modules import ConvMaxPool
 from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,
