@@ -20,9 +20,9 @@ import numpy as np
 
 from cnnzip.api import load_model
 from cnnzip.data import batches, load_dataset
-from cnnzip.export.c import generate
-from cnnzip.export.reference import lower_model
-from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK, build, model_sections, run
+from cnnzip.export.c.writer import generate
+from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.measure.toolchain import INSTRUCTIONS_PER_TICK, build, model_sections, run
 from common import write_results
 
 

@@ -27,11 +27,11 @@ import torch
 from cnnzip.api import evaluate_file, export_file, load_model
 from cnnzip.api.deploy import _calibration
 from cnnzip.data import batches, load_dataset
-from cnnzip.export.dsp import max_exact_terms, packed_conv2d
-from cnnzip.export.fpga import value_ranges
-from cnnzip.export.hls import HlsOptions
-from cnnzip.export.intops import IntLayer
-from cnnzip.export.reference import lower_model
+from cnnzip.export.hls.dsp import max_exact_terms, packed_conv2d
+from cnnzip.export.hls.resources import value_ranges
+from cnnzip.export.hls.project import HlsOptions
+from cnnzip.export.ir.ops import IntLayer
+from cnnzip.export.ir.lower import lower_model
 from common import BASELINES
 
 

@@ -1,13 +1,13 @@
 """The integer-only reference against cnnzip's quantized model, on the full test set: each
 baseline compressed with a quantization recipe, its container decoded, lowered to integers
-(cnnzip/export/reference.py: int32 accumulators, Q31 requantization rounded as CMSIS-NN), and
+(cnnzip/export/ir/lower.py: int32 accumulators, Q31 requantization rounded as CMSIS-NN), and
 both run on every test image.
 
     python benchmarks/int_reference.py [--models lenet5 lenet300] [--recipe int8]
         [--out runs/bench-intref] [--set STEP.KEY=VALUE ...]
 
 Targets (issue 19): the reference's top-1 agrees with cnnzip's quantized model on ≥ 99.5% of the
-test set; the generated C (cnnzip/export/c.py, gcc -O2 -std=c99 -Wall -Werror) gives the
+test set; the generated C (cnnzip/export/c/writer.py, gcc -O2 -std=c99 -Wall -Werror) gives the
 reference's logits bit for bit on every test image. Prints both accuracies, the agreement and the largest logit difference (as a share of
 the range of the quantized model's logits in that batch). Every figure is measured in this run.
 """
@@ -22,9 +22,9 @@ import torch
 
 from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
-from cnnzip.export.c import generate
-from cnnzip.export.reference import lower_model
-from cnnzip.export.toolchain import compile_c
+from cnnzip.export.c.writer import generate
+from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.measure.toolchain import compile_c
 from common import compress_each, recipe_parser, write_results
 
 HARNESS = r"""#include <stdio.h>

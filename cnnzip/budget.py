@@ -4,7 +4,8 @@ by bisection so that the written ``model.cnz`` meets a size budget (bytes of the
 non-zero parameters, or the MACs of non-zero weights, as fractions of the original's) at the
 least compression, or so that the model is as small as it can be within an accuracy drop on
 the validation split. (A recipe with a ``channels`` step meets MACs and parameter budgets
-directly, by its allocation: see ``cnnzip compress --target-macs``.)
+directly, by its allocation, when the budget asks nothing else.) Every caller (the CLI, the
+Python API, ``cnnzip search``) routes a budget through :func:`compress_within`.
 
 A size depends on the knob far more than on retraining, so the size search probes the recipe
 without retraining (seconds each), then runs it once in full at the setting found, and moves
@@ -18,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cnnzip import distributed
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
 from cnnzip.recipes import Recipe, load_recipe
@@ -41,6 +44,8 @@ class Knob:
     hi: float
     rising: bool
     integer: bool = False
+    clears: tuple[str, ...] = ()  # the step's settings a value replaces (set to None)
+    when_set: bool = False  # the knob only where the recipe sets ``key`` itself
 
     @property
     def name(self) -> str:
@@ -55,8 +60,12 @@ class Knob:
 
 KNOBS = (Knob("sensitivity", "target_sparsity", 0.0, 0.99, True),
          Knob("prune", "sparsity", 0.0, 0.99, True),
-         Knob("channels", "target_params", 0.05, 1.0, False),
+         Knob("channels", "target_params", 0.05, 0.99, False, clears=("target_macs",)),
+         Knob("quantize", "budget_bits", 2.0, 8.0, False, when_set=True),
          Knob("quantize", "weight_bits", 1, 8, False, integer=True))
+
+# steps that meet a MACs or parameter budget by their own allocation
+ALLOCATING_STEPS = ("channels", "lowrank")
 
 
 @dataclass(frozen=True)
@@ -107,18 +116,51 @@ def knob_of(recipe: Recipe) -> Knob:
     only where no sensitivity scan sets it)."""
     kinds = [kind for kind, _ in recipe.steps]
     for knob in KNOBS:
-        if knob.step in kinds and not (knob.step == "prune" and "sensitivity" in kinds):
-            return knob
+        if knob.step not in kinds or (knob.step == "prune" and "sensitivity" in kinds):
+            continue
+        if knob.when_set and all(getattr(config, knob.key) is None
+                                 for kind, config in recipe.steps if kind == knob.step):
+            continue
+        return knob
     raise CnnzipError(f"recipe {recipe.name!r} has no setting a budget can search: it needs a "
                       "sensitivity, prune, channels or quantize step")
 
 
 def with_knob(recipe: Recipe, knob: Knob, value: float | int) -> Recipe:
-    """``recipe`` with ``knob`` set to ``value`` in every step of its kind."""
-    steps = tuple((kind, dataclasses.replace(config, **{knob.key: value}))
-                  if kind == knob.step else (kind, config) for kind, config in recipe.steps)
-    return dataclasses.replace(recipe, steps=steps,
-                               overrides=(*recipe.overrides, f"{knob.name}={value}"))
+    """``recipe`` with ``knob`` set to ``value`` in every step of its kind (the settings it
+    replaces cleared: a searched share of parameters replaces a recipe's share of MACs)."""
+    return _with_settings(recipe, knob.step, {knob.key: value, **dict.fromkeys(knob.clears)})
+
+
+def _with_settings(recipe: Recipe, step: str, settings: dict[str, Any]) -> Recipe:
+    """``recipe`` with ``settings`` in every step of kind ``step``, recorded as overrides."""
+    steps = tuple((kind, dataclasses.replace(config, **settings))
+                  if kind == step else (kind, config) for kind, config in recipe.steps)
+    said = tuple(f"{step}.{key}={'null' if value is None else value}"
+                 for key, value in settings.items())
+    return dataclasses.replace(recipe, steps=steps, overrides=(*recipe.overrides, *said))
+
+
+def allocated(recipe: Recipe, budget: Budget) -> tuple[Recipe, Budget | None]:
+    """A MACs or parameter budget that a step of ``recipe`` meets by its own allocation
+    (:data:`ALLOCATING_STEPS`) when nothing else is asked: the recipe with that step's budget
+    replaced by the one asked, and None for what is left to search. Any other budget comes
+    back as it is, to be searched.
+
+    Raises:
+        CnnzipError: both a MACs and a parameter budget for such a step.
+    """
+    step = _allocating_step(recipe)
+    limits = budget.limits()
+    if step is None or not set(limits) <= {"macs", "params"} or budget.max_drop is not None:
+        return recipe, budget
+    if len(limits) == 2:
+        raise CnnzipError(f"recipe {recipe.name!r} meets a budget by its {step} step's "
+                          "allocation, in MACs or in parameters: give --target-macs or "
+                          "--target-params, not both")
+    key, value = next(iter(limits.items()))
+    other = "params" if key == "macs" else "macs"
+    return _with_settings(recipe, step, {f"target_{key}": value, f"target_{other}": None}), None
 
 
 def _val_drop(report: dict[str, Any]) -> float:
@@ -127,12 +169,16 @@ def _val_drop(report: dict[str, Any]) -> float:
 
 def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
                     budget: Budget, *, overrides: tuple[str, ...] = (), probes: int = 6,
-                    quiet: bool = False, latency=None, **options: Any) -> dict[str, Any]:
+                    quiet: bool = False, latency=None, stage_bench: bool = False,
+                    **options: Any) -> dict[str, Any]:
     """:func:`cnnzip.pipeline.compress` with the recipe's knob chosen to meet ``budget``
-    (``probes``: bisection steps); ``options`` as ``compress`` takes them. ``latency``: for a
-    latency budget, the function that measures a written ``model.cnz`` (µs per image; see
-    :func:`cnnzip.api.compress_within`). The report gains ``budget``: what was asked, the
-    knob, the value chosen, whether it is met, every probe.
+    (``probes``: bisection steps); ``options`` as ``compress`` takes them. A MACs or parameter
+    budget alone on a recipe whose channels or lowrank step allocates to it is that step's
+    budget instead, in one run (:func:`allocated`). ``latency``: for a latency budget, the
+    function that measures a written ``model.cnz`` (µs per image; see
+    :func:`cnnzip.api.compress_within`). ``stage_bench``: time each stage (a run without a
+    search only). The report gains ``budget``: what was asked, the knob, the value chosen,
+    whether it is met, every probe. Progress goes to stderr.
 
     Raises:
         CnnzipError: a recipe without a knob, or a budget no setting meets (with the closest
@@ -143,6 +189,13 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
                           "(cnnzip.api.compress_within gives one)")
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
+    recipe, searched = allocated(recipe, budget)
+    if searched is None:
+        return _allocate(model_path, recipe, out_dir, budget, quiet=quiet,
+                         stage_bench=stage_bench, **options)
+    if options.get("resume"):
+        raise CnnzipError("--resume continues one run; a budget search starts its own")
+    options.pop("resume", None)
     knob = knob_of(recipe)
     if knob.step == "quantize" and (budget.macs is not None or budget.params is not None):
         raise CnnzipError(f"recipe {recipe.name!r} searches {knob.name}, which changes neither "
@@ -169,7 +222,7 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
         tried.append(row)
         if not quiet:
             print(f"budget: {knob.name}={value}{'' if full else ' (no retraining)'}: "
-                  f"{_point(row)}")
+                  f"{_point(row)}", file=sys.stderr)
         return {**row, "report": report}
 
     limits = budget.limits()
@@ -187,15 +240,40 @@ def compress_within(model_path: str | Path, recipe: str | Recipe, out_dir: str |
             f"no {knob.name} meets the budget ({budget.describe()}): the closest point reached is "
             f"{_point(chosen)} ({knob.name}={chosen['value']}); the probes are in {work}")
     report = chosen["report"]
-    report["budget"] = {"size_kb": budget.size_kb, "max_drop": budget.max_drop,
-                        "macs": budget.macs, "params": budget.params,
-                        "latency_us": budget.latency_us,
-                        "knob": knob.name, "value": chosen["value"], "met": met,
-                        "probes": [{k: v for k, v in row.items() if k != "folder"}
-                                   for row in tried]}
+    report["budget"] = _record(budget, knob.name, chosen["value"], met,
+                               [{k: v for k, v in row.items() if k != "folder"}
+                                for row in tried])
     _take(chosen["folder"], out)
     shutil.rmtree(work, ignore_errors=True)
     write_report(out, report)
+    return report
+
+
+def _allocating_step(recipe: Recipe) -> str | None:
+    return next((kind for kind, _ in recipe.steps if kind in ALLOCATING_STEPS), None)
+
+
+def _record(budget: Budget, knob: str, value: float | int, met: bool,
+            probes: list[dict[str, Any]]) -> dict[str, Any]:
+    """``report.json`` → ``budget``."""
+    return {"size_kb": budget.size_kb, "max_drop": budget.max_drop, "macs": budget.macs,
+            "params": budget.params, "latency_us": budget.latency_us,
+            "knob": knob, "value": value, "met": met, "probes": probes}
+
+
+def _allocate(model_path: str | Path, recipe: Recipe, out_dir: str | Path, budget: Budget, *,
+              quiet: bool, stage_bench: bool, **options: Any) -> dict[str, Any]:
+    """One run of ``recipe`` whose channels or lowrank step allocates to ``budget`` (MACs or
+    parameters) itself; the report's ``budget`` says whether the model meets it."""
+    report = compress(model_path, recipe, out_dir, quiet=quiet, stage_bench=stage_bench,
+                      **options)
+    b, c = report["baseline"], report["compressed"]
+    key, limit = next(iter(budget.limits().items()))
+    reached = c["macs"] / b["macs"] if key == "macs" else c["params"] / b["params"]
+    setting = f"{_allocating_step(recipe)}.target_{key}"
+    report["budget"] = _record(budget, setting, limit, reached <= limit + 1e-9, [])
+    if distributed.rank() == 0:  # torchrun: rank 0 alone writes (the others wrote nothing)
+        write_report(Path(out_dir), report)
     return report
 
 

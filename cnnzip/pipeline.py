@@ -196,9 +196,9 @@ def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[s
     compiling: flash (constant bytes) and RAM (the arena) and each layer's kernel; or why the
     model has no integer C form."""
     from cnnzip.data import batches
-    from cnnzip.export.c import generate
-    from cnnzip.export.intops import ReferenceError
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.c.writer import generate
+    from cnnzip.export.ir.ops import ReferenceError
+    from cnnzip.export.ir.lower import lower_model
 
     try:
         calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]

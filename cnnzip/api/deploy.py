@@ -1,6 +1,5 @@
 """The Python API for deployment: export a file as ONNX, C or an hls4ml project, time it as C
-(host or emulated Cortex-M4), estimate its FPGA resources, and compress within a latency
-budget measured on the C."""
+(host or emulated Cortex-M4), estimate its FPGA resources."""
 
 from __future__ import annotations
 
@@ -13,9 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnzip import budget as _budget
 from cnnzip.api.files import file_splits, load_model
-from cnnzip.budget import Budget
 from cnnzip.errors import ArgumentError, CnnzipError
 from cnnzip.surgery import ModelSpec
 from cnnzip.train import evaluate
@@ -27,7 +24,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
                   data_dir: str | Path | None = None, work: str | Path | None = None,
                   trust_code: bool = False) -> dict[str, Any]:
     """Both models as C from cnnzip's generator, compiled with the same compiler and flags for
-    ``target`` (``host`` or ``cortex-m4``, :mod:`cnnzip.export.cbench`) and run on the first
+    ``target`` (``host`` or ``cortex-m4``, :mod:`cnnzip.export.measure.bench`) and run on the first
     ``samples`` test images (default: 200 on the Cortex-M4, 1,000 on the host): the baseline as
     dense float C, the compressed model as integer C with the kernels ``kernels`` chooses, and
     as dense integer C (what sparsity and sharing add). Per model: time per image, flash, RAM,
@@ -37,10 +34,10 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     """
     import tempfile
 
-    from cnnzip.export.cbench import Entry, bench, onnxruntime_batch1, peer_entries
-    from cnnzip.export.floatref import lower_float_model
-    from cnnzip.export.intops import ReferenceError
-    from cnnzip.export.toolchain import TARGETS
+    from cnnzip.export.measure.bench import Entry, bench, onnxruntime_batch1, peer_entries
+    from cnnzip.export.ir.lower_float import lower_float_model
+    from cnnzip.export.ir.ops import ReferenceError
+    from cnnzip.export.measure.toolchain import TARGETS
 
     if target not in TARGETS:
         raise ArgumentError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
@@ -95,8 +92,8 @@ def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | N
     import tempfile
 
     from cnnzip.data import batches
-    from cnnzip.export.cbench import Entry, bench
-    from cnnzip.export.toolchain import INSTRUCTIONS_PER_TICK
+    from cnnzip.export.measure.bench import Entry, bench
+    from cnnzip.export.measure.toolchain import INSTRUCTIONS_PER_TICK
 
     if target == "cortex-m4" and not clock_mhz:
         raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
@@ -111,22 +108,6 @@ def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | N
     if target == "host":
         return entry.result["us_per_image"]
     return entry.result["ticks_per_image"] * INSTRUCTIONS_PER_TICK / clock_mhz
-
-
-def compress_within(model_path: str | Path, recipe: Any, out_dir: str | Path, budget: Budget, *,
-                    latency_target: str = "host", clock_mhz: float | None = None,
-                    **options: Any) -> dict[str, Any]:
-    """:func:`cnnzip.budget.compress_within`; a latency budget measured by
-    :func:`c_latency_us` on ``latency_target`` (``host`` or ``cortex-m4`` at ``clock_mhz``)."""
-    if budget.latency_us is not None and latency_target == "cortex-m4" and not clock_mhz:
-        raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
-
-    def latency(path: Path) -> float:
-        return c_latency_us(path, target=latency_target, clock_mhz=clock_mhz,
-                            dataset=options.get("dataset"), data_dir=options.get("data_dir"),
-                            trust_code=options.get("trust_code", False))
-    return _budget.compress_within(model_path, recipe, out_dir, budget, latency=latency,
-                                   **options)
 
 
 def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
@@ -161,8 +142,8 @@ def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
     maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
     ``what`` was attempted. Returns the integer model and the calibration's record."""
-    from cnnzip.export.intops import ReferenceError
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.ir.ops import ReferenceError
+    from cnnzip.export.ir.lower import lower_model
 
     calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
         if calibrate else {"calibrated": False}
@@ -184,9 +165,9 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     import tempfile
 
     from cnnzip.data import batches
-    from cnnzip.export.c import write
-    from cnnzip.export.intops import ReferenceError
-    from cnnzip.export.toolchain import CFLAGS, compile_c, model_sections
+    from cnnzip.export.c.writer import write
+    from cnnzip.export.ir.ops import ReferenceError
+    from cnnzip.export.measure.toolchain import CFLAGS, compile_c, model_sections
 
     float_model = deepcopy(model) if calibrate and check else None
     int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
@@ -234,14 +215,14 @@ def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                    input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
                    data_dir: str | Path | None, calibrate: bool, options: Any,
                    samples: int | None) -> dict[str, Any]:
-    """An hls4ml project in ``out`` from the integer model (:mod:`cnnzip.export.hls`), with
+    """An hls4ml project in ``out`` from the integer model (:mod:`cnnzip.export.hls.project`), with
     its FPGA resource estimate; with ``check``, its C simulation run on the first
     ``samples`` test images (default all) against cnnzip's model and the integer
     reference."""
     from cnnzip.data import batches
-    from cnnzip.export.fpga import resource_report
-    from cnnzip.export.hls import export_project
-    from cnnzip.export.intops import ReferenceError
+    from cnnzip.export.hls.resources import resource_report
+    from cnnzip.export.hls.project import export_project
+    from cnnzip.export.ir.ops import ReferenceError
 
     if importlib.util.find_spec("hls4ml") is None:
         raise CnnzipError("hls4ml is not installed: pip install hls4ml==1.3.0 (scripts/setup.sh "
@@ -274,10 +255,10 @@ def fpga_resources(path: str | Path, *, reuse_factor: int = 1, calibrate: bool =
                    dataset: str | None = None, data_dir: str | Path | None = None,
                    trust_code: bool = False) -> dict[str, Any]:
     """Per layer and in total, what the quantized model in ``path`` costs on an FPGA as
-    hls4ml builds it (:mod:`cnnzip.export.fpga`): MACs, non-zero MACs, DSP slices at
+    hls4ml builds it (:mod:`cnnzip.export.hls.resources`): MACs, non-zero MACs, DSP slices at
     ``reuse_factor`` without packing, with two multiplies per slice, with zero weights
     removed, and on-chip weight bits. ``calibrate`` as in :func:`export_file`."""
-    from cnnzip.export.fpga import resource_report
+    from cnnzip.export.hls.resources import resource_report
 
     model, spec, info = load_model(path, trust_code=trust_code)
     int_model, calibrated = _integer_model(path, model, spec, info, dataset, data_dir,
@@ -311,7 +292,7 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
                           "c and hls4ml")
     model, spec, input_info = load_model(path, trust_code=trust_code)
     if format == "hls4ml":
-        from cnnzip.export.hls import HlsOptions
+        from cnnzip.export.hls.project import HlsOptions
 
         return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,
                               data_dir, calibrate, hls or HlsOptions(), samples)

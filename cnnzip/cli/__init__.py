@@ -7,11 +7,10 @@ import sys
 import warnings
 from typing import Sequence
 
-from cnnzip import __version__, distributed
+from cnnzip.api import CnnzipError, __version__, init_distributed
 from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd,
                         search, train)
 from cnnzip.cli.common import Parser
-from cnnzip.errors import CnnzipError
 
 COMMANDS = (train, compress, search, eval_cmd, bench, inspect_cmd, export, env)
 
@@ -36,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 a user error, 130 interrupted)."""
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line
-    distributed.init_from_env()  # under torchrun: join its process group (gloo)
+    init_distributed()  # under torchrun: join its process group (gloo)
     try:
         return int(args.run(args) or 0)
     except CnnzipError as exc:

@@ -6,8 +6,6 @@ import argparse
 
 from cnnzip import api
 from cnnzip.cli.common import add_data_args, add_trust_arg, positive_int, print_json
-from cnnzip.export.costmodel import POLICIES
-from cnnzip.export.toolchain import TARGETS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,11 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "int8 where quantized); default: when the compressed model is quantized")
     p.add_argument("--c", dest="c", action="store_true",
                    help="time C from cnnzip's generator instead of PyTorch")
-    p.add_argument("--target", choices=TARGETS, default="host",
+    p.add_argument("--target", choices=api.C_TARGETS, default="host",
                    help="with --c: host (gcc, nanoseconds, the models alternating in one "
                         "process) or cortex-m4 (arm-none-eabi-gcc on qemu's MPS2-AN386 with "
                         "-icount: SysTick ticks of 40 instructions); default host")
-    p.add_argument("--kernels", choices=POLICIES, default="balanced",
+    p.add_argument("--kernels", choices=api.KERNEL_POLICIES, default="balanced",
                    help="with --c: the compressed model's kernels (see cnnzip export --help)")
     p.add_argument("--samples", type=positive_int, default=None,
                    help="with --c: test images to run (default 200 on cortex-m4, 1000 on host)")

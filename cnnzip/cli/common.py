@@ -8,9 +8,7 @@ import math
 import sys
 from typing import Any, Callable, NoReturn
 
-from cnnzip.data import DATASET_NAMES
-from cnnzip.models import ZOO
-from cnnzip.recipes import builtin_names
+from cnnzip.api import DATASET_NAMES, ZOO, recipe_names
 
 MODEL_HELP = f"zoo name ({', '.join(ZOO)}) or package.module:factory for your own nn.Module"
 
@@ -41,7 +39,7 @@ def add_recipe_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE.safetensors",
                         help="a checkpoint from `cnnzip train`")
     parser.add_argument("--recipe", required=True,
-                        help=f"built-in name ({', '.join(builtin_names())}) or a YAML file")
+                        help=f"built-in name ({', '.join(recipe_names())}) or a YAML file")
     parser.add_argument("--set", action="append", default=[], metavar="STEP.KEY=VALUE",
                         dest="overrides", help="change one recipe option, e.g. --set "
                         "prune.epochs=20 --set sensitivity.target_sparsity=0.92 (repeatable)")

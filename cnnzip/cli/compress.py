@@ -5,14 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cnnzip import distributed
-from cnnzip.api import compress_within
-from cnnzip.budget import Budget
+from cnnzip import api
 from cnnzip.cli.common import (add_data_args, add_recipe_args, add_trust_arg, count, fraction,
                                non_negative_float, positive_float, print_json)
-from cnnzip.errors import CnnzipError
-from cnnzip.pipeline import compress
-from cnnzip.recipes import load_recipe
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -70,45 +65,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-# steps that meet a MACs or parameter budget by their own allocation
-BUDGETED_STEPS = ("channels", "lowrank")
-
-
-def budget_overrides(step: str, target_macs: float | None,
-                     target_params: float | None) -> list[str]:
-    """``--target-macs`` / ``--target-params`` as overrides of ``step`` (the other is cleared,
-    so a flag replaces the recipe's budget rather than conflicting with it)."""
-    if target_macs is not None and target_params is not None:
-        raise CnnzipError("give --target-macs or --target-params, not both")
-    if target_macs is not None:
-        return [f"{step}.target_macs={target_macs}", f"{step}.target_params=null"]
-    if target_params is not None:
-        return [f"{step}.target_params={target_params}", f"{step}.target_macs=null"]
-    return []
-
-
 def run(args: argparse.Namespace) -> int:
-    kinds = [kind for kind, _ in load_recipe(args.recipe, args.overrides).steps]
-    step = next((kind for kind in kinds if kind in BUDGETED_STEPS), None)
-    structured = step is not None
-    flags = budget_overrides(step or "channels", args.target_macs, args.target_params)
-    macs, params = (None, None) if structured else (args.target_macs, args.target_params)
-    overrides = (*args.overrides, *(flags if structured else ()))
-    options = dict(dataset=args.dataset, data_dir=args.data_dir, seed=args.seed,
-                   finetune_epochs=args.finetune_epochs, trust_code=args.trust_code)
-    asked = (args.target_size_kb, args.max_drop, macs, params, args.target_latency_us)
-    if any(v is not None for v in asked):
-        if args.resume:
-            raise CnnzipError("--resume continues one run; a budget search starts its own")
-        report = compress_within(args.file, args.recipe, args.out, Budget(*asked),
-                                 overrides=overrides, quiet=args.quiet or args.json,
-                                 latency_target=args.latency_target, clock_mhz=args.clock_mhz,
-                                 **options)
-    else:
-        report = compress(args.file, args.recipe, args.out, overrides=overrides,
+    asked = (args.target_size_kb, args.max_drop, args.target_macs, args.target_params,
+             args.target_latency_us)
+    budget = api.Budget(*asked) if any(v is not None for v in asked) else None
+    report = api.compress(args.file, args.recipe, args.out, budget=budget,
+                          overrides=tuple(args.overrides), dataset=args.dataset,
+                          data_dir=args.data_dir, seed=args.seed,
+                          finetune_epochs=args.finetune_epochs, trust_code=args.trust_code,
                           quiet=args.quiet, stage_bench=args.stage_bench, resume=args.resume,
-                          **options)
-    if distributed.rank() > 0:  # torchrun: rank 0 reports
+                          latency_target=args.latency_target, clock_mhz=args.clock_mhz)
+    if api.rank() > 0:  # torchrun: rank 0 reports
         return 0
     if args.json:
         print_json(report)
@@ -121,9 +88,10 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         if "budget" in report:
             g = report["budget"]
-            asked = Budget(g["size_kb"], g["max_drop"], g["macs"], g["params"],
-                           g["latency_us"]).describe()
-            print(f"budget ({asked}): met with {g['knob']}={g['value']} after "
-                  f"{len(g['probes'])} probes", file=sys.stderr)
+            asked = api.Budget(g["size_kb"], g["max_drop"], g["macs"], g["params"],
+                               g["latency_us"]).describe()
+            how = (f"after {len(g['probes'])} probes" if g["probes"]
+                   else "by the step's own allocation")
+            print(f"budget ({asked}): {'met' if g['met'] else 'NOT met'} with "
+                  f"{g['knob']}={g['value']} {how}", file=sys.stderr)
     return 0
-

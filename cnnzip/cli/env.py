@@ -3,28 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import platform
 
-from cnnzip import __version__
+from cnnzip import api
 from cnnzip.cli.common import print_json
-
-PACKAGES = ("torch", "numpy", "safetensors", "rich", "faiss-cpu", "constriction",
-            "torch-pruning", "onnx", "onnxruntime", "pyyaml", "pydantic", "matplotlib")
-
-
-def collect() -> dict[str, str]:
-    """cnnzip, Python, platform, torch threads, and each dependency's version (or 'missing')."""
-    import torch
-
-    info = {"cnnzip": __version__, "python": platform.python_version(),
-            "platform": platform.platform(), "torch threads": str(torch.get_num_threads())}
-    for name in PACKAGES:
-        try:
-            info[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            info[name] = "not installed"
-    return info
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    info = collect()
+    info = api.environment()
     if args.json:
         print_json(info)
     else:

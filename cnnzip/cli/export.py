@@ -6,9 +6,6 @@ import argparse
 
 from cnnzip import api
 from cnnzip.cli.common import add_data_args, add_trust_arg, positive_int, print_json
-from cnnzip.errors import ArgumentError
-from cnnzip.export.costmodel import POLICIES
-from cnnzip.export.hls import IO_TYPES, STRATEGIES, HlsOptions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run the export on the full test set (onnxruntime; the C compiled "
                         "with gcc; hls4ml's C simulation, compiled with g++) and report its "
                         "accuracy and agreement")
-    p.add_argument("--kernels", choices=POLICIES, default="balanced",
+    p.add_argument("--kernels", choices=api.KERNEL_POLICIES, default="balanced",
                    help="C only: each layer's kernel. dense: every weight from an array; "
                         "sparse: non-zero weights with their input offsets, zeros skipped; "
                         "unrolled: non-zero weights as immediates in straight-line code "
@@ -58,10 +55,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hls.add_argument("--reuse-factor", type=positive_int, default=1, metavar="N",
                      help="each multiplier serves N multiplies (fewer DSPs, N times the "
                           "cycles; default 1)")
-    hls.add_argument("--strategy", choices=[s.lower() for s in STRATEGIES], default="latency",
+    hls.add_argument("--strategy", choices=[s.lower() for s in api.HLS_STRATEGIES], default="latency",
                      help="hls4ml's strategy: latency (weights as constants in the logic, "
                           "default) or resource (weights in BRAM)")
-    hls.add_argument("--io-type", choices=[t.removeprefix("io_") for t in IO_TYPES],
+    hls.add_argument("--io-type", choices=[t.removeprefix("io_") for t in api.HLS_IO_TYPES],
                      default="parallel", help="parallel (default) or stream interfaces")
     hls.add_argument("--part", help="the FPGA part (default: hls4ml's)")
     hls.add_argument("--samples", type=positive_int, metavar="N",
@@ -77,8 +74,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.samples and not (args.check and args.format == "hls4ml"):
-        raise ArgumentError("--samples limits hls4ml's --check; give --format hls4ml --check")
-    hls = HlsOptions(args.reuse_factor, args.strategy.capitalize(), f"io_{args.io_type}",
+        raise api.ArgumentError("--samples limits hls4ml's --check; give --format hls4ml --check")
+    hls = api.HlsOptions(args.reuse_factor, args.strategy.capitalize(), f"io_{args.io_type}",
                      args.part)
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
                         trust_code=args.trust_code, kernels=args.kernels,

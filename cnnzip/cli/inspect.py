@@ -10,8 +10,6 @@ from rich.table import Table
 from cnnzip import api
 from cnnzip.cli.common import (MODEL_HELP, add_trust_arg, positive_float, positive_int,
                                print_json)
-from cnnzip.data import DATASET_NAMES, dataset_info
-from cnnzip.errors import CnnzipError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", nargs="?",
                    help="a checkpoint or .cnz container written by cnnzip")
     p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
-    p.add_argument("--dataset", choices=DATASET_NAMES,
+    p.add_argument("--dataset", choices=api.DATASET_NAMES,
                    help="input shape for --model (default fashion-mnist: 1×28×28)")
     p.add_argument("--width", type=positive_float, help="width multiplier for --model")
     p.add_argument("--hardware", choices=["fpga"],
@@ -38,18 +36,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.model is None):
-        raise CnnzipError("give either FILE or --model NAME")
+        raise api.CnnzipError("give either FILE or --model NAME")
     if args.hardware and not args.file:
-        raise CnnzipError("--hardware fpga reads a quantized model FILE, not --model")
+        raise api.CnnzipError("--hardware fpga reads a quantized model FILE, not --model")
     if args.hardware:
         return _fpga(args)
     if args.file:
         if args.dataset is not None or args.width is not None:
-            raise CnnzipError("--dataset and --width describe --model; a file records its own "
+            raise api.CnnzipError("--dataset and --width describe --model; a file records its own "
                               "input shape and width")
         result = api.inspect_file(args.file, trust_code=args.trust_code)
     else:
-        info = dataset_info(args.dataset or "fashion-mnist")
+        info = api.dataset_info(args.dataset or "fashion-mnist")
         result = api.inspect_name(args.model, info.in_shape, info.num_classes, args.width)
     if args.json:
         print_json(result)

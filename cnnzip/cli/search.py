@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cnnzip import api
 from cnnzip.cli.common import add_data_args, add_recipe_args, count, positive_int, print_json
-from cnnzip.search import SearchConfig, run_search
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -40,11 +40,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = SearchConfig(args.file, args.recipe, args.out, args.storage, args.study,
-                          args.trials, args.workers, args.seed, args.finetune_epochs,
-                          tuple(args.overrides), args.dataset,
-                          str(args.data_dir) if args.data_dir else None)
-    result = run_search(config)
+    config = api.SearchConfig(args.file, args.recipe, args.out, args.storage, args.study,
+                              args.trials, args.workers, args.seed, args.finetune_epochs,
+                              tuple(args.overrides), args.dataset,
+                              str(args.data_dir) if args.data_dir else None)
+    result = api.run_search(config)
     if args.json:
         print_json(result)
         return 0

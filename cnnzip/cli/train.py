@@ -6,12 +6,11 @@ import argparse
 import shlex
 import sys
 
-from cnnzip import api, distributed
+from cnnzip import api
 from cnnzip.cli.common import (MODEL_HELP, add_data_args, count, non_negative_float,
                                positive_float, positive_int, print_json)
-from cnnzip.train import TrainConfig
 
-_D = TrainConfig()
+_D = api.TrainConfig()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -51,7 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+    config = api.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, augment_pad=args.augment_pad,
                          seed=args.seed, slimming=args.slimming,
                          clip_norm=args.clip_norm)
@@ -59,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
                                  width=args.width, config=config, quiet=args.quiet,
                                  command=command)
-    if distributed.rank() > 0:  # torchrun: rank 0 reports
+    if api.rank() > 0:  # torchrun: rank 0 reports
         return 0
     if args.json:
         print_json(summary)

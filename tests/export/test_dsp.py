@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cnnzip.export.dsp import (dsp_dot, dsp_multiply, max_exact_terms, packed_conv2d,
+from cnnzip.export.hls.dsp import (dsp_dot, dsp_multiply, max_exact_terms, packed_conv2d,
                                packed_matmul)
 
 INT8 = np.arange(-128, 128, dtype=np.int64)
@@ -61,7 +61,7 @@ def test_operands_wider_than_the_ports_are_refused():
 
 def test_a_quantized_convolution_computed_two_per_dsp_equals_the_integer_convolution():
     from cnnzip.data import batches, synthetic_splits
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.ir.lower import lower_model
     from cnnzip.methods import Context, apply
     from cnnzip.methods.quant import Quantize
     from cnnzip.surgery import build_model, resolve_spec

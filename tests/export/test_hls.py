@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.fpga import layer_costs, resource_report, value_ranges
-from cnnzip.export.hls import HlsOptions, export_project
-from cnnzip.export.intops import IntLayer, ReferenceError
-from cnnzip.export.reference import lower_model
-from cnnzip.export.shell import build_shell, signed_bits
+from cnnzip.export.hls.resources import layer_costs, resource_report, value_ranges
+from cnnzip.export.hls.project import HlsOptions, export_project
+from cnnzip.export.ir.ops import IntLayer, ReferenceError
+from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.hls.shell import build_shell, signed_bits
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from tests.helpers import int8_lenet5, tiny

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.intops import ReferenceError, lower
+from cnnzip.export.ir.ops import ReferenceError, lower
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.quant import quantize
@@ -78,7 +78,7 @@ def test_float_inputs_are_refused_with_a_pointer_to_quantizing_them():
 
 @pytest.mark.parametrize("name", ["lenet5", "lenet300"])
 def test_a_whole_quantized_model_in_integers_gives_the_fake_quantized_logits(name):
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.ir.lower import lower_model
 
     torch.manual_seed(0)
     spec = resolve_spec(name, (1, 28, 28), 10)
@@ -104,8 +104,8 @@ def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_lo
     """Residual adds (rescaled as TensorFlow Lite does), concatenations, global average pooling,
     depthwise and grouped convolutions: the integer graph agrees with the fake-quantized
     model."""
-    from cnnzip.export.intops import Add, Concat, GlobalAvgPool
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool
+    from cnnzip.export.ir.lower import lower_model
     from tests.helpers import tiny, zoo_model
 
     torch.manual_seed(0)
@@ -127,7 +127,7 @@ def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_lo
 
 
 def test_an_unlowered_operation_is_refused_by_name():
-    from cnnzip.export.reference import lower_model
+    from cnnzip.export.ir.lower import lower_model
 
     class Sigmoid(torch.nn.Module):
         def __init__(self):

@@ -2,9 +2,9 @@
 run on qemu-system-arm's emulated MPS2-AN386 board with ``-icount shift=0``, so that time is a
 count of executed instructions, the same on every run).
 
-The benchmark harness (``runtime/bench_main.c``) reads inputs from ``in.bin`` and writes the
+The benchmark harness (``harness/bench_main.c``) reads inputs from ``in.bin`` and writes the
 logits, each inference's time and, when built with profiling, each step's time; on the
-Cortex-M4 through semihosting (``runtime/m4_startup.c``, ``runtime/m4.ld``).
+Cortex-M4 through semihosting (``harness/m4_startup.c``, ``harness/m4.ld``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from cnnzip.errors import CnnzipError
 
-RUNTIME = Path(__file__).parent / "runtime"
+RUNTIME = Path(__file__).parent / "harness"
 CFLAGS = ("-O2", "-std=c99", "-Wall", "-Werror")
 M4_FLAGS = ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
 M4_LINK = ("-nostartfiles", "--specs=nano.specs", "--specs=nosys.specs")

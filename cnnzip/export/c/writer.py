@@ -2,8 +2,8 @@
 data or code, one static activation arena planned over tensor lifetimes, no ``malloc``, no
 floating point; one entry point, ``void cnz_infer(const uint8_t *input, int32_t *logits)``,
 computing bit for bit what the numpy reference computes (the requantization is
-``cnnzip/export/runtime/cnz_math.h``). Each layer's kernel (dense, sparse, unrolled, simd or
-packed) is chosen by the cost model in :mod:`cnnzip.export.costmodel`.
+``cnnzip/export/c/runtime/cnz_math.h``). Each layer's kernel (dense, sparse, unrolled, simd or
+packed) is chosen by the cost model in :mod:`cnnzip.export.c.costmodel`.
 
 The same generator writes a float model (:class:`cnnzip.export.reference.FloatModel`) as float
 C with the same dense kernels: the baseline that compressed C is timed against.
@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.costmodel import choose, estimate, geometry, macs
-from cnnzip.export.kernels import emit
-from cnnzip.export.floatref import FloatAdd, FloatLayer, FloatMean, FloatModel
-from cnnzip.export.intops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+from cnnzip.export.c.costmodel import choose, estimate, geometry, macs
+from cnnzip.export.c.kernels import emit
+from cnnzip.export.ir.lower_float import FloatAdd, FloatLayer, FloatMean, FloatModel
+from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
                                   IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, ReferenceError,
+from cnnzip.export.ir.ops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, ReferenceError,
                                   Relu, run_nodes)
-from cnnzip.export.reference import (capped_by, classified, fused_relu, mean_keeps_dims,
+from cnnzip.export.ir.lower import (capped_by, classified, fused_relu, mean_keeps_dims,
                                      performed_by_producer)
 from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer

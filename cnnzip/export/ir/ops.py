@@ -1,4 +1,4 @@
-"""The integer operations of the reference (:mod:`cnnzip.export.reference`), defined once in
+"""The integer operations of the reference (:mod:`cnnzip.export.ir.lower`), defined once in
 numpy: a lowered conv or linear layer (:class:`IntLayer`: weight integers, an int32 bias on the
 accumulator's scale, per output channel a Q31 multiplier and shift rounded as CMSIS-NN does,
 the zero point, a clamp that performs a following ReLU), the classifier's int32 logits, max and

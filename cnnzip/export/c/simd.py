@@ -1,4 +1,4 @@
-"""The ``simd`` and ``simd-rows`` kernel forms (:mod:`cnnzip.export.costmodel` describes them
+"""The ``simd`` and ``simd-rows`` kernel forms (:mod:`cnnzip.export.c.costmodel` describes them
 and chooses among them): stride-1 convolutions unrolled over four adjacent output columns at
 once in 16-bit lanes; ``simd-rows`` writes each row of a fused pooling window as its own code
 instead of a loop over them (faster, its code once per row)."""
@@ -9,8 +9,8 @@ from string import Template
 
 import numpy as np
 
-from cnnzip.export.costmodel import LANES, Geometry, lane_groups
-from cnnzip.export.ctext import Emitted, epilogue, pad_copy
+from cnnzip.export.c.costmodel import LANES, Geometry, lane_groups
+from cnnzip.export.c.ctext import Emitted, epilogue, pad_copy
 
 _SIMD = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
 {

@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.c import Generated, generate
-from cnnzip.export.floatref import FloatModel
-from cnnzip.export.intops import IntModel
-from cnnzip.export.toolchain import (INSTRUCTIONS_PER_TICK, build, compile_c,
+from cnnzip.export.c.writer import Generated, generate
+from cnnzip.export.ir.lower_float import FloatModel
+from cnnzip.export.ir.ops import IntModel
+from cnnzip.export.measure.toolchain import (INSTRUCTIONS_PER_TICK, build, compile_c,
                                      model_sections, run)
 
 
@@ -188,7 +188,7 @@ $writes
 def _only_entry(objects: list[Path], entry: str, output: Path) -> Path:
     """The objects linked into one relocatable object whose only global symbol is ``entry``
     (so that several models' own globals, a peer's included, do not clash)."""
-    from cnnzip.export.toolchain import compiler
+    from cnnzip.export.measure.toolchain import compiler
 
     for command in ([compiler(), "-r", "-nostdlib", *map(str, objects), "-o", str(output)],
                     ["objcopy", f"--keep-global-symbol={entry}", str(output)]):

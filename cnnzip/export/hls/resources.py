@@ -4,7 +4,7 @@ weight bits, as hls4ml would build it.
 hls4ml instantiates one multiplier per weight of a layer's kernel matrix (a convolution's
 kernel runs once per output position) divided by the reuse factor; its weights are constants,
 so a multiply by a pruned zero is never built. With the two-per-DSP packing
-(:mod:`cnnzip.export.dsp`), two weights that multiply the same activation (one input, two
+(:mod:`cnnzip.export.hls.dsp`), two weights that multiply the same activation (one input, two
 output channels) share one slice, where the weights have at most 8 bits and at least one
 product fits the slice's low field. These are counts of multipliers mapped to DSPs: Vivado
 may put narrow ones in LUTs instead; only synthesis knows (hls4ml reports resources only from
@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from cnnzip.export.dsp import max_exact_terms
-from cnnzip.export.intops import Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu, Rescale
-from cnnzip.export.shell import accumulator_bits, weight_bits
+from cnnzip.export.hls.dsp import max_exact_terms
+from cnnzip.export.ir.ops import Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu, Rescale
+from cnnzip.export.hls.shell import accumulator_bits, weight_bits
 
 
 @dataclass(frozen=True)

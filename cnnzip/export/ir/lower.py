@@ -10,7 +10,7 @@ since every sum is checked to stay in int32 (far below 2^53), and the generated 
 same integers.
 
 This module lowers a model's graph (torch.fx) to a list of nodes; the integer operations
-themselves are defined in :mod:`cnnzip.export.intops`.
+themselves are defined in :mod:`cnnzip.export.ir.ops`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.intops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid,
+from cnnzip.export.ir.ops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid,
                                   IntModel, MaxPool, Node, ReferenceError, Relu, Rescale,
                                   add_node, layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes

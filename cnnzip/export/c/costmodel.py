@@ -1,6 +1,6 @@
 """The forms a conv or linear layer's C kernel can take, how each stores the weights (the packed
 form's encoding, :func:`pack`), and the cost model that chooses among them; the C text itself
-is :mod:`cnnzip.export.kernels`.
+is :mod:`cnnzip.export.c.kernels`.
 
 Six forms compute a conv or linear layer (an :class:`~cnnzip.export.reference.IntLayer`, or a
 :class:`~cnnzip.export.floatref.FloatLayer` for the float baseline):

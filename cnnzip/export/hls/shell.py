@@ -1,5 +1,5 @@
 """The integer model (:class:`IntModel`) as a PyTorch graph that hls4ml reads (the *shell*),
-with the fixed-point type of every value; :mod:`cnnzip.export.hls` makes the project. In
+with the fixed-point type of every value; :mod:`cnnzip.export.hls.project` makes the project. In
 the shell every tensor holds its integers minus its grid's zero point (a ReLU is then a clamp
 at 0):
 
@@ -34,7 +34,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from cnnzip.export.intops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
                                   IntModel, MaxPool, ReferenceError, Relu, Rescale)
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 

@@ -1,7 +1,7 @@
 """The C kernels of a layer, each instantiated for one layer with its shapes as constants: the
-forms ``dense``, ``sparse``, ``unrolled``, ``simd`` (its text in :mod:`cnnzip.export.simd`)
-and ``packed`` that :mod:`cnnzip.export.costmodel` describes and chooses among, written as C99
-text with their constant arrays (the pieces they share: :mod:`cnnzip.export.ctext`).
+forms ``dense``, ``sparse``, ``unrolled``, ``simd`` (its text in :mod:`cnnzip.export.c.simd`)
+and ``packed`` that :mod:`cnnzip.export.c.costmodel` describes and chooses among, written as C99
+text with their constant arrays (the pieces they share: :mod:`cnnzip.export.c.ctext`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from string import Template
 import numpy as np
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.costmodel import MAX_CODE_BITS, Geometry, pack
-from cnnzip.export.ctext import PAD, Emitted, carray, epilogue, out_type, pad_copy, params
-from cnnzip.export.simd import emit_simd
+from cnnzip.export.c.costmodel import MAX_CODE_BITS, Geometry, pack
+from cnnzip.export.c.ctext import PAD, Emitted, carray, epilogue, out_type, pad_copy, params
+from cnnzip.export.c.simd import emit_simd
 
 UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
 

@@ -1,5 +1,5 @@
 """hls4ml projects for FPGAs from the integer model (:class:`IntModel`): its shell
-(:mod:`cnnzip.export.shell`) read by hls4ml's PyTorch converter with every layer's precision
+(:mod:`cnnzip.export.hls.shell`) read by hls4ml's PyTorch converter with every layer's precision
 set, the requantization scales set exactly, written as a Vivado project and, for a check,
 compiled (g++) and run as its C simulation. The simulation computes the integer reference's
 logits bit for bit. hls4ml's PyTorch reader takes no grouped or depthwise convolutions; its
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnzip.export.intops import Add, Concat, GlobalAvgPool, IntModel, ReferenceError
-from cnnzip.export.shell import Shell, build_shell
+from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool, IntModel, ReferenceError
+from cnnzip.export.hls.shell import Shell, build_shell
 
 STRATEGIES = ("Latency", "Resource")
 STREAM_UNSUPPORTED = (Add, Concat, GlobalAvgPool)
