@@ -197,13 +197,13 @@ def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[s
     model has no integer C form."""
     from cnnzip.data import batches
     from cnnzip.export.c.writer import generate
-    from cnnzip.export.ir.ops import ReferenceError
+    from cnnzip.export.ir.ops import LoweringError
     from cnnzip.export.ir.lower import lower_model
 
     try:
         calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]
         gen = generate(lower_model(model, in_shape, calibration), in_shape)
-    except ReferenceError as exc:
+    except LoweringError as exc:
         return {"available": False, "why": str(exc)}
     return {"available": True, "kernels": "balanced", **gen.memory,
             "layers": [dataclasses.asdict(p) for p in gen.layers]}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import tempfile
 from copy import deepcopy
 from dataclasses import asdict
 from pathlib import Path
@@ -13,7 +14,21 @@ import numpy as np
 import torch
 
 from cnnzip.api.files import file_splits, load_model
+from cnnzip.data import batches
 from cnnzip.errors import ArgumentError, CnnzipError
+from cnnzip.export import OrtModel, agreement, export_onnx
+from cnnzip.export.c.writer import write
+from cnnzip.export.hls.project import HlsOptions, export_project
+from cnnzip.export.hls.resources import resource_report
+from cnnzip.export.ir.facts import classes
+from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.ir.lower_float import lower_float_model
+from cnnzip.export.ir.ops import LoweringError
+from cnnzip.export.measure.bench import Entry, bench, onnxruntime_batch1, peer_entries
+from cnnzip.export.measure.toolchain import (CFLAGS, INSTRUCTIONS_PER_TICK, TARGETS,
+                                             model_sections, run_exported)
+from cnnzip.methods import Context
+from cnnzip.methods.quant import integer_ready
 from cnnzip.surgery import ModelSpec
 from cnnzip.train import evaluate
 
@@ -32,13 +47,6 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
     ``peer``, both models also through emx-onnx-cgen (ONNX to C) when it is installed.
     ``calibrate`` as in :func:`export_file`.
     """
-    import tempfile
-
-    from cnnzip.export.measure.bench import Entry, bench, onnxruntime_batch1, peer_entries
-    from cnnzip.export.ir.lower_float import lower_float_model
-    from cnnzip.export.ir.ops import ReferenceError
-    from cnnzip.export.measure.toolchain import TARGETS
-
     if target not in TARGETS:
         raise ArgumentError(f"target {target!r}: choose one of {', '.join(TARGETS)}")
     samples = samples or (200 if target == "cortex-m4" else 1000)
@@ -50,13 +58,11 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
                           f"{spec.in_shape}")
     try:
         float_model = lower_float_model(base, in_shape)
-    except ReferenceError as exc:
+    except LoweringError as exc:
         raise CnnzipError(f"{baseline}: cannot write the baseline as C: {exc}") from None
     int_model, calibrated = _integer_model(compressed, comp, spec, info, dataset, data_dir,
                                            calibrate, "export as C")
     dataset, splits = file_splits(compressed, spec, info, dataset, data_dir)
-    from cnnzip.data import batches
-
     images = torch.cat([x for x, _ in batches(splits.test, splits.info, 1000)])[:samples]
     entries = [Entry("baseline-float", float_model, "dense"),
                Entry("compressed", int_model, kernels),
@@ -68,8 +74,7 @@ def bench_c_files(baseline: str | Path, compressed: str | Path, *, target: str =
         folder = Path(work) if work else Path(tmp)
         if peer:
             out["peer"] = peer_entries(base, comp, in_shape, folder, entries)
-        bench(entries, in_shape, int(float_model(np.zeros((1, *in_shape), np.float32)).shape[1]),
-              images, folder, target)
+        bench(entries, in_shape, classes(float_model, in_shape), images, folder, target)
     key = "ticks_per_image" if target == "cortex-m4" else "us_per_image"
     models = {e.label: {k: v for k, v in e.result.items() if k not in ("folder", "sources")}
               for e in entries}
@@ -89,21 +94,15 @@ def c_latency_us(path: str | Path, *, target: str = "host", clock_mhz: float | N
     maps quantized to 8 bits first) on the first ``samples`` test images: µs measured on the
     host, or on the emulated Cortex-M4 its executed instructions at ``clock_mhz`` (one per
     cycle: memory wait states aside)."""
-    import tempfile
-
-    from cnnzip.data import batches
-    from cnnzip.export.measure.bench import Entry, bench
-    from cnnzip.export.measure.toolchain import INSTRUCTIONS_PER_TICK
-
     if target == "cortex-m4" and not clock_mhz:
         raise ArgumentError("a Cortex-M4 latency needs the board's clock (--clock-mhz)")
     model, spec, info = load_model(path, trust_code=trust_code)
     int_model, _ = _integer_model(path, model, spec, info, dataset, data_dir, True, "time as C")
     _, splits = file_splits(path, spec, info, dataset, data_dir)
     images = torch.cat([x for x, _ in batches(splits.test, splits.info, samples)])[:samples]
-    classes = int(int_model(np.zeros((1, *spec.in_shape), np.float32)).shape[1])
     with tempfile.TemporaryDirectory() as tmp:
-        (entry,) = bench([Entry("model", int_model)], tuple(spec.in_shape), classes, images,
+        (entry,) = bench([Entry("model", int_model)], tuple(spec.in_shape),
+                         classes(int_model, tuple(spec.in_shape)), images,
                          Path(tmp), target)
     if target == "host":
         return entry.result["us_per_image"]
@@ -115,8 +114,6 @@ def _calibration(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
     """The first 512 training images of the model's dataset (normalised), from which the
     integer lowering sets the grid of a tensor no quantized layer reads directly (a residual
     sum before average pooling); None when the dataset is not at hand."""
-    from cnnzip.data import batches
-
     try:
         _, splits = file_splits(path, spec, input_info, dataset, data_dir)
     except CnnzipError:
@@ -129,9 +126,6 @@ def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                    data_dir: str | Path | None) -> dict[str, Any]:
     """``model`` made computable in integers by post-training quantization of its float
     feature maps (:func:`cnnzip.methods.quant.integer_ready`), on the model's dataset."""
-    from cnnzip.methods import Context
-    from cnnzip.methods.quant import integer_ready
-
     _, splits = file_splits(path, spec, input_info, dataset, data_dir)
     return integer_ready(model, Context(splits, finetune_epochs=0, quiet=True))
 
@@ -142,15 +136,12 @@ def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
     maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
     ``what`` was attempted. Returns the integer model and the calibration's record."""
-    from cnnzip.export.ir.ops import ReferenceError
-    from cnnzip.export.ir.lower import lower_model
-
     calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
         if calibrate else {"calibrated": False}
     try:
         return lower_model(model, tuple(spec.in_shape),
                            _calibration(path, spec, input_info, dataset, data_dir)), calibrated
-    except ReferenceError as exc:
+    except LoweringError as exc:
         raise CnnzipError(f"{path}: cannot {what}: {exc}") from None
 
 
@@ -161,14 +152,6 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     ``kernels``; with ``calibrate``, float feature maps quantized first; with ``check``,
     compiled with gcc and run on the full test set: every prediction compared with the numpy
     reference's."""
-    import subprocess
-    import tempfile
-
-    from cnnzip.data import batches
-    from cnnzip.export.c.writer import write
-    from cnnzip.export.ir.ops import ReferenceError
-    from cnnzip.export.measure.toolchain import CFLAGS, compile_c, model_sections
-
     float_model = deepcopy(model) if calibrate and check else None
     int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
                                            calibrate, "export as C")
@@ -178,7 +161,7 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                           "pixels into the first layer's integers")
     try:
         files, gen = write(int_model, tuple(spec.in_shape), tuple(mean), tuple(std), out, kernels)
-    except ReferenceError as exc:
+    except LoweringError as exc:
         raise CnnzipError(f"{path}: cannot export as C: {exc}") from None
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "c",
                               "files": files, "bytes": sum(files.values()), "memory": gen.memory,
@@ -188,17 +171,9 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     if not check:
         return result
     dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
-    images = splits.test.images
     with tempfile.TemporaryDirectory() as tmp:
         result["compiled"] = model_sections(out, Path(tmp))
-        infer = compile_c(out, ["model.c", "main.c"], Path(tmp) / "infer")
-        idx = Path(tmp) / "images-idx3-ubyte"
-        n, c, h, w = images.shape
-        header = np.array([0x803, n, h, w], ">u4").tobytes()
-        idx.write_bytes(header + images.numpy().astype(np.uint8).tobytes())
-        run = subprocess.run([str(infer), str(idx)], capture_output=True, check=True,
-                             text=True)
-    predicted = np.array([int(v) for v in run.stdout.split()])
+        predicted = run_exported(out, splits.test.images, Path(tmp))
     reference = np.concatenate([int_model(int_model.quantize_input(x)).argmax(1)
                                 for x, _ in batches(splits.test, splits.info, 1000)])
     labels = splits.test.labels.numpy()
@@ -219,11 +194,6 @@ def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     its FPGA resource estimate; with ``check``, its C simulation run on the first
     ``samples`` test images (default all) against cnnzip's model and the integer
     reference."""
-    from cnnzip.data import batches
-    from cnnzip.export.hls.resources import resource_report
-    from cnnzip.export.hls.project import export_project
-    from cnnzip.export.ir.ops import ReferenceError
-
     if importlib.util.find_spec("hls4ml") is None:
         raise CnnzipError("hls4ml is not installed: pip install hls4ml==1.3.0 (scripts/setup.sh "
                           "installs it)")
@@ -241,7 +211,7 @@ def _export_hls4ml(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
         test = (int_model.quantize_input(images), labels, predicted)
     try:
         result = export_project(int_model, in_shape, out, options, check=test)
-    except ReferenceError as exc:
+    except LoweringError as exc:
         raise CnnzipError(f"{path}: cannot export for hls4ml: {exc}") from None
     result = {"file": str(path), "out": str(out), "format": "hls4ml", **result, **calibrated,
               "resources": resource_report(int_model, in_shape, options.reuse_factor)}
@@ -258,8 +228,6 @@ def fpga_resources(path: str | Path, *, reuse_factor: int = 1, calibrate: bool =
     hls4ml builds it (:mod:`cnnzip.export.hls.resources`): MACs, non-zero MACs, DSP slices at
     ``reuse_factor`` without packing, with two multiplies per slice, with zero weights
     removed, and on-chip weight bits. ``calibrate`` as in :func:`export_file`."""
-    from cnnzip.export.hls.resources import resource_report
-
     model, spec, info = load_model(path, trust_code=trust_code)
     int_model, calibrated = _integer_model(path, model, spec, info, dataset, data_dir,
                                            calibrate, "estimate FPGA resources")
@@ -284,15 +252,11 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
     in :func:`load_model`.
     """
-    from cnnzip.data import batches
-    from cnnzip.export import OrtModel, agreement, export_onnx
-
     if format not in ("onnx", "c", "hls4ml"):
         raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx, "
                           "c and hls4ml")
     model, spec, input_info = load_model(path, trust_code=trust_code)
     if format == "hls4ml":
-        from cnnzip.export.hls.project import HlsOptions
 
         return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,
                               data_dir, calibrate, hls or HlsOptions(), samples)

@@ -288,7 +288,7 @@ def _cut(model: nn.Module, graph, groups, config: ChannelPrune, ctx: Context,
         # the last epoch trains with the final choice silenced for good (BatchNorm shifts too),
         # so removing it changes nothing: dropping the constants that revivable channels carry,
         # with no training after, cost resnet20 35 points after 3 epochs
-        last = config.epochs - 1
+        last = ctx.epochs(config.epochs) - 1  # the epochs that run (--finetune-epochs)
 
         def reselect(m: nn.Module, epoch: int) -> None:
             nonlocal removals

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.hls.resources import layer_costs, resource_report, value_ranges
+from cnnzip.export.hls.resources import layer_costs, resource_report
+from cnnzip.export.ir.facts import signed_bits, value_ranges
 from cnnzip.export.hls.project import HlsOptions, export_project
-from cnnzip.export.ir.ops import IntLayer, ReferenceError
+from cnnzip.export.ir.ops import IntLayer, LoweringError
 from cnnzip.export.ir.lower import lower_model
-from cnnzip.export.hls.shell import build_shell, signed_bits
+from cnnzip.export.hls.shell import build_shell
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from tests.helpers import int8_lenet5, tiny
@@ -65,7 +66,7 @@ def test_precisions_hold_every_weight_and_accumulator_without_overflow():
 
 def test_grouped_convolutions_are_refused_by_name_and_nothing_is_written(tmp_path):
     int_model, _, _ = _integer(tiny("depthwise"))
-    with pytest.raises(ReferenceError, match="dw: hls4ml.*grouped or depthwise"):
+    with pytest.raises(LoweringError, match="dw: hls4ml.*grouped or depthwise"):
         export_project(int_model, (1, 28, 28), tmp_path / "out", HlsOptions())
     assert list(tmp_path.iterdir()) == []
 
@@ -125,7 +126,7 @@ def test_export_and_inspect_from_the_command_line(tmp_path, capsys):
 
 def test_io_stream_is_refused_where_its_simulation_is_wrong(tmp_path):
     int_model, _, _ = _integer(tiny("residual"))
-    with pytest.raises(ReferenceError, match="add: hls4ml's io_stream.*--io-type parallel"):
+    with pytest.raises(LoweringError, match="add: hls4ml's io_stream.*--io-type parallel"):
         export_project(int_model, (1, 28, 28), tmp_path / "out",
                        HlsOptions(io_type="io_stream"))
     assert list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.ir.ops import ReferenceError, lower
+from cnnzip.export.ir.ops import LoweringError, lower
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.quant import quantize
@@ -72,7 +72,7 @@ def test_the_integer_layer_is_the_fake_quantized_one_within_one_step(weight_bits
 
 def test_float_inputs_are_refused_with_a_pointer_to_quantizing_them():
     model, _ = _quantized(act_bits=0)
-    with pytest.raises(ReferenceError, match="inputs are float"):
+    with pytest.raises(LoweringError, match="inputs are float"):
         lower(model.get_submodule("features.0"), 0.1, 0, 8, name="features.0")
 
 
@@ -140,5 +140,5 @@ def test_an_unlowered_operation_is_refused_by_name():
     model = Sigmoid().eval()
     apply(model, Quantize(calibration=64), Context(synthetic_splits(), finetune_epochs=0,
                                                    quiet=True))
-    with pytest.raises(ReferenceError, match="sigmoid.*not lowered to integers yet"):
+    with pytest.raises(LoweringError, match="sigmoid.*not lowered to integers yet"):
         lower_model(model, (1, 28, 28))

@@ -180,6 +180,25 @@ def test_soft_pruning_meets_the_budget_and_its_last_epoch_trains_the_final_choic
     assert metrics.count_params(rebuilt) == metrics.count_params(model)
 
 
+def test_soft_pruning_with_fewer_finetune_epochs_still_trains_the_final_choice(monkeypatch):
+    # --finetune-epochs 2 under a recipe's 5: the second (last) epoch trains the final choice
+    # silenced for good (reading the recipe's 5 once left it never trained silenced)
+    import cnnzip.methods.channel as channel_module
+
+    model = build_model(resolve_spec("resnet20", IN, 10, width=0.25))
+    ctx = Context(synthetic_splits(n_train=128), quiet=True, finetune_epochs=2)
+    seen = []
+
+    def spy(group, channels, *, recoverable=False):
+        seen.append(recoverable)
+        silence_channels(group, channels, recoverable=recoverable)
+    monkeypatch.setattr(channel_module, "silence_channels", spy)
+    apply(model, ChannelPrune(target_macs=0.5, soft=True, epochs=5, lr=0.05), ctx)
+    assert len(ctx.notes["channels"]["soft_reselected"]) == 1  # after epoch 0 only
+    n = len(seen) // 3
+    assert n > 0 and seen == [True] * n + [False] * 2 * n
+
+
 @pytest.mark.parametrize("bn_images", [0, 64])
 def test_sensitivity_keys_follow_each_groups_measured_cost(bn_images):
     model = tiny("residual")

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 from string import Template
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -23,9 +24,10 @@ import torch
 from cnnzip.errors import CnnzipError
 from cnnzip.export.c.costmodel import choose, estimate, geometry, macs
 from cnnzip.export.c.kernels import emit
+from cnnzip.export.ir.facts import shapes as tensor_shapes
 from cnnzip.export.ir.lower_float import FloatAdd, FloatLayer, FloatMean, FloatModel
 from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
-                                  IntModel, Logits, MaxPool, ReferenceError, Relu, Rescale)
+                                  IntModel, Logits, LoweringError, MaxPool, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 
@@ -125,66 +127,108 @@ def _clamp(v: str, lo: int, hi: int) -> str:
     return f"cnz_clamp({v}, {lo}, {hi})"
 
 
+# The C of each operation other than a conv or linear layer, by the operation's exact type:
+# (op, function name, element type, input shapes, output shape) → a C function. A new
+# operation adds its writer here.
+GlueWriter = Callable[[Any, str, str, list, tuple], str]
+GLUE: dict[type, GlueWriter] = {}
+
+
+def _glue(*types: type) -> Callable[[GlueWriter], GlueWriter]:
+    def register(fn: GlueWriter) -> GlueWriter:
+        for t in types:
+            GLUE[t] = fn
+        return fn
+    return register
+
+
+@_glue(MaxPool)
+def _maxpool(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    c, h, w = in_shapes[0]
+    return _MAXPOOL.substitute(name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0],
+                               kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
+                               oh=out_shape[1], ow=out_shape[2])
+
+
+@_glue(GlobalAvgPool)
+def _global_avg_pool(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    c, h, w = in_shapes[0]
+    return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
+                           s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
+
+
+@_glue(FloatMean)
+def _float_mean(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    c, h, w = in_shapes[0]
+    value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
+    return (f"static void {name}(const float *restrict in, float *restrict out)\n{{\n"
+            f"    for (int c = 0; c < {c}; c++) {{\n        float acc = 0.0f;\n"
+            f"        for (int i = 0; i < {h * w}; i++) acc += in[c * {h * w} + i];\n"
+            f"        const float v = acc / {float(h * w)!r}f;\n"
+            f"        out[c] = {value};\n    }}\n}}\n")
+
+
+@_glue(FloatAdd)
+def _float_add(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
+    return _ELEMENTWISE.substitute(
+        name=name, params="const float *restrict in0, const float *restrict in1", t="float",
+        n=int(np.prod(out_shape)),
+        body=f"        const float v = in0[i] + in1[i];\n        out[i] = {value};")
+
+
+@_glue(Rescale)
+def _rescale(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    body = (f"        const int32_t v = cnz_requantize((int32_t)in0[i] - {op.in_zero}, "
+            f"{op.multiplier}, {op.shift}) + {op.out_zero};\n"
+            f"        out[i] = {_clamp('v', op.lo, op.hi)};")
+    return _ELEMENTWISE.substitute(name=name, params="const uint8_t *restrict in0",
+                                   t="uint8_t", n=int(np.prod(out_shape)), body=body)
+
+
+@_glue(Add)
+def _add(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    terms = " + ".join(f"cnz_requantize(((int32_t)in{k}[i] - {op.zeros[k]}) * (1 << "
+                       f"{ADD_SHIFT}), {op.multipliers[k]}, {op.shifts[k]})"
+                       for k in range(2))
+    body = (f"        const int32_t sum = {terms};\n"
+            f"        const int32_t v = cnz_requantize(sum, {op.out_multiplier}, "
+            f"{op.out_shift}) + {op.out_zero};\n"
+            f"        out[i] = {_clamp('v', op.lo, op.hi)};")
+    return _ELEMENTWISE.substitute(
+        name=name, params="const uint8_t *restrict in0, const uint8_t *restrict in1",
+        t="uint8_t", n=int(np.prod(out_shape)), body=body)
+
+
+@_glue(Relu)
+def _relu(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    return _ELEMENTWISE.substitute(
+        name=name, params=f"const {elem} *restrict in0", t=elem, n=int(np.prod(out_shape)),
+        body=f"        out[i] = in0[i] > {op.zero} ? in0[i] : {op.zero};")
+
+
+@_glue(Concat)
+def _concat(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
+    params = ", ".join(f"const {elem} *restrict in{k}" for k in range(len(in_shapes)))
+    copies, offset = [], 0
+    for k, shape in enumerate(in_shapes):
+        size = int(np.prod(shape))
+        copies.append(f"    for (int i = 0; i < {size}; i++) out[{offset} + i] = in{k}[i];")
+        offset += size
+    return f"static void {name}({params}, {elem} *restrict out)\n{{\n" + "\n".join(copies) \
+        + "\n}\n"
+
+
 def _glue_function(op, name: str, elem: str, in_shapes: list, out_shape) -> str:
-    """The C of an operation other than a conv or linear layer."""
-    if isinstance(op, MaxPool):
-        c, h, w = in_shapes[0]
-        return _MAXPOOL.substitute(name=name, t=elem, c=c, h=h, w=w, kh=op.kernel[0],
-                                   kw=op.kernel[1], sh=op.stride[0], sw=op.stride[1],
-                                   oh=out_shape[1], ow=out_shape[2])
-    if isinstance(op, GlobalAvgPool):
-        c, h, w = in_shapes[0]
-        return _GAP.substitute(name=name, c=c, hw=h * w, zero=op.in_zero, m=op.multiplier,
-                               s=op.shift, out_zero=op.out_zero, lo=op.lo, hi=op.hi)
-    if isinstance(op, FloatMean):
-        c, h, w = in_shapes[0]
-        value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
-        return (f"static void {name}(const float *restrict in, float *restrict out)\n{{\n"
-                f"    for (int c = 0; c < {c}; c++) {{\n        float acc = 0.0f;\n"
-                f"        for (int i = 0; i < {h * w}; i++) acc += in[c * {h * w} + i];\n"
-                f"        const float v = acc / {float(h * w)!r}f;\n"
-                f"        out[c] = {value};\n    }}\n}}\n")
-    n = int(np.prod(out_shape))
-    if isinstance(op, FloatAdd):
-        value = "v > 0.0f ? v : 0.0f" if op.relu else "v"
-        return _ELEMENTWISE.substitute(
-            name=name, params="const float *restrict in0, const float *restrict in1", t="float",
-            n=n, body=f"        const float v = in0[i] + in1[i];\n        out[i] = {value};")
-    if isinstance(op, Rescale):  # after GlobalAvgPool, a Rescale too
-        body = (f"        const int32_t v = cnz_requantize((int32_t)in0[i] - {op.in_zero}, "
-                f"{op.multiplier}, {op.shift}) + {op.out_zero};\n"
-                f"        out[i] = {_clamp('v', op.lo, op.hi)};")
-        return _ELEMENTWISE.substitute(name=name, params="const uint8_t *restrict in0",
-                                       t="uint8_t", n=n, body=body)
-    if isinstance(op, Add):
-        terms = " + ".join(f"cnz_requantize(((int32_t)in{k}[i] - {op.zeros[k]}) * (1 << "
-                           f"{ADD_SHIFT}), {op.multipliers[k]}, {op.shifts[k]})"
-                           for k in range(2))
-        body = (f"        const int32_t sum = {terms};\n"
-                f"        const int32_t v = cnz_requantize(sum, {op.out_multiplier}, "
-                f"{op.out_shift}) + {op.out_zero};\n"
-                f"        out[i] = {_clamp('v', op.lo, op.hi)};")
-        return _ELEMENTWISE.substitute(
-            name=name, params="const uint8_t *restrict in0, const uint8_t *restrict in1",
-            t="uint8_t", n=n, body=body)
-    if isinstance(op, Relu):
-        return _ELEMENTWISE.substitute(
-            name=name, params=f"const {elem} *restrict in0", t=elem, n=n,
-            body=f"        out[i] = in0[i] > {op.zero} ? in0[i] : {op.zero};")
-    if isinstance(op, Concat):
-        params = ", ".join(f"const {elem} *restrict in{k}" for k in range(len(in_shapes)))
-        copies, offset = [], 0
-        for k, shape in enumerate(in_shapes):
-            size = int(np.prod(shape))
-            copies.append(f"    for (int i = 0; i < {size}; i++) out[{offset} + i] = in{k}[i];")
-            offset += size
-        return f"static void {name}({params}, {elem} *restrict out)\n{{\n" + "\n".join(copies) \
-            + "\n}\n"
-    raise ReferenceError(f"{type(op).__name__} has no C kernel yet")
+    """The C of an operation other than a conv or linear layer (:data:`GLUE`)."""
+    writer = GLUE.get(type(op))
+    if writer is None:
+        raise LoweringError(f"{type(op).__name__} has no C kernel yet")
+    return writer(op, name, elem, in_shapes, out_shape)
 
 
 def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
-             kernels: str = "balanced") -> Generated:
+             kernels: str = "balanced", *, pixel_channels: int | None = None) -> Generated:
     """The C of ``model`` on inputs of ``in_shape`` (C, H, W), each layer's kernel form chosen
     by ``kernels`` (one of :data:`cnnzip.export.costmodel.POLICIES`).
 
@@ -193,20 +237,15 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
     arena, planned over its lifetime (from the step that writes it to the last that reads it).
 
     Raises:
-        ReferenceError: an operation without a C kernel yet, or weights wider than 8 bits.
+        LoweringError: an operation without a C kernel yet, or weights wider than 8 bits.
     """
     is_float = isinstance(model, FloatModel)
     elem, width = ("float", 4) if is_float else ("uint8_t", 1)
     nodes = model.nodes
     if not nodes or not isinstance(nodes[-1].op, FloatLayer if is_float else Logits):
-        raise ReferenceError("the model must end with its classifier")
-    values = {-1: np.zeros((1, *in_shape), np.float32 if is_float else np.int64)}
-    if not is_float:
-        values[-1] = values[-1] + model.in_zero
-    for k, node in enumerate(nodes):
-        values[k] = node.op(*(values[i] for i in node.inputs))
-    shapes = {k: tuple(v.shape[1:]) for k, v in values.items()}
-    readers = {k: [j for j, n in enumerate(nodes) if k in n.inputs] for k in values}
+        raise LoweringError("the model must end with its classifier")
+    shapes = tensor_shapes(model, in_shape)
+    readers = {k: [j for j, n in enumerate(nodes) if k in n.inputs] for k in shapes}
     fused = {readers[k][0]: k for k, node in enumerate(nodes)
              if isinstance(node.op, (IntLayer, FloatLayer)) and node.op.kind == "conv"
              and len(readers[k]) == 1 and isinstance(nodes[readers[k][0]].op, MaxPool)}
@@ -239,7 +278,7 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
                 form = choose(op, geo, kernels)
                 emitted = emit(op, name, geo, form)
             except CnnzipError as exc:
-                raise ReferenceError(f"layer {source}: {exc}") from None
+                raise LoweringError(f"layer {source}: {exc}") from None
             dense, nonzero = macs(op, geo)
             layers.append(LayerPlan(f"layer {source}" + (" + max pool" if pool else ""), form,
                                     dense, nonzero,
@@ -275,7 +314,10 @@ def generate(model: IntModel | FloatModel, in_shape: tuple[int, ...],
               + f"#define CNZ_INPUT_SIZE {int(np.prod(in_shape))}\n"
               f"#define CNZ_CLASSES {int(np.prod(shapes[last]))}\n"
               f"#define CNZ_STEPS {len(steps)}\n"
-              "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits);\n\n#endif\n")
+              + ("" if pixel_channels is None else
+                 f"#define CNZ_CHANNELS {pixel_channels}\n"
+                 f"extern const cnz_input_t cnz_pixel_to_input[{pixel_channels}][256];\n")
+              + "void cnz_infer(const cnz_input_t *input, cnz_logit_t *logits);\n\n#endif\n")
     body = [f"/* Generated by cnnzip: {'float' if is_float else 'integer-only'} inference; "
             "kernels: " + ", ".join(f"{p.name} {p.form}" for p in layers) + ". */",
             '#include "model.h"',
@@ -364,22 +406,19 @@ def write(model: IntModel | FloatModel, in_shape: tuple[int, ...], mean: tuple[f
     """``out/model.h``, ``out/model.c`` (with the pixel lookup table) and ``out/main.c``;
     returns each file's bytes and what :func:`generate` planned (the lookup table counted in
     its constant bytes)."""
-    gen = generate(model, in_shape, kernels)
+    gen = generate(model, in_shape, kernels, pixel_channels=len(mean))
     table = pixel_table(model, mean, std)
     ctype = "float" if isinstance(model, FloatModel) else "uint8_t"
-    header = gen.header.replace("void cnz_infer(", f"#define CNZ_CHANNELS {len(mean)}\n"
-                                f"extern const cnz_input_t cnz_pixel_to_input[{len(mean)}][256];\n"
-                                "void cnz_infer(")
     values = [[_literal(v, ctype) for v in row] for row in table.tolist()]
     rows = ",\n    ".join("{" + ", ".join(row) + "}" for row in values)
     source = gen.source + (f"\n/* 8-bit pixel → the first layer's input, per channel */\n"
                            f"const cnz_input_t cnz_pixel_to_input[{len(mean)}][256] = {{\n"
                            f"    {rows}\n}};\n")
     out.mkdir(parents=True, exist_ok=True)
-    files = {"model.h": header, "model.c": source, "main.c": HARNESS}
+    files = {"model.h": gen.header, "model.c": source, "main.c": HARNESS}
     for name, text in files.items():
         (out / name).write_text(text)
-    gen = replace(gen, header=header, source=source,
+    gen = replace(gen, source=source,
                   const_bytes=gen.const_bytes + table.size * (4 if ctype == "float" else 1))
     return {name: len(text.encode()) for name, text in files.items()}, gen
 

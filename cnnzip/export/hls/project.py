@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool, IntModel, ReferenceError
+from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool, IntModel, LoweringError
 from cnnzip.export.hls.shell import Shell, build_shell
 
 STRATEGIES = ("Latency", "Resource")
@@ -33,7 +33,7 @@ def hls_config(shell: Shell, in_shape: tuple[int, ...], *, reuse_factor: int = 1
     names = config["LayerName"]
     missing = set(shell.layers) - set(names)
     if missing:
-        raise ReferenceError(f"hls4ml did not keep the shell's layers {sorted(missing)}")
+        raise LoweringError(f"hls4ml did not keep the shell's layers {sorted(missing)}")
     names[shell.input_name]["Precision"]["result"] = shell.input_precision
     for name, layer in shell.layers.items():
         precision = names[name].setdefault("Precision", {})
@@ -57,7 +57,7 @@ def convert(shell: Shell, in_shape: tuple[int, ...], out_dir: str, *, reuse_fact
         if layer.scale is not None:
             hls_layer = hls_model.graph.get(name)
             if hls_layer is None or "scale" not in hls_layer.weights:
-                raise ReferenceError(f"{name}: hls4ml merged the requantization into another "
+                raise LoweringError(f"{name}: hls4ml merged the requantization into another "
                                      "layer; its scale would not be exact")
             hls_layer.weights["scale"].data = layer.scale.copy()
             hls_layer.weights["bias"].data = np.full(layer.scale.shape, float(layer.bias))
@@ -106,7 +106,7 @@ def export_project(int_model: IntModel, in_shape: tuple[int, ...], out, options:
     many images' logits equal the reference's exactly.
 
     Raises:
-        ReferenceError: an operation hls4ml cannot take (named); nothing is written.
+        LoweringError: an operation hls4ml cannot take (named); nothing is written.
     """
     import contextlib
     import io
@@ -118,7 +118,7 @@ def export_project(int_model: IntModel, in_shape: tuple[int, ...], out, options:
     if options.io_type == "io_stream":
         joins = [n.name for n in int_model.nodes if isinstance(n.op, STREAM_UNSUPPORTED)]
         if joins:
-            raise ReferenceError(f"{joins[0]}: hls4ml's io_stream C simulation does not "
+            raise LoweringError(f"{joins[0]}: hls4ml's io_stream C simulation does not "
                                  "compute residual adds, concatenations or global average "
                                  "pooling as io_parallel does (measured: wrong logits); "
                                  "export with --io-type parallel")

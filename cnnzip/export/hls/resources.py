@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from cnnzip.export.hls.dsp import max_exact_terms
-from cnnzip.export.ir.ops import Add, Concat, Flatten, IntLayer, IntModel, MaxPool, Relu, Rescale
-from cnnzip.export.hls.shell import accumulator_bits, weight_bits
+from cnnzip.export.ir.facts import accumulator_bits, shapes, value_ranges, weight_bits
+from cnnzip.export.ir.ops import IntLayer, IntModel
 
 
 @dataclass(frozen=True)
@@ -44,38 +44,11 @@ class LayerCost:
     nonzero_storage_bits: int  # the non-zero weights only (constants in the logic)
 
 
-def value_ranges(model: IntModel) -> dict[int, tuple[int, int]]:
-    """Each node's output integers minus their grid's zero point, as [lo, hi] (-1: the
-    input); a classifier's logits span int32."""
-    ranges = {-1: (-model.in_zero, (1 << model.in_bits) - 1 - model.in_zero)}
-    for k, node in enumerate(model.nodes):
-        op, first = node.op, ranges[node.inputs[0]]
-        if isinstance(op, IntLayer):
-            ranges[k] = (-(1 << 31), (1 << 31) - 1) if op.is_logits \
-                else (op.lo - op.out_zero, op.hi - op.out_zero)
-        elif isinstance(op, (Rescale, Add)):  # GlobalAvgPool is a Rescale
-            ranges[k] = (op.lo - op.out_zero, op.hi - op.out_zero)
-        elif isinstance(op, Relu):
-            ranges[k] = (0, first[1])
-        elif isinstance(op, Concat):
-            parts = [ranges[i] for i in node.inputs]
-            ranges[k] = (min(p[0] for p in parts), max(p[1] for p in parts))
-        elif isinstance(op, (MaxPool, Flatten)):
-            ranges[k] = first
-        else:
-            raise TypeError(f"{node.name}: no range rule for {type(op).__name__}")
-    return ranges
-
-
 def _positions(model: IntModel, in_shape: tuple[int, ...]) -> dict[int, int]:
     """Per conv or linear node, how many times its kernel runs on one image."""
-    values = {-1: np.zeros((1, *in_shape), np.int64) + model.in_zero}
-    positions = {}
-    for k, node in enumerate(model.nodes):
-        values[k] = node.op(*(values[i] for i in node.inputs))
-        if isinstance(node.op, IntLayer):
-            positions[k] = int(np.prod(values[k].shape[2:])) if node.op.kind == "conv" else 1
-    return positions
+    shape = shapes(model, in_shape)
+    return {k: int(np.prod(shape[k][1:])) if node.op.kind == "conv" else 1
+            for k, node in enumerate(model.nodes) if isinstance(node.op, IntLayer)}
 
 
 def _pairs(matrix: np.ndarray) -> int:

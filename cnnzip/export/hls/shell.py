@@ -35,34 +35,12 @@ import torch.fx
 from torch import nn
 
 from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
-                                  IntModel, MaxPool, ReferenceError, Relu, Rescale)
+                                  IntModel, LoweringError, MaxPool, Relu, Rescale)
+from cnnzip.export.ir.facts import accumulator_bits, signed_bits, weight_bits
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 
 NOT_NOP = 2.0 ** -30  # a scale's bias as hls4ml reads it when the real one is 0
 FRACTION_BITS = 24  # kept by the inputs of a residual add and an average before they round
-
-
-def signed_bits(lo: float, hi: float) -> int:
-    """The fewest bits of a two's-complement integer that holds every value in [lo, hi]."""
-    bits = 1
-    while not (-(1 << (bits - 1)) <= lo and hi <= (1 << (bits - 1)) - 1):
-        bits += 1
-    return bits
-
-
-def weight_bits(op: IntLayer) -> int:
-    """Signed bits that hold every weight integer of ``op``."""
-    return signed_bits(int(op.weight.min(initial=0)), int(op.weight.max(initial=0)))
-
-
-def accumulator_bits(op: IntLayer, x_range: tuple[int, int]) -> int:
-    """Signed bits that hold every accumulator of ``op`` on inputs in ``x_range``: the largest
-    Σ|w| · max|x| + |bias| of an output channel."""
-    reach = max(abs(x_range[0]), abs(x_range[1]))
-    per_channel = np.abs(op.weight).reshape(len(op.weight), -1).sum(1) * reach \
-        + np.abs(op.bias)
-    most = float(per_channel.max(initial=0))
-    return signed_bits(-most, most)
 
 
 def fixed(bits: int, integer: int, *, signed: bool = True, rounding: str = "",
@@ -221,7 +199,7 @@ class _Builder:
         bits = max(1, signed_bits(0, hi - lo) - 1)
         offset = (1 << bits) - 1 - (hi - lo)
         if offset and known_lo < lo:
-            raise ReferenceError(f"{source}: a clamp to [{lo}, {hi}] has no exact form")
+            raise LoweringError(f"{source}: a clamp to [{lo}, {hi}] has no exact form")
         x = self.scale(f"{base}_clamp", x, np.array(1.0),
                        (max(0, known_lo - lo + offset), (1 << bits) - 1),
                        fixed(bits, bits, signed=False, rounding="AP_RND", overflow="AP_SAT"),
@@ -272,7 +250,7 @@ def build_shell(model: IntModel, in_shape: tuple[int, ...]) -> Shell:
     """The hls4ml shell of an integer model (see the module docstring).
 
     Raises:
-        ReferenceError: an operation hls4ml's PyTorch converter cannot take (named): grouped
+        LoweringError: an operation hls4ml's PyTorch converter cannot take (named): grouped
             and depthwise convolutions, a classifier that is a convolution.
     """
     in_range = (-model.in_zero, (1 << model.in_bits) - 1 - model.in_zero)
@@ -305,7 +283,7 @@ def build_shell(model: IntModel, in_shape: tuple[int, ...]) -> Shell:
             out = (min(b.range(x)[0] for x in xs), max(b.range(x)[1] for x in xs))
             values[k] = b.function(torch.cat, xs, out, {"result": _result(*out)}, name, dim=1)
         else:
-            raise ReferenceError(f"{name}: {type(op).__name__} has no hls4ml form yet")
+            raise LoweringError(f"{name}: {type(op).__name__} has no hls4ml form yet")
     return Shell(b.finish(values[len(model.nodes) - 1]), b.layers, b.input.name,
                  _result(*in_range).replace(",AP_RND_INF,AP_SAT", ""), model.in_zero,
                  accumulators)
@@ -315,10 +293,10 @@ def _layer(b: _Builder, op: IntLayer, name: str, x: torch.fx.Node,
            accumulators: dict[str, int]) -> torch.fx.Node:
     """A conv or linear layer with integer weights, then its requantization (and ReLU)."""
     if op.kind == "conv" and op.groups != 1:
-        raise ReferenceError(f"{name}: hls4ml's PyTorch converter does not take grouped or "
+        raise LoweringError(f"{name}: hls4ml's PyTorch converter does not take grouped or "
                              f"depthwise convolutions (groups={op.groups})")
     if op.is_logits and op.kind == "conv":
-        raise ReferenceError(f"{name}: a convolution as the classifier has no hls4ml form yet")
+        raise LoweringError(f"{name}: a convolution as the classifier has no hls4ml form yet")
     if op.flatten or (op.kind == "linear" and len(b.shape(x)) > 2):
         x = b.module(f"{name}_flatten", nn.Flatten(), [x], b.range(x),
                      {"result": _result(*b.range(x))}, source=name)
@@ -329,7 +307,7 @@ def _layer(b: _Builder, op: IntLayer, name: str, x: torch.fx.Node,
     else:
         layer = nn.Linear(weight.shape[1], weight.shape[0])
     if np.abs(op.bias).max(initial=0) >= 2 ** 24:
-        raise ReferenceError(f"{name}: a bias past 2^24 cannot pass through hls4ml's float32 "
+        raise LoweringError(f"{name}: a bias past 2^24 cannot pass through hls4ml's float32 "
                              "reader exactly")
     with torch.no_grad():
         layer.weight.copy_(weight)

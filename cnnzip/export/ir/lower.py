@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip.export.ir.ops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid,
-                                  IntModel, MaxPool, Node, ReferenceError, Relu, Rescale,
+                                  IntModel, MaxPool, Node, LoweringError, Relu, Rescale,
                                   add_node, layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
@@ -37,14 +37,14 @@ _GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten")
 
 def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool = False) -> str:
     """What an fx node is to the lowering (``layer``, ``relu``, ``relu6``, ``maxpool``,
-    ``flatten``, ``mean``, ``add``, ``cat``), or a ReferenceError naming it. The
+    ``flatten``, ``mean``, ``add``, ``cat``), or a LoweringError naming it. The
     layers are the quantized ones, or with ``floats`` the float conv and linear layers (the
     float C)."""
     what = "to C" if floats else "to integers"
     if node.op == "call_module":
         m = modules[node.target]
         if floats and isinstance(m, (QuantLayer, CodebookLayer)):
-            raise ReferenceError(f"{node.target}: a quantized or weight-shared layer in a float "
+            raise LoweringError(f"{node.target}: a quantized or weight-shared layer in a float "
                                  "model")
         if isinstance(m, (nn.Conv2d, nn.Linear) if floats else QuantLayer):
             return "layer"
@@ -59,9 +59,9 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
         if isinstance(m, nn.AdaptiveAvgPool2d) and pair(m.output_size) == (1, 1):
             return "mean"
         if isinstance(m, (nn.Conv2d, nn.Linear)):
-            raise ReferenceError(f"{node.target}: its weights are float; quantize it (the int8 "
+            raise LoweringError(f"{node.target}: its weights are float; quantize it (the int8 "
                                  "recipe) first, or export with --calibrate")
-        raise ReferenceError(f"{node.target}: a {type(m).__name__} is not lowered {what} yet")
+        raise LoweringError(f"{node.target}: a {type(m).__name__} is not lowered {what} yet")
     if node.op == "call_function":
         if node.target in (F.relu, torch.relu):
             return "relu"
@@ -84,7 +84,7 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
             return "flatten"
         if node.target == "mean" and _mean_dims(node) == {2, 3}:
             return "mean"
-    raise ReferenceError(f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
+    raise LoweringError(f"{node.name}: {node.op} {getattr(node.target, '__name__', node.target)}"
                          f" is not lowered {what} yet")
 
 
@@ -150,28 +150,28 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     where a layer reads a tensor on another grid, a :class:`Rescale` moves it first.
 
     Raises:
-        ReferenceError: an operation that is not lowered yet (named), a float layer, or a
+        LoweringError: an operation that is not lowered yet (named), a float layer, or a
             tensor whose grid needs calibration images that were not given.
     """
     model = model.eval()
     shared = [name for name, m in model.named_modules() if isinstance(m, CodebookLayer)]
     if shared:
-        raise ReferenceError(f"{shared[0]}: weight-shared layers compute on float feature "
+        raise LoweringError(f"{shared[0]}: weight-shared layers compute on float feature "
                              "maps; quantize them first (export with --calibrate)")
     gm = with_shapes(model, in_shape, "for the integer reference",
                      leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
     nodes, kinds = classified(gm, modules)
     if "layer" not in kinds.values():
-        raise ReferenceError("the model has no quantized layer: compress it with the int8 "
+        raise LoweringError("the model has no quantized layer: compress it with the int8 "
                              "recipe first, or export with --calibrate")
     for n in nodes:
         if kinds[n] == "layer" and modules[n.target].a_grid is None:
-            raise ReferenceError(f"{n.target}: its inputs are float; quantize them (act_bits) "
+            raise LoweringError(f"{n.target}: its inputs are float; quantize them (act_bits) "
                                  "first, or export with --calibrate")
     output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
-        raise ReferenceError("the model must end with its classifier (a quantized layer)")
+        raise LoweringError("the model must end with its classifier (a quantized layer)")
 
     def grid_of(n: torch.fx.Node) -> Grid:
         """The grid of ``n``'s value (see the docstring)."""
@@ -188,7 +188,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             if kinds[user] in _GRID_PRESERVING:
                 todo += list(user.users)
         if calibration is None:
-            raise ReferenceError(f"{n.name}: no quantized layer reads it, so its grid comes "
+            raise LoweringError(f"{n.name}: no quantized layer reads it, so its grid comes "
                                  "from calibration images, and none were given")
         if not observed:
             observed.update(_observed(gm, calibration))
@@ -266,7 +266,7 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             parts = tuple(on_grid(tensor[x], g) for x in args)
             tensor[n] = emit(Concat(), parts, g)
     if tensor[output] != len(out) - 1:
-        raise ReferenceError("the classifier must be the last operation")
+        raise LoweringError("the classifier must be the last operation")
     first = grids[-1]
     return IntModel(first.scale, first.zero, first.bits, tuple(out), out[-1].op.logit_scale)
 
@@ -293,7 +293,7 @@ def performed_by_producer(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> 
     if kinds[n] == "relu":
         return fused_relu(src, kinds) and kinds.get(src) in ("layer", "add", "mean")
     if not capped_by(src, kinds):
-        raise ReferenceError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
+        raise LoweringError(f"{n.name}: a ReLU6 is lowered only right after a conv or linear "
                              "layer (fused into it)")
     return True
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.ir.ops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, ReferenceError,
+from cnnzip.export.ir.ops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, LoweringError,
                                   Relu, run_nodes)
 from cnnzip.export.ir.lower import (capped_by, classified, fused_relu, mean_keeps_dims,
                                      performed_by_producer)
@@ -109,7 +109,7 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
     model's own graph.
 
     Raises:
-        ReferenceError: an operation that is not lowered yet (named), or a quantized or
+        LoweringError: an operation that is not lowered yet (named), or a quantized or
             weight-shared layer.
     """
     model = copy.deepcopy(model).eval()
@@ -119,7 +119,7 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
     nodes, kinds = classified(gm, modules, floats=True)
     output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
-        raise ReferenceError("the model must end with its classifier (a conv or linear layer)")
+        raise LoweringError("the model must end with its classifier (a conv or linear layer)")
     out: list[Node] = []
     placeholder = next(n for n in gm.graph.nodes if n.op == "placeholder")
     tensor: dict[torch.fx.Node, int] = {placeholder: -1}  # fx node → the node holding its value
@@ -155,5 +155,5 @@ def lower_float_model(model: nn.Module, in_shape: tuple[int, ...]) -> FloatModel
         else:  # cat
             tensor[n] = emit(Concat(), inputs, name)
     if tensor[output] != len(out) - 1:
-        raise ReferenceError("the classifier must be the last operation")
+        raise LoweringError("the classifier must be the last operation")
     return FloatModel(tuple(out))

@@ -22,7 +22,7 @@ from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requa
                                 round_half_away)
 
 
-class ReferenceError(CnnzipError):
+class LoweringError(CnnzipError):
     """A layer the integer reference does not lower."""
 
 
@@ -71,7 +71,7 @@ class IntLayer:
         bound = float(np.abs(self.weight).reshape(len(self.weight), -1).sum(1).max()) \
             * float(centred.abs().max()) if centred.numel() else 0.0
         if bound + float(np.abs(self.bias).max()) >= 2.0 ** 31:
-            raise ReferenceError("an accumulator could leave int32")
+            raise LoweringError("an accumulator could leave int32")
         if self.kind == "conv":
             acc = F.conv2d(centred, weight, stride=self.stride, padding=self.padding,
                            groups=self.groups)
@@ -88,16 +88,16 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
     and with ``cap`` also the clamp at that value (ReLU6: the grid point nearest 6).
 
     Raises:
-        ReferenceError: a layer without quantized inputs, or of a kind not lowered yet.
+        LoweringError: a layer without quantized inputs, or of a kind not lowered yet.
     """
     if layer.a_grid is None:
-        raise ReferenceError(f"{name}: its inputs are float; quantize them (act_bits) first")
+        raise LoweringError(f"{name}: its inputs are float; quantize them (act_bits) first")
     inner = layer.layer
     if type(inner) not in (nn.Conv2d, nn.Linear, FlatLinear, ConvMaxPool):
-        raise ReferenceError(f"{name}: a quantized {type(inner).__name__} is not lowered yet")
+        raise LoweringError(f"{name}: a quantized {type(inner).__name__} is not lowered yet")
     if isinstance(inner, ConvMaxPool) and inner.act is not None \
             and type(inner.act) is not nn.ReLU:
-        raise ReferenceError(f"{name}: a merged convolution with a {type(inner.act).__name__} "
+        raise LoweringError(f"{name}: a merged convolution with a {type(inner.act).__name__} "
                              "before its pooling is not lowered yet")
     codes = layer.codes().numpy().astype(np.int64)
     acc_scale = _acc_scale(layer).copy()
@@ -325,7 +325,7 @@ def lower_logits(layer: QuantLayer, name: str) -> Logits:
     """The last layer: accumulators on per-channel scales brought to the largest of them (a
     factor ≤ 1 each, so nothing overflows), the bias on the same scale."""
     if not isinstance(layer.layer, (nn.Linear, nn.Conv2d)) or isinstance(layer.layer, ConvMaxPool):
-        raise ReferenceError(f"{name}: the classifier must be a plain conv or linear layer")
+        raise LoweringError(f"{name}: the classifier must be a plain conv or linear layer")
     common = float(_acc_scale(layer).max())
     layer_on_common = lower(layer, common, 0, 8, name=name)
     kept = {f.name: getattr(layer_on_common, f.name) for f in fields(IntLayer)}

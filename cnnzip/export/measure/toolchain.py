@@ -148,3 +148,16 @@ def run(binary: Path, target: str, inputs: np.ndarray, logit_dtype: str,
         raise CnnzipError(f"{binary.name}: {len(logits)} results for {len(inputs)} inputs")
     return Run(logits, np.frombuffer((folder / "time.bin").read_bytes(), "<u4"),
                np.frombuffer((folder / "steps.bin").read_bytes(), "<u4"))
+
+
+def run_exported(folder: Path, images, work: Path) -> np.ndarray:
+    """The C that ``cnnzip export --format c`` wrote in ``folder`` (model.c, main.c), compiled
+    for the host in ``work`` and run on ``images`` (N, C, H, W 8-bit pixels, written as one IDX
+    file): the class it predicts for each."""
+    infer = compile_c(folder, ["model.c", "main.c"], work / "infer")
+    idx = work / "images-idx3-ubyte"
+    n, _, h, w = images.shape
+    header = np.array([0x803, n, h, w], ">u4").tobytes()
+    idx.write_bytes(header + np.asarray(images).astype(np.uint8).tobytes())
+    run = subprocess.run([str(infer), str(idx)], capture_output=True, check=True, text=True)
+    return np.array([int(v) for v in run.stdout.split()])
