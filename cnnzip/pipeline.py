@@ -16,7 +16,8 @@ from typing import Any
 
 from torch import nn
 
-from cnnzip import distributed, metrics, stages as stage_files
+from cnnzip import distributed, metrics
+from cnnzip import stages as stage_files
 from cnnzip.codec import Checkpoint, load_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.codec.records import quant_records
@@ -197,8 +198,8 @@ def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[s
     model has no integer C form."""
     from cnnzip.data import batches
     from cnnzip.export.c.writer import generate
-    from cnnzip.export.ir.ops import LoweringError
     from cnnzip.export.ir.lower import lower_model
+    from cnnzip.export.ir.ops import LoweringError
 
     try:
         calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]

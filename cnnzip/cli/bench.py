@@ -84,9 +84,11 @@ def _run_c(args: argparse.Namespace) -> int:
         print_json(r)
         return 0
     unit = "ticks" if r["target"] == "cortex-m4" else "µs"
-    print(f"C on {r['target']}, {r['samples']} {r['dataset']} test images "
-          f"({'SysTick ticks of 40 executed instructions' if unit == 'ticks' else 'host, models alternating'})")
-    print(f"{'model':18s} {unit + '/image':>12s} {'speed-up':>9s} {'flash B':>9s} {'RAM B':>7s}  check")
+    how = ("SysTick ticks of 40 executed instructions" if unit == "ticks"
+           else "host, models alternating")
+    print(f"C on {r['target']}, {r['samples']} {r['dataset']} test images ({how})")
+    print(f"{'model':18s} {unit + '/image':>12s} {'speed-up':>9s} {'flash B':>9s} {'RAM B':>7s}"
+          "  check")
     for label, m in r["models"].items():
         check = ("bit-exact" if m["bit_exact"] else f"{100 * m['logits_equal']:.2f}% exact") \
             if "bit_exact" in m else (f"max |Δ| {m['max_abs_diff_vs_reference']:.1e}"

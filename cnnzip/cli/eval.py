@@ -12,7 +12,8 @@ from cnnzip.cli.common import add_data_args, add_trust_arg, print_json
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="test-set accuracy of a model file",
                        description="Evaluate a model file on the full test set of a dataset.")
-    p.add_argument("file", metavar="FILE", help="a .safetensors checkpoint or .cnz container written by cnnzip")
+    p.add_argument("file", metavar="FILE",
+                   help="a .safetensors checkpoint or .cnz container written by cnnzip")
     add_data_args(p, required=False)
     add_trust_arg(p)
     p.add_argument("--json", action="store_true",

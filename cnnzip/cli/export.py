@@ -55,7 +55,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     hls.add_argument("--reuse-factor", type=positive_int, default=1, metavar="N",
                      help="each multiplier serves N multiplies (fewer DSPs, N times the "
                           "cycles; default 1)")
-    hls.add_argument("--strategy", choices=[s.lower() for s in api.HLS_STRATEGIES], default="latency",
+    hls.add_argument("--strategy", choices=[s.lower() for s in api.HLS_STRATEGIES],
+                     default="latency",
                      help="hls4ml's strategy: latency (weights as constants in the logic, "
                           "default) or resource (weights in BRAM)")
     hls.add_argument("--io-type", choices=[t.removeprefix("io_") for t in api.HLS_IO_TYPES],

@@ -6,12 +6,12 @@ from cnnzip.data.datasets import (
     ImageSet,
     Splits,
     augment,
-    dataset_info,
     batches,
+    dataset_info,
     load_dataset,
     normalize,
     synthetic_splits,
 )
 
-__all__ = ["DATASET_NAMES", "DatasetInfo", "ImageSet", "Splits", "augment", "batches", "dataset_info",
-           "load_dataset", "normalize", "synthetic_splits"]
+__all__ = ["DATASET_NAMES", "DatasetInfo", "ImageSet", "Splits", "augment", "batches",
+           "dataset_info", "load_dataset", "normalize", "synthetic_splits"]

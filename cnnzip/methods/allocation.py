@@ -107,7 +107,8 @@ def _score_keys(scores: dict[str, torch.Tensor], allocation: Allocation,
             for root, s in scores.items()}
 
 
-def ratio_keys(scores: dict[str, torch.Tensor], ratios: dict[str, float]) -> dict[str, torch.Tensor]:
+def ratio_keys(scores: dict[str, torch.Tensor],
+               ratios: dict[str, float]) -> dict[str, torch.Tensor]:
     """Keys that take each group's ``ratios[root]`` of units (lowest-scored first) by the time
     the global order reaches 1: the i-th lowest of n units is keyed (i + 1) / n / ratio, so
     a budget met at a different point scales every ratio by the same factor."""

@@ -25,8 +25,14 @@ from cnnzip.modules import CodebookLayer, Linearizing
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import fold_batchnorm
-from cnnzip.surgery.linearize import (Candidate, Kind, candidates, finish_linearizing,
-                                      functional_nonlinearities, linearize)
+from cnnzip.surgery.linearize import (
+    Candidate,
+    Kind,
+    candidates,
+    finish_linearizing,
+    functional_nonlinearities,
+    linearize,
+)
 from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
 from cnnzip.train import TrainConfig
 

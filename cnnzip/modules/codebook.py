@@ -49,7 +49,8 @@ def weight_layers(model: nn.Module) -> dict[str, nn.Module]:
     definition order; each has a ``weight`` tensor."""
     return {name: m for name, m in model.named_modules()
             if getattr(m, "wraps_layer", False)
-            or (isinstance(m, WEIGHT_LAYERS) and isinstance(getattr(m, "weight", None), nn.Parameter))}
+            or (isinstance(m, WEIGHT_LAYERS)
+                and isinstance(getattr(m, "weight", None), nn.Parameter))}
 
 
 def run_layer(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

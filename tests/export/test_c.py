@@ -12,13 +12,14 @@ from torch import nn
 
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.c.writer import generate, plan_arena
-from cnnzip.export.ir.lower_float import lower_float_model
 from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.ir.lower_float import lower_float_model
 from cnnzip.export.measure.toolchain import build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.prune import magnitude_mask
 from cnnzip.surgery import build_model, resolve_spec
+
 
 def _quantized(name: str, options: dict, sparsity: float = 0.0):
     """A zoo model, its weights magnitude-pruned to ``sparsity`` (each layer), quantized."""

@@ -6,8 +6,13 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.codec import (decode_file, encode_file, load_checkpoint, round_for_storage,
-                          save_checkpoint)
+from cnnzip.codec import (
+    decode_file,
+    encode_file,
+    load_checkpoint,
+    round_for_storage,
+    save_checkpoint,
+)
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.methods.base import Context, apply
