@@ -17,13 +17,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from common import write_results
 
 from cnnzip.api import load_model
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.c.writer import generate
 from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.measure.toolchain import INSTRUCTIONS_PER_TICK, build, model_sections, run
+from common import write_results
 
 
 def main() -> int:

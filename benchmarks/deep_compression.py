@@ -19,9 +19,8 @@ import json
 import time
 from pathlib import Path
 
-from common import add_recipe_options, baselines
-
 from cnnzip.pipeline import compress
+from common import add_recipe_options, baselines
 
 TARGET_RATIO = {"lenet300": 40.0, "lenet5-caffe": 40.0}
 OVERRIDES = {

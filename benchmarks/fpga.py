@@ -23,16 +23,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import BASELINES
 
 from cnnzip.api import evaluate_file, export_file, load_model
 from cnnzip.api.deploy import _calibration
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.hls.dsp import max_exact_terms, packed_conv2d
-from cnnzip.export.hls.project import HlsOptions
 from cnnzip.export.ir.facts import value_ranges
-from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.hls.project import HlsOptions
 from cnnzip.export.ir.ops import IntLayer
+from cnnzip.export.ir.lower import lower_model
+from common import BASELINES
 
 
 def _test_images(name: str = "fashion-mnist"):

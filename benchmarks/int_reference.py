@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import compress_each, recipe_parser, write_results
 
 from cnnzip.codec import decode_file
 from cnnzip.data import batches, load_dataset
 from cnnzip.export.c.writer import generate
 from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.measure.toolchain import compile_c
+from common import compress_each, recipe_parser, write_results
 
 HARNESS = r"""#include <stdio.h>
 #include "model.h"

@@ -14,9 +14,9 @@ of five 2-second rounds). Every figure is measured in this run.
 
 from __future__ import annotations
 
-from common import compress_each, recipe_parser, write_results
 
 from cnnzip.api import bench_files
+from common import compress_each, recipe_parser, write_results
 
 # Per-model settings, printed with each row: resnet20's residual blocks are what it can lose
 # (its activations are functional calls, so they are not candidates), and it retrains for

@@ -35,8 +35,6 @@ import statistics
 import time
 from pathlib import Path
 
-from common import baselines
-
 from cnnzip import metrics
 from cnnzip.api import runtime_name
 from cnnzip.codec import load_checkpoint
@@ -45,6 +43,7 @@ from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
 from cnnzip.methods.quant import POLICIES, Quantize
 from cnnzip.train import evaluate
+from common import baselines
 
 
 def main() -> int:

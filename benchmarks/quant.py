@@ -15,11 +15,11 @@ best of five 2-second rounds. Every figure is measured in this run.
 
 from __future__ import annotations
 
-from common import compress_each, recipe_parser, write_results
 
 from cnnzip.api import bench_files, export_file
 from cnnzip.codec import decode_file
 from cnnzip.modules.quant import QuantLayer
+from common import compress_each, recipe_parser, write_results
 
 
 def _average_bits(path) -> float:

@@ -45,7 +45,6 @@ from pathlib import Path
 import torch
 import torch_pruning as tp
 import yaml
-from common import baselines
 
 from cnnzip import metrics
 from cnnzip.api import bench_models, folded_copy, runtime_name
@@ -57,6 +56,7 @@ from cnnzip.methods.base import Context, apply, finetune
 from cnnzip.methods.channel import ChannelPrune, cut_epochs, cut_ratio
 from cnnzip.recipes import parse_recipe
 from cnnzip.train import evaluate
+from common import baselines
 
 MAX_RATIO = 0.9
 TP_STEPS = 400

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Mapping
 
 import torch
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    FiniteFloat,
-    StrictInt,
-    StringConstraints,
-    ValidationError,
-)
+from pydantic import (BaseModel, ConfigDict, Field, FiniteFloat, StrictInt, StringConstraints,
+                      ValidationError)
 
 from cnnzip.errors import CheckpointError, CnnzipError, UnforeseenContent
 

@@ -16,15 +16,15 @@ from typing import Any
 
 from torch import nn
 
-from cnnzip import distributed, metrics
-from cnnzip import stages as stage_files
+from cnnzip import __version__, distributed, metrics
+from cnnzip.codec import stages as stage_files
 from cnnzip.codec import Checkpoint, load_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.codec.records import quant_records
 from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.methods import STEPS, Context, apply
+from cnnzip.methods import STEPS, Context, RunState, apply
 from cnnzip.modules import CodebookLayer, QuantLayer, weight_layers
 from cnnzip.recipes import Recipe, load_recipe
 from cnnzip.report import codebook_rows, dense_rows, quant_rows, write_report
@@ -134,21 +134,21 @@ def _compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
     model_sha = stage_files.file_sha256(model_path)
     runs = [stage_files.fingerprint(model=model_sha, steps=recipe.steps[:i + 1], seed=seed,
                                     dataset=dataset, split=splits.split,
-                                    finetune_epochs=finetune_epochs, bench=stage_bench)
+                                    finetune_epochs=finetune_epochs, bench=stage_bench,
+                                    cnnzip=__version__)
             for i in range(len(kinds))]  # the run up to each step: a changed later step resumes
     saved_dir = out / "stages"
     saved = stage_files.latest(saved_dir, kinds, runs, trust_code=trust_code) if resume else None
     if saved is None:
         stage_files.clear(saved_dir)
-        model, stages, first = copy.deepcopy(teacher), [], 0
+        model, first = copy.deepcopy(teacher), 0
     else:
         model, first = saved.model, saved.step + 1
         if not quiet:
             print(f"resuming after step {first} of {len(kinds)} ({kinds[saved.step]}), saved "
                   f"in {saved_dir}", file=sys.stderr)
-        ctx.masks, ctx.edits = saved.masks, list(saved.spec.edits[len(spec.edits):])
-        ctx.sparsities, ctx.notes = saved.values.sparsities, saved.values.notes
-        stages = saved.values.stages
+        ctx.state = RunState.from_stage(saved, spec)
+    stages = ctx.state.stages
     for i, (kind, config) in enumerate(recipe.steps[first:], first):
         start = time.perf_counter()
         model = apply(model, config, ctx).eval()
@@ -157,9 +157,8 @@ def _compress(model_path: str | Path, recipe: str | Recipe, out_dir: str | Path,
                                  realized=STEPS[kind].realized))
             stages[-1].update(_shipped(model, teacher, spec.with_edits(ctx.edits),
                                        out / ".stage.cnz", stage_bench))
-        stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits), ctx.masks,
-                         stage_files.Values(sparsities=ctx.sparsities, notes=ctx.notes,
-                                            stages=stages), runs[i])
+        stage_files.save(saved_dir, i, kind, model, spec.with_edits(ctx.edits),
+                         *ctx.state.to_stage(), runs[i])
     distributed.check_same(model, "compress")  # masks, codebooks, channels alike on every rank
     spec = spec.with_edits(ctx.edits)
     # model.cnz appears only when everything, report included, has succeeded
@@ -198,8 +197,8 @@ def _c_plan(model: nn.Module, in_shape: tuple[int, ...], ctx: Context) -> dict[s
     model has no integer C form."""
     from cnnzip.data import batches
     from cnnzip.export.c.writer import generate
-    from cnnzip.export.ir.lower import lower_model
     from cnnzip.export.ir.ops import LoweringError
+    from cnnzip.export.ir.lower import lower_model
 
     try:
         calibration = next(iter(batches(ctx.splits.train, ctx.splits.info, 512)))[0]

@@ -142,15 +142,8 @@ def rewrite(path: Path, edit_meta=None, edit_tensors=None, *, checksum: bool = T
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from cnnzip.codec.records import (
-        FORMAT,
-        PACKED_SINCE,
-        DenseRecord,
-        join_payloads,
-        layer_tensors,
-        pack_document,
-        unpack_document,
-    )
+    from cnnzip.codec.records import (FORMAT, PACKED_SINCE, DenseRecord, join_payloads,
+                                      layer_tensors, pack_document, unpack_document)
     from cnnzip.integrity import CHECKSUM, digest
 
     with safe_open(str(path), framework="pt") as f:

@@ -11,11 +11,11 @@ import torch
 from cnnzip.api import train_baseline
 from cnnzip.cli import main
 from cnnzip.codec.cnz import decode_file
-from cnnzip.data import load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress
 from cnnzip.recipes import load_recipe
 from cnnzip.train import TrainConfig, evaluate
+from cnnzip.data import load_dataset
 from tests.modern import ALONE, CASCADES, MODERN, RECIPES, recipe_file
 
 pytestmark = pytest.mark.slow

@@ -12,13 +12,8 @@ from safetensors.torch import load_file
 
 from cnnzip.api import load_model
 from cnnzip.cli import main
-from cnnzip.codec import (
-    decode_file,
-    encode_file,
-    load_checkpoint,
-    round_for_storage,
-    save_checkpoint,
-)
+from cnnzip.codec import (decode_file, encode_file, load_checkpoint, round_for_storage,
+                          save_checkpoint)
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CheckpointError
 from cnnzip.integrity import MAX_DEPTH, tensor_bytes

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from cnnzip import pipeline, stages
+from cnnzip import pipeline
+from cnnzip.codec import stages
 from cnnzip.api import train_baseline
 from cnnzip.errors import CnnzipError
 from cnnzip.pipeline import compress

@@ -10,17 +10,9 @@ from cnnzip import __version__
 from cnnzip.api.compress import compress, compress_within
 from cnnzip.api.deploy import bench_c_files, c_latency_us, export_file, fpga_resources
 from cnnzip.api.environment import environment
-from cnnzip.api.files import (
-                              bench_files,
-                              evaluate_file,
-                              folded_copy,
-                              input_record,
-                              inspect_file,
-                              inspect_model,
-                              inspect_name,
-                              load_model,
-                              train_baseline,
-)
+from cnnzip.api.files import (bench_files, evaluate_file, folded_copy, input_record,
+                              inspect_file, inspect_model, inspect_name, load_model,
+                              train_baseline)
 from cnnzip.budget import Budget
 from cnnzip.data import DATASET_NAMES, dataset_info
 from cnnzip.distributed import init_from_env as init_distributed

@@ -25,13 +25,8 @@ from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.ir.lower_float import lower_float_model
 from cnnzip.export.ir.ops import LoweringError
 from cnnzip.export.measure.bench import Entry, bench, onnxruntime_batch1, peer_entries
-from cnnzip.export.measure.toolchain import (
-    CFLAGS,
-    INSTRUCTIONS_PER_TICK,
-    TARGETS,
-    model_sections,
-    run_exported,
-)
+from cnnzip.export.measure.toolchain import (CFLAGS, INSTRUCTIONS_PER_TICK, TARGETS,
+                                             model_sections, run_exported)
 from cnnzip.methods import Context
 from cnnzip.methods.quant import integer_ready
 from cnnzip.surgery import ModelSpec

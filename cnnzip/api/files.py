@@ -20,7 +20,6 @@ from cnnzip.metrics import bench_models, runtime_name
 from cnnzip.surgery import ModelSpec, build_model, resolve_spec
 from cnnzip.train import TrainConfig, evaluate, fit
 
-
 def input_record(splits: Splits) -> dict[str, Any]:
     """What a checkpoint records about its inputs (so a deployed model can normalise them)."""
     info = splits.info

@@ -6,16 +6,8 @@ import argparse
 import sys
 
 from cnnzip import api
-from cnnzip.cli.common import (
-    add_data_args,
-    add_recipe_args,
-    add_trust_arg,
-    count,
-    fraction,
-    non_negative_float,
-    positive_float,
-    print_json,
-)
+from cnnzip.cli.common import (add_data_args, add_recipe_args, add_trust_arg, count, fraction,
+                               non_negative_float, positive_float, print_json)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

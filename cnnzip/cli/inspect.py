@@ -8,7 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnzip import api
-from cnnzip.cli.common import MODEL_HELP, add_trust_arg, positive_float, positive_int, print_json
+from cnnzip.cli.common import (MODEL_HELP, add_trust_arg, positive_float, positive_int,
+                               print_json)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

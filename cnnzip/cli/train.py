@@ -7,15 +7,8 @@ import shlex
 import sys
 
 from cnnzip import api
-from cnnzip.cli.common import (
-    MODEL_HELP,
-    add_data_args,
-    count,
-    non_negative_float,
-    positive_float,
-    positive_int,
-    print_json,
-)
+from cnnzip.cli.common import (MODEL_HELP, add_data_args, count, non_negative_float,
+                               positive_float, positive_int, print_json)
 
 _D = api.TrainConfig()
 

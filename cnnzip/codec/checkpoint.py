@@ -17,18 +17,8 @@ from torch import nn
 
 from cnnzip.codec.records import rebuild
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (
-    CHECKSUM,
-    InputRecord,
-    Sha256,
-    check_finite,
-    check_runs,
-    digest,
-    fail,
-    guard,
-    read_versioned,
-    validate,
-)
+from cnnzip.integrity import (CHECKSUM, InputRecord, Sha256, check_finite, check_runs, digest, fail,
+                              guard, read_versioned, validate)
 from cnnzip.surgery import ModelSpec, SpecSchema
 
 FORMAT = "cnnzip-checkpoint"

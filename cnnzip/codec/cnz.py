@@ -37,20 +37,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from cnnzip.codec.records import (
-    FORMAT,
-    CodebookRecord,
-    Coding,
-    DenseRecord,
-    QuantRecord,
-    codebook_record,
-    grid_size,
-    join_payloads,
-    pack_document,
-    quant_record,
-    read_container,
-    rebuild,
-)
+from cnnzip.codec.records import (FORMAT, CodebookRecord, Coding, DenseRecord, QuantRecord,
+                                  codebook_record, grid_size, join_payloads, pack_document,
+                                  quant_record, read_container, rebuild)
 from cnnzip.fileio import atomic_path
 from cnnzip.integrity import CHECKSUM, check_finite, check_runs, digest, fail, guard, tensor_bytes
 from cnnzip.modules import CodebookLayer

@@ -27,18 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 from torch import nn
 
 from cnnzip.errors import CheckpointError, ModelError
-from cnnzip.integrity import (
-    CHECKSUM,
-    MAX_PARAMS,
-    InputRecord,
-    RawFile,
-    Sha256,
-    fail,
-    parse_metadata,
-    read_versioned,
-    tensor_bytes,
-    validate,
-)
+from cnnzip.integrity import (CHECKSUM, MAX_PARAMS, InputRecord, RawFile, Sha256, fail,
+                              parse_metadata, read_versioned, tensor_bytes, validate)
 from cnnzip.ops.quant import POW2_EXPONENTS
 from cnnzip.surgery.edits import Name
 from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model

@@ -2,8 +2,8 @@
 they share (the context, the registry, fine-tuning), ``allocation`` and ``calibration`` helpers
 that more than one method uses. A method never imports another method."""
 
-from cnnzip.methods import channel, lowrank, merge, prune, quant, share  # they register, in order
-from cnnzip.methods.base import STEPS, Context, Step, apply, step_of
+from cnnzip.methods.base import STEPS, Context, RunState, Step, apply, step_of
+from cnnzip.methods import prune, channel, lowrank, merge, share, quant  # they register, in order
 
-__all__ = ["Context", "STEPS", "Step", "apply", "channel", "lowrank", "merge", "prune", "quant",
-           "share", "step_of"]
+__all__ = ["Context", "RunState", "STEPS", "Step", "apply", "channel", "lowrank", "merge", "prune",
+           "quant", "share", "step_of"]

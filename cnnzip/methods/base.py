@@ -10,15 +10,52 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from cnnzip.codec import stages as stage_files
 from cnnzip.data import ImageSet, Splits
 from cnnzip.modules.quant import QuantLayer
-from cnnzip.surgery import Edit
+from cnnzip.surgery import Edit, ModelSpec
 from cnnzip.train import TrainConfig, evaluate, fit
 
 
 @dataclass
+class RunState:
+    """What a run carries from step to step, all of it saved in every stage file (so a resumed
+    run continues with exactly what the uninterrupted one had).
+
+    Attributes:
+        masks: surviving weights by layer name; every later step keeps them.
+        sparsities: per-layer sparsities a sensitivity scan chose, for the pruning step after
+            it (None: no scan has run).
+        edits: every change the steps made to the model so far, in order (the spec's record
+            continues with them).
+        notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
+        stages: the figures of each report stage so far.
+    """
+
+    masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    sparsities: dict[str, float] | None = None
+    edits: list[Edit] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_stage(self) -> tuple[dict[str, torch.Tensor], stage_files.Values]:
+        """The masks (tensors of the stage file) and the values (its JSON)."""
+        return self.masks, stage_files.Values(sparsities=self.sparsities, notes=self.notes,
+                                              stages=self.stages)
+
+    @classmethod
+    def from_stage(cls, saved: stage_files.Saved, base: ModelSpec) -> RunState:
+        """The state a stage file saved; its spec's edits past ``base``'s are the run's."""
+        return cls(masks=saved.masks, sparsities=saved.values.sparsities,
+                   edits=list(saved.spec.edits[len(base.edits):]), notes=saved.values.notes,
+                   stages=saved.values.stages)
+
+
+@dataclass
 class Context:
-    """State that flows through a recipe's steps.
+    """What a recipe's steps work with: the services of the run (data, teacher, seed, epochs,
+    quietness) and its :class:`RunState` (``state``), whose fields read and write through
+    ``ctx.masks``, ``ctx.sparsities``, ``ctx.edits`` and ``ctx.notes``.
 
     Attributes:
         splits: data; decisions use ``val``, reports use ``test``.
@@ -26,12 +63,7 @@ class Context:
         seed: seeds every random choice.
         finetune_epochs: when set, overrides every step's retraining epochs (0 skips them).
         quiet: no progress bars.
-        masks: surviving weights by layer name; every later step keeps them.
-        sparsities: per-layer sparsities a sensitivity scan chose, for the pruning step after
-            it (None: no scan has run).
-        edits: every change the steps made to the model so far, in order (the spec's record
-            continues with them).
-        notes: per-step details for the report (scan tables, chosen ratios, stream sizes).
+        state: what the steps carry from one to the next.
     """
 
     splits: Splits
@@ -39,10 +71,16 @@ class Context:
     seed: int = 0
     finetune_epochs: int | None = None
     quiet: bool = False
-    masks: dict[str, torch.Tensor] = field(default_factory=dict)
-    sparsities: dict[str, float] | None = None
-    edits: list[Edit] = field(default_factory=list)
-    notes: dict[str, Any] = field(default_factory=dict)
+    state: RunState = field(default_factory=RunState)
+
+    masks = property(lambda self: self.state.masks,
+                     lambda self, value: setattr(self.state, "masks", value))
+    sparsities = property(lambda self: self.state.sparsities,
+                          lambda self, value: setattr(self.state, "sparsities", value))
+    edits = property(lambda self: self.state.edits,
+                     lambda self, value: setattr(self.state, "edits", value))
+    notes = property(lambda self: self.state.notes,
+                     lambda self, value: setattr(self.state, "notes", value))
 
     def epochs(self, configured: int) -> int:
         return configured if self.finetune_epochs is None else self.finetune_epochs

@@ -312,7 +312,7 @@ def decompose(model: nn.Module, config: LowRank, ctx: Context) -> nn.Module:
                         f"{planner.by}_after": planner.cost(name, ranks),
                         "weight_error": lowrank.relative_error(layer.module.weight.detach(),
                                                                dense_weight(seq))}
-        replace(model, name, seq, ctx.edits)
+        ctx.edits.append(replace(model, name, seq))
     after = count(model, in_shape)
     ctx.notes["lowrank"] = {"allocation": config.allocation.value, "conv": config.conv.value,
                             "by": planner.by, "target": target, "before": before,

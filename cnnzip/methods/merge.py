@@ -25,14 +25,8 @@ from cnnzip.modules import CodebookLayer, Linearizing
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import fold_batchnorm
-from cnnzip.surgery.linearize import (
-    Candidate,
-    Kind,
-    candidates,
-    finish_linearizing,
-    functional_nonlinearities,
-    linearize,
-)
+from cnnzip.surgery.linearize import (Candidate, Kind, candidates, finish_linearizing,
+                                      functional_nonlinearities, linearize)
 from cnnzip.surgery.merge import max_pools, merge_all, merge_max_pool
 from cnnzip.train import TrainConfig
 
@@ -164,16 +158,21 @@ def _merge_pools(model: nn.Module, pools: list[str], ctx: Context,
     trial = copy.deepcopy(model)
     pairs = foldable_pairs(trial)
     fold_batchnorm(trial, pairs)
-    convs = {merge_max_pool(trial, pool, in_shape).names[0] for pool in pools}
+    convs = {merge_max_pool(trial, pool, in_shape)[0].names[0] for pool in pools}
     needed = [(layer, bn) for layer, bn in pairs if layer in convs]
     ctx.edits += fold_batchnorm(model, needed)
-    return [merge_max_pool(model, pool, in_shape, ctx.edits).describe() for pool in pools]
+    done = []
+    for pool in pools:
+        merge, edits = merge_max_pool(model, pool, in_shape)
+        ctx.edits += edits
+        done.append(merge.describe())
+    return done
 
 
 def _merged(model: nn.Module, in_shape: tuple[int, ...]) -> tuple[int, int]:
     """MACs and conv/linear layers of ``model`` once everything that merges has merged."""
     merged = copy.deepcopy(model)
-    merge_all(merged, in_shape, [])
+    merge_all(merged, in_shape)
     return metrics.count_macs(merged, in_shape), metrics.count_layers(merged)
 
 
@@ -200,7 +199,7 @@ def _select(model: nn.Module, config: MergeLayers, ctx: Context, in_shape: tuple
                 if not _allowed(cand, config, pools):
                     continue
                 probe = copy.deepcopy(trial)
-                linearize(probe, cand, [])
+                linearize(probe, cand)
                 acc = ctx.val_accuracy(probe, config.samples)
                 scored.append((cand, acc, *_merged(probe, in_shape)))
                 bar.advance(task)
@@ -229,7 +228,7 @@ def _select(model: nn.Module, config: MergeLayers, ctx: Context, in_shape: tuple
             rounds.append({"chosen": cand.name, "kind": cand.kind, "val_accuracy": acc,
                            "macs": new_macs, "layers": new_layers,
                            "scores": {s[0].name: s[1] for s in scored}})
-            linearize(trial, cand, [])
+            linearize(trial, cand)
             chosen.append(cand)
             macs, layers = new_macs, new_layers
             bar.update(task, status=f"{len(chosen)} chosen")
@@ -241,7 +240,7 @@ def _norms_in_merges(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[
     trial = copy.deepcopy(model)
     pairs = foldable_pairs(trial)
     fold_batchnorm(trial, pairs)
-    merged = {name for m in merge_all(trial, in_shape, []) for name in m.names}
+    merged = {name for m in merge_all(trial, in_shape)[0] for name in m.names}
     return [(layer, bn) for layer, bn in pairs if layer in merged]
 
 
@@ -264,7 +263,7 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
     pools = _exact_pools(folded, config, in_shape)
     chosen, notes["rounds"] = _select(folded, config, ctx, in_shape, pools)
     for cand in chosen:
-        linearize(model, cand, ctx.edits, gradual=True)
+        ctx.edits += linearize(model, cand, gradual=True)
     blends = [m for m in model.modules() if isinstance(m, Linearizing)]
     epochs = ctx.epochs(config.epochs)
     fading = math.ceil(epochs * config.ramp) if blends else 0  # epochs while they fade out
@@ -285,13 +284,14 @@ def merge(model: nn.Module, config: MergeLayers, ctx: Context) -> nn.Module:
              after_step=fade)
     for blend in blends:
         blend.set_progress(1.0)
-    finish_linearizing(model, ctx.edits)
+    ctx.edits += finish_linearizing(model)
     # only the BatchNorms in the way of a merge fold here; the others stay for later retraining
     # (a deep net retrained without them diverged), and a recipe's last `fold` step takes them
     needed = _norms_in_merges(model, in_shape)
     ctx.edits += fold_batchnorm(model, needed)
     notes["folded"] = [f"{bn} → {layer}" for layer, bn in needed]
-    merges = merge_all(model, in_shape, ctx.edits)
+    merges, edits = merge_all(model, in_shape)
+    ctx.edits += edits
     # the rest of the retraining trains the merged layers themselves (a merged kernel has more
     # free weights than the layers it came from, and the shallower model trains faster)
     finetune(model, resolved, epochs=epochs - fading, lr=config.lr,

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.data import ImageSet, batches
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role
+from cnnzip.data import ImageSet, batches
 from cnnzip.methods.base import Context
 from cnnzip.methods.calibration import calibration_images
 from cnnzip.ops.ddpg import DDPG

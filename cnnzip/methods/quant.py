@@ -17,17 +17,16 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import foldable_pairs, symbolic
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.methods.calibration import (
-    calibrate_feature_maps,
-    calibration_images,
-    float_feature_maps,
-)
 from cnnzip.methods.policy import PolicySearch, run_search, static_features
+from cnnzip.methods.calibration import (calibrate_feature_maps, calibration_images,
+                                        float_feature_maps)
 from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer, sqnr_db
 from cnnzip.progress import progress_bar
-from cnnzip.surgery import fold_batchnorm, materialize, quantize_layer, quantized_edit, set_module
+from cnnzip.surgery import (fold_batchnorm, materialize, quantize_layer, quantized_edit,
+                            set_module)
+
 
 POLICIES = ("greedy", "ddpg", "ddpg-scale")
 

@@ -17,7 +17,7 @@ from torch import nn
 from cnnzip.errors import ModelError
 from cnnzip.integrity import MAX_PARAMS
 from cnnzip.models.alexnet import AlexNet
-from cnnzip.models.lenet import LeNet5, LeNet5Caffe, LeNet300
+from cnnzip.models.lenet import LeNet300, LeNet5, LeNet5Caffe
 from cnnzip.models.mobilenet import MobileNetV2
 from cnnzip.models.resnet import CifarResNet
 from cnnzip.models.vgg import VGG16

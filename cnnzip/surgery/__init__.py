@@ -4,24 +4,13 @@ modules, wrap layers in quantized or codebook modules. Each change returns a typ
 replays."""
 
 from cnnzip.surgery.channels import remove_channels, silence_channels
-from cnnzip.surgery.edits import (
-                                  ChannelsRemoved,
-                                  Edit,
-                                  LayerQuantized,
-                                  ModuleReplaced,
-                                  NormFolded,
-                                  WeightsShared,
-)
+from cnnzip.surgery.edits import (ChannelsRemoved, Edit, LayerQuantized, ModuleReplaced, NormFolded,
+                                  WeightsShared)
 from cnnzip.surgery.fold import fold_batchnorm, standardize_batchnorm
 from cnnzip.surgery.replace import set_module
 from cnnzip.surgery.spec import ModelSpec, SpecSchema, build_model, resolve_spec
-from cnnzip.surgery.wrappers import (
-                                  materialize,
-                                  plain_layers,
-                                  quantize_layer,
-                                  quantized_edit,
-                                  share_layer,
-)
+from cnnzip.surgery.wrappers import (materialize, plain_layers, quantize_layer, quantized_edit,
+                                     share_layer)
 
 __all__ = ["ChannelsRemoved", "Edit", "LayerQuantized", "ModelSpec", "ModuleReplaced",
            "NormFolded", "SpecSchema", "WeightsShared", "build_model", "fold_batchnorm",

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import astuple, dataclass
 from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import Field, StrictBool, StrictInt, StringConstraints, TypeAdapter, ValidationError
+from pydantic import (Field, StrictBool, StrictInt, StringConstraints, TypeAdapter,
+                      ValidationError)
 
 Name = Annotated[str, StringConstraints(max_length=256, pattern=r"^[A-Za-z0-9_.]*$")]
 Index = Annotated[StrictInt, Field(ge=0, le=1 << 20)]

@@ -46,14 +46,14 @@ class Candidate:
     swap: str | None = None
 
 
-def linearize(model: nn.Module, cand: Candidate, log: list[Edit], *,
-              gradual: bool = False) -> None:
+def linearize(model: nn.Module, cand: Candidate, *, gradual: bool = False) -> list[Edit]:
     """Replace a candidate by its linear counterpart, or (``gradual``) by a
-    :class:`Linearizing` blend that :func:`finish_linearizing` settles later."""
+    :class:`Linearizing` blend that :func:`finish_linearizing` settles later; returns the
+    edits made (none for the blend, which is no change to record until it settles)."""
     modules = dict(model.named_modules())
     if cand.kind is Kind.BLOCK:
-        replace(model, cand.name, nn.Identity(), log)
-        return
+        return [replace(model, cand.name, nn.Identity())]
+    edits: list[Edit] = []
     module = modules[cand.name]
     if cand.kind is Kind.ACTIVATION:
         linear: nn.Module = nn.Identity()
@@ -61,19 +61,20 @@ def linearize(model: nn.Module, cand: Candidate, log: list[Edit], *,
         linear = nn.AvgPool2d(module.kernel_size, module.stride)
     target = cand.name
     if cand.swap is not None:  # act → pool becomes pool → act, exactly
-        replace(model, cand.name, modules[cand.swap], log)
+        edits.append(replace(model, cand.name, modules[cand.swap]))
         target = cand.swap
     if gradual:
         set_module(model, target, Linearizing(module, linear))
     else:
-        replace(model, target, linear, log)
+        edits.append(replace(model, target, linear))
+    return edits
 
 
-def finish_linearizing(model: nn.Module, log: list[Edit]) -> None:
-    """Replace every :class:`Linearizing` by its linear counterpart (exact once t = 1)."""
-    for name, m in list(model.named_modules()):
-        if isinstance(m, Linearizing):
-            replace(model, name, m.linear, log)
+def finish_linearizing(model: nn.Module) -> list[Edit]:
+    """Replace every :class:`Linearizing` by its linear counterpart (exact once t = 1);
+    returns the edits."""
+    return [replace(model, name, m.linear) for name, m in list(model.named_modules())
+            if isinstance(m, Linearizing)]
 
 
 FUNCTIONAL = {"relu", "relu_", "relu6", "leaky_relu", "elu", "gelu", "silu", "hardswish",
@@ -117,7 +118,7 @@ def candidates(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Candid
         if cand is None:
             continue
         trial = copy.deepcopy(model)
-        linearize(trial, cand, [])
+        linearize(trial, cand)
         gained = len(find_merges(trial, in_shape)) - base
         if gained > 0:  # an activation's merges each remove a layer; a pool's, only the pool
             found.append((cand, gained if cand.kind is Kind.ACTIVATION else 0))

@@ -192,33 +192,33 @@ def _check(before: torch.Tensor, model: nn.Module, x: torch.Tensor, what: str) -
     return after
 
 
-def _apply(model: nn.Module, merge: Merge, log: list[Edit]) -> None:
-    replace(model, merge.names[0], merge.module, log)
-    for other in merge.names[1:]:
-        replace(model, other, nn.Identity(), log)
+def _apply(model: nn.Module, merge: Merge) -> list[Edit]:
+    return [replace(model, merge.names[0], merge.module),
+            *(replace(model, other, nn.Identity()) for other in merge.names[1:])]
 
 
-def merge_layers(model: nn.Module, first: str, in_shape: tuple[int, ...],
-                 log: list[Edit] | None = None) -> Merge:
-    """Merge module ``first`` with the layer that reads its output, exactly.
+def merge_layers(model: nn.Module, first: str,
+                 in_shape: tuple[int, ...]) -> tuple[Merge, list[Edit]]:
+    """Merge module ``first`` with the layer that reads its output, exactly; returns the merge
+    and its edits.
 
     Raises:
         ModelError: no such module, or the pattern does not merge exactly (a nonlinearity or a
             padded convolution between, an output read twice, ...).
     """
-    return _merge_at(model, first, in_shape, log, _plan)
+    return _merge_at(model, first, in_shape, _plan)
 
 
-def merge_max_pool(model: nn.Module, pool: str, in_shape: tuple[int, ...],
-                   log: list[Edit] | None = None) -> Merge:
+def merge_max_pool(model: nn.Module, pool: str,
+                   in_shape: tuple[int, ...]) -> tuple[Merge, list[Edit]]:
     """Merge the max pooling ``pool`` (and a ReLU, ReLU6 or leaky ReLU before it) into the
-    convolution it pools, exactly, as a :class:`ConvMaxPool`.
+    convolution it pools, exactly, as a :class:`ConvMaxPool`; returns the merge and its edits.
 
     Raises:
         ModelError: no such module, or it is not a plain max pooling of a plain convolution's
             output that nothing else reads.
     """
-    return _merge_at(model, pool, in_shape, log, _pool_plan)
+    return _merge_at(model, pool, in_shape, _pool_plan)
 
 
 def max_pools(model: nn.Module, in_shape: tuple[int, ...]) -> list[str]:
@@ -229,8 +229,8 @@ def max_pools(model: nn.Module, in_shape: tuple[int, ...]) -> list[str]:
 
 
 def _merge_at(model: nn.Module, name: str, in_shape: tuple[int, ...],
-              log: list[Edit] | None,
-              planner: Callable[[TracedGraph, torch.fx.Node], Merge | str]) -> Merge:
+              planner: Callable[[TracedGraph, torch.fx.Node], Merge | str]
+              ) -> tuple[Merge, list[Edit]]:
     g = trace_graph(model, in_shape, "to merge layers")
     nodes = [n for n in g.graph.nodes if n.op == "call_module" and n.target == name]
     if not nodes:
@@ -242,9 +242,9 @@ def _merge_at(model: nn.Module, name: str, in_shape: tuple[int, ...],
     model.eval()
     with torch.no_grad():
         before = model(x)
-    _apply(model, plan, log if log is not None else [])
+    edits = _apply(model, plan)
     _check(before, model, x, plan.describe())
-    return plan
+    return plan, edits
 
 
 def find_merges(model: nn.Module, in_shape: tuple[int, ...], *,
@@ -257,19 +257,20 @@ def find_merges(model: nn.Module, in_shape: tuple[int, ...], *,
             and (not only_smaller or p.macs_after <= p.macs_before)]
 
 
-def merge_all(model: nn.Module, in_shape: tuple[int, ...], log: list[Edit], *,
-              only_smaller: bool = True) -> list[Merge]:
+def merge_all(model: nn.Module, in_shape: tuple[int, ...], *,
+              only_smaller: bool = True) -> tuple[list[Merge], list[Edit]]:
     """Merge until nothing merges (chains merge pair by pair), checking each merge against the
-    previous output; returns the merges in order."""
+    previous output; returns the merges in order and their edits."""
     x = torch.randn(4, *in_shape, generator=torch.Generator().manual_seed(0))
     model.eval()
     with torch.no_grad():
         out = model(x)
     done: list[Merge] = []
+    edits: list[Edit] = []
     while True:
         merges = find_merges(model, in_shape, only_smaller=only_smaller)
         if not merges:
-            return done
-        _apply(model, merges[0], log)
+            return done, edits
+        edits += _apply(model, merges[0])
         out = _check(out, model, x, merges[0].describe())
         done.append(merges[0])

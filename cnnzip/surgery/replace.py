@@ -12,7 +12,7 @@ from torch import nn
 from cnnzip.errors import ModelError
 from cnnzip.integrity import MAX_PARAMS
 from cnnzip.modules.merged import ConvMaxPool, FlatLinear
-from cnnzip.surgery.edits import Edit, ModuleReplaced
+from cnnzip.surgery.edits import ModuleReplaced
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -157,7 +157,7 @@ def construct(desc: dict[str, Any]) -> nn.Module:
         raise ModelError(f"malformed layer description {text} ({exc})") from None
 
 
-def replace(model: nn.Module, name: str, module: nn.Module, log: list[Edit]) -> None:
-    """Put ``module`` under ``name`` and append its :class:`ModuleReplaced` edit to ``log``."""
+def replace(model: nn.Module, name: str, module: nn.Module) -> ModuleReplaced:
+    """Put ``module`` under ``name``; returns its :class:`ModuleReplaced` edit."""
     set_module(model, name, module)
-    log.append(ModuleReplaced(name, describe(module)))
+    return ModuleReplaced(name, describe(module))

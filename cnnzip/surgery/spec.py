@@ -7,16 +7,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Iterable
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictInt,
-    StringConstraints,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StringConstraints
+from pydantic import ValidationError, model_validator
 from torch import nn
 
 from cnnzip.errors import ModelError

@@ -12,14 +12,13 @@ from torch import nn
 
 from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.c.writer import generate, plan_arena
-from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.ir.lower_float import lower_float_model
+from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.measure.toolchain import build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.prune import magnitude_mask
 from cnnzip.surgery import build_model, resolve_spec
-
 
 def _quantized(name: str, options: dict, sparsity: float = 0.0):
     """A zoo model, its weights magnitude-pruned to ``sparsity`` (each layer), quantized."""
@@ -159,7 +158,7 @@ def test_simd_lanes_never_overflow_where_one_weight_covers_many_taps(tmp_path, k
     """A k×k convolution whose weights are equal: summed in one 16-bit lane, 256 inputs of 255
     would pass what SMLABB reads as a signed lane (the portable C reads it the same way); the
     kernel splits the group at 128 and stays exact."""
-    from cnnzip.export.c.costmodel import MAX_LANE_TERMS, lane_groups
+    from cnnzip.export.c.forms.simd import MAX_LANE_TERMS, lane_groups
 
     torch.manual_seed(0)
     side = 28 - k + 1
@@ -262,7 +261,7 @@ def test_export_format_c_writes_the_folder_and_checks_it_on_the_test_set(tmp_pat
 def test_packed_weights_decode_to_the_layer_in_both_layouts():
     """Gaps longer than one entry spans take zero-valued padding entries; dense low-bit layers
     take the gapless layout, 8 / bits codes to a byte."""
-    from cnnzip.export.c.costmodel import pack
+    from cnnzip.export.c.forms.packed import pack
     from cnnzip.export.ir.ops import IntLayer
 
     rng = np.random.default_rng(0)

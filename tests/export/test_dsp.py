@@ -5,13 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cnnzip.export.hls.dsp import (
-    dsp_dot,
-    dsp_multiply,
-    max_exact_terms,
-    packed_conv2d,
-    packed_matmul,
-)
+from cnnzip.export.hls.dsp import (dsp_dot, dsp_multiply, max_exact_terms, packed_conv2d,
+                               packed_matmul)
 
 INT8 = np.arange(-128, 128, dtype=np.int64)
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from cnnzip.data import batches, synthetic_splits
-from cnnzip.export.hls.project import HlsOptions, export_project
 from cnnzip.export.hls.resources import layer_costs, resource_report
-from cnnzip.export.hls.shell import build_shell
 from cnnzip.export.ir.facts import signed_bits, value_ranges
-from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.hls.project import HlsOptions, export_project
 from cnnzip.export.ir.ops import IntLayer, LoweringError
+from cnnzip.export.ir.lower import lower_model
+from cnnzip.export.hls.shell import build_shell
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from tests.helpers import int8_lenet5, tiny

@@ -104,8 +104,8 @@ def test_joins_pooling_and_grouped_layers_in_integers_give_the_fake_quantized_lo
     """Residual adds (rescaled as TensorFlow Lite does), concatenations, global average pooling,
     depthwise and grouped convolutions: the integer graph agrees with the fake-quantized
     model."""
-    from cnnzip.export.ir.lower import lower_model
     from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool
+    from cnnzip.export.ir.lower import lower_model
     from tests.helpers import tiny, zoo_model
 
     torch.manual_seed(0)

@@ -9,25 +9,13 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import Role, channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import (
-    Allocation,
-    ChannelPrune,
-    Criterion,
-    group_scores,
-    sensitivity_keys,
-)
+from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, group_scores,
+                                    sensitivity_keys)
 from cnnzip.methods.channel_scores import _data_stats
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.modules import ConvMaxPool
-from cnnzip.surgery import (
-    ChannelsRemoved,
-    ModelSpec,
-    ModuleReplaced,
-    build_model,
-    remove_channels,
-    resolve_spec,
-    silence_channels,
-)
+from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,
+                            remove_channels, resolve_spec, silence_channels)
 from tests.helpers import TINY_ZOO, tiny
 from tests.modern import MODERN
 

@@ -6,16 +6,11 @@ import torch
 from torch import nn
 
 from cnnzip import metrics
-from cnnzip.codec import (
-    decode_file,
-    encode_file,
-    load_checkpoint,
-    round_for_storage,
-    save_checkpoint,
-)
+from cnnzip.codec import (decode_file, encode_file, load_checkpoint, round_for_storage,
+                          save_checkpoint)
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
-from cnnzip.methods.base import Context, apply
+from cnnzip.methods.base import Context, RunState, apply
 from cnnzip.methods.lowrank import LowRank, RankAllocation
 from cnnzip.methods.prune import MagnitudePrune, Schedule
 from cnnzip.methods.quant import Quantize
@@ -152,7 +147,7 @@ def test_factors_compose_with_pruning_quantization_and_sharing(tmp_path):
     model = apply(_resnet(), LowRank(allocation=RankAllocation.ENERGY, energy=0.6), ctx)
     quantized = apply(build_model(spec.with_edits(ctx.edits)), Quantize(weight_bits=4),
                       Context(synthetic_splits(), finetune_epochs=0, quiet=True,
-                              edits=list(ctx.edits)))
+                              state=RunState(edits=list(ctx.edits))))
     assert any(n.startswith("layers.0.conv1.") for n, _ in quantized.named_modules())
     model = apply(model, MagnitudePrune(sparsity=0.5, schedule=Schedule.ONE_SHOT), ctx)
     model = round_for_storage(apply(model, WeightSharing(conv_bits=3, fc_bits=3), ctx).eval())

@@ -3,19 +3,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cnnzip.ops.quant import (
-    Grid,
-    calibrate,
-    dequantize,
-    fake_quantize,
-    pack,
-    pow2_codes,
-    qparams,
-    quantize,
-    round_pow2,
-    sqnr_db,
-    unpack,
-)
+from cnnzip.ops.quant import (Grid, calibrate, dequantize, fake_quantize, pack, pow2_codes,
+                              qparams, quantize, round_pow2,
+                              sqnr_db, unpack)
 
 
 def _reference(x, scale, zero, qmin, qmax):

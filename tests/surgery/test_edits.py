@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from cnnzip.errors import ModelError
-from cnnzip.surgery import (
-    ChannelsRemoved,
-    LayerQuantized,
-    ModelSpec,
-    ModuleReplaced,
-    WeightsShared,
-    build_model,
-)
+from cnnzip.surgery import (ChannelsRemoved, LayerQuantized, ModelSpec, ModuleReplaced,
+                            WeightsShared, build_model)
 from cnnzip.surgery.edits import from_json, to_json
 
 EDITS = (ChannelsRemoved((("features.0", (0, 2)), ("features.3", (1,)))),

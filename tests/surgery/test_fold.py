@@ -10,14 +10,8 @@ from cnnzip.graph import foldable_pairs
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.merge import FoldBatchNorm
 from cnnzip.methods.share import WeightSharing
-from cnnzip.surgery import (
-    ModelSpec,
-    NormFolded,
-    build_model,
-    fold_batchnorm,
-    resolve_spec,
-    standardize_batchnorm,
-)
+from cnnzip.surgery import (ModelSpec, NormFolded, build_model, fold_batchnorm, resolve_spec,
+                            standardize_batchnorm)
 from tests.helpers import tiny
 
 IN = (1, 28, 28)

@@ -45,8 +45,7 @@ def test_every_exact_merge_equals_the_unmerged_model(case):
     model = build()
     x = torch.randn(5, *IN)
     before = model(x)
-    log = []
-    merge = merge_layers(model, first, IN, log)
+    merge, log = merge_layers(model, first, IN)
     assert len(merge.names) >= 2 and all(isinstance(model.get_submodule(n), nn.Identity)
                                          for n in merge.names[1:])
     torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-5)
@@ -109,8 +108,9 @@ def test_lenet5_candidates_and_their_merges():
     torch.testing.assert_close(swapped(x), before)
     log = []
     for cand, _ in found.values():
-        linearize(model, cand, log)
-    merges = merge_all(model, IN, log)
+        log += linearize(model, cand)
+    merges, edits = merge_all(model, IN)
+    log += edits
     assert len(merges) == 4 and metrics.count_layers(model) == 3
     assert metrics.count_macs(model, IN) < metrics.count_macs(build_model(
         resolve_spec("lenet5", IN, 10)), IN) / 3
@@ -218,7 +218,7 @@ def test_max_poolings_merge_exactly_and_replay(case):
     assert pools
     macs = metrics.count_macs(model, IN)
     for pool in pools:
-        merge_max_pool(model, pool, IN, log)
+        log += merge_max_pool(model, pool, IN)[1]
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())
     assert sum(isinstance(m, ConvMaxPool) for m in model.modules()) == len(pools)
     # every phase is counted (the zero padding not): the same MACs unless windows overlap

@@ -22,24 +22,13 @@ import numpy as np
 import torch
 
 from cnnzip.errors import CnnzipError
-from cnnzip.export.c.costmodel import choose, estimate, geometry, macs
-from cnnzip.export.c.kernels import emit
+from cnnzip.export.c.costmodel import choose, estimate
+from cnnzip.export.c.forms import emit
+from cnnzip.export.c.geometry import geometry, macs
 from cnnzip.export.ir.facts import shapes as tensor_shapes
 from cnnzip.export.ir.lower_float import FloatAdd, FloatLayer, FloatMean, FloatModel
-from cnnzip.export.ir.ops import (
-    ADD_SHIFT,
-    Add,
-    Concat,
-    Flatten,
-    GlobalAvgPool,
-    IntLayer,
-    IntModel,
-    Logits,
-    LoweringError,
-    MaxPool,
-    Relu,
-    Rescale,
-)
+from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+                                  IntModel, Logits, LoweringError, MaxPool, Relu, Rescale)
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 

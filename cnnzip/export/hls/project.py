@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from cnnzip.export.hls.shell import Shell, build_shell
 from cnnzip.export.ir.ops import Add, Concat, GlobalAvgPool, IntModel, LoweringError
+from cnnzip.export.hls.shell import Shell, build_shell
 
 STRATEGIES = ("Latency", "Resource")
 STREAM_UNSUPPORTED = (Add, Concat, GlobalAvgPool)

@@ -34,20 +34,9 @@ import torch
 import torch.fx
 from torch import nn
 
+from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
+                                  IntModel, LoweringError, MaxPool, Relu, Rescale)
 from cnnzip.export.ir.facts import accumulator_bits, signed_bits, weight_bits
-from cnnzip.export.ir.ops import (
-    ADD_SHIFT,
-    Add,
-    Concat,
-    Flatten,
-    GlobalAvgPool,
-    IntLayer,
-    IntModel,
-    LoweringError,
-    MaxPool,
-    Relu,
-    Rescale,
-)
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 
 NOT_NOP = 2.0 ** -30  # a scale's bias as hls4ml reads it when the real one is 0

@@ -11,18 +11,8 @@ from typing import Callable
 import numpy as np
 
 from cnnzip.export.ir.lower_float import FloatModel
-from cnnzip.export.ir.ops import (
-    Add,
-    Concat,
-    Flatten,
-    GlobalAvgPool,
-    IntLayer,
-    IntModel,
-    Logits,
-    MaxPool,
-    Relu,
-    Rescale,
-)
+from cnnzip.export.ir.ops import (Add, Concat, Flatten, GlobalAvgPool, IntLayer, IntModel,
+                                  Logits, MaxPool, Relu, Rescale)
 
 Range = tuple[int, int]
 

@@ -22,30 +22,15 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.ir.ops import (
-    RELU6_CAP,
-    SKIPPED,
-    Concat,
-    Flatten,
-    GlobalAvgPool,
-    Grid,
-    IntModel,
-    LoweringError,
-    MaxPool,
-    Node,
-    Relu,
-    Rescale,
-    add_node,
-    layer_grid,
-    lower,
-    lower_logits,
-    rescaler,
-)
+from cnnzip.export.ir.ops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvgPool, Grid,
+                                  IntModel, MaxPool, Node, LoweringError, Relu, Rescale,
+                                  add_node, layer_grid, lower, lower_logits, rescaler)
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.modules.merged import ConvMaxPool
 from cnnzip.ops.intmath import quantize_multiplier
 from cnnzip.surgery.replace import pair
+
 
 _GRID_PRESERVING = ("relu", "relu6", "maxpool", "flatten")
 

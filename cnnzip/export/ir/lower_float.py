@@ -13,23 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzip.export.ir.lower import (
-    capped_by,
-    classified,
-    fused_relu,
-    mean_keeps_dims,
-    performed_by_producer,
-)
-from cnnzip.export.ir.ops import (
-    RELU6_CAP,
-    Concat,
-    Flatten,
-    LoweringError,
-    MaxPool,
-    Node,
-    Relu,
-    run_nodes,
-)
+from cnnzip.export.ir.ops import (RELU6_CAP, Concat, Flatten, MaxPool, Node, LoweringError,
+                                  Relu, run_nodes)
+from cnnzip.export.ir.lower import (capped_by, classified, fused_relu, mean_keeps_dims,
+                                     performed_by_producer)
 from cnnzip.graph import foldable_pairs, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.surgery.fold import fold_batchnorm

@@ -18,13 +18,8 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.modules import FlatLinear, QuantLayer
 from cnnzip.modules.merged import ConvMaxPool
-from cnnzip.ops.intmath import (
-    INT32_MAX,
-    INT32_MIN,
-    quantize_multiplier,
-    requantize,
-    round_half_away,
-)
+from cnnzip.ops.intmath import (INT32_MAX, INT32_MIN, quantize_multiplier, requantize,
+                                round_half_away)
 
 
 class LoweringError(CnnzipError):

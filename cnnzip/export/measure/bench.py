@@ -27,13 +27,8 @@ from cnnzip.errors import CnnzipError
 from cnnzip.export.c.writer import Generated, generate
 from cnnzip.export.ir.lower_float import FloatModel
 from cnnzip.export.ir.ops import IntModel
-from cnnzip.export.measure.toolchain import (
-    INSTRUCTIONS_PER_TICK,
-    build,
-    compile_c,
-    model_sections,
-    run,
-)
+from cnnzip.export.measure.toolchain import (INSTRUCTIONS_PER_TICK, build, compile_c,
+                                     model_sections, run)
 
 
 @dataclass

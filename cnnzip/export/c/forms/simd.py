@@ -1,7 +1,13 @@
-"""The ``simd`` and ``simd-rows`` kernel forms (:mod:`cnnzip.export.c.costmodel` describes them
-and chooses among them): stride-1 convolutions unrolled over four adjacent output columns at
-once in 16-bit lanes; ``simd-rows`` writes each row of a fused pooling window as its own code
-instead of a loop over them (faster, its code once per row)."""
+"""``simd``: a convolution of row stride 1 as ``unrolled``, over four adjacent output columns at
+once: each load of four input bytes is added into two registers of two 16-bit lanes (UXTAB16
+on a Cortex-M4, one 32-bit add elsewhere), the inputs of equal weights summed in the lanes
+before one multiply per column (SMLABB / SMLATB); where weights repeat (shared or 4-bit
+layers) about two thirds of ``unrolled``'s instructions, where each weight is its own value
+about as many; a fused pooling window's rows are a loop over one copy of the code.
+
+``simd-rows``: ``simd`` with each row of the pooling window as its own copy of the code (no
+loop to carry the maxima and the counter across rows): fewer instructions, the code once per
+row."""
 
 from __future__ import annotations
 
@@ -9,8 +15,60 @@ from string import Template
 
 import numpy as np
 
-from cnnzip.export.c.costmodel import LANES, Geometry, lane_groups
 from cnnzip.export.c.ctext import Emitted, epilogue, pad_copy
+from cnnzip.export.c.forms.base import CHANNEL_UNROLL_LIMIT, PER_OUTPUT, Form, runs
+from cnnzip.export.c.geometry import Geometry
+
+LANES = 4  # output columns a simd block computes
+MAX_LANE_TERMS = 128  # bytes summed in one 16-bit lane: 128 · 255 < 2^15 (SMLABB reads it signed)
+# instructions per word loaded (per tap and block row: a load, two lane adds), per lane group
+# (four multiplies and a weight constant), per channel and block row (bias, maxima, the loop
+# over the pooling window's rows; fewer in simd-rows, whose rows are each their own code), and
+# constant bytes per tap (code) and per group
+_TAP, _GROUP, _CHANNEL, _ROW_LOOP = 3.0, 5.0, 12.5, 9.0
+_TAP_BYTES, _GROUP_BYTES = 12.0, 20.0
+
+
+def lane_groups(weight: np.ndarray, offset: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """One output channel's non-zero weights as (value, input offsets) groups of at most
+    :data:`MAX_LANE_TERMS` offsets: what one simd lane sums before one multiply."""
+    groups = []
+    for value in np.unique(weight[weight != 0]):
+        taps = offset[weight == value]
+        groups += [(int(value), taps[i:i + MAX_LANE_TERMS])
+                   for i in range(0, len(taps), MAX_LANE_TERMS)]
+    return groups
+
+
+class Simd(Form):
+    def __init__(self, rows: bool) -> None:
+        self.rows = rows
+        self.name, self.order = ("simd-rows", 31) if rows else ("simd", 30)
+
+    def fits(self, layer, geo: Geometry) -> bool:
+        """An integer convolution of row stride 1 whose fused pooling (if any) takes 1, 2 or 4
+        adjacent columns without overlap, with code of a size the compiler takes."""
+        _, qw, _, qsw = geo.pool
+        return (layer.kind == "conv" and layer.weight.dtype.kind != "f"
+                and layer.stride[1] == 1 and qw == qsw and qw in (1, 2, 4)
+                and np.count_nonzero(layer.weight) <= CHANNEL_UNROLL_LIMIT)
+
+    def estimate(self, layer, geo: Geometry) -> dict[str, float]:
+        qh = geo.pool[0]
+        blocks = -(-geo.pooled[1] * geo.pool[1] // LANES) * geo.pooled[0] * qh
+        weight = layer.weight.reshape(len(layer.weight), -1)
+        groups = sum(len(lane_groups(row, np.zeros(len(row), np.int64))) for row in weight)
+        taps = np.count_nonzero(weight)
+        copies = qh if self.rows else 1  # the code of a row, once or once per row
+        channel = _CHANNEL + (_ROW_LOOP if copies < qh else 0.0)
+        work = _TAP * taps + _GROUP * groups + channel * len(weight)
+        return {"instructions": blocks * work + PER_OUTPUT["int"] * geo.outputs,
+                "const_bytes": copies * (_TAP_BYTES * taps + _GROUP_BYTES * groups)
+                + 12 * len(weight)}
+
+    def emit(self, layer, name: str, geo: Geometry) -> Emitted:
+        r = runs(layer, name, geo)
+        return emit_simd(layer, name, geo, r.common, r.data, r.const, r.off, rows=self.rows)
 
 _SIMD = Template(r"""static void $name(const uint8_t *restrict in, $tout *restrict out$scratch)
 {
@@ -97,3 +155,6 @@ def emit_simd(layer, name: str, geo: Geometry, common: dict, data: str, const: i
                             scratch=", uint8_t *restrict pad" if padded else "",
                             channels="".join(channels))
     return Emitted(data, text, const, padded)
+
+
+FORMS = (Simd(rows=False), Simd(rows=True))

@@ -28,16 +28,8 @@ from torch import nn
 from cnnzip.codec.records import rebuild
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
-from cnnzip.integrity import (
-    CHECKSUM,
-    RawFile,
-    check_finite,
-    digest,
-    fail,
-    guard,
-    read_versioned,
-    validate,
-)
+from cnnzip.integrity import (CHECKSUM, RawFile, check_finite, digest, fail, guard,
+                              read_versioned, validate)
 from cnnzip.modules import CodebookLayer
 from cnnzip.surgery import ModelSpec
 
