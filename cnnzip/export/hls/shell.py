@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ import torch.fx
 from torch import nn
 
 from cnnzip.export.ir.ops import (ADD_SHIFT, Add, Concat, Flatten, GlobalAvgPool, IntLayer,
-                                  IntModel, LoweringError, MaxPool, Relu, Rescale)
+                                  IntModel, Logits, LoweringError, MaxPool, Relu, Rescale)
 from cnnzip.export.ir.facts import accumulator_bits, signed_bits, weight_bits
 from cnnzip.ops.intmath import INT32_MAX, INT32_MIN
 
@@ -259,34 +260,38 @@ def build_shell(model: IntModel, in_shape: tuple[int, ...]) -> Shell:
     accumulators: dict[str, int] = {}
     for k, node in enumerate(model.nodes):
         op, name = node.op, node.name or f"node{k}"
-        xs = [values[i] for i in node.inputs]
-        if isinstance(op, IntLayer):
-            values[k] = _layer(b, op, name, xs[0], accumulators)
-        elif isinstance(op, GlobalAvgPool):
-            values[k] = _global_average(b, op, name, xs[0])
-        elif isinstance(op, Rescale):
-            values[k] = b.requantize(f"{name}_rescale", xs[0], op.multiplier, op.shift,
-                                     (op.lo - op.out_zero, op.hi - op.out_zero), source=name)
-        elif isinstance(op, Add):
-            values[k] = _add(b, op, name, xs)
-        elif isinstance(op, MaxPool):
-            values[k] = b.module(f"{name}_pool",
-                                 nn.MaxPool2d(op.kernel, op.stride), xs, b.range(xs[0]),
-                                 {"result": _result(*b.range(xs[0])),
-                                  "accum": _result(*b.range(xs[0]))}, source=name)
-        elif isinstance(op, Flatten):
-            values[k] = b.module(f"{name}_flatten", nn.Flatten(), xs, b.range(xs[0]),
-                                 {"result": _result(*b.range(xs[0]))}, source=name)
-        elif isinstance(op, Relu):
-            values[k] = b.relu(f"{name}_relu", xs[0], b.range(xs[0])[1], name)
-        elif isinstance(op, Concat):
-            out = (min(b.range(x)[0] for x in xs), max(b.range(x)[1] for x in xs))
-            values[k] = b.function(torch.cat, xs, out, {"result": _result(*out)}, name, dim=1)
-        else:
+        writer = SHELL_WRITERS.get(type(op))
+        if writer is None:
             raise LoweringError(f"{name}: {type(op).__name__} has no hls4ml form yet")
+        values[k] = writer(b, op, name, [values[i] for i in node.inputs], accumulators)
     return Shell(b.finish(values[len(model.nodes) - 1]), b.layers, b.input.name,
                  _result(*in_range).replace(",AP_RND_INF,AP_SAT", ""), model.in_zero,
                  accumulators)
+
+
+def _rescale(b: _Builder, op: Rescale, name: str, xs: list, acc: dict) -> torch.fx.Node:
+    return b.requantize(f"{name}_rescale", xs[0], op.multiplier, op.shift,
+                        (op.lo - op.out_zero, op.hi - op.out_zero), source=name)
+
+
+def _maxpool(b: _Builder, op: MaxPool, name: str, xs: list, acc: dict) -> torch.fx.Node:
+    return b.module(f"{name}_pool", nn.MaxPool2d(op.kernel, op.stride), xs, b.range(xs[0]),
+                    {"result": _result(*b.range(xs[0])), "accum": _result(*b.range(xs[0]))},
+                    source=name)
+
+
+def _flatten(b: _Builder, op: Flatten, name: str, xs: list, acc: dict) -> torch.fx.Node:
+    return b.module(f"{name}_flatten", nn.Flatten(), xs, b.range(xs[0]),
+                    {"result": _result(*b.range(xs[0]))}, source=name)
+
+
+def _relu(b: _Builder, op: Relu, name: str, xs: list, acc: dict) -> torch.fx.Node:
+    return b.relu(f"{name}_relu", xs[0], b.range(xs[0])[1], name)
+
+
+def _concat(b: _Builder, op: Concat, name: str, xs: list, acc: dict) -> torch.fx.Node:
+    out = (min(b.range(x)[0] for x in xs), max(b.range(x)[1] for x in xs))
+    return b.function(torch.cat, xs, out, {"result": _result(*out)}, name, dim=1)
 
 
 def _layer(b: _Builder, op: IntLayer, name: str, x: torch.fx.Node,
@@ -362,3 +367,15 @@ def _global_average(b: _Builder, op: GlobalAvgPool, name: str, x: torch.fx.Node)
     out = (op.lo - op.out_zero, op.hi - op.out_zero)
     return b.requantize(name, x, op.multiplier, op.shift, out, relu=op.lo == op.out_zero,
                         source=name)
+
+
+# Each operation of the integer IR as PyTorch modules hls4ml reads, by the operation's exact
+# type: (builder, op, name, input nodes, accumulator bits by layer) → the output node. A new
+# operation adds its writer here.
+SHELL_WRITERS: dict[type, Callable[..., torch.fx.Node]] = {
+    IntLayer: lambda b, op, name, xs, acc: _layer(b, op, name, xs[0], acc),
+    Logits: lambda b, op, name, xs, acc: _layer(b, op, name, xs[0], acc),
+    GlobalAvgPool: lambda b, op, name, xs, acc: _global_average(b, op, name, xs[0]),
+    Rescale: _rescale,
+    Add: lambda b, op, name, xs, acc: _add(b, op, name, xs),
+    MaxPool: _maxpool, Flatten: _flatten, Relu: _relu, Concat: _concat}
