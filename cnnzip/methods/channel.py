@@ -15,12 +15,12 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import channel_groups, dependency_graph
-from cnnzip.methods.allocation import (Allocation, Cost, Measure, channels, lowest,
+from cnnzip.methods.shared.allocation import (Allocation, Cost, Measure, channels, lowest,
                                        model_cost, plan_removals, ranking_keys,
                                        sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.methods.calibration import calibrate_feature_maps, calibration_images
-from cnnzip.methods.channel_scores import Criterion, group_scores, score_groups
+from cnnzip.methods.shared.calibration import calibrate_feature_maps, calibration_images
+from cnnzip.methods.shared.channel_scores import Criterion, group_scores, score_groups
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer
 from cnnzip.surgery import plain_layers, remove_channels, silence_channels

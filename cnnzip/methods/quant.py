@@ -17,8 +17,8 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import foldable_pairs, symbolic
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.methods.policy import PolicySearch, run_search, static_features
-from cnnzip.methods.calibration import (calibrate_feature_maps, calibration_images,
+from cnnzip.methods.shared.policy import PolicySearch, run_search, static_features
+from cnnzip.methods.shared.calibration import (calibrate_feature_maps, calibration_images,
                                         float_feature_maps)
 from cnnzip.modules import CodebookLayer, weight_layers
 from cnnzip.modules.quant import QuantLayer
@@ -214,7 +214,7 @@ def _mixed_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Qu
 
 def _searched_precision(model: nn.Module, layers: dict[str, QuantLayer], config: Quantize,
                         ctx: Context) -> dict[str, Any]:
-    """Each layer's weight bits from a DDPG search (:mod:`cnnzip.methods.policy`) whose
+    """Each layer's weight bits from a DDPG search (:mod:`cnnzip.methods.shared.policy`) whose
     decisions are the bits saved below ``weight_bits``, rounded to the nearest candidate,
     within ``budget_bits`` on average over all weights."""
     names = list(layers)

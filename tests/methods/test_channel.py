@@ -11,7 +11,7 @@ from cnnzip.graph import Role, channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, group_scores,
                                     sensitivity_keys)
-from cnnzip.methods.channel_scores import _data_stats
+from cnnzip.methods.shared.channel_scores import _data_stats
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.modules import ConvMaxPool
 from cnnzip.surgery import (ChannelsRemoved, ModelSpec, ModuleReplaced, build_model,
@@ -302,7 +302,7 @@ def test_a_grouped_layer_reading_part_of_a_concatenation_leaves_both_halves_whol
 
 
 def test_the_last_unit_removed_gives_way_to_a_smaller_one_that_meets_the_budget_closer():
-    from cnnzip.methods.allocation import _give_back
+    from cnnzip.methods.shared.allocation import _give_back
 
     cut = {"a": 30, "b": 5, "c": 10}  # what one unit of each group removes, of 100
 
@@ -316,7 +316,7 @@ def test_the_last_unit_removed_gives_way_to_a_smaller_one_that_meets_the_budget_
 
 
 def test_time_costs_share_each_layers_measured_time_as_macs_costs_share_its_macs(monkeypatch):
-    from cnnzip.methods.allocation import Cost, channel_costs
+    from cnnzip.methods.shared.allocation import Cost, channel_costs
 
     model = build_model(resolve_spec("vgg16", IN, 10, width=0.25)).eval()
     groups = channel_groups(model, dependency_graph(model, IN))
@@ -337,7 +337,7 @@ def test_time_costs_share_each_layers_measured_time_as_macs_costs_share_its_macs
 
 
 def test_sensitivity_with_time_costs_meets_the_budget():
-    from cnnzip.methods.allocation import Cost
+    from cnnzip.methods.shared.allocation import Cost
 
     spec = resolve_spec("vgg16", IN, 10, width=0.25)
     model = build_model(spec).eval()
@@ -368,7 +368,7 @@ def test_divergence_is_zero_for_the_same_model_and_matches_a_hand_computed_kl():
 def test_kl_sensitivity_orders_cuts_that_accuracy_counts_as_free():
     """The divergence is above zero for every cut scanned (where accuracy may tie at zero),
     the keys rise within each group, and the KL-keyed allocation meets the budget."""
-    from cnnzip.methods.allocation import Measure
+    from cnnzip.methods.shared.allocation import Measure
 
     model = tiny("residual").eval()
     ctx = Context(synthetic_splits(), quiet=True)
@@ -439,7 +439,7 @@ def test_adaptive_batchnorm_in_the_scan_re_measures_every_cut_and_restores_the_m
         monkeypatch):
     """With sensitivity_bn_images each measurement (the uncut model's and every cut's) follows
     a re-measurement of the BatchNorm statistics, and the scan leaves the model as it came."""
-    from cnnzip.methods import allocation
+    from cnnzip.methods.shared import allocation
 
     calls = []
     real = allocation.recalibrate_batchnorm

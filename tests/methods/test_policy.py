@@ -9,12 +9,12 @@ from cnnzip import metrics
 from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import channel_groups, dependency_graph
-from cnnzip.methods.allocation import channels, plan_removals, ratio_keys
+from cnnzip.methods.shared.allocation import channels, plan_removals, ratio_keys
 from cnnzip.methods.base import Context, apply
 from cnnzip.methods.channel import Allocation, ChannelPrune
-from cnnzip.methods.policy import CostModel, Episode
+from cnnzip.methods.shared.policy import CostModel, Episode
 from cnnzip.methods.quant import Quantize
-from cnnzip.ops.ddpg import DDPG, truncated_normal
+from cnnzip.methods.shared.ddpg import DDPG, truncated_normal
 from cnnzip.surgery import build_model, remove_channels, resolve_spec
 
 IN = (1, 28, 28)
@@ -160,7 +160,7 @@ def test_quantize_policy_is_checked():
 
 
 def test_a_search_with_short_finetunes_leaves_the_model_as_it_was():
-    from cnnzip.methods.policy import PolicySearch, search_ratios
+    from cnnzip.methods.shared.policy import PolicySearch, search_ratios
 
     model, groups = _resnet()
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -17,8 +17,8 @@ from cnnzip import metrics
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
-from cnnzip.methods.calibration import calibration_images
-from cnnzip.methods.policy import PolicySearch, recalibrate_batchnorm, search_ratios
+from cnnzip.methods.shared.calibration import calibration_images
+from cnnzip.methods.shared.policy import PolicySearch, recalibrate_batchnorm, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels

@@ -1,5 +1,5 @@
-"""Per-group pruning ratios searched by a DDPG agent (:mod:`cnnzip.ops.ddpg`) under a MACs or
-parameter budget, rewarded by the validation accuracy of the pruned model before any
+"""Per-group pruning ratios searched by a DDPG agent (:mod:`cnnzip.methods.shared.ddpg`) under
+a MACs or parameter budget, rewarded by the validation accuracy of the pruned model before any
 retraining (the chosen channels silenced, which is exact).
 
 Two action spaces:
@@ -15,7 +15,7 @@ Two action spaces:
 
 Costs during the search come from a closed form (each layer's MACs or parameters scale with
 the fractions of its input and output channels kept); the allocation then meets the budget as
-measured on the really pruned model (:func:`cnnzip.methods.allocation.plan_removals`).
+measured on the really pruned model (:func:`cnnzip.methods.shared.allocation.plan_removals`).
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role
 from cnnzip.data import ImageSet, batches
 from cnnzip.methods.base import Context
-from cnnzip.methods.calibration import calibration_images
-from cnnzip.ops.ddpg import DDPG
+from cnnzip.methods.shared.calibration import calibration_images
+from cnnzip.methods.shared.ddpg import DDPG
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import silence_channels
 from cnnzip.train import TrainConfig, distillation_loss
