@@ -130,3 +130,33 @@ def test_resuming_refuses_the_stages_of_another_run(tmp_path):
     with pytest.raises(CnnzipError, match="checksum"):
         compress(path, "deep-compression", tmp_path / "out", finetune_epochs=0, quiet=True,
                  stage_bench=False, resume=True)
+
+
+def test_every_field_of_the_run_state_survives_a_stage_file(tmp_path):
+    # a field added to RunState but not to its stage form fails here, not silently on resume
+    import dataclasses
+
+    import torch
+
+    from cnnzip.methods import RunState
+    from cnnzip.surgery import ModelSpec, ModuleReplaced, build_model
+
+    spec = ModelSpec("lenet5", (1, 28, 28), 10)
+    edits = [ModuleReplaced("features.1", {"type": "Identity"})]
+    model = build_model(spec)
+    mask = torch.ones_like(model.features[0].weight)
+    mask[0] = 0
+    state = RunState(masks={"features.0": mask}, sparsities={"features.0": 0.25},
+                     edits=list(edits), notes={"prune": {"kept": 3}},
+                     stages=[{"name": "prune", "accuracy": 0.5}])
+    assert all(getattr(state, f.name) != getattr(RunState(), f.name)
+               for f in dataclasses.fields(RunState)), "give every field a non-default value"
+    stages.save(tmp_path, 0, "prune", model, spec.with_edits(edits), *state.to_stage(), "run")
+    saved = stages.latest(tmp_path, ["prune"], ["run"], trust_code=False)
+    back = RunState.from_stage(saved, spec)
+    for f in dataclasses.fields(RunState):
+        if f.name == "masks":
+            assert back.masks.keys() == state.masks.keys()
+            assert torch.equal(back.masks["features.0"], mask)
+        else:
+            assert getattr(back, f.name) == getattr(state, f.name), f.name
