@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnzip.errors import CnnzipError
 from cnnzip.export.c.ctext import Emitted, params, pad_copy, out_type
-from cnnzip.export.c.geometry import Geometry, taps
+from cnnzip.export.c.geometry import Geometry, macs, taps
 
 # Instructions per stored output (requantization, clamp, store), fitted on the emulated
 # Cortex-M4 (arm-none-eabi-gcc -O2, lenet5 layers; benchmarks/c_speed.py prints prediction
@@ -55,6 +55,14 @@ def per_mac_estimate(layer, geo: Geometry, per_mac: float, bytes_per_weight: flo
     return {"instructions": per_mac * work
             + PER_OUTPUT["float" if is_float else "int"] * geo.outputs,
             "const_bytes": bytes_per_weight * weights * item + bias}
+
+
+def nonzero_estimate(layer, geo: Geometry, per_mac: float,
+                     bytes_per_weight: float) -> dict[str, float]:
+    """:func:`per_mac_estimate` of a form that computes and stores only the non-zero
+    weights."""
+    return per_mac_estimate(layer, geo, per_mac, bytes_per_weight, work=macs(layer, geo)[1],
+                            weights=np.count_nonzero(layer.weight))
 
 
 def folded_bias(layer, name: str) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from cnnzip.export.c.ctext import Emitted, carray, epilogue
-from cnnzip.export.c.forms.base import RUNS, Form, per_mac_estimate, runs
-from cnnzip.export.c.geometry import Geometry, macs
+from cnnzip.export.c.forms.base import RUNS, Form, nonzero_estimate, runs
+from cnnzip.export.c.geometry import Geometry
 
 _PER_MAC = {"conv": 9.0, "linear": 8.5}
 _BYTES_PER_WEIGHT = 3.0  # a 2-byte offset beside the value
@@ -20,9 +20,7 @@ class Sparse(Form):
     name, order = "sparse", 10
 
     def estimate(self, layer, geo: Geometry) -> dict[str, float]:
-        return per_mac_estimate(layer, geo, _PER_MAC[layer.kind], _BYTES_PER_WEIGHT,
-                                work=macs(layer, geo)[1],
-                                weights=np.count_nonzero(layer.weight))
+        return nonzero_estimate(layer, geo, _PER_MAC[layer.kind], _BYTES_PER_WEIGHT)
 
     def emit(self, layer, name: str, geo: Geometry) -> Emitted:
         r = runs(layer, name, geo)

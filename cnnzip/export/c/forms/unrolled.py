@@ -10,8 +10,8 @@ import numpy as np
 
 from cnnzip.export.c.ctext import Emitted, epilogue
 from cnnzip.export.c.forms.base import (CHANNEL_UNROLL_LIMIT, UNROLL_LIMIT, Form,
-                                        per_mac_estimate, runs)
-from cnnzip.export.c.geometry import Geometry, macs
+                                        nonzero_estimate, runs)
+from cnnzip.export.c.geometry import Geometry
 
 UNROLL_WINDOWS = 1024  # unrolled layers of at most this many terms × pooling positions
 _PER_MAC = {"conv": 3.3, "linear": 3.8}
@@ -62,9 +62,7 @@ class Unrolled(Form):
         return np.count_nonzero(layer.weight) <= limit
 
     def estimate(self, layer, geo: Geometry) -> dict[str, float]:
-        return per_mac_estimate(layer, geo, _PER_MAC[layer.kind], _BYTES_PER_WEIGHT,
-                                work=macs(layer, geo)[1],
-                                weights=np.count_nonzero(layer.weight))
+        return nonzero_estimate(layer, geo, _PER_MAC[layer.kind], _BYTES_PER_WEIGHT)
 
     def emit(self, layer, name: str, geo: Geometry) -> Emitted:
         r = runs(layer, name, geo)
