@@ -11,7 +11,7 @@ import pytest
 
 from cnnzip.ops.intmath import divide_by_power_of_two, quantize_multiplier, requantize
 
-HEADER = Path(__file__).parent.parent.parent / "cnnzip" / "export" / "runtime" / "cnz_math.h"
+HEADER = Path(__file__).parent.parent.parent / "cnnzip" / "export" / "c" / "runtime" / "cnz_math.h"
 
 
 def test_multipliers_are_q31_and_represent_the_factor():
