@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cnnzip import distributed, metrics
-from cnnzip.codec import load_checkpoint, save_checkpoint
+from cnnzip.codec import load_model, save_checkpoint
 from cnnzip.codec.checkpoint import assert_finite
 from cnnzip.data import Splits, load_dataset
 from cnnzip.errors import ArgumentError, CnnzipError, ModelError
@@ -59,23 +59,6 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     if distributed.rank() == 0:  # torchrun: rank 0 alone writes
         save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
     return {**summary, "file": str(out), "val_history": result.val_accuracy}
-
-
-def load_model(path: str | Path, *, trust_code: bool = False,
-               ) -> tuple[nn.Module, ModelSpec, dict[str, Any]]:
-    """Load any model file cnnzip writes (.safetensors checkpoint or .cnz container); returns
-    the model, its spec and input record.
-
-    Every field of the file is checked before use. An architecture named
-    ``package.module:factory`` is code: it is imported and called only with ``trust_code``.
-    """
-    from cnnzip.codec import FORMAT, decode_file
-    from cnnzip.integrity import metadata_keys
-
-    if FORMAT in metadata_keys(path):
-        return decode_file(path, trust_code=trust_code)
-    ckpt = load_checkpoint(path, trust_code=trust_code)
-    return ckpt.model, ckpt.spec, ckpt.input
 
 
 def file_splits(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],
