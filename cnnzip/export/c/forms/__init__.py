@@ -16,6 +16,7 @@ from cnnzip.export.c.geometry import Geometry
 
 
 def _discover() -> dict[str, Form]:
+    # the modules of this package folder only (what cnnzip ships), never a name a file gives
     found: list[Form] = []
     for info in pkgutil.iter_modules(__path__):
         module = importlib.import_module(f"{__name__}.{info.name}")
