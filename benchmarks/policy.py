@@ -40,8 +40,8 @@ from cnnzip.api import runtime_name
 from cnnzip.codec import load_checkpoint
 from cnnzip.data import load_dataset
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import Allocation, ChannelPrune, Criterion
-from cnnzip.methods.quant import POLICIES, Quantize
+from cnnzip.methods.channel import Allocation, ChannelPolicy, ChannelPrune, Criterion
+from cnnzip.methods.quant import POLICIES, BitsPolicy, Quantize
 from cnnzip.train import evaluate
 from common import baselines
 
@@ -129,15 +129,15 @@ def _config(args: argparse.Namespace, method: str, budget: float) -> ChannelPrun
     if not args.bits:
         return ChannelPrune(criterion=Criterion.L2, allocation=Allocation(method),
                             target_macs=1 / budget, epochs=args.epochs, lr=args.lr,
-                            policy_episodes=args.episodes, policy_warmup=args.warmup,
-                            policy_samples=args.samples,
-                            policy_finetune_images=args.finetune_images)
+                            policy=ChannelPolicy(episodes=args.episodes, warmup=args.warmup,
+                                                 samples=args.samples,
+                                                 finetune_images=args.finetune_images))
     if method == "uniform":
         return Quantize(weight_bits=int(budget), act_bits=8, samples=args.samples,
                         epochs=args.epochs, weights_first=True)
     return Quantize(weight_bits=7, act_bits=8, budget_bits=budget,
-                    candidate_bits=[7, 6, 5, 4, 3, 2], samples=args.samples, policy=method,
-                    policy_episodes=args.episodes, policy_warmup=args.warmup,
+                    candidate_bits=[7, 6, 5, 4, 3, 2], samples=args.samples,
+                    policy=BitsPolicy(method=method, episodes=args.episodes, warmup=args.warmup),
                     epochs=args.epochs, weights_first=True)
 
 

@@ -53,6 +53,51 @@ def test_bad_overrides_name_the_problem(override, message):
         load_recipe("deep-compression", [override])
 
 
+def _channels(options, overrides=()):
+    from cnnzip.recipes import apply_overrides
+
+    data = apply_overrides({"steps": [{"channels": options}]}, overrides, "r.yaml")
+    return parse_recipe(data, "r.yaml").steps[0][1]
+
+
+def test_option_groups_read_nested_flat_and_dotted_keys_alike():
+    nested = _channels({"allocation": "ddpg", "target_macs": 0.5,
+                        "policy": {"episodes": 6, "warmup": 3},
+                        "sensitivity": {"measure": "kl", "ratios": [0.5]}})
+    flat = _channels({"allocation": "ddpg", "target_macs": 0.5, "policy_episodes": 6,
+                      "policy_warmup": 3, "sensitivity_measure": "kl",
+                      "sensitivity_ratios": [0.5]})
+    dotted = _channels({"allocation": "ddpg", "target_macs": 0.5},
+                       ["channels.policy.episodes=6", "channels.policy.warmup=3",
+                        "channels.sensitivity.measure=kl", "channels.sensitivity.ratios=[0.5]"])
+    assert nested == flat == dotted
+    assert (nested.policy.episodes, nested.policy.samples) == (6, 1000)  # the rest: defaults
+    assert nested.sensitivity.ratios == (0.5,) and nested.sensitivity.measure.value == "kl"
+    # the flat or dotted key wins over the group's own (as --set wins over the file)
+    assert _channels({"policy": {"samples": 9}}, ["channels.policy.samples=64"]).policy.samples \
+        == 64
+
+
+def test_a_plain_value_for_a_group_with_a_method_is_its_method():
+    recipe = load_recipe("mixed", ["quantize.policy=ddpg-scale", "quantize.policy_episodes=20",
+                                   "quantize.policy.warmup=5"])
+    policy = recipe.steps[0][1].policy
+    assert (policy.method, policy.episodes, policy.warmup) == ("ddpg-scale", 20, 5)
+    assert load_recipe("mixed").steps[0][1].policy.method == "greedy"
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"policy": {"episode": 6}}, r"unknown key 'policy\.episode'; policy's keys are bn_images"),
+    ({"policy": "ddpg"}, "policy is a group of options"),
+    ({"policy_warmup": 400}, r"step 1: policy\.warmup \(400\) must be fewer"),
+    ({"sensitivity": {"ratios": [1.5]}}, r"sensitivity\.ratios must be fractions"),
+    ({"sensitivity_sample": 6}, "unknown key 'sensitivity_sample'"),
+])
+def test_bad_group_options_name_the_group_and_key(options, message):
+    with pytest.raises(CnnzipError, match=message):
+        _channels(options)
+
+
 def test_merge_recipe_removes_a_quarter_of_the_layers_then_folds():
     recipe = load_recipe("merge")
     assert [kind for kind, _ in recipe.steps] == ["merge", "fold"]
@@ -74,10 +119,17 @@ def test_every_step_option_is_documented_and_docs_recipes_md_is_current():
     from cnnzip.recipes import STEPS
     from cnnzip.recipes.docs import options, recipes_markdown
 
+    from cnnzip.recipes import option_groups
+
     for name, step in STEPS.items():
         documented = options(step.config)
         for field in dataclasses.fields(step.config):
             assert documented.get(field.name), f"{name}.{field.name} has no docstring entry"
+        for group_name, group in option_groups(step.config).items():
+            inner = options(group)
+            for field in dataclasses.fields(group):
+                assert inner.get(field.name), \
+                    f"{name}.{group_name}.{field.name} has no docstring entry"
     page = Path(__file__).parent.parent / "docs" / "recipes.md"
     assert page.read_text() == recipes_markdown(), \
         "docs/recipes.md is stale: python -m cnnzip.recipes.docs > docs/recipes.md"

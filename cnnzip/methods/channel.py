@@ -15,9 +15,9 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import channel_groups, dependency_graph
-from cnnzip.methods.shared.allocation import (Allocation, Cost, Measure, channels, lowest,
-                                       model_cost, plan_removals, ranking_keys,
-                                       sensitivity_keys)
+from cnnzip.methods.shared.allocation import (Allocation, ChannelPolicy, Cost, GroupScan,
+                                              Measure, channels, lowest, model_cost,
+                                              plan_removals, ranking_keys, sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.shared.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.methods.shared.channel_scores import Criterion, group_scores, score_groups
@@ -25,7 +25,8 @@ from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer
 from cnnzip.surgery import plain_layers, remove_channels, silence_channels
 
-__all__ = ["Allocation", "ChannelPrune", "Criterion", "group_scores", "sensitivity_keys"]
+__all__ = ["Allocation", "ChannelPolicy", "ChannelPrune", "Criterion", "GroupScan", "Measure",
+           "group_scores", "sensitivity_keys"]
 
 
 @dataclass(frozen=True)
@@ -56,29 +57,8 @@ class ChannelPrune:
             least of five), which also counts feature-map traffic: on a CPU a channel of an
             early, high-resolution layer costs more time per MAC than the MACs say. Timings
             vary, so with ``time`` two runs of the same command may remove other channels.
-        sensitivity_ratios: sensitivity: the fractions of each group silenced, one group at a
-            time, to measure the validation accuracy it costs.
-        sensitivity_samples: sensitivity: validation samples per measurement.
-        sensitivity_measure: sensitivity: what a cut costs: ``accuracy``, the validation
-            accuracy it loses, or ``kl``, the mean KL divergence of the model's predictions
-            from the uncut model's on the same samples (smooth: it also orders the cuts that
-            change no sample's top-1 class, which the accuracy counts as free).
-        sensitivity_bn_images: sensitivity: before each measurement, measure the BatchNorms'
-            statistics again on this many training images (EagleEye's adaptive BatchNorm;
-            0: measure the cut with the statistics it leaves).
-        policy_episodes: ddpg, ddpg-scale: episodes of the search (each one pruned model
-            scored on ``policy_samples`` validation images, before retraining).
-        policy_warmup: of those, the first episodes that act at random to fill the agent's
-            memory.
-        policy_samples: validation images per episode.
-        policy_bn_images: before each episode's score, the pruned model's BatchNorm
-            statistics are measured again on this many training images (EagleEye's adaptive
-            BatchNorm: without it a model cut to half its MACs scores near chance, whatever
-            the ratios); 0 scores it as pruned.
-        policy_finetune_images: before each episode's score, a short fine-tune with
-            distillation (SGD at ``lr``, batches of 128) on this many training images, the
-            pruned channels held at zero (0: none; the score is then the pruned model's).
-        policy_deviation: ddpg-scale: how far a group's ratio may move from the global one.
+        sensitivity: allocation ``sensitivity``: how the scan measures each group's cuts.
+        policy: allocations ``ddpg`` and ``ddpg-scale``: how the search runs.
         batches: training batches for data-driven criteria (taylor, apoz).
         slimming: before scoring, train ``slimming_epochs`` with this L1 penalty on BatchNorm
             scales (network slimming; pairs with criterion bn).
@@ -108,16 +88,8 @@ class ChannelPrune:
     global_weight: float = 0.5
     cost_weight: float = 0.0
     cost: Cost = Cost.MACS
-    sensitivity_ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
-    sensitivity_samples: int = 2000
-    sensitivity_measure: Measure = Measure.ACCURACY
-    sensitivity_bn_images: int = 0
-    policy_episodes: int = 300
-    policy_warmup: int = 100
-    policy_samples: int = 1000
-    policy_bn_images: int = 512
-    policy_finetune_images: int = 0
-    policy_deviation: float = 0.3
+    sensitivity: GroupScan = field(default_factory=GroupScan)
+    policy: ChannelPolicy = field(default_factory=ChannelPolicy)
     batches: int = 8
     slimming: float = 0.0
     slimming_epochs: int = 0
@@ -140,21 +112,9 @@ class ChannelPrune:
         if self.round_to < 1:
             raise CnnzipError(f"channels: round_to must be a positive channel count, got "
                               f"{self.round_to}")
-        if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
-            raise CnnzipError("channels: sensitivity_ratios must be fractions in (0, 1); got "
-                              f"{list(self.sensitivity_ratios)}")
         if self.allocation.searched and self.target_macs is None and self.target_params is None:
             raise CnnzipError(f"channels: allocation {self.allocation.value} searches ratios for a "
                               "budget; give target_macs or target_params")
-        if not 0 <= self.policy_warmup < self.policy_episodes:
-            raise CnnzipError(f"channels: policy_warmup ({self.policy_warmup}) must be fewer "
-                              f"than policy_episodes ({self.policy_episodes})")
-        if self.policy_samples < 1 or not 0 < self.policy_deviation <= 1:
-            raise CnnzipError("channels: policy_samples must be positive and policy_deviation "
-                              f"in (0, 1]; got {self.policy_samples}, {self.policy_deviation}")
-        if self.sensitivity_bn_images < 0:
-            raise CnnzipError("channels: sensitivity_bn_images is a count of training images, "
-                              f"got {self.sensitivity_bn_images}")
         if self.steps < 1:
             raise CnnzipError(f"channels: steps must be a positive count of cuts, got "
                               f"{self.steps}")

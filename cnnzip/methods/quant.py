@@ -17,7 +17,7 @@ from torch import nn
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import foldable_pairs, symbolic
 from cnnzip.methods.base import Context, finetune, register
-from cnnzip.methods.shared.policy import PolicySearch, run_search, static_features
+from cnnzip.methods.shared.policy import Policy, PolicySearch, run_search, static_features
 from cnnzip.methods.shared.calibration import (calibrate_feature_maps, calibration_images,
                                         float_feature_maps)
 from cnnzip.modules import CodebookLayer, weight_layers
@@ -29,6 +29,34 @@ from cnnzip.surgery import (fold_batchnorm, materialize, quantize_layer, quantiz
 
 
 POLICIES = ("greedy", "ddpg", "ddpg-scale")
+
+
+@dataclass(frozen=True)
+class BitsPolicy(Policy):
+    """The ``quantize`` step's ``policy:`` option group (mixed precision under
+    ``budget_bits``).
+
+    Attributes:
+        method: ``greedy`` lowers the layer that loses least per bit saved (from per-layer
+            sensitivities), ``ddpg`` is a DDPG agent setting each layer's bits in turn
+            (HAQ/AMC: state = the layer's description, bits capped so the budget stays
+            reachable, reward = validation accuracy of the quantized model), ``ddpg-scale``
+            the agent's per-layer deviations about one global bit width solved to meet the
+            budget.
+        episodes: ddpg, ddpg-scale: episodes of the search (each scored on the step's
+            ``samples`` validation images).
+        warmup: of those, the first that act at random.
+        deviation: ddpg-scale: how many bits a layer may move from the global width.
+    """
+
+    method: str = "greedy"
+    deviation: float = 2.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.method not in POLICIES:
+            raise CnnzipError(f"policy.method must be one of {', '.join(POLICIES)}, got "
+                              f"{self.method!r}")
 
 
 @dataclass(frozen=True)
@@ -56,16 +84,8 @@ class Quantize:
             accuracy of the whole quantized model stays within this fraction of the float
             model's (each step measured).
         candidate_bits: the weight bit widths mixed precision may choose.
-        policy: how mixed precision chooses under ``budget_bits``: ``greedy`` lowers the
-            layer that loses least per bit saved (from per-layer sensitivities), ``ddpg`` is a
-            DDPG agent setting each layer's bits in turn (HAQ/AMC: state = the layer's
-            description, bits capped so the budget stays reachable, reward = validation
-            accuracy of the quantized model), ``ddpg-scale`` the agent's per-layer deviations
-            about one global bit width solved to meet the budget.
-        policy_episodes: ddpg, ddpg-scale: episodes of the search (each scored on
-            ``samples`` validation images).
-        policy_warmup: of those, the first that act at random.
-        policy_deviation: ddpg-scale: how many bits a layer may move from the global width.
+        policy: how mixed precision chooses under ``budget_bits`` (a plain ``policy: ddpg``
+            sets the method).
         samples: validation images per sensitivity measurement.
         epochs: quantization-aware training epochs with distillation (0: post-training only).
         weights_first: with epochs and quantized feature maps, train the first half of the
@@ -93,10 +113,7 @@ class Quantize:
     budget_bits: float | None = None
     max_drop: float | None = None
     candidate_bits: list[int] = field(default_factory=lambda: [8, 6, 5, 4, 3, 2])
-    policy: str = "greedy"
-    policy_episodes: int = 300
-    policy_warmup: int = 100
-    policy_deviation: float = 2.0
+    policy: BitsPolicy = field(default_factory=BitsPolicy)
     samples: int = 2000
     epochs: int = 0
     weights_first: bool = False
@@ -116,15 +133,9 @@ class Quantize:
         if self.budget_bits is not None and not 2 <= self.budget_bits <= 8:
             raise CnnzipError(f"quantize: budget_bits is an average weight bit width in 2..8, "
                               f"got {self.budget_bits}")
-        if self.policy not in POLICIES:
-            raise CnnzipError(f"quantize: policy must be one of {', '.join(POLICIES)}, got "
-                              f"{self.policy!r}")
-        if self.policy != "greedy" and self.budget_bits is None:
-            raise CnnzipError(f"quantize: policy {self.policy} searches bits for a budget; give "
-                              "budget_bits")
-        if not 0 <= self.policy_warmup < self.policy_episodes:
-            raise CnnzipError(f"quantize: policy_warmup ({self.policy_warmup}) must be fewer "
-                              f"than policy_episodes ({self.policy_episodes})")
+        if self.policy.method != "greedy" and self.budget_bits is None:
+            raise CnnzipError(f"quantize: policy {self.policy.method} searches bits for a "
+                              "budget; give budget_bits")
         if not self.fold and not self.per_channel:
             raise CnnzipError("quantize: fold: false needs per_channel: true (a BatchNorm "
                               "folded later scales each channel's weights differently)")
@@ -242,8 +253,9 @@ def _searched_precision(model: nn.Module, layers: dict[str, QuantLayer], config:
             layers[name].set_weight_bits(int(bits), config.weight_observer, scales[name])
         return ctx.val_accuracy(model, config.samples)
 
-    search = PolicySearch(config.policy, config.policy_episodes, config.policy_warmup,
-                          config.samples, 0, config.policy_deviation, ctx.seed)
+    policy = config.policy
+    search = PolicySearch(policy.method, policy.episodes, policy.warmup, config.samples, 0,
+                          policy.deviation, ctx.seed)
     static = static_features(model, names, tuple(ctx.splits.info.in_shape), sizes)
     saved, notes = run_search(search, "quantize", static, sizes, top - allowed.min(), average,
                               config.budget_bits, reward, ctx.quiet)
@@ -292,8 +304,9 @@ def quantize(model: nn.Module, config: Quantize, ctx: Context) -> nn.Module:
     if config.budget_bits is not None or config.max_drop is not None:
         base = ctx.val_accuracy(ctx.teacher, config.samples) if ctx.teacher is not None \
             else ctx.val_accuracy(model, config.samples)
-        notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base) \
-            if config.policy == "greedy" else _searched_precision(model, wrapped, config, ctx)
+        greedy = config.policy.method == "greedy"
+        notes["mixed"] = _mixed_precision(model, wrapped, config, ctx, base) if greedy \
+            else _searched_precision(model, wrapped, config, ctx)
     ctx.edits += [quantized_edit(name, layer) for name, layer in wrapped.items()]
     sqnr = {name: round(sqnr_db(layer.latent, layer.weight.detach()), 2)
             for name, layer in wrapped.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,42 @@ def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN.glob("*.yaml"))
 
 
+def option_groups(config_type: type) -> dict[str, type]:
+    """A step config's option groups: the fields whose type is itself a dataclass
+    (``policy``, ``sensitivity``), by name."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_type)
+            if dataclasses.is_dataclass(hints[f.name])}
+
+
+def _nest(where: str, config_type: type, options: dict[str, Any]) -> dict[str, Any]:
+    """A step's options with its groups gathered: ``policy: {episodes: 50}``, the flat key
+    ``policy_episodes: 50`` (how recipes wrote it before groups) and ``--set``'s
+    ``policy.episodes`` are the same option, the flat or dotted key winning over the group's; a
+    plain value for a group that has a ``method`` (``policy: ddpg``) is its method."""
+    options = dict(options)
+    for name, group in option_groups(config_type).items():
+        keys = {f.name for f in dataclasses.fields(group)}
+        value = options.pop(name, None)
+        if value is not None and not isinstance(value, dict):
+            if "method" not in keys:
+                raise CnnzipError(f"{where}: {name} is a group of options; write "
+                                  f"'{name}: {{KEY: VALUE}}' with KEY one of "
+                                  f"{', '.join(sorted(keys))}")
+            value = {"method": value}
+        value = dict(value or {})
+        for key in [k for k in options if k[len(name) + 1:] in keys]:
+            if key[:len(name) + 1] in (f"{name}_", f"{name}."):
+                value[key[len(name) + 1:]] = options.pop(key)
+        unknown = sorted(set(value) - keys)
+        if unknown:
+            raise CnnzipError(f"{where}: unknown key '{name}.{unknown[0]}'; {name}'s keys are "
+                              f"{', '.join(sorted(keys))}")
+        if value:
+            options[name] = value
+    return options
+
+
 def _step(where: str, kind: str, options: Any) -> Any:
     if kind not in STEPS:
         raise CnnzipError(f"{where}: unknown step {kind!r}; steps are {', '.join(STEPS)}")
@@ -41,6 +78,7 @@ def _step(where: str, kind: str, options: Any) -> Any:
     if not isinstance(options, dict):
         raise CnnzipError(f"{where} ({kind}): options must be a mapping")
     config_type = STEPS[kind].config
+    options = _nest(f"{where} ({kind})", config_type, options)
     known = {f.name for f in dataclasses.fields(config_type)}
     unknown = sorted(set(options) - known)
     if unknown:

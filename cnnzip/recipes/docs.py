@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from cnnzip.methods import Step
-from cnnzip.recipes import BUILTIN, STEPS, builtin_names
+from cnnzip.recipes import BUILTIN, STEPS, builtin_names, option_groups
 
 _OPTION = re.compile(r"^(\w+): (.*)$")
 
@@ -81,13 +81,32 @@ def step_section(step: Step) -> list[str]:
         rules = "; ".join(f"not after `{earlier}` ({why})" for earlier, why in step.after)
         lines += [f"In a recipe: {rules}.", ""]
     fields = dataclasses.fields(config_type)
+    groups = option_groups(config_type)
     if fields:
         lines += ["| option | default | meaning |", "|---|---|---|"]
         for f in fields:
+            if f.name in groups:
+                meaning = meanings.get(f.name, "").replace("|", "\\|")
+                lines.append(f"| `{f.name}` | (a group) | {meaning} |")
+                lines += _group_rows(f.name, groups[f.name])
+                continue
             meaning = meanings.get(f.name, "").replace("|", "\\|") + _choices(f)
             lines.append(f"| `{f.name}` | {_default(f)} | {meaning} |")
         lines.append("")
+        if groups:
+            old = ", ".join(f"`{name}_KEY`" for name in groups)
+            lines += [f"Old flat keys ({old}) are still read.", ""]
     return lines
+
+
+def _group_rows(name: str, group: type) -> list[str]:
+    """An option group's rows: ``name.key`` for each of its options."""
+    meanings = options(group)
+    rows = []
+    for f in dataclasses.fields(group):
+        meaning = meanings.get(f.name, "").replace("|", "\\|") + _choices(f)
+        rows.append(f"| `{name}.{f.name}` | {_default(f)} | {meaning} |")
+    return rows
 
 
 def recipe_section(name: str) -> list[str]:

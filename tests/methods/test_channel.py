@@ -9,8 +9,8 @@ from cnnzip.data import synthetic_splits
 from cnnzip.errors import CnnzipError, ModelError
 from cnnzip.graph import Role, channel_groups, dependency_graph
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, group_scores,
-                                    sensitivity_keys)
+from cnnzip.methods.channel import (Allocation, ChannelPrune, Criterion, GroupScan,
+                                    group_scores, sensitivity_keys)
 from cnnzip.methods.shared.channel_scores import _data_stats
 from cnnzip.methods.merge import MergeLayers
 from cnnzip.modules import ConvMaxPool
@@ -204,7 +204,8 @@ def test_sensitivity_keys_follow_each_groups_measured_cost(bn_images):
     model = tiny("residual")
     ctx = Context(synthetic_splits(), quiet=True)
     groups = channel_groups(model, dependency_graph(model, IN))
-    config = ChannelPrune(allocation=Allocation.SENSITIVITY, sensitivity_bn_images=bn_images)
+    config = ChannelPrune(allocation=Allocation.SENSITIVITY,
+                          sensitivity=GroupScan(bn_images=bn_images))
     scores = {g.root: group_scores(g, config) for g in groups}
     state = {k: v.clone() for k, v in model.state_dict().items()}
     keys, drops = sensitivity_keys(model, groups, scores, config, ctx)
@@ -212,7 +213,7 @@ def test_sensitivity_keys_follow_each_groups_measured_cost(bn_images):
     for group in groups:
         ranked = keys[group.root][torch.argsort(scores[group.root], stable=True)]
         assert (ranked.diff() >= 0).all()  # weaker channels never cost more
-        assert len(drops[group.root]) == len(config.sensitivity_ratios)
+        assert len(drops[group.root]) == len(config.sensitivity.ratios)
 
 
 def test_slimming_drives_batchnorm_scales_down():
@@ -344,7 +345,8 @@ def test_sensitivity_with_time_costs_meets_the_budget():
     base = metrics.count_macs(model, IN)
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, ChannelPrune(target_macs=0.5, allocation=Allocation.SENSITIVITY,
-                              sensitivity_samples=64, cost_weight=1.0, cost=Cost.TIME), ctx)
+                              sensitivity=GroupScan(samples=64), cost_weight=1.0,
+                              cost=Cost.TIME), ctx)
     assert 0.45 * base <= metrics.count_macs(model, IN) <= 0.5 * base
 
 
@@ -373,8 +375,8 @@ def test_kl_sensitivity_orders_cuts_that_accuracy_counts_as_free():
     model = tiny("residual").eval()
     ctx = Context(synthetic_splits(), quiet=True)
     groups = channel_groups(model, dependency_graph(model, IN))
-    config = ChannelPrune(allocation=Allocation.SENSITIVITY, sensitivity_measure=Measure.KL,
-                          sensitivity_samples=64)
+    config = ChannelPrune(allocation=Allocation.SENSITIVITY,
+                          sensitivity=GroupScan(samples=64, measure=Measure.KL))
     scores = {g.root: group_scores(g, config) for g in groups}
     keys, drops = sensitivity_keys(model, groups, scores, config, ctx)
     for group in groups:
@@ -386,7 +388,7 @@ def test_kl_sensitivity_orders_cuts_that_accuracy_counts_as_free():
     base = metrics.count_macs(model, IN)
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
     apply(model, ChannelPrune(target_macs=0.5, allocation=Allocation.SENSITIVITY,
-                              sensitivity_samples=64, sensitivity_measure=Measure.KL), ctx)
+                              sensitivity=GroupScan(samples=64, measure=Measure.KL)), ctx)
     assert 0.45 * base <= metrics.count_macs(model, IN) <= 0.5 * base
 
 
@@ -437,7 +439,7 @@ def test_gradual_pruning_spreads_the_epochs_and_refuses_soft_steps():
 
 def test_adaptive_batchnorm_in_the_scan_re_measures_every_cut_and_restores_the_model(
         monkeypatch):
-    """With sensitivity_bn_images each measurement (the uncut model's and every cut's) follows
+    """With sensitivity.bn_images each measurement (the uncut model's and every cut's) follows
     a re-measurement of the BatchNorm statistics, and the scan leaves the model as it came."""
     from cnnzip.methods.shared import allocation
 
@@ -461,10 +463,11 @@ def test_adaptive_batchnorm_in_the_scan_re_measures_every_cut_and_restores_the_m
     before = {k: v.clone() for k, v in model.state_dict().items()}
     for bn_images, expected in ((0, 0), (32, 1 + 2 * len(groups))):
         calls.clear()
-        config = ChannelPrune(allocation=Allocation.SENSITIVITY, sensitivity_bn_images=bn_images,
-                              sensitivity_samples=64, sensitivity_ratios=(0.25, 0.5))
+        config = ChannelPrune(allocation=Allocation.SENSITIVITY,
+                              sensitivity=GroupScan(bn_images=bn_images, samples=64,
+                                                    ratios=(0.25, 0.5)))
         sensitivity_keys(model, groups, scores, config, ctx)
         assert len(calls) == expected and all(n == bn_images for n in calls)
         assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
-    with pytest.raises(CnnzipError, match="sensitivity_bn_images"):
-        ChannelPrune(sensitivity_bn_images=-1)
+    with pytest.raises(CnnzipError, match="sensitivity.bn_images"):
+        GroupScan(bn_images=-1)

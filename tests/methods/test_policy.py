@@ -11,9 +11,9 @@ from cnnzip.errors import CnnzipError
 from cnnzip.graph import channel_groups, dependency_graph
 from cnnzip.methods.shared.allocation import channels, plan_removals, ratio_keys
 from cnnzip.methods.base import Context, apply
-from cnnzip.methods.channel import Allocation, ChannelPrune
+from cnnzip.methods.channel import Allocation, ChannelPolicy, ChannelPrune
 from cnnzip.methods.shared.policy import CostModel, Episode
-from cnnzip.methods.quant import Quantize
+from cnnzip.methods.quant import BitsPolicy, Quantize
 from cnnzip.methods.shared.ddpg import DDPG, truncated_normal
 from cnnzip.surgery import build_model, remove_channels, resolve_spec
 
@@ -116,8 +116,9 @@ def test_a_searched_allocation_meets_the_budget_and_repeats(allocation):
         model, _ = _resnet()
         base = metrics.count_macs(model, IN)
         ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True, seed=3)
-        config = ChannelPrune(allocation=allocation, target_macs=0.5, policy_episodes=6,
-                              policy_warmup=3, policy_samples=64, policy_bn_images=64)
+        config = ChannelPrune(allocation=allocation, target_macs=0.5,
+                              policy=ChannelPolicy(episodes=6, warmup=3, samples=64,
+                                                   bn_images=64))
         apply(model, config, ctx)
         assert metrics.count_macs(model, IN) <= 0.5 * base
         policy = ctx.notes["channels"]["policy"]
@@ -130,13 +131,12 @@ def test_a_searched_allocation_meets_the_budget_and_repeats(allocation):
 def test_searched_allocations_need_a_budget_and_sane_settings():
     with pytest.raises(CnnzipError, match="give target_macs or target_params"):
         ChannelPrune(allocation=Allocation.DDPG)
-    with pytest.raises(CnnzipError, match="policy_warmup"):
-        ChannelPrune(allocation=Allocation.DDPG, target_macs=0.5, policy_episodes=10,
-                     policy_warmup=10)
+    with pytest.raises(CnnzipError, match="policy.warmup"):
+        ChannelPolicy(episodes=10, warmup=10)
     with pytest.raises(CnnzipError, match="cannot keep macs"):
         model, _ = _resnet()
         apply(model, ChannelPrune(allocation=Allocation.DDPG, target_macs=0.001, max_ratio=0.5,
-                                  policy_episodes=2, policy_warmup=1),
+                                  policy=ChannelPolicy(episodes=2, warmup=1)),
               Context(synthetic_splits(), finetune_epochs=0, quiet=True))
 
 
@@ -144,8 +144,9 @@ def test_searched_allocations_need_a_budget_and_sane_settings():
 def test_searched_bits_meet_the_average(policy):
     model, _ = _resnet()
     ctx = Context(synthetic_splits(), finetune_epochs=0, quiet=True)
-    apply(model, Quantize(weight_bits=8, budget_bits=4.0, policy=policy, policy_episodes=4,
-                          policy_warmup=2, samples=64, calibration=64), ctx)
+    apply(model, Quantize(weight_bits=8, budget_bits=4.0,
+                          policy=BitsPolicy(method=policy, episodes=4, warmup=2), samples=64,
+                          calibration=64), ctx)
     notes = ctx.notes["quantize"]
     assert notes["average_bits"] <= 4.0
     assert set(notes["bits"].values()) <= {8, 6, 5, 4, 3, 2}
@@ -153,10 +154,10 @@ def test_searched_bits_meet_the_average(policy):
 
 
 def test_quantize_policy_is_checked():
-    with pytest.raises(CnnzipError, match="policy must be one of"):
-        Quantize(budget_bits=4.0, policy="ppo")
+    with pytest.raises(CnnzipError, match="policy.method must be one of"):
+        BitsPolicy(method="ppo")
     with pytest.raises(CnnzipError, match="give budget_bits"):
-        Quantize(policy="ddpg")
+        Quantize(policy=BitsPolicy(method="ddpg"))
 
 
 def test_a_search_with_short_finetunes_leaves_the_model_as_it_was():

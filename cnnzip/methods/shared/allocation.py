@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import enum
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -18,7 +19,7 @@ from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
 from cnnzip.methods.shared.calibration import calibration_images
-from cnnzip.methods.shared.policy import PolicySearch, recalibrate_batchnorm, search_ratios
+from cnnzip.methods.shared.policy import Policy, PolicySearch, recalibrate_batchnorm, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
@@ -59,6 +60,74 @@ class Measure(enum.Enum):
     KL = "kl"  # how far its predictions move: the mean KL divergence from the uncut model's
 
 
+@dataclass(frozen=True)
+class GroupScan:
+    """The ``channels`` step's ``sensitivity:`` option group (allocation ``sensitivity``):
+    how each group's cuts are measured.
+
+    Attributes:
+        ratios: the fractions of each group silenced, one group at a time, to measure the
+            validation accuracy it costs.
+        samples: validation samples per measurement.
+        measure: what a cut costs: ``accuracy``, the validation accuracy it loses, or ``kl``,
+            the mean KL divergence of the model's predictions from the uncut model's on the
+            same samples (smooth: it also orders the cuts that change no sample's top-1 class,
+            which the accuracy counts as free).
+        bn_images: before each measurement, measure the BatchNorms' statistics again on this
+            many training images (EagleEye's adaptive BatchNorm; 0: measure the cut with the
+            statistics it leaves).
+    """
+
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75)
+    samples: int = 2000
+    measure: Measure = Measure.ACCURACY
+    bn_images: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.ratios or not all(0 < r < 1 for r in self.ratios):
+            raise CnnzipError("sensitivity.ratios must be fractions in (0, 1); got "
+                              f"{list(self.ratios)}")
+        if self.samples < 1:
+            raise CnnzipError(f"sensitivity.samples must be positive, got {self.samples}")
+        if self.bn_images < 0:
+            raise CnnzipError("sensitivity.bn_images is a count of training images, got "
+                              f"{self.bn_images}")
+
+
+@dataclass(frozen=True)
+class ChannelPolicy(Policy):
+    """The ``channels`` step's ``policy:`` option group (allocation ``ddpg``, ``ddpg-scale``).
+
+    Attributes:
+        episodes: episodes of the search (each one pruned model scored on ``samples``
+            validation images, before retraining).
+        warmup: of those, the first episodes that act at random to fill the agent's memory.
+        samples: validation images per episode.
+        bn_images: before each episode's score, the pruned model's BatchNorm statistics are
+            measured again on this many training images (EagleEye's adaptive BatchNorm:
+            without it a model cut to half its MACs scores near chance, whatever the ratios);
+            0 scores it as pruned.
+        finetune_images: before each episode's score, a short fine-tune with distillation
+            (SGD at the step's ``lr``, batches of 128) on this many training images, the
+            pruned channels held at zero (0: none; the score is then the pruned model's).
+        deviation: ddpg-scale: how far a group's ratio may move from the global one.
+    """
+
+    samples: int = 1000
+    bn_images: int = 512
+    finetune_images: int = 0
+    deviation: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples < 1 or not 0 < self.deviation <= 1:
+            raise CnnzipError("policy.samples must be positive and policy.deviation in (0, 1]; "
+                              f"got {self.samples}, {self.deviation}")
+        if self.bn_images < 0 or self.finetune_images < 0:
+            raise CnnzipError("policy.bn_images and policy.finetune_images are counts of "
+                              f"training images, got {self.bn_images}, {self.finetune_images}")
+
+
 def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],
                  config: ChannelPrune, ctx: Context) -> tuple[dict[str, torch.Tensor], dict]:
     """Per group, the keys by which channels are ranked across groups (lower goes first), and
@@ -68,10 +137,10 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
         keys, notes["sensitivity"] = sensitivity_keys(model, groups, scores, config, ctx)
     elif config.allocation.searched:
         kind = "params" if config.target_params is not None else "macs"
-        search = PolicySearch(config.allocation.value, config.policy_episodes,
-                              config.policy_warmup, config.policy_samples,
-                              config.policy_bn_images, config.policy_deviation, ctx.seed,
-                              config.policy_finetune_images, config.lr)
+        policy = config.policy
+        search = PolicySearch(config.allocation.value, policy.episodes, policy.warmup,
+                              policy.samples, policy.bn_images, policy.deviation, ctx.seed,
+                              policy.finetune_images, config.lr)
         ratios, notes["policy"] = search_ratios(model, groups, scores, search, kind,
                                                 config.target_params or config.target_macs,
                                                 config.max_ratio, ctx)
@@ -83,8 +152,8 @@ def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str,
         if config.allocation is Allocation.SENSITIVITY:
             # a drop of 0 is one below the scan's resolution (one sample), not nothing: without
             # a floor every such channel would stay at 0 and ignore its cost
-            floor = 0.5 / config.sensitivity_samples \
-                if config.sensitivity_measure is Measure.ACCURACY else 1e-9
+            floor = 0.5 / config.sensitivity.samples \
+                if config.sensitivity.measure is Measure.ACCURACY else 1e-9
             keys = {root: k.clamp_min(floor) for root, k in keys.items()}
         keys = cost_weighted(keys, costs, config.cost_weight)
     return keys, notes
@@ -124,23 +193,23 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
                      scores: dict[str, torch.Tensor], config: ChannelPrune,
                      ctx: Context) -> tuple[dict[str, torch.Tensor], dict[str, list[float]]]:
     """Ranking keys from a sensitivity scan: each group alone loses its lowest-scored
-    ``sensitivity_ratios`` of channels (silenced, which is exact), and a channel's key is what
+    ``sensitivity.ratios`` of channels (silenced, which is exact), and a channel's key is what
     the group's cut down to it costs (interpolated, non-decreasing): the validation accuracy
     lost (reaching the whole accuracy when every channel goes) or, by ``Measure.KL``, the
     predictions' divergence from the uncut model's (continued past the last ratio at its last
     slope); a divergence orders cuts that lose no sample's top-1 class. With
-    ``sensitivity_bn_images``, every measurement (the uncut model's too) follows EagleEye's
+    ``sensitivity.bn_images``, every measurement (the uncut model's too) follows EagleEye's
     adaptive BatchNorm: the statistics measured again on that many training images, so a cut
     is judged as retraining would start from it, not by the stale statistics it leaves.
     Returns the keys and the scan's costs; the model is left as it came."""
-    samples = config.sensitivity_samples
+    scan = config.sensitivity
+    samples = scan.samples
     val, info = ctx.val_subset(samples), ctx.splits.info
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    bn_images = calibration_images(ctx, config.sensitivity_bn_images) \
-        if config.sensitivity_bn_images else None
+    bn_images = calibration_images(ctx, scan.bn_images) if scan.bn_images else None
     if bn_images is not None:  # the uncut model measured as every cut is: statistics re-measured
         recalibrate_batchnorm(model, bn_images, info)
-    kl = config.sensitivity_measure is Measure.KL
+    kl = scan.measure is Measure.KL
     reference = log_probabilities(model, val, info) if kl else None
     base = 0.0 if kl else evaluate(model, val, info)
     model.load_state_dict(saved)
@@ -155,13 +224,13 @@ def sensitivity_keys(model: nn.Module, groups: list[ChannelGroup],
 
     keys, table = {}, {}
     with progress_bar(disable=ctx.quiet) as bar:
-        task = bar.add_task("sensitivity", total=len(groups) * len(config.sensitivity_ratios),
+        task = bar.add_task("sensitivity", total=len(groups) * len(scan.ratios),
                             status="")
         for group in groups:
             n = len(group.units)
             order = torch.argsort(scores[group.root], stable=True)
             fractions, drops = [0.0], [0.0]
-            for ratio in sorted(config.sensitivity_ratios):
+            for ratio in sorted(scan.ratios):
                 k = min(n - 1, max(1, int(round(ratio * n))))
                 silence_channels(group, group.channels_of(order[:k].tolist()))
                 drops.append(max(drops[-1], measure()))

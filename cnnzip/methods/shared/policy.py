@@ -40,6 +40,25 @@ from cnnzip.train import TrainConfig, distillation_loss
 
 
 @dataclass(frozen=True)
+class Policy:
+    """A step's ``policy:`` option group: how a DDPG search runs (the fields the searched
+    steps share; each step's group adds its own).
+
+    Attributes:
+        episodes: episodes of the search.
+        warmup: of those, the first that act at random to fill the agent's memory.
+    """
+
+    episodes: int = 300
+    warmup: int = 100
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warmup < self.episodes:
+            raise CnnzipError(f"policy.warmup ({self.warmup}) must be fewer than "
+                              f"policy.episodes ({self.episodes})")
+
+
+@dataclass(frozen=True)
 class PolicySearch:
     """One search: ``variant`` ddpg or ddpg-scale, ``episodes`` in all of which the first
     ``warmup`` act at random, each rewarded on ``samples`` validation images after the
