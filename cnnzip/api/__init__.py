@@ -8,7 +8,8 @@ only); :mod:`cnnzip.api.files` trains, loads, evaluates, inspects and times mode
 
 from cnnzip import __version__
 from cnnzip.api.compress import compress, compress_within
-from cnnzip.api.deploy import bench_c_files, c_latency_us, export_file, fpga_resources
+from cnnzip.api.deploy import (FORMATS as EXPORT_FORMATS, bench_c_files, c_latency_us,
+                               export_file, fpga_resources)
 from cnnzip.api.environment import environment
 from cnnzip.api.files import (bench_files, evaluate_file, folded_copy, input_record,
                               inspect_file, inspect_model, inspect_name, load_model,
@@ -29,10 +30,10 @@ from cnnzip.recipes import builtin_names as recipe_names
 from cnnzip.search import SearchConfig, run_search
 from cnnzip.train import TrainConfig
 
-__all__ = ["C_TARGETS", "DATASET_NAMES", "HLS_IO_TYPES", "HLS_STRATEGIES", "KERNEL_POLICIES",
-           "ZOO", "ArgumentError", "Budget", "CnnzipError", "HlsOptions", "SearchConfig",
-           "TrainConfig", "__version__", "bench_c_files", "bench_files", "bench_models",
-           "c_latency_us", "compress", "compress_within", "dataset_info", "environment",
-           "evaluate_file", "export_file", "folded_copy", "fpga_resources", "init_distributed",
-           "input_record", "inspect_file", "inspect_model", "inspect_name", "load_model",
-           "rank", "recipe_names", "run_search", "runtime_name", "train_baseline"]
+__all__ = ["C_TARGETS", "DATASET_NAMES", "EXPORT_FORMATS", "HLS_IO_TYPES", "HLS_STRATEGIES",
+           "KERNEL_POLICIES", "ZOO", "ArgumentError", "Budget", "CnnzipError", "HlsOptions",
+           "SearchConfig", "TrainConfig", "__version__", "bench_c_files", "bench_files",
+           "bench_models", "c_latency_us", "compress", "compress_within", "dataset_info",
+           "environment", "evaluate_file", "export_file", "folded_copy", "fpga_resources",
+           "init_distributed", "input_record", "inspect_file", "inspect_model", "inspect_name",
+           "load_model", "rank", "recipe_names", "run_search", "runtime_name", "train_baseline"]

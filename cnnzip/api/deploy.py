@@ -1,5 +1,5 @@
-"""The Python API for deployment: export a file as ONNX, C or an hls4ml project, time it as C
-(host or emulated Cortex-M4), estimate its FPGA resources."""
+"""The Python API for deployment: export a file as ONNX, C, TFLite or an hls4ml project, time it
+as C (host or emulated Cortex-M4), estimate its FPGA resources."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 from cnnzip.api.files import file_splits, load_model
 from cnnzip.data import batches
 from cnnzip.errors import ArgumentError, CnnzipError
+from cnnzip.fileio import atomic_path
 from cnnzip.export import OrtModel, agreement, export_onnx
 from cnnzip.export.c.writer import write
 from cnnzip.export.hls.project import HlsOptions, export_project
@@ -24,6 +25,7 @@ from cnnzip.export.ir.facts import classes
 from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.ir.lower_float import lower_float_model
 from cnnzip.export.ir.ops import LoweringError
+from cnnzip.export.measure import tflm
 from cnnzip.export.measure.bench import Entry, bench, onnxruntime_batch1, peer_entries
 from cnnzip.export.measure.toolchain import (CFLAGS, INSTRUCTIONS_PER_TICK, TARGETS,
                                              model_sections, run_exported)
@@ -132,15 +134,18 @@ def _integer_ready(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
 
 def _integer_model(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                    input_info: dict[str, Any], dataset: str | None,
-                   data_dir: str | Path | None, calibrate: bool, what: str):
-    """``model`` in integers (:func:`cnnzip.export.reference.lower_model`), its float feature
-    maps quantized first with ``calibrate``; what cannot be lowered is one line naming it and
-    ``what`` was attempted. Returns the integer model and the calibration's record."""
+                   data_dir: str | Path | None, calibrate: bool, what: str,
+                   logits: str = "int32"):
+    """``model`` in integers (:func:`cnnzip.export.ir.lower.lower_model`, ``logits`` as
+    there), its float feature maps quantized first with ``calibrate``; what cannot be lowered
+    is one line naming it and ``what`` was attempted. Returns the integer model and the
+    calibration's record."""
     calibrated = _integer_ready(path, model, spec, input_info, dataset, data_dir) \
         if calibrate else {"calibrated": False}
     try:
         return lower_model(model, tuple(spec.in_shape),
-                           _calibration(path, spec, input_info, dataset, data_dir)), calibrated
+                           _calibration(path, spec, input_info, dataset, data_dir),
+                           logits), calibrated
     except LoweringError as exc:
         raise CnnzipError(f"{path}: cannot {what}: {exc}") from None
 
@@ -183,6 +188,53 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                   c_equals_reference=float((predicted == reference).mean()))
     if float_model is not None and calibrated["calibrated"]:
         result["float_accuracy"] = evaluate(float_model, splits.test, splits.info)
+    return result
+
+
+def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
+                   input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
+                   data_dir: str | Path | None, calibrate: bool) -> dict[str, Any]:
+    """An int8 ``.tflite`` from the integer model lowered with 8-bit logits
+    (:mod:`cnnzip.export.tflite.writer`); with ``check``, run in TensorFlow Lite Micro's
+    interpreter on the full test set, its int8 logits compared with the reference's."""
+    if importlib.util.find_spec("tflite_micro") is None:
+        raise CnnzipError(f"tflite-micro is not installed: {tflm.INSTALL}")
+    # imported here: the schema comes with tflite-micro, a wheel for Linux x86-64 only
+    from cnnzip.export.tflite.writer import tflite_bytes
+
+    in_shape = tuple(spec.in_shape)
+    int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
+                                           calibrate, "export for TensorFlow Lite", "int8")
+    grid = int_model.grids[-1]
+    metadata = {"model": spec.name, "mean": input_info.get("mean"),
+                "std": input_info.get("std"), "layout": "NHWC",
+                "input": {"scale": int_model.in_scale, "zero_point": int_model.in_zero - 128},
+                "logits": {"scale": grid.scale, "zero_point": grid.zero - 128}}
+    try:
+        data = tflite_bytes(int_model, in_shape, metadata)
+    except LoweringError as exc:
+        raise CnnzipError(f"{path}: cannot export for TensorFlow Lite: {exc}") from None
+    with atomic_path(out) as tmp:
+        Path(tmp).write_bytes(data)
+    result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "tflite",
+                              "bytes": len(data), "arena_bytes": tflm.smallest_arena(data),
+                              "container_bytes": Path(path).stat().st_size, **calibrated}
+    if not check:
+        return result
+    dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
+    codes = np.concatenate([int_model.quantize_input(x)
+                            for x, _ in batches(splits.test, splits.info, 1000)])
+    reference = int_model(codes).astype(np.int64) - 128
+    outputs = tflm.run(data, (codes - 128).astype(np.int8).transpose(0, 2, 3, 1),
+                       quiet=False).astype(np.int64)
+    labels = splits.test.labels.numpy()
+    difference = np.abs(outputs - reference).max(1)
+    result.update(dataset=dataset, samples=len(codes),
+                  tflm_accuracy=float((outputs.argmax(1) == labels).mean()),
+                  reference_accuracy=float((reference.argmax(1) == labels).mean()),
+                  accuracy=evaluate(model, splits.test, splits.info),
+                  logits_equal_reference=float((difference == 0).mean()),
+                  largest_logit_difference=int(difference.max()))
     return result
 
 
@@ -235,6 +287,9 @@ def fpga_resources(path: str | Path, *, reuse_factor: int = 1, calibrate: bool =
             **resource_report(int_model, tuple(spec.in_shape), reuse_factor)}
 
 
+FORMATS = ("onnx", "c", "hls4ml", "tflite")
+
+
 def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8: bool = True,
                 check: bool = False, dataset: str | None = None,
                 data_dir: str | Path | None = None, trust_code: bool = False,
@@ -244,7 +299,9 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
     sparse, unrolled, packed) are chosen by ``kernels``
     (:data:`cnnzip.export.costmodel.POLICIES`); or (``format="hls4ml"``) an hls4ml project
-    built as ``hls`` (:class:`cnnzip.export.hls.HlsOptions`) says. ``calibrate`` first
+    built as ``hls`` (:class:`cnnzip.export.hls.HlsOptions`) says; or (``format="tflite"``)
+    an int8 ``.tflite`` for TensorFlow Lite Micro, whose ``check`` runs it in TFLM's own
+    interpreter and compares its logits with the integer reference's. ``calibrate`` first
     quantizes a model's float feature maps to 8 bits on training images (weight-shared and
     float models); ``samples``: hls4ml's check on the first so many test images.
 
@@ -252,10 +309,13 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     and its top-1 agreement with cnnzip's own (PyTorch) model are returned. ``trust_code`` as
     in :func:`load_model`.
     """
-    if format not in ("onnx", "c", "hls4ml"):
-        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes onnx, "
-                          "c and hls4ml")
+    if format not in FORMATS:
+        raise CnnzipError(f"export format {format!r} is not available; this cnnzip writes "
+                          f"{', '.join(FORMATS)}")
     model, spec, input_info = load_model(path, trust_code=trust_code)
+    if format == "tflite":
+        return _export_tflite(path, model, spec, input_info, Path(out), check, dataset,
+                              data_dir, calibrate)
     if format == "hls4ml":
 
         return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,

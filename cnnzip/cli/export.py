@@ -9,8 +9,8 @@ from cnnzip.cli.common import add_data_args, add_trust_arg, positive_int, print_
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write ONNX (int8 where quantized), integer-only C or an "
-                                      "hls4ml project",
+    p = sub.add_parser("export", help="write ONNX (int8 where quantized), integer-only C, an "
+                                      "int8 .tflite or an hls4ml project",
                        description="Write the model as ONNX (quantized layers become "
                                    "QuantizeLinear/DequantizeLinear pairs with cnnzip's own "
                                    "scales and zero points and int8 weights, which onnxruntime "
@@ -18,21 +18,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                    "with --format c, as integer-only C99 in a folder: model.h, "
                                    "model.c (weights as const data or code, one static arena, "
                                    "no float, no malloc) and a main.c that runs IDX test "
-                                   "images; or, with --format hls4ml, as an hls4ml project for "
+                                   "images; or, with --format tflite, as an int8 .tflite for "
+                                   "TensorFlow Lite Micro (TensorFlow Lite's int8 "
+                                   "quantization, NHWC; the normalisation and the input and "
+                                   "logit grids in its 'cnnzip' metadata); or, with --format "
+                                   "hls4ml, as an hls4ml project for "
                                    "FPGAs (integer weights at their own bits, accumulators "
                                    "wide enough never to overflow, the requantization exact). "
-                                   "C and hls4ml need quantized feature maps (the int8 or "
+                                   "C, tflite and hls4ml need quantized feature maps (the int8 or "
                                    "mcu recipe); --calibrate quantizes a float or "
                                    "weight-shared model's on training images first.")
     p.add_argument("file", metavar="FILE", help="a .cnz container or .safetensors checkpoint")
-    p.add_argument("--format", choices=["onnx", "c", "hls4ml"], default="onnx",
+    p.add_argument("--format", choices=api.EXPORT_FORMATS, default="onnx",
                    help="default onnx")
     p.add_argument("--float", dest="int8", action="store_false",
                    help="write quantized layers as float layers with their rounded weights")
     p.add_argument("--check", action="store_true",
                    help="run the export on the full test set (onnxruntime; the C compiled "
-                        "with gcc; hls4ml's C simulation, compiled with g++) and report its "
-                        "accuracy and agreement")
+                        "with gcc; the .tflite in TensorFlow Lite Micro's interpreter; hls4ml's "
+                        "C simulation, compiled with g++) and report its accuracy and "
+                        "agreement")
     p.add_argument("--kernels", choices=api.KERNEL_POLICIES, default="balanced",
                    help="C only: each layer's kernel. dense: every weight from an array; "
                         "sparse: non-zero weights with their input offsets, zeros skipped; "
@@ -48,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "smallest per layer; balanced (default): fastest, with each byte of "
                         "flash worth a few instructions")
     p.add_argument("--calibrate", action="store_true",
-                   help="C only: quantize float feature maps to 8 bits on training images "
+                   help="C, tflite: quantize float feature maps to 8 bits on training images "
                         "first (post-training; weight-shared layers keep their values on one "
                         "grid per layer), for models compressed without the int8 step")
     hls = p.add_argument_group("hls4ml")
@@ -67,7 +72,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                           "of a large model takes about a second per image)")
     add_data_args(p, required=False)
     p.add_argument("--out", required=True, metavar="PATH",
-                   help="the file to write (onnx) or the folder (c, hls4ml)")
+                   help="the file to write (onnx, tflite) or the folder (c, hls4ml)")
     add_trust_arg(p)
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout")
     p.set_defaults(run=run)
@@ -87,6 +92,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if r["format"] == "hls4ml":
         _print_hls(r, args.check)
+        return 0
+    if r["format"] == "tflite":
+        _print_tflite(r, args.check)
         return 0
     if r["format"] == "c":
         print(f"{r['out']}: {', '.join(f'{k} {v:,} B' for k, v in r['files'].items())}; "
@@ -113,6 +121,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"onnxruntime accuracy {r['onnx_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, "
               f"top-1 agreement {r['agreement']:.4f} on {r['samples']} {r['dataset']} test images")
     return 0
+
+
+def _print_tflite(r: dict, check: bool) -> None:
+    print(f"{r['out']}: {r['bytes']:,} B .tflite (int8; model.cnz {r['container_bytes']:,} B); "
+          f"TensorFlow Lite Micro allocates it in a {r['arena_bytes']:,} B tensor arena")
+    if check:
+        print(f"TFLM accuracy {r['tflm_accuracy']:.4f}, integer reference "
+              f"{r['reference_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}; int8 logits equal "
+              f"to the reference's on {100 * r['logits_equal_reference']:.2f}% of "
+              f"{r['samples']:,} {r['dataset']} test images (largest difference "
+              f"{r['largest_logit_difference']})")
 
 
 def _print_hls(r: dict, check: bool) -> None:

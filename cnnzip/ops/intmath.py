@@ -45,6 +45,16 @@ def quantize_multiplier(scale: np.ndarray | float) -> tuple[np.ndarray, np.ndarr
     return mult.reshape(values.shape), shift.reshape(values.shape)
 
 
+def mean_multiplier(scale: float, count: int) -> tuple[int, int]:
+    """The multiplier and shift that requantize a sum of ``count`` values to their mean times
+    ``scale``, derived as TensorFlow Lite's integer MEAN derives them (so both compute the
+    same integers): ``scale``'s own multiplier, shifted left by the bits of ``count`` and
+    divided by it (truncating), the shift lowered to match."""
+    (m,), (s,) = quantize_multiplier(scale)
+    up = min(int(count).bit_length() - 1, 32, 31 + int(s))
+    return (int(m) << up) // int(count), int(s) - up
+
+
 def _wrap32(x: np.ndarray) -> np.ndarray:
     """Two's-complement wrap of int64 values to int32 (what a C cast to int32_t does)."""
     return ((x + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)

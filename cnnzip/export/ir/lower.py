@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 import torch.fx
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from cnnzip.export.ir.ops import (RELU6_CAP, SKIPPED, Concat, Flatten, GlobalAvg
 from cnnzip.graph import shape_of, with_shapes
 from cnnzip.modules import CodebookLayer, FlatLinear, QuantLayer
 from cnnzip.modules.merged import ConvMaxPool
-from cnnzip.ops.intmath import quantize_multiplier
+from cnnzip.ops.intmath import mean_multiplier
 from cnnzip.surgery.replace import pair
 
 
@@ -132,12 +133,15 @@ def _observed(gm: torch.fx.GraphModule, images: torch.Tensor) -> dict[str, torch
 def _grid_from_range(values: torch.Tensor, bits: int = 8) -> Grid:
     """An asymmetric grid over [min(0, lowest), max(0, highest)] of ``values``."""
     lo, hi = min(0.0, float(values.min())), max(0.0, float(values.max()))
-    scale = (hi - lo) / ((1 << bits) - 1) or 1.0
+    scale = float(np.float32((hi - lo) / ((1 << bits) - 1) or 1.0))  # as a file stores it
     return Grid(scale, int(round(-lo / scale)), bits)
 
 
+LOGITS = ("int32", "int8")
+
+
 def lower_model(model: nn.Module, in_shape: tuple[int, ...],
-                calibration: torch.Tensor | None = None) -> IntModel:
+                calibration: torch.Tensor | None = None, logits: str = "int32") -> IntModel:
     """The integer form of a quantized model: its quantized conv (also depthwise and grouped)
     and linear layers, ReLUs, max poolings, global average poolings, flattens, residual adds
     and channel concatenations, as a graph of :class:`Node`.
@@ -148,11 +152,16 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     8-bit grid over its range on the ``calibration`` images (normalised training images).
     A layer requantizes straight onto that grid (a ReLU that follows fused into the clamp);
     where a layer reads a tensor on another grid, a :class:`Rescale` moves it first.
+    ``logits``: ``int32``, the classifier's accumulators on one scale (nothing rounded away);
+    ``int8``, requantized to an 8-bit grid like every other layer (its output grid, else one
+    over its range on the calibration images), as TensorFlow Lite's int8 models end.
 
     Raises:
         LoweringError: an operation that is not lowered yet (named), a float layer, or a
             tensor whose grid needs calibration images that were not given.
     """
+    if logits not in LOGITS:
+        raise ValueError(f"logits must be one of {LOGITS}, got {logits!r}")
     model = model.eval()
     shared = [name for name, m in model.named_modules() if isinstance(m, CodebookLayer)]
     if shared:
@@ -235,8 +244,11 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
         elif kind == "layer":
             layer = modules[n.target]
             t = on_grid(tensor[args[0]], layer_grid(layer, "in"))
-            if n is output:
+            if n is output and logits == "int32":
                 tensor[n] = emit(lower_logits(layer, n.target), (t,), grids[t])
+            elif n is output:
+                g = grid_of(n)
+                tensor[n] = emit(lower(layer, g.scale, g.zero, g.bits, name=n.target), (t,), g)
             else:
                 # a convolution merged with its max pooling (and ReLU) is the two again: the C
                 # fuses them back, requantizing the window's largest accumulator
@@ -257,8 +269,8 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
             t = tensor[args[0]]
             src, g = grids[t], grid_of(n)
             h, w = shape_of(args[0])[2:]
-            m, s = quantize_multiplier(src.scale / (g.scale * h * w))
-            tensor[n] = emit(GlobalAvgPool(src.zero, int(m[0]), int(s[0]), g.zero,
+            m, s = mean_multiplier(src.scale / g.scale, h * w)
+            tensor[n] = emit(GlobalAvgPool(src.zero, m, s, g.zero,
                                            g.zero if fused_relu(n, kinds) else 0, g.hi,
                                            mean_keeps_dims(n)), (t,), g)
         elif kind == "cat":
@@ -268,7 +280,9 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     if tensor[output] != len(out) - 1:
         raise LoweringError("the classifier must be the last operation")
     first = grids[-1]
-    return IntModel(first.scale, first.zero, first.bits, tuple(out), out[-1].op.logit_scale)
+    scale = out[-1].op.logit_scale if logits == "int32" else grids[len(out) - 1].scale
+    return IntModel(first.scale, first.zero, first.bits, tuple(out), scale,
+                    tuple(grids[k] for k in range(len(out))))
 
 
 def fused_relu(n: torch.fx.Node, kinds: dict[torch.fx.Node, str]) -> bool:

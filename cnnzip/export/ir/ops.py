@@ -39,6 +39,9 @@ class IntLayer:
         out_zero: the output's zero point.
         lo, hi: the output clamp (lo is the zero point when a ReLU follows).
         stride, padding, groups: of a convolution.
+        w_scale: per output channel, the real value of one weight step (the accumulator's
+            step is the input's scale times it; a channel whose weights are all zero counts
+            its bias on the output's scale, and this is that scale over the input's).
     """
 
     kind: str
@@ -54,6 +57,7 @@ class IntLayer:
     padding: tuple[int, int] = (0, 0)
     groups: int = 1
     flatten: bool = False
+    w_scale: np.ndarray | None = None
 
     is_logits = False  # the classifier (Logits) writes int32
 
@@ -112,7 +116,8 @@ def lower(layer: QuantLayer, out_scale: float, out_zero: int, out_bits: int, *,
         hi = min(hi, int(out_zero) + int(round(cap / out_scale)))
     common = dict(weight=codes, bias=round_half_away(bias / acc_scale),
                   in_zero=int(layer.a_zero.item()), multiplier=multiplier, shift=shift,
-                  out_zero=int(out_zero), lo=int(out_zero) if relu else 0, hi=hi)
+                  out_zero=int(out_zero), lo=int(out_zero) if relu else 0, hi=hi,
+                  w_scale=acc_scale / float(layer.a_scale.detach()))
     if isinstance(inner, nn.Conv2d):
         return IntLayer("conv", stride=tuple(inner.stride), padding=tuple(inner.padding),
                         groups=inner.groups, **common)
@@ -154,7 +159,9 @@ class IntModel:
         in_scale, in_zero, in_bits: the input grid (what the caller quantizes its images onto).
         nodes: the integer operations (:class:`Node`) in an order that computes each input
             before it is read; the last is the classifier, whose outputs are int32 logits on
-            the common scale ``logit_scale``.
+            the common scale ``logit_scale`` (or, lowered with 8-bit logits, integers on the
+            classifier's output grid, ``grids[-1]``).
+        grids: per node, the grid of its output (the classifier's int32 logits: its input's).
     """
 
     in_scale: float
@@ -162,6 +169,7 @@ class IntModel:
     in_bits: int
     nodes: tuple
     logit_scale: float
+    grids: tuple = ()
 
     def quantize_input(self, images: torch.Tensor) -> np.ndarray:
         """Images (normalised floats) → the first layer's input integers, computed as the
