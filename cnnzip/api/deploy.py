@@ -217,7 +217,7 @@ def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(data)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "tflite",
-                              "bytes": len(data), "arena_bytes": tflm.smallest_arena(data),
+                              "bytes": len(data), "arena": tflm.arena(data),
                               "container_bytes": Path(path).stat().st_size, **calibrated}
     if not check:
         return result

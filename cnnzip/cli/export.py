@@ -124,8 +124,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _print_tflite(r: dict, check: bool) -> None:
+    a = r["arena"]
     print(f"{r['out']}: {r['bytes']:,} B .tflite (int8; model.cnz {r['container_bytes']:,} B); "
-          f"TensorFlow Lite Micro allocates it in a {r['arena_bytes']:,} B tensor arena")
+          f"TensorFlow Lite Micro reports a {a['total']:,} B tensor arena ({a['head']:,} B "
+          f"feature maps, {a['tail']:,} B persistent)")
     if check:
         print(f"TFLM accuracy {r['tflm_accuracy']:.4f}, integer reference "
               f"{r['reference_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}; int8 logits equal "

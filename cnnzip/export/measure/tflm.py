@@ -1,12 +1,14 @@
 """Running a ``.tflite`` in TensorFlow Lite Micro's own interpreter (the ``tflite-micro``
 package: TFLM's reference kernels and memory planner, built for the host), one image at a
-time as firmware would; and the smallest tensor arena it runs in."""
+time as firmware would; and the tensor arena it reports for the model."""
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import re
+import tempfile
 from typing import Iterator
 
 import numpy as np
@@ -63,26 +65,25 @@ def run(model: bytes, inputs: np.ndarray, quiet: bool = True) -> np.ndarray:
     return np.stack(outputs)
 
 
-def smallest_arena(model: bytes, alignment: int = 16) -> int:
-    """The smallest tensor arena (bytes, a multiple of ``alignment``) TFLM allocates
-    ``model`` in, by bisection over interpreters that succeed or refuse."""
-    runtime = _runtime()
+_ARENA = re.compile(rb"Arena allocation (total|head|tail) (\d+) bytes")
 
-    def fits(size: int) -> bool:
+
+def arena(model: bytes) -> dict[str, int]:
+    """The tensor arena TFLM's recording allocator reports for ``model``: ``total`` bytes,
+    of which ``head`` (the feature maps, planned over their lifetimes) and ``tail``
+    (persistent: tensor structs, each layer's multipliers and shifts). TFLM's own prepare
+    step needs a few hundred bytes more while it plans."""
+    tflm = interpreter(model)
+    with tempfile.TemporaryFile() as captured:
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
         try:
-            with _quiet_stderr():
-                runtime.Interpreter.from_bytes(model, arena_size=size)
-            return True
-        except (RuntimeError, ValueError):
-            return False
-
-    hi = -(-max(1024, 10 * len(model)) // alignment)  # in units of alignment
-    while not fits(hi * alignment):
-        hi *= 2
-        if hi * alignment > 1 << 30:
-            raise CnnzipError("TensorFlow Lite Micro allocates the model in no arena below 1 GiB")
-    lo = 0  # an empty arena never fits
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if fits(mid * alignment) else (mid, hi)
-    return hi * alignment
+            tflm.print_allocations()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        captured.seek(0)
+        found = {k.decode(): int(v) for k, v in _ARENA.findall(captured.read())}
+    if set(found) != {"total", "head", "tail"}:
+        raise CnnzipError("TensorFlow Lite Micro did not report its arena")
+    return found
