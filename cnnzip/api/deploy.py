@@ -193,16 +193,18 @@ def _export_c(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
 
 def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                    input_info: dict[str, Any], out: Path, check: bool, dataset: str | None,
-                   data_dir: str | Path | None, calibrate: bool) -> dict[str, Any]:
+                   data_dir: str | Path | None, calibrate: bool, lut: bool) -> dict[str, Any]:
     """An int8 ``.tflite`` from the integer model lowered with 8-bit logits
-    (:mod:`cnnzip.export.tflite.writer`); with ``check``, run in TensorFlow Lite Micro's
-    interpreter on the full test set, its int8 logits compared with the reference's."""
+    (:mod:`cnnzip.export.tflite.writer`), with ``lut`` its weights LUT-compressed where that
+    saves bytes (:mod:`cnnzip.export.tflite.lut`); with ``check``, run in TensorFlow Lite
+    Micro's interpreter on the full test set, its int8 logits compared with the reference's
+    (and, with ``lut``, the uncompressed file's)."""
     if importlib.util.find_spec("tflite_micro") is None:
         raise CnnzipError(f"tflite-micro is not installed: {tflm.INSTALL}")
     # imported here: the schema comes with tflite-micro, a wheel for Linux x86-64 only
+    from cnnzip.export.tflite import lut as luts
     from cnnzip.export.tflite.writer import tflite_bytes
 
-    in_shape = tuple(spec.in_shape)
     int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
                                            calibrate, "export for TensorFlow Lite", "int8")
     grid = int_model.grids[-1]
@@ -211,22 +213,34 @@ def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                 "input": {"scale": int_model.in_scale, "zero_point": int_model.in_zero - 128},
                 "logits": {"scale": grid.scale, "zero_point": grid.zero - 128}}
     try:
-        data = tflite_bytes(int_model, in_shape, metadata)
+        written = tflite_bytes(int_model, tuple(spec.in_shape), metadata)
     except LoweringError as exc:
         raise CnnzipError(f"{path}: cannot export for TensorFlow Lite: {exc}") from None
+    data, tables = written.data, []
+    if lut:
+        tables = luts.plan(written.weights)
+        if not tables:
+            raise CnnzipError(f"{path}: no layer's weights take fewer bytes as LUT tables and "
+                              f"indices of at most {luts.MAX_INDEX_BITS} bits (share or "
+                              "quantize them to fewer values first)")
+        data = luts.compressed(written.data, tables)
     with atomic_path(out) as tmp:
         Path(tmp).write_bytes(data)
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": "tflite",
                               "bytes": len(data), "arena": tflm.arena(data),
                               "container_bytes": Path(path).stat().st_size, **calibrated}
+    if lut:
+        result.update(uncompressed_bytes=len(written.data),
+                      uncompressed_arena=tflm.arena(written.data),
+                      lut=[asdict(t) for t in tables])
     if not check:
         return result
     dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
     codes = np.concatenate([int_model.quantize_input(x)
                             for x, _ in batches(splits.test, splits.info, 1000)])
     reference = int_model(codes).astype(np.int64) - 128
-    outputs = tflm.run(data, (codes - 128).astype(np.int8).transpose(0, 2, 3, 1),
-                       quiet=False).astype(np.int64)
+    inputs = (codes - 128).astype(np.int8).transpose(0, 2, 3, 1)
+    outputs = tflm.run(data, inputs, quiet=False).astype(np.int64)
     labels = splits.test.labels.numpy()
     difference = np.abs(outputs - reference).max(1)
     result.update(dataset=dataset, samples=len(codes),
@@ -235,6 +249,9 @@ def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
                   accuracy=evaluate(model, splits.test, splits.info),
                   logits_equal_reference=float((difference == 0).mean()),
                   largest_logit_difference=int(difference.max()))
+    if lut:
+        plain = tflm.run(written.data, inputs, quiet=False).astype(np.int64)
+        result["lut_equals_uncompressed"] = float((plain == outputs).all(1).mean())
     return result
 
 
@@ -294,14 +311,15 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
                 check: bool = False, dataset: str | None = None,
                 data_dir: str | Path | None = None, trust_code: bool = False,
                 kernels: str = "balanced", calibrate: bool = False, hls: Any = None,
-                samples: int | None = None) -> dict[str, Any]:
+                samples: int | None = None, lut: bool = False) -> dict[str, Any]:
     """Export the model in ``path`` for deployment: ONNX, quantized layers as int8 QDQ unless
     ``int8`` is False; or (``format="c"``) integer-only C99 whose layers' kernels (dense,
     sparse, unrolled, packed) are chosen by ``kernels``
     (:data:`cnnzip.export.costmodel.POLICIES`); or (``format="hls4ml"``) an hls4ml project
     built as ``hls`` (:class:`cnnzip.export.hls.HlsOptions`) says; or (``format="tflite"``)
-    an int8 ``.tflite`` for TensorFlow Lite Micro, whose ``check`` runs it in TFLM's own
-    interpreter and compares its logits with the integer reference's. ``calibrate`` first
+    an int8 ``.tflite`` for TensorFlow Lite Micro (``lut``: weights with few distinct values
+    stored as TFLM's LUT compression), whose ``check`` runs it in TFLM's own interpreter and
+    compares its logits with the integer reference's. ``calibrate`` first
     quantizes a model's float feature maps to 8 bits on training images (weight-shared and
     float models); ``samples``: hls4ml's check on the first so many test images.
 
@@ -315,7 +333,9 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     model, spec, input_info = load_model(path, trust_code=trust_code)
     if format == "tflite":
         return _export_tflite(path, model, spec, input_info, Path(out), check, dataset,
-                              data_dir, calibrate)
+                              data_dir, calibrate, lut)
+    if lut:
+        raise ArgumentError("lut compresses a .tflite's weights; give format='tflite'")
     if format == "hls4ml":
 
         return _export_hls4ml(path, model, spec, input_info, Path(out), check, dataset,

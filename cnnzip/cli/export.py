@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="C, tflite: quantize float feature maps to 8 bits on training images "
                         "first (post-training; weight-shared layers keep their values on one "
                         "grid per layer), for models compressed without the int8 step")
+    p.add_argument("--lut", action="store_true",
+                   help="tflite only: store each layer's weights as TFLM's LUT compression (a "
+                        "table of values per channel and bit-packed indices, a DECODE operator "
+                        "before the layer) where that takes fewer bytes: for weight-shared and "
+                        "low-bit models; the decoded weights take arena memory while their "
+                        "layer runs")
     hls = p.add_argument_group("hls4ml")
     hls.add_argument("--reuse-factor", type=positive_int, default=1, metavar="N",
                      help="each multiplier serves N multiplies (fewer DSPs, N times the "
@@ -86,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     r = api.export_file(args.file, args.out, format=args.format, int8=args.int8,
                         trust_code=args.trust_code, kernels=args.kernels,
                         calibrate=args.calibrate, check=args.check, dataset=args.dataset,
-                        data_dir=args.data_dir, hls=hls, samples=args.samples)
+                        data_dir=args.data_dir, hls=hls, samples=args.samples, lut=args.lut)
     if args.json:
         print_json(r)
         return 0
@@ -128,12 +134,20 @@ def _print_tflite(r: dict, check: bool) -> None:
     print(f"{r['out']}: {r['bytes']:,} B .tflite (int8; model.cnz {r['container_bytes']:,} B); "
           f"TensorFlow Lite Micro reports a {a['total']:,} B tensor arena ({a['head']:,} B "
           f"feature maps, {a['tail']:,} B persistent)")
+    if "lut" in r:
+        print(f"LUT-compressed {len(r['lut'])} weight tensors ("
+              + ", ".join(f"{t['bits']}-bit indices" for t in r["lut"])
+              + f"); without: {r['uncompressed_bytes']:,} B file, "
+              f"{r['uncompressed_arena']['total']:,} B arena")
     if check:
         print(f"TFLM accuracy {r['tflm_accuracy']:.4f}, integer reference "
               f"{r['reference_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}; int8 logits equal "
               f"to the reference's on {100 * r['logits_equal_reference']:.2f}% of "
               f"{r['samples']:,} {r['dataset']} test images (largest difference "
               f"{r['largest_logit_difference']})")
+        if "lut_equals_uncompressed" in r:
+            print(f"LUT-compressed logits equal the uncompressed file's on "
+                  f"{100 * r['lut_equals_uncompressed']:.2f}% of the images")
 
 
 def _print_hls(r: dict, check: bool) -> None:

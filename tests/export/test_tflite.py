@@ -37,7 +37,7 @@ def _lowered(model: nn.Module, sparsity: float = 0.5, **options):
 
 
 def _tflm_equals_reference(int_model, codes) -> bytes:
-    data = tflite_bytes(int_model, IN)
+    data = tflite_bytes(int_model, IN).data
     got = tflm.run(data, (codes - 128).astype(np.int8).transpose(0, 2, 3, 1))
     expected = int_model(codes) - 128
     assert got.dtype == np.int8 and got.shape == expected.shape
@@ -95,7 +95,25 @@ def test_the_mean_multiplier_is_tflites():
 
 def test_the_arena_is_tflms_report_and_the_model_runs_in_it_with_room_to_plan():
     int_model, _ = _lowered(_model("lenet5"))
-    data = tflite_bytes(int_model, IN)
+    data = tflite_bytes(int_model, IN).data
     report = tflm.arena(data)
     assert report["total"] == report["head"] + report["tail"]
     tflm.interpreter(data, report["total"] + 1024)
+
+
+def test_lut_compression_of_low_bit_weights_is_smaller_and_decodes_to_the_same_logits():
+    """4-bit weights: a table per channel and 4-bit indices in place of int8 values, DECODE
+    operators inserted by tflite-micro's compression package; TFLM gives the same logits."""
+    from cnnzip.export.tflite import lut
+
+    int_model, codes = _lowered(_model("lenet5"), 0.5, weight_bits=4)
+    written = tflite_bytes(int_model, IN)
+    tables = lut.plan(written.weights)
+    assert len(tables) == len(written.weights) and all(t.bits <= 4 for t in tables)
+    small = lut.compressed(written.data, tables)
+    assert len(small) < 0.75 * len(written.data)
+    x = (codes - 128).astype(np.int8).transpose(0, 2, 3, 1)
+    assert np.array_equal(tflm.run(small, x), tflm.run(written.data, x))
+    # 8-bit weights with many values: nothing to gain, nothing planned
+    int8_model, _ = _lowered(_model("lenet5"), 0.0, weight_bits=8)
+    assert lut.plan(tflite_bytes(int8_model, IN).weights) == []

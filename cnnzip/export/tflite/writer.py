@@ -51,6 +51,16 @@ class Flatbuffer:
     buffers: list = field(default_factory=lambda: [fb.BufferT()])  # 0: the empty buffer
     operators: list = field(default_factory=list)
     codes: dict[int, int] = field(default_factory=dict)
+    weights: list[tuple[int, np.ndarray, int]] = field(default_factory=list)
+
+    def weight(self, name: str, values: np.ndarray, scales: np.ndarray, axis: int) -> int:
+        """A layer's int8 weights (in the file's layout), per-channel scales along ``axis``;
+        recorded in :attr:`weights` for LUT compression."""
+        values = np.ascontiguousarray(values.astype(np.int8))
+        index = self.tensor(name, values.shape, fb.TensorType.INT8, scales=scales, axis=axis,
+                            data=values)
+        self.weights.append((index, values, axis))
+        return index
 
     def tensor(self, name: str, shape: tuple[int, ...], dtype: int, *,
                grid: Grid | None = None, scales: np.ndarray | None = None, axis: int = 0,
@@ -160,8 +170,7 @@ def _layer(f: Flatbuffer, op: IntLayer, name: str, inputs: list[Value], in_shape
         if x.flat_from is not None:  # columns in C, H, W order → H, W, C
             c, h, w = x.flat_from
             weight = weight.reshape(-1, c, h, w).transpose(0, 2, 3, 1).reshape(len(weight), -1)
-        wt = f.tensor(f"{name}.weight", weight.shape, fb.TensorType.INT8, scales=w_scale,
-                      data=weight.astype(np.int8))
+        wt = f.weight(f"{name}.weight", weight, w_scale, 0)
         options = fb.FullyConnectedOptionsT()
         options.fusedActivationFunction = act
         f.operator(OPS.FULLY_CONNECTED, [x.tensor, wt, bias], [out],
@@ -176,14 +185,12 @@ def _layer(f: Flatbuffer, op: IntLayer, name: str, inputs: list[Value], in_shape
                             "written for TensorFlow Lite yet (only depthwise ones)")
     weight = np.asarray(op.weight).astype(np.int8)
     if depthwise:  # (out, 1, kh, kw) → (1, kh, kw, out), scales along the last axis
-        wt = f.tensor(f"{name}.weight", (1, *weight.shape[2:], len(weight)), fb.TensorType.INT8,
-                      scales=w_scale, axis=3, data=weight.transpose(1, 2, 3, 0))
+        wt = f.weight(f"{name}.weight", weight.transpose(1, 2, 3, 0), w_scale, 3)
         options = fb.DepthwiseConv2DOptionsT()
         options.depthMultiplier = len(weight) // op.groups
         code, kind = OPS.DEPTHWISE_CONV_2D, fb.BuiltinOptions.DepthwiseConv2DOptions
     else:  # (out, in, kh, kw) → (out, kh, kw, in)
-        wt = f.tensor(f"{name}.weight", (len(weight), *weight.shape[2:], weight.shape[1]),
-                      fb.TensorType.INT8, scales=w_scale, data=weight.transpose(0, 2, 3, 1))
+        wt = f.weight(f"{name}.weight", weight.transpose(0, 2, 3, 1), w_scale, 0)
         options = fb.Conv2DOptionsT()
         code, kind = OPS.CONV_2D, fb.BuiltinOptions.Conv2DOptions
     options.padding, options.fusedActivationFunction = padding, act
@@ -296,8 +303,17 @@ WRITERS: dict[type, Writer] = {
 }
 
 
+@dataclass(frozen=True)
+class Written:
+    """A written model: the flatbuffer, and its weight tensors (index, int8 values in the
+    file's layout, per-channel axis)."""
+
+    data: bytes
+    weights: list[tuple[int, np.ndarray, int]]
+
+
 def tflite_bytes(model: IntModel, in_shape: tuple[int, ...],
-                 metadata: dict[str, object] | None = None) -> bytes:
+                 metadata: dict[str, object] | None = None) -> Written:
     """The flatbuffer of ``model`` (lowered with 8-bit logits); ``metadata`` is stored as
     JSON under the name ``cnnzip`` (TFLM ignores it).
 
@@ -319,5 +335,6 @@ def tflite_bytes(model: IntModel, in_shape: tuple[int, ...],
         name = node.name or f"node{k}"
         values[k] = writer(f, node.op, name, [values[i] for i in node.inputs],
                            sizes[node.inputs[0]], model.grids[k], sizes[k])
-    return f.finish([values[-1].tensor], [values[len(model.nodes) - 1].tensor],
-                    "cnnzip int8", metadata or {})
+    data = f.finish([values[-1].tensor], [values[len(model.nodes) - 1].tensor], "cnnzip int8",
+                    metadata or {})
+    return Written(data, f.weights)
