@@ -9,7 +9,7 @@ from cnnzip import __version__
 
 PACKAGES = ("torch", "numpy", "safetensors", "rich", "faiss-cpu", "constriction",
             "torch-pruning", "onnx", "onnxruntime", "pyyaml", "pydantic", "matplotlib",
-            "hls4ml", "optuna", "tensorly")
+            "hls4ml", "optuna", "tensorly", "tflite-micro")
 
 
 def environment() -> dict[str, str]:

@@ -270,7 +270,8 @@ def add_node(a: Grid, b: Grid, out: Grid, relu: bool) -> Add:
 @dataclass(frozen=True)
 class GlobalAvgPool(Rescale):
     """The mean over height and width: Σ (x − in_zero) requantized by in scale / (out scale ·
-    H·W) to the output grid (``keepdim``: output N×C×1×1, else N×C)."""
+    H·W) to the output grid, the multiplier derived as TensorFlow Lite's MEAN derives it
+    (:func:`cnnzip.ops.intmath.mean_multiplier`; ``keepdim``: output N×C×1×1, else N×C)."""
 
     keepdim: bool = False
 
