@@ -239,7 +239,7 @@ class InputRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Annotated[str, StringConstraints(max_length=64)] | None = None
+    dataset: Annotated[str, StringConstraints(max_length=4096)] | None = None  # npz:/folder: paths
     mean: list[FiniteFloat] = Field(default=[], max_length=64)
     std: list[Annotated[FiniteFloat, Field(gt=0)]] = Field(default=[], max_length=64)
     split: SplitRecord | None = None

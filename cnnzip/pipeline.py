@@ -21,7 +21,7 @@ from cnnzip.codec import stages as stage_files
 from cnnzip.codec import Checkpoint, load_checkpoint
 from cnnzip.codec.cnz import decode_file, encode_file, round_for_storage, stream_report
 from cnnzip.codec.records import quant_records
-from cnnzip.data import Splits, load_dataset
+from cnnzip.data import Splits, canonical_name, load_dataset
 from cnnzip.errors import CnnzipError
 from cnnzip.fileio import atomic_path
 from cnnzip.methods import STEPS, Context, RunState, apply
@@ -185,7 +185,7 @@ def _training_splits(ckpt: Checkpoint, dataset: str, data_dir: str | Path | None
     seed = split.get("seed", ckpt.extra.get("seed", 0))
     if type(seed) is not int or seed < 0:
         raise CnnzipError(f"the checkpoint's training seed {seed!r} is not a whole number")
-    if dataset == ckpt.input.get("dataset") and "sha256" in split:
+    if canonical_name(dataset) == ckpt.input.get("dataset") and "sha256" in split:
         return load_dataset(dataset, data_dir, seed=seed, val_size=split["val_size"],
                             expect_sha256=split["sha256"])
     return load_dataset(dataset, data_dir, seed=seed)

@@ -13,10 +13,23 @@ from cnnzip.api import DATASET_NAMES, ZOO, recipe_names
 MODEL_HELP = f"zoo name ({', '.join(ZOO)}) or package.module:factory for your own nn.Module"
 
 
+def dataset_name(text: str) -> str:
+    """A ``--dataset`` value: a named dataset, or your own as npz:FILE or folder:DIR."""
+    if text in DATASET_NAMES or text.startswith(("npz:", "folder:")):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown dataset {text!r}; choose one of "
+                                     f"{', '.join(DATASET_NAMES)}, or npz:FILE or folder:DIR")
+
+
+DATASET_HELP = (f"{', '.join(DATASET_NAMES)}, or your own: npz:FILE (arrays x_train, y_train, "
+                "x_test, y_test; uint8 images N×C×H×W, N×H×W×C or N×H×W, labels 0..K-1) or "
+                "folder:DIR (DIR/train/CLASS/*.png and DIR/test/CLASS/*.png)")
+
+
 def add_data_args(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
-    parser.add_argument("--dataset", required=required, choices=DATASET_NAMES,
-                        help="dataset name" + ("" if required else
-                                               " (default: the one recorded in the file)"))
+    parser.add_argument("--dataset", required=required, type=dataset_name, metavar="NAME",
+                        help=DATASET_HELP + ("" if required else
+                                             " (default: the one recorded in the file)"))
     parser.add_argument("--data-dir", metavar="DIR",
                         help="folder holding the dataset files (default: the system location, "
                              "/usr/share/datasets/fashion-mnist for fashion-mnist)")

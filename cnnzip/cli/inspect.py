@@ -8,8 +8,8 @@ from rich.console import Console
 from rich.table import Table
 
 from cnnzip import api
-from cnnzip.cli.common import (MODEL_HELP, add_trust_arg, positive_float, positive_int,
-                               print_json)
+from cnnzip.cli.common import (DATASET_HELP, MODEL_HELP, add_trust_arg, dataset_name,
+                               positive_float, positive_int, print_json)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,8 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", metavar="FILE", nargs="?",
                    help="a checkpoint or .cnz container written by cnnzip")
     p.add_argument("--model", help=MODEL_HELP + " (instead of FILE)")
-    p.add_argument("--dataset", choices=api.DATASET_NAMES,
-                   help="input shape for --model (default fashion-mnist: 1×28×28)")
+    p.add_argument("--dataset", type=dataset_name, metavar="NAME",
+                   help="input shape for --model (default fashion-mnist: 1×28×28): "
+                        + DATASET_HELP)
     p.add_argument("--width", type=positive_float, help="width multiplier for --model")
     p.add_argument("--hardware", choices=["fpga"],
                    help="fpga: per layer, what the quantized model in FILE costs as hls4ml "

@@ -1,4 +1,5 @@
-"""Datasets: IDX (MNIST, Fashion-MNIST), CIFAR-10 binary batches, and a synthetic set for tests."""
+"""Datasets: IDX (MNIST, Fashion-MNIST), CIFAR-10 binary batches, your own (``npz:FILE``,
+``folder:DIR``), and a synthetic set for tests."""
 
 from cnnzip.data.datasets import (
     DATASET_NAMES,
@@ -12,6 +13,7 @@ from cnnzip.data.datasets import (
     normalize,
     synthetic_splits,
 )
+from cnnzip.data.own import canonical as canonical_name
 
 __all__ = ["DATASET_NAMES", "DatasetInfo", "ImageSet", "Splits", "augment", "batches",
-           "dataset_info", "load_dataset", "normalize", "synthetic_splits"]
+           "canonical_name", "dataset_info", "load_dataset", "normalize", "synthetic_splits"]

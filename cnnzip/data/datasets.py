@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from cnnzip.data import own
 from cnnzip.data.cifar import load_cifar10
 from cnnzip.data.idx import load_idx_pair
 from cnnzip.errors import DataError
@@ -130,22 +131,41 @@ def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
 
 
 def dataset_info(name: str) -> DatasetInfo:
-    """Shape, classes and normalisation of a named dataset, without reading its files."""
+    """Shape, classes and normalisation of a dataset: a named one's without reading its
+    files; your own (``npz:FILE``, ``folder:DIR``) from its files (the mean and std of its
+    training images)."""
     if name in SYNTHETIC_SETS:
         return SYNTHETIC_SETS[name]
+    if own.is_own(name):
+        return _own_info(name, own.load_own(name))
     if name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}")
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASET_NAMES)}, "
+                        "or your own as npz:FILE or folder:DIR")
     return DATASETS[name].info
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int = 5000,
+def _own_info(name: str, arrays: own.Arrays) -> DatasetInfo:
+    """Your dataset's shape, classes (the largest label + 1) and per-channel mean and std over
+    its training images (a constant channel gets std 1)."""
+    x_train, y_train, _, y_test = arrays
+    pixels = x_train.transpose(1, 0, 2, 3).reshape(x_train.shape[1], -1) / 255.0
+    mean = tuple(round(float(m), 4) for m in pixels.mean(1))
+    std = tuple(round(float(s), 4) or 1.0 for s in pixels.std(1))
+    return DatasetInfo(own.canonical(name), tuple(x_train.shape[1:]),
+                       own.num_classes(y_train, y_test), mean, std, hflip=False)
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int | None = None,
                  seed: int = 0, expect_sha256: str | None = None) -> Splits:
     """Load a dataset by name, with a validation split drawn (seeded) from its training set.
 
     Args:
-        name: one of ``DATASET_NAMES``.
-        data_dir: where the files are; defaults to the dataset's system location.
-        val_size: how many training images are held out for validation.
+        name: one of ``DATASET_NAMES``, or your own: ``npz:FILE`` or ``folder:DIR``
+            (:mod:`cnnzip.data.own`).
+        data_dir: where the files are; defaults to the dataset's system location (not for
+            your own, whose name says where).
+        val_size: how many training images are held out for validation (default 5,000 for
+            the named datasets, a tenth of the training images for your own).
         seed: the seed of the split.
         expect_sha256: the hash of the validation indices a checkpoint recorded; a split that
             comes out differently (other files, another size) is an error.
@@ -156,28 +176,37 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
     """
     if name in SYNTHETIC_SETS:
         return synthetic_splits(seed=seed, info=SYNTHETIC_SETS[name])
-    dataset_info(name)  # rejects an unknown name
-    source = DATASETS[name]
-    directory = Path(data_dir) if data_dir is not None else source.default_dir
-    if directory is None:
-        raise DataError(f"{name} has no default location: {source.how_to_get}")
-    if not directory.is_dir():
-        raise DataError(f"{name} not found: {directory} is not a directory; {source.how_to_get}")
-    try:
-        train_full, test = (_to_set(*source.load(directory, train)) for train in (True, False))
-    except DataError as exc:
-        raise DataError(f"{name}: {exc}; {source.how_to_get}") from None
-    expected = source.info.in_shape
-    if tuple(train_full.images.shape[1:]) != expected:
-        raise DataError(f"{name} in {directory}: images have shape "
-                        f"{tuple(train_full.images.shape[1:])}, expected {expected}")
+    if own.is_own(name):
+        if data_dir is not None:
+            raise DataError(f"{name}: the name says where the data is; drop --data-dir")
+        arrays = own.load_own(name)
+        info, where = _own_info(name, arrays), name
+        train_full, test = _to_set(*arrays[:2]), _to_set(*arrays[2:])
+        val_size = max(1, len(train_full) // 10) if val_size is None else val_size
+    else:
+        dataset_info(name)  # rejects an unknown name
+        source = DATASETS[name]
+        directory = Path(data_dir) if data_dir is not None else source.default_dir
+        if directory is None:
+            raise DataError(f"{name} has no default location: {source.how_to_get}")
+        if not directory.is_dir():
+            raise DataError(f"{name} not found: {directory} is not a directory; "
+                            f"{source.how_to_get}")
+        try:
+            train_full, test = (_to_set(*source.load(directory, train)) for train in (True, False))
+        except DataError as exc:
+            raise DataError(f"{name}: {exc}; {source.how_to_get}") from None
+        info, where = source.info, f"{name} in {directory}"
+        if tuple(train_full.images.shape[1:]) != info.in_shape:
+            raise DataError(f"{where}: images have shape {tuple(train_full.images.shape[1:])}, "
+                            f"expected {info.in_shape}")
+        val_size = 5000 if val_size is None else val_size
     train, val, digest = _split(train_full, val_size, seed)
     if expect_sha256 is not None and digest != expect_sha256:
-        raise DataError(f"{name} in {directory}: the validation split (seed {seed}, {val_size} "
-                        "images) differs from the one the model was trained with; the training "
-                        "files are not the same")
-    return Splits(source.info, train, val, test,
-                  {"seed": seed, "val_size": val_size, "sha256": digest})
+        raise DataError(f"{where}: the validation split (seed {seed}, {val_size} images) differs "
+                        "from the one the model was trained with; the training files are not "
+                        "the same")
+    return Splits(info, train, val, test, {"seed": seed, "val_size": val_size, "sha256": digest})
 
 
 def normalize(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
