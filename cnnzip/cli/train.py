@@ -42,11 +42,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="scale each step's gradients down to at most this L2 norm, 0 for never "
                         f"(default {_D.clip_norm}: keeps models without BatchNorm from "
                         "diverging at the peak rate)")
+    p.add_argument("--val-size", type=val_size, metavar="N|FRACTION",
+                   help="training images held out for validation: a count, or a fraction "
+                        "below 1 (default 5,000 for the named datasets, a tenth of your own)")
     p.add_argument("--seed", type=count, default=_D.seed, help=f"default {_D.seed}")
     p.add_argument("--out", required=True, metavar="FILE.safetensors")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
+
+
+def val_size(text: str) -> int | float:
+    """A count of images (an integer) or a fraction in (0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a count nor a fraction") from None
+    if value.is_integer() and value >= 1:
+        return int(value)
+    if 0 < value < 1:
+        return value
+    raise argparse.ArgumentTypeError(f"{text!r}: give a count of images or a fraction in (0, 1)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     command = "cnnzip " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     summary = api.train_baseline(args.model, args.dataset, args.out, data_dir=args.data_dir,
                                  width=args.width, config=config, quiet=args.quiet,
-                                 command=command)
+                                 command=command, val_size=args.val_size)
     if api.rank() > 0:  # torchrun: rank 0 reports
         return 0
     if args.json:

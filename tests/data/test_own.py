@@ -152,3 +152,35 @@ def test_your_data_train_compress_eval_export_end_to_end(tmp_path, monkeypatch):
         tflite = api.export_file(out / "int8" / "model.cnz", out / "m.tflite", format="tflite",
                                  check=True)
         assert tflite["logits_equal_reference"] == 1.0
+
+
+def test_val_size_as_a_count_or_a_fraction_is_recorded_and_compress_holds_out_the_same(
+        tmp_path):
+    from cnnzip import api
+    from cnnzip.codec import load_checkpoint
+    from cnnzip.train import TrainConfig
+
+    x, y = _features(200)
+    name = _npz(tmp_path / "d.npz", x, y, *_features(40, seed=1))
+    for val_size, expected in ((0.25, 50), (30, 30)):
+        out = tmp_path / f"{val_size}.safetensors"
+        api.train_baseline("lenet300", name, out, config=TrainConfig(epochs=1), quiet=True,
+                           val_size=val_size)
+        assert load_checkpoint(out).input["split"]["val_size"] == expected
+    with pytest.raises(Exception, match="fraction must be in"):
+        api.train_baseline("lenet300", name, tmp_path / "x.safetensors", val_size=1.5)
+
+
+def test_the_cli_reads_val_size_and_your_dataset_names(tmp_path):
+    import argparse
+
+    from cnnzip.cli.common import dataset_name
+    from cnnzip.cli.train import val_size
+
+    assert (val_size("0.1"), val_size("300")) == (0.1, 300)
+    for bad in ("0", "1.5", "abc", "-3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            val_size(bad)
+    assert dataset_name("npz:x.npz") == "npz:x.npz" and dataset_name("mnist") == "mnist"
+    with pytest.raises(argparse.ArgumentTypeError, match="npz:FILE or folder:DIR"):
+        dataset_name("mydata")
