@@ -46,6 +46,11 @@ def fail(path: str | Path, message: str) -> CheckpointError:
     return CheckpointError(f"{path}: {message}")
 
 
+IMPORT_HINT = ("a model trained elsewhere (a state dict in .pt or .safetensors) becomes a cnnzip "
+               "checkpoint with: cnnzip import MODEL WEIGHTS --dataset NAME --out "
+               "FILE.safetensors")
+
+
 @contextmanager
 def _opened(path: str | Path) -> Iterator[Any]:
     """``safe_open(path)``, with every way it fails as one clear CheckpointError."""
@@ -59,7 +64,8 @@ def _opened(path: str | Path) -> Iterator[Any]:
     except IsADirectoryError:
         raise fail(path, "is a directory, not a file") from None
     except (SafetensorError, OSError, ValueError, OverflowError) as exc:
-        raise fail(path, f"not a readable safetensors file ({_first_line(exc)})") from None
+        raise fail(path, f"not a readable safetensors file ({_first_line(exc)}); {IMPORT_HINT}") \
+            from None
 
 
 def metadata_keys(path: str | Path) -> tuple[str, ...]:
@@ -86,7 +92,7 @@ def read_file(path: str | Path, key: str, what: str,
     with _opened(path) as f:
         raw = (f.metadata() or {}).get(key)
         if raw is None:
-            raise fail(path, f"not a {what} (no '{key}' metadata)")
+            raise fail(path, f"not a {what} (no '{key}' metadata); {IMPORT_HINT}")
         for name in f.keys():
             dtype, shape = f.get_slice(name).get_dtype(), f.get_slice(name).get_shape()
             if dtype not in allowed:

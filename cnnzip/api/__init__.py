@@ -11,8 +11,8 @@ from cnnzip.api.compress import compress, compress_within
 from cnnzip.api.deploy import (FORMATS as EXPORT_FORMATS, bench_c_files, c_latency_us,
                                export_file, fpga_resources)
 from cnnzip.api.environment import environment
-from cnnzip.api.files import (bench_files, evaluate_file, folded_copy, input_record,
-                              inspect_file, inspect_model, inspect_name, load_model,
+from cnnzip.api.files import (bench_files, evaluate_file, folded_copy, import_model,
+                              input_record, inspect_file, inspect_model, inspect_name, load_model,
                               train_baseline)
 from cnnzip.budget import Budget
 from cnnzip.data import DATASET_NAMES, dataset_info
@@ -35,5 +35,6 @@ __all__ = ["C_TARGETS", "DATASET_NAMES", "EXPORT_FORMATS", "HLS_IO_TYPES", "HLS_
            "SearchConfig", "TrainConfig", "__version__", "bench_c_files", "bench_files",
            "bench_models", "c_latency_us", "compress", "compress_within", "dataset_info",
            "environment", "evaluate_file", "export_file", "folded_copy", "fpga_resources",
-           "init_distributed", "input_record", "inspect_file", "inspect_model", "inspect_name",
-           "load_model", "rank", "recipe_names", "run_search", "runtime_name", "train_baseline"]
+           "import_model", "init_distributed", "input_record", "inspect_file", "inspect_model",
+           "inspect_name", "load_model", "rank", "recipe_names", "run_search", "runtime_name",
+           "train_baseline"]

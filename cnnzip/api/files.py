@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from cnnzip import distributed, metrics
@@ -68,6 +69,70 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
     if distributed.rank() == 0:  # torchrun: rank 0 alone writes
         save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
     return {**summary, "file": str(out), "val_history": result.val_accuracy}
+
+
+def _state_dict(weights: Path) -> dict[str, torch.Tensor]:
+    """A state dict from ``.safetensors`` or a ``.pt``/``.pth`` file (``torch.load`` with
+    ``weights_only=True``: tensors and containers only, never code; a dict holding the state
+    dict under ``state_dict`` or ``model`` is unwrapped)."""
+    if not weights.is_file():
+        raise CnnzipError(f"{weights}: file not found")
+    try:
+        if weights.suffix == ".safetensors":
+            state = load_file(str(weights))
+        else:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any unreadable file is the user's input error, said in one line
+        raise CnnzipError(f"{weights}: not a readable state dict ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else 'damaged'})") from None
+    if isinstance(state, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), dict):
+                state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CnnzipError(f"{weights}: expected a state dict (names → tensors), as "
+                          "torch.save(model.state_dict(), FILE) writes")
+    return state
+
+
+def import_model(model: str, weights: str | Path, dataset: str, out: str | Path, *,
+                 data_dir: str | Path | None = None, width: float | None = None,
+                 val_size: int | None = None) -> dict[str, Any]:
+    """A model you trained elsewhere as a cnnzip checkpoint: ``model`` (a zoo name or your
+    ``package.module:factory``, built for ``dataset``'s input shape and classes) with the
+    weights in ``weights`` (a state dict: ``.pt``/``.pth`` or ``.safetensors``), evaluated on
+    the test set and saved to ``out`` with the dataset's normalisation and split recorded.
+
+    Raises:
+        CnnzipError: an unreadable weights file, names or shapes that do not match the model
+            (the first few named), a dataset that is not at hand.
+    """
+    splits = load_dataset(dataset, data_dir, val_size=val_size)
+    spec = resolve_spec(model, splits.info.in_shape, splits.info.num_classes, width)
+    net = build_model(spec, trust_code=True)  # the name is the user's own: consent
+    state = _state_dict(Path(weights))
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = [f"{what}: {', '.join(keys[:4])}{' …' if len(keys) > 4 else ''}"
+                 for what, keys in (("missing", missing), ("not in the model", unexpected),
+                                    ("other shapes", wrong)) if keys]
+        raise CnnzipError(f"{weights}: does not fit {model} built for {dataset} "
+                          f"({splits.info.in_shape}, {splits.info.num_classes} classes): "
+                          + "; ".join(parts))
+    net.load_state_dict({k: state[k].to(own[k].dtype) for k in own})
+    net.eval()
+    assert_finite(net, f"importing {weights}")
+    summary = {"model": spec.name, "width": spec.width, "dataset": splits.info.name,
+               "imported_from": str(weights),
+               "val_accuracy": evaluate(net, splits.val, splits.info),
+               "test_accuracy": evaluate(net, splits.test, splits.info),
+               "params": metrics.count_params(net), "macs": metrics.count_macs(net, spec.in_shape)}
+    save_checkpoint(out, net, spec, input=input_record(splits), extra=summary)
+    return {**summary, "file": str(out)}
 
 
 def file_splits(path: str | Path, spec: ModelSpec, input_info: dict[str, Any],

@@ -8,11 +8,11 @@ import warnings
 from typing import Sequence
 
 from cnnzip.api import CnnzipError, __version__, init_distributed
-from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, inspect as inspect_cmd,
-                        search, train)
+from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, importing,
+                        inspect as inspect_cmd, search, train)
 from cnnzip.cli.common import Parser
 
-COMMANDS = (train, compress, search, eval_cmd, bench, inspect_cmd, export, env)
+COMMANDS = (train, importing, compress, search, eval_cmd, bench, inspect_cmd, export, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
