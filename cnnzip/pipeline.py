@@ -231,6 +231,7 @@ def _finish(model: nn.Module, spec: ModelSpec, ckpt: Checkpoint, ctx: Context, r
     report = {
         "model": spec.name, "dataset": dataset, "recipe": recipe.name,
         "recipe_overrides": list(recipe.overrides), "seed": seed,
+        "finetune_epochs": ctx.finetune_epochs,
         "validation_split": ctx.splits.split, "baseline": baseline,
         "compressed": {"accuracy": final["accuracy"],
                        "val_accuracy": evaluate(decoded, ctx.splits.val, ctx.splits.info),

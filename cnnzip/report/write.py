@@ -57,10 +57,24 @@ def _plots(out: Path, report: dict[str, Any]) -> list[str]:
     return made
 
 
+def _how(report: dict[str, Any]) -> list[str]:
+    """The run's settings that change what the recipe did: its overrides and retraining."""
+    notes = []
+    if report.get("recipe_overrides"):
+        notes.append("overrides " + ", ".join(f"`{o}`" for o in report["recipe_overrides"]))
+    epochs = report.get("finetune_epochs")
+    if epochs is not None:
+        notes.append("no retraining (`--finetune-epochs 0`)" if epochs == 0 else
+                     f"every retraining step cut to {epochs} epoch{'s' if epochs != 1 else ''} "
+                     "(`--finetune-epochs`)")
+    return [f"Run with {'; '.join(notes)}; seed {report.get('seed')}.", ""] if notes else []
+
+
 def _markdown(report: dict[str, Any], plots: list[str]) -> str:
     b, c = report["baseline"], report["compressed"]
     lines = [
         f"# {report['model']} on {report['dataset']}: recipe `{report['recipe']}`", "",
+        *_how(report),
         "| | accuracy | params | non-zero | MACs | bytes |", "|---|---|---|---|---|---|",
         f"| baseline | {b['accuracy']:.4f} | {b['params']:,} | {b['params']:,} | {b['macs']:,} "
         f"| {b['bytes_fp32']:,} (fp32) |",

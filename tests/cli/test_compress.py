@@ -68,6 +68,8 @@ def test_channel_prune_writes_a_smaller_dense_container_that_reloads(tmp_path, c
     assert report["stages"][0]["realized"]
     assert all(r["k"] == 0 and r["bits"] == 16 for r in report["layers"])
     assert "Channels removed" in (out / "report.md").read_text()
+    assert report["finetune_epochs"] == 0  # the report says the recipe's retraining was cut
+    assert "no retraining (`--finetune-epochs 0`)" in (out / "report.md").read_text()
     assert main(["eval", str(out / "model.cnz"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == report["compressed"]["accuracy"]
     assert main(["inspect", str(out / "model.cnz"), "--json"]) == 0
