@@ -7,22 +7,28 @@ import sys
 import warnings
 from typing import Sequence
 
-from cnnzip.api import CnnzipError, __version__, init_distributed
-from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, importing,
-                        inspect as inspect_cmd, search, train)
-from cnnzip.cli.common import Parser
+from cnnzip import __version__
 
-COMMANDS = (train, importing, compress, search, eval_cmd, bench, inspect_cmd, export, env)
+# The commands (and through them the API, torch, onnx) are imported when a command runs, not
+# for `cnnzip --version`, which answers at once.
+
+
+def commands() -> tuple:
+    from cnnzip.cli import (bench, compress, env, eval as eval_cmd, export, importing,
+                            inspect as inspect_cmd, search, train)
+    return (train, importing, compress, search, eval_cmd, bench, inspect_cmd, export, env)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cnnzip.cli.common import Parser
+
     parser = Parser(
         prog="cnnzip",
         description="Compress trained convolutional networks into small, fast artifacts.",
         epilog="Run `cnnzip COMMAND --help` for a command's options.")
     parser.add_argument("--version", action="version", version=f"cnnzip {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in COMMANDS:
+    for command in commands():
         command.add_parser(sub)
     return parser
 
@@ -33,6 +39,11 @@ def _one_line(message: Warning | str, category: type[Warning], *_: object, **__:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 1 a user error, 130 interrupted)."""
+    if list(sys.argv[1:] if argv is None else argv) == ["--version"]:
+        print(f"cnnzip {__version__}")
+        return 0
+    from cnnzip.api import CnnzipError, init_distributed
+
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line
     init_distributed()  # under torchrun: join its process group (gloo)

@@ -21,5 +21,5 @@ def run(args: argparse.Namespace) -> int:
         print_json(info)
     else:
         for key, value in info.items():
-            print(f"{key + ':':16} {value}")
+            print(f"{key + ':':24} {value}")
     return 0

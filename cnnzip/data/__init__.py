@@ -8,6 +8,7 @@ from cnnzip.data.datasets import (
     Splits,
     augment,
     dataset_info,
+    dataset_locations,
     batches,
     load_dataset,
     normalize,
@@ -16,4 +17,5 @@ from cnnzip.data.datasets import (
 from cnnzip.data.own import canonical as canonical_name
 
 __all__ = ["DATASET_NAMES", "DatasetInfo", "ImageSet", "Splits", "augment", "batches",
-           "canonical_name", "dataset_info", "load_dataset", "normalize", "synthetic_splits"]
+           "canonical_name", "dataset_info", "dataset_locations", "load_dataset", "normalize",
+           "synthetic_splits"]

@@ -130,6 +130,13 @@ def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
                   {"seed": seed, "val_size": n_val})
 
 
+def dataset_locations() -> dict[str, str | None]:
+    """Per named dataset, its default folder where that holds files, else None."""
+    return {name: str(source.default_dir) if source.default_dir is not None
+            and source.default_dir.is_dir() and any(source.default_dir.iterdir()) else None
+            for name, source in DATASETS.items()}
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """Shape, classes and normalisation of a dataset: a named one's without reading its
     files; your own (``npz:FILE``, ``folder:DIR``) from its files (the mean and std of its

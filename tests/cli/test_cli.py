@@ -78,7 +78,19 @@ def test_damaged_file_is_a_clear_error(trained, capsys):
 
 def test_env_json(capsys):
     code, out, _ = run(capsys, "env", "--json")
-    assert code == 0 and json.loads(out)["torch"].startswith("2.13.0")
+    info = json.loads(out)
+    assert code == 0 and info["torch"].startswith("2.13.0")
+    for key in ("hls4ml", "optuna", "tensorly", "tflite-micro", "gcc", "g++",
+                "arm-none-eabi-gcc", "qemu-system-arm", "dataset fashion-mnist",
+                "dataset mnist", "dataset cifar10"):
+        assert info[key], key  # a version, a path, or "missing"
+
+
+def test_version_answers_without_importing_torch():
+    done = subprocess.run([sys.executable, "-c", "import sys; from cnnzip.cli import main; "
+                           "main(['--version']); print('torch' in sys.modules)"],
+                          capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["cnnzip", "0.1.0", "False"]
 
 
 def test_module_entry_point_help():
