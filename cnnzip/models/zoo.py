@@ -9,6 +9,7 @@ import re
 import sys
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -72,10 +73,17 @@ def _user_factory(target: str, trust_code: bool) -> Callable[..., nn.Module]:
     if not trust_code:
         raise ModelError(f"the architecture is code to import and call, {target!r}; refused "
                          f"(nothing was imported): {TRUST_HINT}")
+    if module_name.endswith(".py") or "/" in module_name or module_name.startswith("."):
+        stem = Path(module_name).with_suffix("").name if module_name.endswith(".py") \
+            else module_name.strip("./")
+        raise ModelError(f"model {target!r}: give the module's import name, not a file path: "
+                         f"from the folder that holds it, --model {stem}:{attr} (or put that "
+                         "folder on PYTHONPATH)")
     try:
         module = _import_from_cwd(module_name)
-    except ImportError as exc:
-        raise ModelError(f"cannot import {module_name!r} for model {target!r}: {exc}") from None
+    except Exception as exc:  # the user's module failing to import is their input error
+        raise ModelError(f"cannot import {module_name!r} for model {target!r}: "
+                         f"{type(exc).__name__}: {exc}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise ModelError(f"{module_name!r} has no callable {attr!r} (model {target!r})")

@@ -37,6 +37,8 @@ def test_user_factory_gets_the_arguments_it_accepts():
     ("no_such_module_xyz:f", "cannot import"),
     ("tests.helpers:missing", "no callable 'missing'"),
     ("tests.helpers:write_idx", "failed"),
+    ("./mynet.py:tinynet", "not a file path: from the folder that holds it, --model mynet:"),
+    ("mynet.py:tinynet", "--model mynet:tinynet"),
 ])
 def test_bad_user_models(target, message):
     with pytest.raises(ModelError, match=message):
