@@ -4,6 +4,7 @@ as C (host or emulated Cortex-M4), estimate its FPGA resources."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import tempfile
 from copy import deepcopy
 from dataclasses import asdict
@@ -31,6 +32,7 @@ from cnnzip.export.measure.toolchain import (CFLAGS, INSTRUCTIONS_PER_TICK, TARG
                                              model_sections, run_exported)
 from cnnzip.methods import Context
 from cnnzip.methods.quant import integer_ready
+from cnnzip.modules import QuantLayer
 from cnnzip.surgery import ModelSpec
 from cnnzip.train import evaluate
 
@@ -343,9 +345,14 @@ def export_file(path: str | Path, out: str | Path, *, format: str = "onnx", int8
     if format == "c":
         return _export_c(path, model, spec, input_info, Path(out), check, dataset, data_dir,
                          kernels, calibrate)
-    size = export_onnx(model, tuple(spec.in_shape), out, int8=int8)
+    quantized = any(isinstance(m, QuantLayer) for m in model.modules())
+    mean, std = input_info.get("mean"), input_info.get("std")
+    size = export_onnx(model, tuple(spec.in_shape), out, int8=int8, metadata={
+        "cnnzip.input": "float32 NCHW: (pixel / 255 - mean) / std per channel",
+        "cnnzip.mean": json.dumps(mean), "cnnzip.std": json.dumps(std),
+        "cnnzip.dataset": str(input_info.get("dataset"))})
     result: dict[str, Any] = {"file": str(path), "out": str(out), "format": format,
-                              "bytes": size, "int8": int8}
+                              "bytes": size, "int8": int8 and quantized, "mean": mean, "std": std}
     if check:
         dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
         runtime = OrtModel(Path(out))

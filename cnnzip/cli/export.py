@@ -122,7 +122,9 @@ def run(args: argparse.Namespace) -> int:
                   f"equal to the integer reference's on {100 * r['c_equals_reference']:.2f}% of "
                   f"{r['samples']} {r['dataset']} test images")
         return 0
-    print(f"{r['out']}: {r['bytes']:,} bytes ({'int8 where quantized' if r['int8'] else 'float'})")
+    print(f"{r['out']}: {r['bytes']:,} bytes ({'int8 where quantized' if r['int8'] else 'float'}); "
+          f"input: float32 NCHW, (pixel / 255 - mean) / std with mean {r['mean']}, std "
+          f"{r['std']} (also in the file's metadata)")
     if args.check:
         print(f"onnxruntime accuracy {r['onnx_accuracy']:.4f}, cnnzip {r['accuracy']:.4f}, "
               f"top-1 agreement {r['agreement']:.4f} on {r['samples']} {r['dataset']} test images")

@@ -320,9 +320,13 @@ def to_onnx(model: nn.Module, in_shape: tuple[int, ...], *, int8: bool = True) -
 
 
 def export_onnx(model: nn.Module, in_shape: tuple[int, ...], path: str | Path, *,
-                int8: bool = True) -> int:
-    """Write :func:`to_onnx`'s graph to ``path`` atomically; returns its bytes."""
-    data = to_onnx(model, in_shape, int8=int8).SerializeToString()
+                int8: bool = True, metadata: dict[str, str] | None = None) -> int:
+    """Write :func:`to_onnx`'s graph to ``path`` atomically, ``metadata`` as the model's
+    metadata properties (the input's normalisation: ONNX has no place for it in the graph's
+    input); returns its bytes."""
+    proto = to_onnx(model, in_shape, int8=int8)
+    onnx.helper.set_model_props(proto, dict(metadata or {}))
+    data = proto.SerializeToString()
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(data)
     return len(data)

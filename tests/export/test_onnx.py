@@ -1,5 +1,6 @@
 import json
 
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -87,9 +88,15 @@ def test_export_cli_checks_the_file_in_onnxruntime(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out)
     assert r["bytes"] == out.stat().st_size and r["samples"] == 256
     assert r["agreement"] >= 0.98 and abs(r["onnx_accuracy"] - r["accuracy"]) <= 0.02
-    assert main(["export", str(path), "--format", "onnx", "--float", "--out",
+    assert r["int8"] is True
+    assert main(["export", str(path), "--format", "onnx", "--float", "--json", "--out",
                  str(tmp_path / "f.onnx")]) == 0
+    assert json.loads(capsys.readouterr().out)["int8"] is False
     assert (tmp_path / "f.onnx").stat().st_size > out.stat().st_size  # float weights
+    # the input's normalisation travels in the file's metadata (the graph takes normalised
+    # inputs)
+    props = {p.key: p.value for p in onnx.load(out).metadata_props}
+    assert props["cnnzip.dataset"] == "synthetic" and "/ std" in props["cnnzip.input"]
 
 
 def test_layers_before_residual_adds_quantize_their_outputs_so_every_conv_runs_in_int8(
