@@ -341,3 +341,25 @@ def test_a_model_with_merged_max_poolings_exports_them_fused_again(tmp_path):
     assert [p.name.endswith("+ max pool") for p in gen.layers[:2]] == [True, True]
     got = _run_on("host", int_model, gen, tmp_path, codes)
     assert np.array_equal(got.logits, int_model(codes))
+
+
+def test_the_c_export_never_writes_into_a_users_folder_or_through_a_link(tmp_path):
+    """`cout/main.c → victim.txt` was overwritten; now the folder is written whole beside it
+    and replaces only an earlier export's."""
+    from cnnzip.errors import CnnzipError
+    from cnnzip.export.c.writer import write
+
+    model, _ = _quantized("lenet5", {})
+    int_model = lower_model(model, (1, 28, 28))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    out = tmp_path / "cout"
+    out.mkdir()
+    (out / "main.c").symlink_to(victim)
+    with pytest.raises(CnnzipError, match="other content"):
+        write(int_model, (1, 28, 28), (0.5,), (0.25,), out, "dense")
+    assert victim.read_text() == "precious"
+    fresh = tmp_path / "fresh"
+    for _ in range(2):  # a new folder, then the same export again
+        files, _ = write(int_model, (1, 28, 28), (0.5,), (0.25,), fresh, "dense")
+        assert set(files) == {"model.h", "model.c", "main.c"}

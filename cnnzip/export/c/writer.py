@@ -27,6 +27,7 @@ from cnnzip.export.c.glue import glue_function
 from cnnzip.export.ir.facts import shapes as tensor_shapes
 from cnnzip.export.ir.lower_float import FloatLayer, FloatModel
 from cnnzip.export.ir.ops import Flatten, IntLayer, IntModel, Logits, LoweringError, MaxPool
+from cnnzip.fileio import atomic_dir
 
 RUNTIME = Path(__file__).parent / "runtime" / "cnz_math.h"
 
@@ -264,7 +265,8 @@ def write(model: IntModel | FloatModel, in_shape: tuple[int, ...], mean: tuple[f
           ) -> tuple[dict[str, int], Generated]:
     """``out/model.h``, ``out/model.c`` (with the pixel lookup table) and ``out/main.c``;
     returns each file's bytes and what :func:`generate` planned (the lookup table counted in
-    its constant bytes)."""
+    its constant bytes). ``out`` is written as :func:`cnnzip.fileio.atomic_dir` writes: a new
+    or empty folder or an earlier export's, else refused."""
     gen = generate(model, in_shape, kernels, pixel_channels=len(mean))
     table = pixel_table(model, mean, std)
     ctype = "float" if isinstance(model, FloatModel) else "uint8_t"
@@ -273,10 +275,10 @@ def write(model: IntModel | FloatModel, in_shape: tuple[int, ...], mean: tuple[f
     source = gen.source + (f"\n/* 8-bit pixel → the first layer's input, per channel */\n"
                            f"const cnz_input_t cnz_pixel_to_input[{len(mean)}][256] = {{\n"
                            f"    {rows}\n}};\n")
-    out.mkdir(parents=True, exist_ok=True)
     files = {"model.h": gen.header, "model.c": source, "main.c": HARNESS}
-    for name, text in files.items():
-        (out / name).write_text(text)
+    with atomic_dir(out) as tmp:  # whole or not at all; never into a user's folder or a link
+        for name, text in files.items():
+            (tmp / name).write_text(text)
     gen = replace(gen, source=source,
                   const_bytes=gen.const_bytes + table.size * (4 if ctype == "float" else 1))
     return {name: len(text.encode()) for name, text in files.items()}, gen
