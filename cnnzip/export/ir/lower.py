@@ -61,7 +61,8 @@ def node_kind(node: torch.fx.Node, modules: dict[str, nn.Module], floats: bool =
             return "mean"
         if isinstance(m, (nn.Conv2d, nn.Linear)):
             raise LoweringError(f"{node.target}: its weights are float; quantize it (the int8 "
-                                 "recipe) first, or export with --calibrate")
+                                 "recipe) first, or export with --calibrate (calibrate=True in "
+                                 "Python)")
         raise LoweringError(f"{node.target}: a {type(m).__name__} is not lowered {what} yet")
     if node.op == "call_function":
         if node.target in (F.relu, torch.relu):
@@ -166,18 +167,19 @@ def lower_model(model: nn.Module, in_shape: tuple[int, ...],
     shared = [name for name, m in model.named_modules() if isinstance(m, CodebookLayer)]
     if shared:
         raise LoweringError(f"{shared[0]}: weight-shared layers compute on float feature "
-                             "maps; quantize them first (export with --calibrate)")
+                             "maps; quantize them first (export with --calibrate, "
+                             "calibrate=True in Python)")
     gm = with_shapes(model, in_shape, "for the integer reference",
                      leaves=(QuantLayer, FlatLinear))
     modules = dict(model.named_modules())
     nodes, kinds = classified(gm, modules)
     if "layer" not in kinds.values():
         raise LoweringError("the model has no quantized layer: compress it with the int8 "
-                             "recipe first, or export with --calibrate")
+                             "recipe first, or export with --calibrate (calibrate=True in Python)")
     for n in nodes:
         if kinds[n] == "layer" and modules[n.target].a_grid is None:
             raise LoweringError(f"{n.target}: its inputs are float; quantize them (act_bits) "
-                                 "first, or export with --calibrate")
+                                 "first, or export with --calibrate (calibrate=True in Python)")
     output = next(n for n in gm.graph.nodes if n.op == "output").args[0]
     if not isinstance(output, torch.fx.Node) or kinds.get(output) != "layer":
         raise LoweringError("the model must end with its classifier (a quantized layer)")
