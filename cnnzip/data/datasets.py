@@ -114,6 +114,18 @@ def _split(full: ImageSet, val_size: int, seed: int) -> tuple[ImageSet, ImageSet
             ImageSet(full.images[val], full.labels[val]), digest)
 
 
+def _check_sets(where: str, info: DatasetInfo, train: ImageSet, test: ImageSet) -> None:
+    """Refuse an empty split and labels outside the classes (which would read as accuracy
+    0.0000, or fail deep in training)."""
+    for part, data in (("training", train), ("test", test)):
+        if len(data) == 0:
+            raise DataError(f"{where}: no {part} images")
+        low, high = int(data.labels.min()), int(data.labels.max())
+        if low < 0 or high >= info.num_classes:
+            raise DataError(f"{where}: {part} labels run {low}..{high}; {info.name} has "
+                            f"{info.num_classes} classes (0..{info.num_classes - 1})")
+
+
 def synthetic_splits(n_train: int = 512, n_val: int = 128, n_test: int = 256,
                      seed: int = 0, info: DatasetInfo = SYNTHETIC) -> Splits:
     """A small learnable dataset for tests: each class is a fixed random template plus noise."""
@@ -208,6 +220,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
             raise DataError(f"{where}: images have shape {tuple(train_full.images.shape[1:])}, "
                             f"expected {info.in_shape}")
         val_size = 5000 if val_size is None else val_size
+    _check_sets(where, info, train_full, test)
     train, val, digest = _split(train_full, val_size, seed)
     if expect_sha256 is not None and digest != expect_sha256:
         raise DataError(f"{where}: the validation split (seed {seed}, {val_size} images) differs "

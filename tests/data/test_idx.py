@@ -82,6 +82,20 @@ def test_label_count_mismatch(tmp_path):
         load_dataset("mnist", tmp_path)
 
 
+def test_labels_outside_the_classes_and_empty_sets_are_refused(tmp_path):
+    """IDX labels of 200 read as accuracy 0.0000 (train: IndexError); 0 test images as 0.0."""
+    write_mnist_like(tmp_path, n_train=20)
+    labels = np.zeros(100, dtype=np.uint8)
+    labels[3] = 200
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    with pytest.raises(DataError, match=r"test labels run 0..200; mnist has 10 classes"):
+        load_dataset("mnist", tmp_path, val_size=5)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", np.zeros((0, 28, 28), dtype=np.uint8))
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(0, dtype=np.uint8))
+    with pytest.raises(DataError, match="no test images"):
+        load_dataset("mnist", tmp_path, val_size=5)
+
+
 def test_unknown_dataset():
     with pytest.raises(DataError, match="unknown dataset 'imagenet'"):
         load_dataset("imagenet")
