@@ -160,3 +160,31 @@ def test_channels_may_follow_merging_now_that_edits_replay_in_order():
                                         .glob("*.yaml")), ids=lambda p: p.name)
 def test_the_benchmark_recipes_parse(path):
     assert load_recipe(str(path)).steps
+
+
+@pytest.mark.parametrize("override,message", [
+    ("prune.epochs=-1", "prune: epochs must be at least 0, got -1"),
+    ("prune.lr=0", "prune: lr must be above 0"),
+    ("prune.rounds=0", "prune: rounds must be at least 1"),
+    ("sensitivity.samples=0", "sensitivity: samples must be at least 1"),
+    ("sensitivity.max_sparsity=-1", r"max_sparsity must be in \(0, 1\]"),
+    ("sensitivity.sparsities=[]", "sparsities is empty"),
+    ("sensitivity.sparsities=[0.5, .nan]", "sparsities must be finite"),
+    ("prune.sparsity=1e309", "sparsity must be finite"),
+    ("prune.sparsity=1.0", r"sparsity must be in \[0, 1\)"),
+])
+def test_recipe_values_out_of_bounds_are_refused_when_read(override, message):
+    """`sensitivity.samples: 0` once scanned on no images (−71.95 points, exit 0)."""
+    with pytest.raises(CnnzipError, match=message):
+        load_recipe("deep-compression", [override])
+
+
+def test_every_builtin_recipe_and_group_is_within_bounds():
+    from cnnzip.recipes import check_bounds
+
+    for name in builtin_names():
+        for kind, config in load_recipe(name).steps:
+            check_bounds(kind, config)
+    _channels({"allocation": "ddpg", "target_macs": 0.5, "policy": {"episodes": 4, "warmup": 1}})
+    with pytest.raises(CnnzipError, match="policy.samples must be"):
+        _channels({"policy": {"samples": 0}})

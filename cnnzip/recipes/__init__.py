@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,61 @@ def _nest(where: str, config_type: type, options: dict[str, Any]) -> dict[str, A
     return options
 
 
+# Bounds every step's options of these names keep (a group's too), beside each config's own
+# checks: (low, high, low inclusive, high inclusive); None is unbounded. Every float option
+# must also be finite.
+BOUNDS: dict[str, tuple[float | None, float | None, bool, bool]] = {
+    "epochs": (0, None, True, True), "slimming_epochs": (0, None, True, True),
+    "weight_epochs": (0, None, True, True), "finetune_epochs": (0, None, True, True),
+    "lr": (0, None, False, True), "rounds": (1, None, True, True), "steps": (1, None, True, True),
+    "samples": (1, None, True, True), "fisher_samples": (1, None, True, True),
+    "calibration": (1, None, True, True), "batches": (1, None, True, True),
+    "episodes": (1, None, True, True), "iterations": (1, None, True, True),
+    "sparsity": (0, 1, True, False), "target_sparsity": (0, 1, True, False),
+    "max_sparsity": (0, 1, False, True), "tolerance": (0, 1, True, True),
+    "bits_tolerance": (0, 1, True, True), "max_drop": (0, 1, True, True),
+    "splice_margin": (0, 1, True, False), "ramp": (0, 1, True, True),
+    "sparsities": (0, 1, False, False), "ratios": (0, 1, False, False),
+}
+
+
+def _values(value: Any) -> list[float]:
+    """The numbers in an option's value (a number, or a tuple, list or mapping of them)."""
+    if isinstance(value, bool):
+        return []
+    if isinstance(value, (int, float)):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [v for item in value for v in _values(item)]
+    return []
+
+
+def check_bounds(where: str, config: Any, prefix: str = "") -> None:
+    """Refuse a non-finite number anywhere in ``config`` and a value outside :data:`BOUNDS`
+    (``sparsities: []`` too), in its groups as well; messages start with ``where``."""
+    for f in dataclasses.fields(config):
+        value, name = getattr(config, f.name), f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            check_bounds(where, value, f"{name}.")
+            continue
+        numbers = _values(value)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise CnnzipError(f"{where}: {name} must be finite, got {value!r}")
+        if f.name not in BOUNDS or value is None:
+            continue
+        low, high, low_in, high_in = BOUNDS[f.name]
+        if isinstance(value, (list, tuple)) and not value:
+            raise CnnzipError(f"{where}: {name} is empty")
+        for v in numbers:
+            if (low is not None and (v < low if low_in else v <= low)) \
+                    or (high is not None and (v > high if high_in else v >= high)):
+                span = (f"at least {low}" if low_in else f"above {low}") if high is None \
+                    else f"in {'[' if low_in else '('}{low}, {high}{']' if high_in else ')'}"
+                raise CnnzipError(f"{where}: {name} must be {span}, got {v!r}")
+
+
 def _step(where: str, kind: str, options: Any) -> Any:
     if kind not in STEPS:
         raise CnnzipError(f"{where}: unknown step {kind!r}; steps are {', '.join(STEPS)}")
@@ -85,7 +141,9 @@ def _step(where: str, kind: str, options: Any) -> Any:
         raise CnnzipError(f"{where} ({kind}): unknown key {unknown[0]!r}; "
                           f"known keys are {', '.join(sorted(known))}")
     try:
-        return pydantic.TypeAdapter(config_type).validate_python(options)
+        config = pydantic.TypeAdapter(config_type).validate_python(options)
+        check_bounds(kind, config)
+        return config
     except pydantic.ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"])
