@@ -84,6 +84,17 @@ TINY_ZOO = {"convbn": ConvBN, "residual": Residual, "concat": Concat, "depthwise
             "grouped": Grouped, "mlp": MLP}
 
 
+def prune_layers(model: nn.Module, sparsity: float) -> nn.Module:
+    """Every conv and linear layer's weights magnitude-pruned to ``sparsity``, in place."""
+    from cnnzip.ops.prune import magnitude_mask
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                m.weight.mul_(magnitude_mask(m.weight, sparsity))
+    return model
+
+
 def tiny(name: str, seed: int = 0) -> nn.Module:
     """A tiny model with seeded weights and non-trivial BatchNorm statistics, in eval mode."""
     torch.manual_seed(seed)

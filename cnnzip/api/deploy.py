@@ -205,15 +205,15 @@ def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
         raise CnnzipError(f"tflite-micro is not installed: {tflm.INSTALL}")
     # imported here: the schema comes with tflite-micro, a wheel for Linux x86-64 only
     from cnnzip.export.tflite import lut as luts
-    from cnnzip.export.tflite.writer import tflite_bytes
+    from cnnzip.export.tflite.writer import OFFSET, int8_nhwc, tflite_bytes
 
     int_model, calibrated = _integer_model(path, model, spec, input_info, dataset, data_dir,
                                            calibrate, "export for TensorFlow Lite", "int8")
     grid = int_model.grids[-1]
     metadata = {"model": spec.name, "mean": input_info.get("mean"),
                 "std": input_info.get("std"), "layout": "NHWC",
-                "input": {"scale": int_model.in_scale, "zero_point": int_model.in_zero - 128},
-                "logits": {"scale": grid.scale, "zero_point": grid.zero - 128}}
+                "input": {"scale": int_model.in_scale, "zero_point": int_model.in_zero - OFFSET},
+                "logits": {"scale": grid.scale, "zero_point": grid.zero - OFFSET}}
     try:
         written = tflite_bytes(int_model, tuple(spec.in_shape), metadata)
     except LoweringError as exc:
@@ -240,8 +240,8 @@ def _export_tflite(path: str | Path, model: torch.nn.Module, spec: ModelSpec,
     dataset, splits = file_splits(path, spec, input_info, dataset, data_dir)
     codes = np.concatenate([int_model.quantize_input(x)
                             for x, _ in batches(splits.test, splits.info, 1000)])
-    reference = int_model(codes).astype(np.int64) - 128
-    inputs = (codes - 128).astype(np.int8).transpose(0, 2, 3, 1)
+    reference = int_model(codes).astype(np.int64) - OFFSET
+    inputs = int8_nhwc(codes)
     outputs = tflm.run(data, inputs, quiet=False).astype(np.int64)
     labels = splits.test.labels.numpy()
     difference = np.abs(outputs - reference).max(1)

@@ -34,18 +34,13 @@ def train_baseline(model: str, dataset: str, out: str | Path, *,
                    command: str | None = None,
                    val_size: int | float | None = None) -> dict[str, Any]:
     """Train a model from scratch, evaluate it on the test set and save a checkpoint.
-    ``val_size``: training images held out for validation, a count or a fraction (default:
-    :func:`cnnzip.data.load_dataset`'s); the checkpoint records it, and ``compress`` holds out
-    the same images.
+    ``val_size``: training images held out for validation, a count or a fraction (as
+    :func:`cnnzip.data.load_dataset` takes it); the checkpoint records the count, and
+    ``compress`` holds out the same images.
 
     Returns:
         A summary: model, dataset, epochs, seed, validation and test accuracy, seconds, file.
     """
-    if isinstance(val_size, float):
-        if not 0 < val_size < 1:
-            raise CnnzipError(f"val_size {val_size}: a fraction must be in (0, 1)")
-        full = load_dataset(dataset, data_dir, seed=config.seed, val_size=0)
-        val_size = max(1, round(val_size * len(full.train)))
     splits = load_dataset(dataset, data_dir, seed=config.seed, val_size=val_size)
     spec = resolve_spec(model, splits.info.in_shape, splits.info.num_classes, width)
     torch.manual_seed(config.seed)

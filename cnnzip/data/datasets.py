@@ -174,7 +174,8 @@ def _own_info(name: str, arrays: own.Arrays) -> DatasetInfo:
                        own.num_classes(y_train, y_test), mean, std, hflip=False)
 
 
-def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int | None = None,
+def load_dataset(name: str, data_dir: str | Path | None = None, *,
+                 val_size: int | float | None = None,
                  seed: int = 0, expect_sha256: str | None = None) -> Splits:
     """Load a dataset by name, with a validation split drawn (seeded) from its training set.
 
@@ -183,8 +184,9 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
             (:mod:`cnnzip.data.own`).
         data_dir: where the files are; defaults to the dataset's system location (not for
             your own, whose name says where).
-        val_size: how many training images are held out for validation (default 5,000 for
-            the named datasets, a tenth of the training images for your own).
+        val_size: how many training images are held out for validation, a count or a
+            fraction in (0, 1) of them (default 5,000 for the named datasets, a tenth of the
+            training images for your own).
         seed: the seed of the split.
         expect_sha256: the hash of the validation indices a checkpoint recorded; a split that
             comes out differently (other files, another size) is an error.
@@ -221,6 +223,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, val_size: int
                             f"expected {info.in_shape}")
         val_size = 5000 if val_size is None else val_size
     _check_sets(where, info, train_full, test)
+    if isinstance(val_size, float):
+        if not 0 < val_size < 1:
+            raise DataError(f"val_size {val_size}: a fraction must be in (0, 1)")
+        val_size = max(1, round(val_size * len(train_full)))
     train, val, digest = _split(train_full, val_size, seed)
     if expect_sha256 is not None and digest != expect_sha256:
         raise DataError(f"{where}: the validation split (seed {seed}, {val_size} images) differs "

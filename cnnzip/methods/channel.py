@@ -15,12 +15,13 @@ from torch import nn
 
 from cnnzip.errors import CnnzipError
 from cnnzip.graph import channel_groups, dependency_graph
-from cnnzip.methods.shared.allocation import (Allocation, ChannelPolicy, Cost, GroupScan,
-                                              Measure, channels, lowest, model_cost,
-                                              plan_removals, ranking_keys, sensitivity_keys)
+from cnnzip.methods.shared.allocation import (Allocation, Cost, GroupScan, Measure, channels,
+                                              lowest, model_cost, plan_removals, ranking_keys,
+                                              sensitivity_keys)
 from cnnzip.methods.base import Context, finetune, register
 from cnnzip.methods.shared.calibration import calibrate_feature_maps, calibration_images
 from cnnzip.methods.shared.channel_scores import Criterion, group_scores, score_groups
+from cnnzip.methods.shared.policy import ChannelPolicy
 from cnnzip.modules.quant import QuantLayer
 from cnnzip.ops.quant import Observer
 from cnnzip.surgery import plain_layers, remove_channels, silence_channels

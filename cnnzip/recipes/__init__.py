@@ -60,9 +60,9 @@ def _nest(where: str, config_type: type, options: dict[str, Any]) -> dict[str, A
                                   f"{', '.join(sorted(keys))}")
             value = {"method": value}
         value = dict(value or {})
-        for key in [k for k in options if k[len(name) + 1:] in keys]:
-            if key[:len(name) + 1] in (f"{name}_", f"{name}."):
-                value[key[len(name) + 1:]] = options.pop(key)
+        prefixes = (f"{name}_", f"{name}.")
+        for key in [k for k in options if k.startswith(prefixes) and k[len(name) + 1:] in keys]:
+            value[key[len(name) + 1:]] = options.pop(key)
         unknown = sorted(set(value) - keys)
         if unknown:
             raise CnnzipError(f"{where}: unknown key '{name}.{unknown[0]}'; {name}'s keys are "

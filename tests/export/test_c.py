@@ -17,18 +17,16 @@ from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.measure.toolchain import build, model_sections, run
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
-from cnnzip.ops.prune import magnitude_mask
 from cnnzip.surgery import build_model, resolve_spec
+from tests.helpers import prune_layers
+
 
 def _quantized(name: str, options: dict, sparsity: float = 0.0):
     """A zoo model, its weights magnitude-pruned to ``sparsity`` (each layer), quantized."""
     torch.manual_seed(0)
     model = build_model(resolve_spec(name, (1, 28, 28), 10)).eval()
     if sparsity:
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    m.weight.mul_(magnitude_mask(m.weight, sparsity))
+        prune_layers(model, sparsity)
     splits = synthetic_splits()
     apply(model, Quantize(calibration=256, **options),
           Context(splits, finetune_epochs=0, quiet=True))
@@ -86,10 +84,7 @@ def test_every_tiny_zoo_graph_compiles_to_c_equal_to_the_reference(tmp_path, nam
 
     torch.manual_seed(0)
     model = zoo_model(name) if name in ("resnet20", "mobilenetv2") else tiny(name)
-    with torch.no_grad():  # half the weights pruned: the sparse kernels take part
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(magnitude_mask(m.weight, 0.5))
+    prune_layers(model, 0.5)  # half the weights pruned: the sparse kernels take part
     splits = synthetic_splits()
     apply(model, Quantize(calibration=256), Context(splits, finetune_epochs=0, quiet=True))
     calibration, _ = next(iter(batches(splits.train, splits.info, 256)))
@@ -292,11 +287,7 @@ def test_weight_shared_layers_export_packed_after_calibration(tmp_path):
     from cnnzip.modules import CodebookLayer
 
     torch.manual_seed(0)
-    model = build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(magnitude_mask(m.weight, 0.8))
+    model = prune_layers(build_model(resolve_spec("lenet5", (1, 28, 28), 10)).eval(), 0.8)
     splits = synthetic_splits()
     ctx = Context(splits, finetune_epochs=0, quiet=True)
     apply(model, WeightSharing(conv_bits=4, fc_bits=3), ctx)

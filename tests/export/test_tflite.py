@@ -11,22 +11,18 @@ from cnnzip.data import batches, synthetic_splits
 from cnnzip.export.ir.lower import lower_model
 from cnnzip.export.ir.ops import LoweringError
 from cnnzip.export.measure import tflm
-from cnnzip.export.tflite.writer import tflite_bytes
+from cnnzip.export.tflite.writer import OFFSET, int8_nhwc, tflite_bytes
 from cnnzip.methods import Context, apply
 from cnnzip.methods.quant import Quantize
 from cnnzip.ops.intmath import mean_multiplier, requantize
-from cnnzip.ops.prune import magnitude_mask
-from tests.helpers import TINY_ZOO, tiny, zoo_model
+from tests.helpers import TINY_ZOO, prune_layers, tiny, zoo_model
 
 IN = (1, 28, 28)
 
 
 def _lowered(model: nn.Module, sparsity: float = 0.5, **options):
     torch.manual_seed(0)
-    with torch.no_grad():  # pruned weights are zeros in the file, all-zero channels too
-        for m in model.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                m.weight.mul_(magnitude_mask(m.weight, sparsity))
+    prune_layers(model, sparsity)  # pruned weights are zeros in the file, all-zero channels too
     splits = synthetic_splits()
     apply(model, Quantize(calibration=256, **options),
           Context(splits, finetune_epochs=0, quiet=True))
@@ -38,8 +34,8 @@ def _lowered(model: nn.Module, sparsity: float = 0.5, **options):
 
 def _tflm_equals_reference(int_model, codes) -> bytes:
     data = tflite_bytes(int_model, IN).data
-    got = tflm.run(data, (codes - 128).astype(np.int8).transpose(0, 2, 3, 1))
-    expected = int_model(codes) - 128
+    got = tflm.run(data, int8_nhwc(codes))
+    expected = int_model(codes) - OFFSET
     assert got.dtype == np.int8 and got.shape == expected.shape
     assert np.array_equal(got.astype(np.int64), expected)
     return data
@@ -112,7 +108,7 @@ def test_lut_compression_of_low_bit_weights_is_smaller_and_decodes_to_the_same_l
     assert len(tables) == len(written.weights) and all(t.bits <= 4 for t in tables)
     small = lut.compressed(written.data, tables)
     assert len(small) < 0.75 * len(written.data)
-    x = (codes - 128).astype(np.int8).transpose(0, 2, 3, 1)
+    x = int8_nhwc(codes)
     assert np.array_equal(tflm.run(small, x), tflm.run(written.data, x))
     # 8-bit weights with many values: nothing to gain, nothing planned
     int8_model, _ = _lowered(_model("lenet5"), 0.0, weight_bits=8)

@@ -27,24 +27,23 @@ def _runtime():
 
 
 @contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """TFLM prints its refusals on the C stderr; they are raised as errors instead."""
+def _stderr_to(target) -> Iterator[None]:
+    """The C stderr (where TFLM prints) sent to the open file ``target`` meanwhile."""
     saved = os.dup(2)
-    with open(os.devnull, "wb") as null:
-        os.dup2(null.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
+    os.dup2(target.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def interpreter(model: bytes, arena_bytes: int | None = None):
     """TFLM's interpreter for ``model``, its tensors allocated in an arena of ``arena_bytes``
     (default: ten times the model's size)."""
     runtime = _runtime()
-    try:
-        with _quiet_stderr():
+    try:  # TFLM prints its refusals on stderr; they are raised as errors instead
+        with open(os.devnull, "wb") as null, _stderr_to(null):
             return runtime.Interpreter.from_bytes(model, arena_size=arena_bytes)
     except (RuntimeError, ValueError) as exc:
         raise CnnzipError(f"TensorFlow Lite Micro refuses the model: {exc}") from None
@@ -75,13 +74,8 @@ def arena(model: bytes) -> dict[str, int]:
     step needs a few hundred bytes more while it plans."""
     tflm = interpreter(model)
     with tempfile.TemporaryFile() as captured:
-        saved = os.dup(2)
-        os.dup2(captured.fileno(), 2)
-        try:
+        with _stderr_to(captured):
             tflm.print_allocations()
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
         captured.seek(0)
         found = {k.decode(): int(v) for k, v in _ARENA.findall(captured.read())}
     if set(found) != {"total", "head", "tail"}:

@@ -117,6 +117,11 @@ class Flatbuffer:
         return bytes(builder.Output())
 
 
+def int8_nhwc(codes: np.ndarray) -> np.ndarray:
+    """cnnzip's input integers (N, C, H, W, unsigned) as the file's input: int8, NHWC."""
+    return (np.asarray(codes) - OFFSET).astype(np.int8).transpose(0, 2, 3, 1)
+
+
 def _quantization(scales: list[float], zeros: list[int], axis: int = 0):
     q = fb.QuantizationParametersT()
     q.scale = [float(np.float32(s)) for s in scales]
@@ -267,14 +272,11 @@ def _mean(f: Flatbuffer, op: GlobalAvgPool, name: str, inputs: list[Value], in_s
     axes = f.tensor(f"{name}.axes", (2,), fb.TensorType.INT32, data=np.array([1, 2], np.int32))
     options = fb.ReducerOptionsT()
     options.keepDims = op.keepdim
+    mean = f.tensor(f"{name}.mean", shape, fb.TensorType.INT8, grid=grid) if relu else out
+    f.operator(OPS.MEAN, [inputs[0].tensor, axes], [mean], fb.BuiltinOptions.ReducerOptions,
+               options)
     if relu:
-        mean = f.tensor(f"{name}.mean", shape, fb.TensorType.INT8, grid=grid)
-        f.operator(OPS.MEAN, [inputs[0].tensor, axes], [mean], fb.BuiltinOptions.ReducerOptions,
-                   options)
         f.operator(OPS.RELU, [mean], [out])
-    else:
-        f.operator(OPS.MEAN, [inputs[0].tensor, axes], [out], fb.BuiltinOptions.ReducerOptions,
-                   options)
     return Value(out)
 
 

@@ -19,7 +19,7 @@ from cnnzip.errors import CnnzipError
 from cnnzip.graph import ChannelGroup, Role, dependency_graph
 from cnnzip.methods.base import Context
 from cnnzip.methods.shared.calibration import calibration_images
-from cnnzip.methods.shared.policy import Policy, PolicySearch, recalibrate_batchnorm, search_ratios
+from cnnzip.methods.shared.policy import PolicySearch, recalibrate_batchnorm, search_ratios
 from cnnzip.ops import importance
 from cnnzip.progress import progress_bar
 from cnnzip.surgery import remove_channels, silence_channels
@@ -92,40 +92,6 @@ class GroupScan:
         if self.bn_images < 0:
             raise CnnzipError("sensitivity.bn_images is a count of training images, got "
                               f"{self.bn_images}")
-
-
-@dataclass(frozen=True)
-class ChannelPolicy(Policy):
-    """The ``channels`` step's ``policy:`` option group (allocation ``ddpg``, ``ddpg-scale``).
-
-    Attributes:
-        episodes: episodes of the search (each one pruned model scored on ``samples``
-            validation images, before retraining).
-        warmup: of those, the first episodes that act at random to fill the agent's memory.
-        samples: validation images per episode.
-        bn_images: before each episode's score, the pruned model's BatchNorm statistics are
-            measured again on this many training images (EagleEye's adaptive BatchNorm:
-            without it a model cut to half its MACs scores near chance, whatever the ratios);
-            0 scores it as pruned.
-        finetune_images: before each episode's score, a short fine-tune with distillation
-            (SGD at the step's ``lr``, batches of 128) on this many training images, the
-            pruned channels held at zero (0: none; the score is then the pruned model's).
-        deviation: ddpg-scale: how far a group's ratio may move from the global one.
-    """
-
-    samples: int = 1000
-    bn_images: int = 512
-    finetune_images: int = 0
-    deviation: float = 0.3
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.samples < 1 or not 0 < self.deviation <= 1:
-            raise CnnzipError("policy.samples must be positive and policy.deviation in (0, 1]; "
-                              f"got {self.samples}, {self.deviation}")
-        if self.bn_images < 0 or self.finetune_images < 0:
-            raise CnnzipError("policy.bn_images and policy.finetune_images are counts of "
-                              f"training images, got {self.bn_images}, {self.finetune_images}")
 
 
 def ranking_keys(model: nn.Module, groups: list[ChannelGroup], scores: dict[str, torch.Tensor],

@@ -59,6 +59,40 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class ChannelPolicy(Policy):
+    """The ``channels`` step's ``policy:`` option group (allocation ``ddpg``, ``ddpg-scale``).
+
+    Attributes:
+        episodes: episodes of the search (each one pruned model scored on ``samples``
+            validation images, before retraining).
+        warmup: of those, the first episodes that act at random to fill the agent's memory.
+        samples: validation images per episode.
+        bn_images: before each episode's score, the pruned model's BatchNorm statistics are
+            measured again on this many training images (EagleEye's adaptive BatchNorm:
+            without it a model cut to half its MACs scores near chance, whatever the ratios);
+            0 scores it as pruned.
+        finetune_images: before each episode's score, a short fine-tune with distillation
+            (SGD at the step's ``lr``, batches of 128) on this many training images, the
+            pruned channels held at zero (0: none; the score is then the pruned model's).
+        deviation: ddpg-scale: how far a group's ratio may move from the global one.
+    """
+
+    samples: int = 1000
+    bn_images: int = 512
+    finetune_images: int = 0
+    deviation: float = 0.3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.samples < 1 or not 0 < self.deviation <= 1:
+            raise CnnzipError("policy.samples must be positive and policy.deviation in (0, 1]; "
+                              f"got {self.samples}, {self.deviation}")
+        if self.bn_images < 0 or self.finetune_images < 0:
+            raise CnnzipError("policy.bn_images and policy.finetune_images are counts of "
+                              f"training images, got {self.bn_images}, {self.finetune_images}")
+
+
+@dataclass(frozen=True)
 class PolicySearch:
     """One search: ``variant`` ddpg or ddpg-scale, ``episodes`` in all of which the first
     ``warmup`` act at random, each rewarded on ``samples`` validation images after the
